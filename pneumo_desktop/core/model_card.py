@@ -1,0 +1,122 @@
+"""The model card: what the runtime must reproduce and what users should know about the model.
+
+A model folder holds `model_card.json`, `model.tflite` (run by the app with LiteRT) and
+`model.keras` (for retraining and Grad-CAM parity checks). Every artefact's sha256 is in the card
+and is verified before the model is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CARD_FILENAME = "model_card.json"
+TFLITE_FILENAME = "model.tflite"
+KERAS_FILENAME = "model.keras"
+CARD_SCHEMA_VERSION = 1
+
+# Output names of the exported TFLite signature (the contract between trainer and app).
+OUTPUT_PROBABILITY = "probability"  # (N, 1) P(pneumonia), temperature scaling applied
+OUTPUT_FEATURE_MAP = "feature_map"  # (N, h, w, C) activations of the Grad-CAM layer
+OUTPUT_CAM_WEIGHTS = "cam_weights"  # (N, C) Grad-CAM channel weights (mean gradient of the logit)
+INPUT_NAME = "image"  # (N, S, S, 3) float32 in 0..255
+SIGNATURE_KEY = "serving_default"
+
+
+class ModelIntegrityError(Exception):
+    """The model folder is missing, incomplete or does not match its card."""
+
+
+def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: str
+    backbone: str
+    input_size: int
+    preprocessing: str
+    class_names: tuple[str, str]
+    threshold: float
+    threshold_rule: str
+    gradcam_layer: str
+    temperature: float
+    artifacts: dict[str, str]  # file name -> sha256
+    intended_use: str
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def positive_class(self) -> str:
+        return self.class_names[1]
+
+    @property
+    def negative_class(self) -> str:
+        return self.class_names[0]
+
+    @property
+    def tflite_sha256(self) -> str:
+        return self.artifacts[TFLITE_FILENAME]
+
+    def label_for(self, probability: float, threshold: float | None = None) -> str:
+        """Label at the operating point (>= threshold is positive)."""
+        cut = self.threshold if threshold is None else threshold
+        return self.positive_class if probability >= cut else self.negative_class
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        try:
+            return cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                backbone=str(data["backbone"]),
+                input_size=int(data["input_size"]),
+                preprocessing=str(data["preprocessing"]["id"]),
+                class_names=(str(data["class_names"][0]), str(data["class_names"][1])),
+                threshold=float(data["threshold"]["value"]),
+                threshold_rule=str(data["threshold"]["rule"]),
+                gradcam_layer=str(data["gradcam"]["layer"]),
+                temperature=float(data.get("calibration", {}).get("temperature", 1.0)),
+                artifacts={str(k): str(v["sha256"]) for k, v in data["artifacts"].items()},
+                intended_use=str(data["intended_use"]),
+                raw=data,
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelIntegrityError(f"model card is malformed: missing or invalid field {exc}") from exc
+
+
+def load_model_card(model_dir: Path) -> ModelCard:
+    card_path = Path(model_dir) / CARD_FILENAME
+    if not card_path.is_file():
+        raise ModelIntegrityError(f"no {CARD_FILENAME} in {model_dir}: not a Pneumo Desktop model folder")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelIntegrityError(f"cannot read {card_path}: {exc}") from exc
+    return ModelCard.from_dict(data)
+
+
+def verify_artifacts(model_dir: Path, card: ModelCard, names: tuple[str, ...] | None = None) -> None:
+    """Check the sha256 of each artefact (or only `names`) against the card."""
+    model_dir = Path(model_dir)
+    for name in names or tuple(card.artifacts):
+        expected = card.artifacts.get(name)
+        if expected is None:
+            raise ModelIntegrityError(f"model card lists no sha256 for {name}")
+        path = model_dir / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"model file {path} is missing; reinstall or re-export the model")
+        actual = sha256_of_file(path)
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"model file {path} is corrupted or was changed: sha256 {actual[:12]}... "
+                f"does not match the model card ({expected[:12]}...); reinstall or re-export the model"
+            )

@@ -1,0 +1,44 @@
+# Fresh Linux machine: `make run` launches the app, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data/chest_xray
+WEIGHTS ?= ../shared/weights
+
+.PHONY: run test train bench package clean
+
+$(VENV)/.run-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	$(VENV)/bin/pneumo-desktop
+
+test: $(VENV)/.test-installed
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+
+# Full training of the bundled model in the background (resumable: run it again after a kill).
+train: $(VENV)/.test-installed
+	bash scripts/train_bundled.sh
+
+bench: $(VENV)/.test-installed
+	$(PY) bench/run_all.py
+
+$(VENV)/.package-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[package]"
+	touch $@
+
+package: $(VENV)/.package-installed
+	$(VENV)/bin/pyinstaller --noconfirm --clean pyinstaller.spec
+
+clean:
+	rm -rf build dist

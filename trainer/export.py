@@ -1,0 +1,120 @@
+"""Export a trained classifier into a model folder the app can run (see docs/ARCHITECTURE.md).
+
+The TFLite graph returns the probability, the Grad-CAM feature map and the exact Grad-CAM channel weights,
+so the app needs neither TensorFlow nor gradients at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import keras
+from keras import layers, ops
+
+from pneumo_desktop.core import model_card as mc
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-4
+
+
+def build_export_model(model: keras.Model, temperature: float = 1.0) -> keras.Model:
+    """A functional model with the three outputs of the export contract, sharing the trained layers."""
+    size = model.get_layer("backbone").input_shape[1]
+    image = keras.Input((size, size, 3), name=mc.INPUT_NAME)
+    fmap = model.get_layer("backbone")(image, training=False)
+    pre_activation = model.get_layer("head_dense")(model.get_layer("gap")(fmap))
+    logit = model.get_layer("logit")(model.get_layer("head_relu")(pre_activation))
+    probability = layers.Activation("sigmoid", name=mc.OUTPUT_PROBABILITY)(logit / float(temperature))
+    # d(logit)/d(fmap) is the same at every position for a GAP head:
+    # (1/HW) * sum_m W1[c, m] * [pre_m > 0] * w2[m]; so it is also its spatial mean, the Grad-CAM weight.
+    w1 = ops.convert_to_tensor(model.get_layer("head_dense").kernel)
+    w2 = ops.reshape(ops.convert_to_tensor(model.get_layer("logit").kernel), (1, -1))
+    gate = ops.cast(ops.greater(pre_activation, 0.0), "float32") * w2
+    area = float(fmap.shape[1] * fmap.shape[2])
+    cam_weights = ops.matmul(gate, ops.transpose(w1)) / area
+    return keras.Model(
+        image,
+        {mc.OUTPUT_PROBABILITY: probability, mc.OUTPUT_FEATURE_MAP: fmap, mc.OUTPUT_CAM_WEIGHTS: cam_weights},
+        name="pneumonia_export",
+    )
+
+
+def convert_to_tflite(model: keras.Model, temperature: float = 1.0) -> bytes:
+    # Built as a Keras model and converted with from_keras_model: a hand-written tf.function around the same
+    # layers converted to a graph that produced NaN in TFLite (TF 2.21 / Keras 3.15).
+    export_model = build_export_model(model, temperature)
+    return tf.lite.TFLiteConverter.from_keras_model(export_model).convert()
+
+
+def tflite_outputs(tflite_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite_path))
+    runner = interpreter.get_signature_runner(mc.SIGNATURE_KEY)
+    return runner(**{mc.INPUT_NAME: images.astype(np.float32)})
+
+
+def parity_error(model: keras.Model, tflite_path: Path, images: np.ndarray, temperature: float) -> float:
+    """Largest |p_tflite - p_keras| over `images` (temperature applied to both)."""
+    logit_model = keras.Model(model.inputs, model.get_layer("logit").output)
+    keras_logit = logit_model.predict(images, verbose=0).astype(np.float64)
+    keras_p = 1 / (1 + np.exp(-keras_logit / temperature))
+    tfl_p = tflite_outputs(tflite_path, images)[mc.OUTPUT_PROBABILITY]
+    return float(np.max(np.abs(keras_p - tfl_p)))
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def export_model_folder(
+    model: keras.Model,
+    out_dir: Path,
+    card: dict[str, Any],
+    parity_images: np.ndarray,
+    temperature: float = 1.0,
+) -> dict[str, Any]:
+    """Write model.keras, model.tflite and model_card.json into out_dir (replacing a previous export).
+
+    `card` holds everything but the artefact hashes and the parity figure, which are added here.
+    Files are built in a temporary folder beside out_dir and moved in at the end, so a failed export
+    never leaves a half-written model folder.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
+    try:
+        keras_path = staging / mc.KERAS_FILENAME
+        tflite_path = staging / mc.TFLITE_FILENAME
+        model.save(keras_path)
+        tflite_path.write_bytes(convert_to_tflite(model, temperature))
+        error = parity_error(model, tflite_path, parity_images, temperature)
+        log.info("TFLite vs Keras: max |dp| = %.2e over %d images", error, len(parity_images))
+        if not error <= PARITY_TOLERANCE:  # also catches NaN
+            raise RuntimeError(f"TFLite export differs from the Keras model by {error:.2e} (> {PARITY_TOLERANCE})")
+        card = dict(card)
+        card.setdefault("calibration", {})["temperature"] = float(temperature)
+        card["export_check"] = {"tflite_vs_keras_max_abs_diff": error, "images": int(len(parity_images))}
+        card["artifacts"] = {
+            name: {"sha256": mc.sha256_of_file(staging / name), "bytes": (staging / name).stat().st_size}
+            for name in (mc.TFLITE_FILENAME, mc.KERAS_FILENAME)
+        }
+        _write_json_atomic(staging / mc.CARD_FILENAME, card)
+        mc.ModelCard.from_dict(card)  # the runtime must be able to read what we wrote
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in (mc.TFLITE_FILENAME, mc.KERAS_FILENAME, mc.CARD_FILENAME):
+            os.replace(staging / name, out_dir / name)
+        return card
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

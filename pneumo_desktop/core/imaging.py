@@ -1,0 +1,552 @@
+"""Image loading: any supported file -> 2-D uint8 grey image, or a typed error a person understands.
+
+Files are recognised by their content (magic bytes), never by their extension. Supported: PNG, JPEG,
+TIFF, BMP and DICOM. Data deeper than 8 bits (e.g. 12-bit values in a 16-bit container) is scaled by
+its real range; DICOM goes through the modality LUT, then the VOI LUT / window, and MONOCHROME1 is
+inverted so that bone is always bright.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import stat
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 100_000_000  # decompression-bomb guard (width * height)
+MAX_FILE_BYTES = 1 << 30  # a file is read into memory once (hash + decode); refuse absurd sizes
+SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DICOM")
+
+# We compare width*height with our own limit before decoding, so Pillow's warning (at ~89 Mpx) is
+# noise. Pillow still raises DecompressionBombError above twice its limit; that is mapped below.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageLoadError(Exception):
+    """A file could not be turned into an image; `reason` is a sentence for a person."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class UnsupportedFormatError(ImageLoadError):
+    pass
+
+
+class EmptyFileError(ImageLoadError):
+    pass
+
+
+class CorruptImageError(ImageLoadError):
+    pass
+
+
+class ImageTooLargeError(ImageLoadError):
+    pass
+
+
+class DicomDecodeError(ImageLoadError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    path: Path
+    grey: np.ndarray = field(repr=False)  # 2-D uint8 (H, W)
+    format: str  # "PNG" | "JPEG" | "TIFF" | "BMP" | "DICOM"
+    bit_depth: int  # bits of the stored data
+    width: int
+    height: int
+
+
+# --------------------------------------------------------------------------- format sniffing
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+# Recognisable files we do not read: a precise message beats "unknown format".
+_OTHER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"GIF87a", "a GIF image"),
+    (0, b"GIF89a", "a GIF image"),
+    (8, b"WEBP", "a WebP image"),
+    (4, b"jP  ", "a JPEG 2000 image"),
+    (0, b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
+    (4, b"ftypheic", "a HEIC image"),
+    (4, b"ftypheix", "a HEIC image"),
+    (4, b"ftypmif1", "a HEIF image"),
+    (4, b"ftypavif", "an AVIF image"),
+    (0, b"8BPS", "a Photoshop document"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (0, b"\x1f\x8b", "a gzip archive"),
+    (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (0, b"Rar!", "a RAR archive"),
+    (0, b"\x7fELF", "a program"),
+    (0, b"MZ", "a Windows program"),
+)
+
+_SUPPORTED_HINT = "supported formats are PNG, JPEG, TIFF, BMP and DICOM"
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The supported format `data` starts like, or None. Raw (preamble-less) DICOM is not sniffed here."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
+    if data.startswith(_PNG_MAGIC):
+        return "PNG"
+    if data.startswith(_JPEG_MAGIC):
+        return "JPEG"
+    if data[:4] in _TIFF_MAGICS:
+        return "TIFF"
+    # "BM" alone is too weak (a text file may start with it): check the DIB header size too.
+    if data.startswith(b"BM") and len(data) >= 18:
+        dib_size = int.from_bytes(data[14:18], "little")
+        if dib_size in (12, 16, 40, 52, 56, 64, 108, 124):
+            return "BMP"
+    return None
+
+
+def _describe_unknown(data: bytes) -> str:
+    for offset, magic, what in _OTHER_FORMATS:
+        if data[offset : offset + len(magic)] == magic:
+            return f"not a supported image: this is {what}; {_SUPPORTED_HINT}"
+    if _looks_like_text(data):
+        return "not an image: looks like text"
+    return f"not an image: the file content is not a known image format; {_SUPPORTED_HINT}"
+
+
+def _looks_like_text(data: bytes) -> bool:
+    sample = data[:4096]
+    if b"\x00" in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+        return True
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(sample) - 3 and len(data) > len(sample):
+            return True  # a multi-byte character cut by the sample boundary
+    printable = sum(1 for b in sample if 32 <= b < 127 or b in (9, 10, 13))
+    return printable >= 0.95 * len(sample)
+
+
+def _looks_like_raw_dicom(data: bytes) -> bool:
+    """Cheap pre-check for DICOM without the 128-byte preamble (a stream starting at a data element)."""
+    if len(data) < 16:
+        return False
+    group = int.from_bytes(data[0:2], "little")
+    if group not in (0x0002, 0x0008):
+        return False
+    vr = data[4:6]
+    if vr.isalpha() and vr.isupper():  # explicit VR little endian
+        return True
+    length = int.from_bytes(data[4:8], "little")  # implicit VR: a sane element length
+    return 0 < length < min(len(data), 1 << 16)
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def read_image_file(path: Path | str) -> bytes:
+    """Read a whole file (size-checked) with errors a person understands."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file not found") from None
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied: the file cannot be read") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"the file cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(path, "this is a folder, not a file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ImageTooLargeError(
+            path, f"file is too large ({st.st_size / 2**30:.1f} GiB; the limit is {MAX_FILE_BYTES / 2**30:.0f} GiB)"
+        )
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(MAX_FILE_BYTES + 1)
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied: the file cannot be read") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"the file cannot be read: {exc.strerror or exc}") from None
+
+
+def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Load any supported image file as 8-bit grey. Raises an ImageLoadError subclass on failure."""
+    path = Path(path)
+    return decode_image(read_image_file(path), path, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, path: Path | str, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Decode the bytes of an image file (`path` is only used in messages and in the result)."""
+    path = Path(path)
+    if len(data) == 0:
+        raise EmptyFileError(path, "file is empty")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageTooLargeError(path, f"file is too large (the limit is {MAX_FILE_BYTES / 2**30:.0f} GiB)")
+    fmt = sniff_format(data)
+    if fmt == "DICOM":
+        return _decode_dicom(data, path, max_pixels, force=False)
+    if fmt is not None:
+        return _decode_pillow(data, path, fmt, max_pixels)
+    if _looks_like_raw_dicom(data):
+        # DICOM without preamble: accepted only if pydicom parses it cleanly as an image dataset.
+        ds = _try_parse_raw_dicom(data)
+        if ds is not None:
+            return _dicom_to_image(ds, path, max_pixels)
+    raise UnsupportedFormatError(path, _describe_unknown(data))
+
+
+def find_images(inputs: Iterable[Path | str], recursive: bool = False) -> list[Path]:
+    """Files given are kept as they are; folders expand to their regular, non-hidden files (sorted).
+
+    Nothing is filtered by extension: a non-image becomes an error row, never a silent omission.
+    Hidden subfolders are skipped and symlinked folders are not followed (no loops). Duplicates
+    (the same file reached twice) are listed once.
+    """
+    found: list[Path] = []
+    seen: set[str] = set()
+
+    def add(p: Path) -> None:
+        key = os.path.normcase(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            found.append(p)
+
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            for p in _walk(item, recursive):
+                add(p)
+        else:
+            add(item)  # includes missing paths: the caller reports them (or they become error rows)
+    return found
+
+
+def _walk(folder: Path, recursive: bool) -> list[Path]:
+    files: list[Path] = []
+    subdirs: list[Path] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("cannot list %s: %s", folder, exc)
+        return files
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_file():  # follows file symlinks
+                files.append(Path(entry.path))
+            elif recursive and entry.is_dir(follow_symlinks=False):
+                subdirs.append(Path(entry.path))
+        except OSError:
+            continue
+    for sub in subdirs:
+        files.extend(_walk(sub, recursive))
+    return files
+
+
+# --------------------------------------------------------------------------- Pillow formats
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> LoadedImage:
+    try:
+        # formats=[fmt]: the content decides; Pillow must not guess another format.
+        im = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(path, f"image is too large to open safely (more than {max_pixels:,} pixels)") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
+        raise CorruptImageError(path, f"damaged {fmt} file: the header cannot be read ({exc})") from None
+    with im:
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise CorruptImageError(path, f"damaged {fmt} file: the image has no pixels ({width}x{height})")
+        if width * height > max_pixels:  # checked on header dimensions, before any decoding
+            raise ImageTooLargeError(
+                path, f"image is too large: {width}x{height} pixels (the limit is {max_pixels:,} pixels)"
+            )
+        try:
+            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+            orientation = 1
+        try:
+            im.load()
+            grey, bit_depth = _pillow_to_grey(im)
+        except Image.DecompressionBombError:
+            raise ImageTooLargeError(path, "image is too large to decode safely") from None
+        except MemoryError:
+            raise ImageTooLargeError(path, "not enough memory to decode this image") from None
+        except Exception as exc:  # noqa: BLE001
+            msg = str(exc)
+            if "truncated" in msg or isinstance(exc, EOFError) or "broken data stream" in msg:
+                raise CorruptImageError(
+                    path, f"truncated {fmt}: the file ends before the image data is complete"
+                ) from None
+            raise CorruptImageError(path, f"damaged {fmt} file: {msg or type(exc).__name__}") from None
+    grey = _apply_orientation(grey, orientation)
+    return _result(path, grey, fmt, bit_depth)
+
+
+def _pillow_to_grey(im: Image.Image) -> tuple[np.ndarray, int]:
+    mode = im.mode
+    if mode == "L":
+        return np.asarray(im, dtype=np.uint8), 8
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        bits = 16 if mode.startswith("I;16") else 32
+        return scale_to_uint8(np.asarray(im)), bits
+    if mode == "1":
+        return np.asarray(im.convert("L"), dtype=np.uint8), 1
+    if mode == "CMYK":
+        # via RGB: Pillow undoes the Adobe inversion of CMYK JPEGs when converting
+        return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8), 8
+    if mode in ("P", "PA"):
+        return np.asarray(im.convert("RGBA").convert("L"), dtype=np.uint8), 8
+    # RGB, RGBA, LA, YCbCr, LAB, HSV, ...: luminance (alpha ignored: X-rays are opaque)
+    return np.asarray(im.convert("L"), dtype=np.uint8), 8
+
+
+def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation (same result as PIL.ImageOps.exif_transpose) on the array."""
+    if orientation == 2:
+        a = a[:, ::-1]
+    elif orientation == 3:
+        a = a[::-1, ::-1]
+    elif orientation == 4:
+        a = a[::-1, :]
+    elif orientation == 5:
+        a = a.T
+    elif orientation == 6:
+        a = np.rot90(a, -1)
+    elif orientation == 7:
+        a = a[::-1, ::-1].T
+    elif orientation == 8:
+        a = np.rot90(a, 1)
+    else:
+        return a
+    return np.ascontiguousarray(a)
+
+
+def scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale data by its real range (min..max) to uint8; a constant image becomes 0.
+
+    Why the real range: 12-bit data in 16-bit containers would otherwise come out nearly black.
+    """
+    if values.dtype == np.uint8:
+        return values
+    lo = values.min()
+    hi = values.max()
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        finite = np.isfinite(values)
+        if not finite.any():
+            return np.zeros(values.shape, np.uint8)
+        lo, hi = values[finite].min(), values[finite].max()
+        values = np.where(finite, values, lo)
+    if hi <= lo:
+        return np.zeros(values.shape, np.uint8)
+    if values.dtype == np.uint16:
+        # a 64k-entry lookup table is one gather: much faster than float maths on big images
+        lut = (np.arange(65536, dtype=np.float32) - float(lo)) * (255.0 / (float(hi) - float(lo)))
+        lut = np.clip(np.rint(lut), 0, 255).astype(np.uint8)
+        return lut[values]
+    scaled = (values.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (float(hi) - float(lo)))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _result(path: Path, grey: np.ndarray, fmt: str, bit_depth: int) -> LoadedImage:
+    grey = np.ascontiguousarray(grey, dtype=np.uint8)
+    grey.setflags(write=False)  # shared between threads (viewer, model): nobody may mutate it
+    return LoadedImage(path=path, grey=grey, format=fmt, bit_depth=bit_depth, width=grey.shape[1], height=grey.shape[0])
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _decode_dicom(data: bytes, path: Path, max_pixels: int, force: bool) -> LoadedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=force)
+    except InvalidDicomError as exc:
+        raise DicomDecodeError(path, f"damaged DICOM file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on truncated files
+        raise DicomDecodeError(path, f"damaged or truncated DICOM file: {exc or type(exc).__name__}") from None
+    return _dicom_to_image(ds, path, max_pixels)
+
+
+def _try_parse_raw_dicom(data: bytes):  # -> Dataset | None
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            if len(ds) == 0:
+                return None
+            for _elem in ds:  # converts every raw element: garbage fails here
+                pass
+    except Exception:  # noqa: BLE001 - "parses cleanly" or not at all
+        return None
+    if "PixelData" not in ds and "SOPClassUID" not in ds and "Modality" not in ds:
+        return None
+    return ds
+
+
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+def _dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+    from pydicom.pixels.decoders.base import get_decoder
+
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DicomDecodeError(path, "DICOM has no pixel data (it may be a report or another non-image object)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits_stored = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DicomDecodeError(path, f"DICOM image attributes are missing or invalid ({exc})") from None
+    if rows <= 0 or cols <= 0:
+        raise DicomDecodeError(path, f"DICOM image has no pixels ({cols}x{rows})")
+    if rows * cols > max_pixels:  # header dimensions, checked before decoding
+        raise ImageTooLargeError(path, f"image is too large: {cols}x{rows} pixels (the limit is {max_pixels:,} pixels)")
+
+    tsyntax = _transfer_syntax(ds)
+    if tsyntax is not None and tsyntax.is_compressed:
+        try:
+            decoder = get_decoder(tsyntax)
+        except NotImplementedError:
+            decoder = None
+        if decoder is None or not decoder.is_available:
+            raise DicomDecodeError(
+                path,
+                f"the DICOM image is compressed ({tsyntax.name}) and no decoder for it is installed; "
+                "install pylibjpeg (with its plugins) or python-gdcm, or convert the file to uncompressed DICOM",
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = pixel_array(ds, index=0 if frames > 1 else None)
+    except MemoryError:
+        raise ImageTooLargeError(path, "not enough memory to decode this DICOM image") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+        raise DicomDecodeError(path, f"DICOM pixel data cannot be decoded: {exc or type(exc).__name__}") from None
+    if frames > 1:
+        log.info("%s: multi-frame DICOM (%d frames); using the first frame", path, frames)
+
+    if photometric in _MONOCHROME:
+        if arr.ndim != 2:
+            raise DicomDecodeError(path, f"unexpected DICOM pixel array shape {arr.shape} for {photometric}")
+        grey = _dicom_monochrome_to_uint8(arr, ds, apply_modality_lut, apply_voi)
+        if photometric == "MONOCHROME1":
+            grey = 255 - grey  # MONOCHROME1: minimum value is white; the app shows bone bright
+    elif photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        grey = cv2.cvtColor(scale_to_uint8(np.asarray(rgb)), cv2.COLOR_RGB2GRAY)
+    elif arr.ndim == 3 and arr.shape[-1] == 3:  # RGB, or YBR already converted to RGB by pydicom
+        grey = cv2.cvtColor(scale_to_uint8(np.ascontiguousarray(arr)), cv2.COLOR_RGB2GRAY)
+    else:
+        raise DicomDecodeError(path, f"unsupported DICOM photometric interpretation {photometric!r}")
+    return _result(path, grey, "DICOM", bits_stored)
+
+
+def _transfer_syntax(ds):  # -> UID
+    """The transfer syntax; for a bare dataset (no file meta) the encoding pydicom detected."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return meta.TransferSyntaxUID
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    uid = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = uid  # pixel decoding needs it
+    return uid
+
+
+def _dicom_monochrome_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_voi) -> np.ndarray:
+    # 1) modality LUT: stored values -> modality units (e.g. rescale slope/intercept)
+    if "ModalityLUTSequence" in ds:
+        values = np.asarray(apply_modality_lut(arr, ds))
+    else:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        if slope != 1.0 or intercept != 0.0:
+            values = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        else:
+            values = arr
+    # 2) VOI: a VOI LUT if present, else the first window, else the real data range
+    if ds.get("VOILUTSequence"):
+        try:
+            return scale_to_uint8(np.asarray(apply_voi(np.asarray(values).astype(np.int64), ds, 0)))
+        except Exception as exc:  # noqa: BLE001 - a broken optional LUT must not lose the image
+            log.warning("ignoring unusable VOI LUT: %s", exc)
+    window = _first_window(ds)
+    if window is not None:
+        center, width = window
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        unit = _window(values.astype(np.float32, copy=False), center, width, function)
+        if unit is not None:
+            return np.rint(unit * 255.0).astype(np.uint8)
+    return scale_to_uint8(values)
+
+
+def _first_window(ds) -> tuple[float, float] | None:
+    from pydicom.multival import MultiValue
+
+    def first(value) -> float | None:
+        if isinstance(value, (list, tuple, MultiValue)):
+            value = value[0] if len(value) else None
+        if value is None or value == "":
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    center = first(ds.get("WindowCenter"))
+    width = first(ds.get("WindowWidth"))
+    if center is None or width is None:
+        return None
+    return center, width
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:
+    """DICOM PS3.3 C.11.2.1.2 / C.11.2.1.3 windowing to 0..1 (None if the window is unusable)."""
+    if function == "SIGMOID":
+        if width <= 0:
+            return None
+        with np.errstate(over="ignore"):  # exp overflow -> inf -> 0, which is the right limit
+            return 1.0 / (1.0 + np.exp(-4.0 * (values - np.float32(center)) / np.float32(width)))
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            return None
+        c, w = center, width
+    else:  # LINEAR (the default); the standard's -0.5 / -1 make it exact on integer input
+        if width < 1:
+            return None
+        c, w = center - 0.5, width - 1.0
+        if w == 0:
+            return (values > c).astype(np.float32)
+    unit = (values - np.float32(c)) * np.float32(1.0 / w) + np.float32(0.5)
+    return np.clip(unit, 0.0, 1.0, out=unit)

@@ -1,0 +1,204 @@
+"""Inference with the exported model (LiteRT): probabilities and Grad-CAM, without TensorFlow.
+
+One PneumoniaModel owns one LiteRT interpreter; a lock serialises its use, so the GUI's workers and
+the batch scorer may share it. Inputs are batched by resizing the (dynamic) batch dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pneumo_desktop.core import model_card as mc
+from pneumo_desktop.core.gradcam import gradcam
+from pneumo_desktop.core.imaging import LoadedImage
+from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError
+from pneumo_desktop.core.preprocess import prepare_input
+from pneumo_desktop.core.resources import bundled_model_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+
+# An engine runs one batch (N, S, S, 3) float32 and returns the signature's outputs by name.
+Engine = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path | None
+    probability: float  # P(PNEUMONIA)
+    label: str  # "NORMAL" | "PNEUMONIA" at `threshold`
+    threshold: float
+    model_name: str
+    model_version: str
+    model_sha256: str  # sha256 of model.tflite
+
+
+@dataclass(frozen=True)
+class Explanation:
+    prediction: Prediction
+    cam: np.ndarray = field(repr=False)  # float32 (H, W) in 0..1 at the original image resolution
+
+
+@dataclass(frozen=True)
+class RawOutputs:
+    """The model's outputs for one batch."""
+
+    probability: np.ndarray  # (N,) float32
+    feature_map: np.ndarray  # (N, h, w, C) float32
+    cam_weights: np.ndarray  # (N, C) float32
+
+    def cam(self, index: int, height: int, width: int) -> np.ndarray:
+        return gradcam(self.feature_map[index], self.cam_weights[index], height, width)
+
+
+class LiteRTEngine:
+    """The serving_default signature of model.tflite; checks the signature against the contract."""
+
+    def __init__(self, tflite_path: Path, input_size: int, num_threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        threads = num_threads or os.cpu_count() or 1
+        try:
+            self._interpreter = Interpreter(model_path=str(tflite_path), num_threads=threads)
+            signatures = self._interpreter.get_signature_list()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelIntegrityError(f"{tflite_path} is not a valid TFLite model: {exc}") from exc
+        sig = signatures.get(mc.SIGNATURE_KEY)
+        wanted = {mc.OUTPUT_PROBABILITY, mc.OUTPUT_FEATURE_MAP, mc.OUTPUT_CAM_WEIGHTS}
+        if sig is None or list(sig["inputs"]) != [mc.INPUT_NAME] or not wanted <= set(sig["outputs"]):
+            raise ModelIntegrityError(
+                f"{tflite_path} does not follow the model contract: expected signature '{mc.SIGNATURE_KEY}' with "
+                f"input '{mc.INPUT_NAME}' and outputs {sorted(wanted)}, found {signatures}"
+            )
+        self._runner = self._interpreter.get_signature_runner(mc.SIGNATURE_KEY)
+        detail = self._runner.get_input_details()[mc.INPUT_NAME]
+        shape = [int(v) for v in detail.get("shape_signature", detail["shape"])]
+        if len(shape) != 4 or shape[1:] != [input_size, input_size, 3]:
+            raise ModelIntegrityError(
+                f"{tflite_path} takes input {shape}, but the model card says {input_size}x{input_size}x3"
+            )
+        self.dynamic_batch = shape[0] == -1
+        self.num_threads = threads
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.dynamic_batch or batch.shape[0] == 1:
+            # the runner resizes the input to the batch shape; outputs are returned as copies
+            return self._runner(**{mc.INPUT_NAME: batch})
+        parts = [self._runner(**{mc.INPUT_NAME: batch[i : i + 1]}) for i in range(batch.shape[0])]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+class PneumoniaModel:
+    """The pneumonia classifier with Grad-CAM. Thread-safe."""
+
+    def __init__(self, model_dir: Path, card: ModelCard, engine: Engine, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        self.model_dir = Path(model_dir)
+        self.card = card
+        self.batch_size = max(1, int(batch_size))
+        self._engine = engine
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_dir: Path | None = None, num_threads: int | None = None) -> "PneumoniaModel":
+        """Load a model folder (default: the bundled model) after checking model.tflite against its card."""
+        model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
+        if not model_dir.is_dir():
+            raise ModelIntegrityError(f"model folder {model_dir} does not exist; reinstall or pass a model folder")
+        card = mc.load_model_card(model_dir)
+        # Only what runs is verified: a packaged app ships model.tflite and the card, not model.keras.
+        mc.verify_artifacts(model_dir, card, names=(mc.TFLITE_FILENAME,))
+        engine = LiteRTEngine(model_dir / mc.TFLITE_FILENAME, card.input_size, num_threads)
+        log.info("loaded model %s %s from %s (%d threads)", card.name, card.version, model_dir, engine.num_threads)
+        return cls(model_dir, card, engine)
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def sha256(self) -> str:
+        return self.card.tflite_sha256
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input_size
+
+    def describe(self) -> str:
+        return f"{self.card.name} {self.card.version}"
+
+    # ---------------------------------------------------------------- low level (used by batch scoring)
+
+    def prepare(self, image: LoadedImage | np.ndarray) -> np.ndarray:
+        """The model input for one image: the shared preprocessing, never a copy of it."""
+        grey = image.grey if isinstance(image, LoadedImage) else image
+        return prepare_input(grey, self.card.input_size)
+
+    def run(self, batch: np.ndarray) -> RawOutputs:
+        """Run prepared inputs (N, S, S, 3) float32; returns the raw outputs."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ValueError(f"expected inputs (N, {self.input_size}, {self.input_size}, 3), got {batch.shape}")
+        with self._lock:
+            out = self._engine(batch)
+        probability = np.asarray(out[mc.OUTPUT_PROBABILITY], dtype=np.float32).reshape(-1)
+        if probability.shape[0] != batch.shape[0] or not np.all(np.isfinite(probability)):
+            raise RuntimeError(f"the model returned invalid probabilities {probability!r}")
+        return RawOutputs(
+            probability=np.clip(probability, 0.0, 1.0),
+            feature_map=np.asarray(out[mc.OUTPUT_FEATURE_MAP], dtype=np.float32),
+            cam_weights=np.asarray(out[mc.OUTPUT_CAM_WEIGHTS], dtype=np.float32),
+        )
+
+    def prediction(self, path: Path | None, probability: float, threshold: float | None = None) -> Prediction:
+        cut = self._threshold(threshold)
+        return Prediction(
+            path=path,
+            probability=float(probability),
+            label=self.card.label_for(float(probability), cut),
+            threshold=cut,
+            model_name=self.card.name,
+            model_version=self.card.version,
+            model_sha256=self.sha256,
+        )
+
+    # ---------------------------------------------------------------- public API
+
+    def predict(self, images: Sequence[LoadedImage], threshold: float | None = None) -> list[Prediction]:
+        cut = self._threshold(threshold)
+        results: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            raw = self.run(np.stack([self.prepare(img) for img in chunk]))
+            results.extend(self.prediction(img.path, p, cut) for img, p in zip(chunk, raw.probability))
+        return results
+
+    def explain(self, image: LoadedImage, threshold: float | None = None) -> Explanation:
+        return self.explain_many([image], threshold)[0]
+
+    def explain_many(self, images: Sequence[LoadedImage], threshold: float | None = None) -> list[Explanation]:
+        cut = self._threshold(threshold)
+        results: list[Explanation] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            raw = self.run(np.stack([self.prepare(img) for img in chunk]))
+            for i, img in enumerate(chunk):
+                results.append(
+                    Explanation(
+                        prediction=self.prediction(img.path, raw.probability[i], cut),
+                        cam=raw.cam(i, img.height, img.width),
+                    )
+                )
+        return results
+
+    def _threshold(self, threshold: float | None) -> float:
+        cut = self.card.threshold if threshold is None else float(threshold)
+        if not (0.0 <= cut <= 1.0) or math.isnan(cut):
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        return cut

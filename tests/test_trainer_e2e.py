@@ -1,0 +1,116 @@
+"""The trainer end to end on a tiny real subset, resume, local weights files, EfficientNet-Lite0 conversion."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pneumo_desktop.core import model_card as mc
+from tests.test_trainer_data import make_dataset_folder
+
+
+@pytest.mark.slow
+def test_train_two_stages_evaluate_export_and_resume(tmp_path, sample_paths):
+    from trainer.cli import main
+    from trainer.export import tflite_outputs
+
+    root = make_dataset_folder(tmp_path / "data", sample_paths, copies=3)
+    (root / "train" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(b"corrupt")
+    run_dir, export_dir = tmp_path / "run", tmp_path / "model"
+    argv = ["train", "--data", str(root), "--run-dir", str(run_dir), "--backbone", "tiny", "--weights", "none",
+            "--input-size", "64", "--epochs-stage1", "1", "--epochs-stage2", "1", "--batch-size", "8",
+            "--val-fraction", "0.3", "--export", str(export_dir)]
+    assert main(argv) == 0
+
+    # integrity report lists the planted file; split keeps patients apart
+    report = (run_dir / "report" / "integrity_report.csv").read_text()
+    assert "IM-9999-0001.jpeg" in report
+    split_rows = [line.split(",") for line in (run_dir / "report" / "split.csv").read_text().splitlines()[1:]]
+    sides = {}
+    for _, _, patient, side in split_rows:
+        sides.setdefault(patient, set()).add(side)
+    assert all(len(s) == 1 for s in sides.values()) and {"train", "val"} <= set().union(*sides.values())
+
+    for name in ("roc_val.png", "confusion_val.png", "training_curves.png", "calibration_val.png", "metrics.json"):
+        assert (run_dir / "report" / name).stat().st_size > 0
+        assert (export_dir / "report" / name).is_file()
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert set(metrics["validation"]) >= {"accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
+                                          "confusion"}
+
+    card = mc.load_model_card(export_dir)
+    mc.verify_artifacts(export_dir, card)
+    raw = json.loads((export_dir / mc.CARD_FILENAME).read_text())
+    assert raw["training"]["data_manifest_sha256"] and raw["training"]["excluded"] == 1
+    assert raw["threshold"]["value"] == pytest.approx(metrics["validation"]["threshold"])
+    assert "sensitivity >= 0.95" in raw["threshold"]["rule"]
+
+    # the export runs in LiteRT
+    out = tflite_outputs(export_dir / mc.TFLITE_FILENAME, np.full((2, 64, 64, 3), 100, np.float32))
+    assert out[mc.OUTPUT_PROBABILITY].shape == (2, 1)
+
+    # rerunning resumes: both stages are recorded as done and are not trained again
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["stage1"] and state["stage2"]
+    log_lines = (run_dir / "log_stage1.csv").read_text().splitlines()
+    assert main(argv) == 0
+    assert (run_dir / "log_stage1.csv").read_text().splitlines() == log_lines
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    from trainer.backbones import build_backbone
+
+    original, _ = build_backbone("tiny", 64, None)
+    path = tmp_path / "tiny.weights.h5"
+    original.save_weights(path)
+    loaded, source = build_backbone("tiny", 64, path)
+    for a, b in zip(original.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert source.sha256 == mc.sha256_of_file(path) and source.path == str(path)
+    with pytest.raises(FileNotFoundError):
+        build_backbone("tiny", 64, tmp_path / "missing.h5")
+
+
+def test_densenet_without_download_fails_clearly(monkeypatch):
+    import keras
+
+    from trainer.backbones import build_backbone
+
+    def offline(*args, **kwargs):
+        if kwargs.get("weights") == "imagenet":
+            raise OSError("network unreachable")
+        return real(*args, **kwargs)
+
+    real = keras.applications.DenseNet121
+    monkeypatch.setattr(keras.applications, "DenseNet121", offline)
+    with pytest.raises(RuntimeError, match="--weights"):
+        build_backbone("densenet121", 64, None)
+
+
+def test_efficientnet_lite0_port_reproduces_imagenet_predictions():
+    """The Keras port with the converted PyTorch weights recognises ImageNet photos as the original does."""
+    from tests.conftest import WEIGHTS_DIR
+
+    pth = WEIGHTS_DIR / "efficientnet-lite0-57934424.pth"
+    if not pth.is_file():
+        pytest.skip(f"needs {pth} (the pretrained weights are not in the repository)")
+    skimage_data = pytest.importorskip("skimage.data")
+    import cv2
+
+    from trainer.efficientnet_lite import efficientnet_lite0_from_pth
+
+    model = efficientnet_lite0_from_pth(pth, (224, 224, 3), include_top=True)
+    expected = {"chelsea": (285, 0.405), "coffee": (967, 0.941)}  # PyTorch reference: Egyptian cat, espresso
+    for name, (cls, prob) in expected.items():
+        img = getattr(skimage_data, name)()
+        h, w = img.shape[:2]
+        s = min(h, w)
+        crop = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        x = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_LINEAR).astype(np.float32)[None]
+        logits = model.predict(x, verbose=0)[0]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        assert int(np.argmax(p)) == cls
+        assert p[cls] == pytest.approx(prob, abs=0.02)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from imaging_helpers import minmax_u8, png_header_only, sample_grey, sample_paths, write_dicom
+from tests.imaging_helpers import minmax_u8, png_header_only, sample_grey, sample_paths, write_dicom
 from pneumo_desktop.core import imaging
 from pneumo_desktop.core.imaging import (
     CorruptImageError,
@@ -337,3 +337,13 @@ def test_find_images_does_not_loop_on_symlinked_folders(tmp_path: Path) -> None:
     (tmp_path / "sub" / "x.png").write_bytes(b"x")
     os.symlink(tmp_path, tmp_path / "sub" / "loop")
     assert [p.name for p in find_images([tmp_path], recursive=True)] == ["x.png"]
+
+
+def test_reading_a_file_allocates_about_its_size_not_the_file_limit() -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    load_image(sample_paths()[0])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {sample_paths()[0].stat().st_size} byte file"

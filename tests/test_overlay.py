@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from imaging_helpers import sample_grey
+from tests.imaging_helpers import sample_grey
 from pneumo_desktop.core.overlay import COLORMAPS, colorbar, colorize, render_overlay
 
 

@@ -178,7 +178,8 @@ def read_image_file(path: Path | str) -> bytes:
         )
     try:
         with open(path, "rb") as handle:
-            return handle.read(MAX_FILE_BYTES + 1)
+            # read() sizes its buffer from fstat; read(n) would allocate n bytes up front
+            return handle.read()
     except PermissionError:
         raise ImageLoadError(path, "permission denied: the file cannot be read") from None
     except OSError as exc:

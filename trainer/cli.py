@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--out", type=Path, required=True)
 
+    comp = sub.add_parser("compare", help="compare trained candidates (run folders) on validation and pick one")
+    comp.add_argument("runs", type=Path, nargs="+")
+    comp.add_argument("--doc", type=Path, help="write the comparison table (markdown) here")
+    comp.add_argument("--card", type=Path, help="model folder whose card records the comparison")
+
     fetch = sub.add_parser("fetch-data", help="download the Kaggle dataset into ROOT (needs network + Kaggle API)")
     fetch.add_argument("--out", type=Path, required=True)
     return parser
@@ -112,6 +117,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from trainer.compare import compare
+
+    chosen = compare(args.runs, args.doc, args.card)
+    print(f"chosen: {chosen.name} (val ROC-AUC {chosen.roc_auc:.4f}, {chosen.latency_ms:.1f} ms/image)")
+    return 0
+
+
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from trainer.fetch import fetch_dataset
 
@@ -123,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch}
+    handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
+                "compare": _cmd_compare}
     try:
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

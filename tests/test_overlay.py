@@ -79,3 +79,16 @@ def test_colorbar_orientation_and_ends() -> None:
     assert horizontal.shape == (12, 100, 3)
     assert np.array_equal(horizontal[0, 0], bottom) and np.array_equal(horizontal[-1, -1], top)
     assert (np.diff(vertical[:, 0].astype(int).sum(axis=1)) <= 0).all()  # 'hot' brightens monotonically
+
+
+def test_write_png_atomic_round_trips_and_leaves_no_temp_file(tmp_path, grey: np.ndarray) -> None:
+    from PIL import Image
+
+    from pneumo_desktop.core.overlay import write_png_atomic
+
+    rgb = render_overlay(grey, _ramp_cam(grey.shape))
+    target = tmp_path / "o.png"
+    target.write_bytes(b"old content")  # replaced as a whole
+    write_png_atomic(target, rgb)
+    assert np.array_equal(np.asarray(Image.open(target).convert("RGB")), rgb)
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]

@@ -17,18 +17,16 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from pneumo_desktop.core.imaging import ImageLoadError, decode_image, find_images, read_image_file
-from pneumo_desktop.core.overlay import render_overlay
+from pneumo_desktop.core.overlay import render_overlay, write_png_atomic
 
 log = logging.getLogger(__name__)
 
@@ -228,20 +226,8 @@ def heatmap_name(path: Path, image_sha256: str) -> str:
 
 def _write_heatmap(folder: Path, item: _Item, cam: np.ndarray) -> Path:
     assert item.grey is not None
-    rgb = render_overlay(item.grey, cam)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:
-        raise OSError(f"could not encode the heat map of {item.path}")
     target = folder / heatmap_name(item.path, item.image_sha256)
-    tmp = folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(encoded.tobytes())
-        os.replace(tmp, target)  # atomic: a reader never sees half a PNG
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return target
+    return write_png_atomic(target, render_overlay(item.grey, cam))  # a reader never sees half a PNG
 
 
 # --------------------------------------------------------------------------- the run

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -75,3 +79,21 @@ def colorbar(colormap: str = DEFAULT_COLORMAP, length: int = 256, thickness: int
     if vertical:
         return np.ascontiguousarray(np.repeat(strip[::-1, None, :], thickness, axis=1))
     return np.ascontiguousarray(np.repeat(strip[None, :, :], thickness, axis=0))
+
+
+def write_png_atomic(path: Path | str, rgb: np.ndarray, compression: int = 3) -> Path:
+    """Write an RGB (or grey) uint8 image as PNG via a temporary file and os.replace: never half a file."""
+    path = Path(path)
+    pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise OSError(f"could not encode {path.name} as PNG")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(encoded.tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

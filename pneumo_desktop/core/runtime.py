@@ -88,6 +88,21 @@ class LiteRTEngine:
             )
         self.dynamic_batch = shape[0] == -1
         self.num_threads = threads
+        self._check_outputs(tflite_path, input_size)
+
+    def _check_outputs(self, tflite_path: Path, input_size: int) -> None:
+        """One warm-up run: a graph that cannot run, or returns the wrong shapes, is refused at load time
+        (and the first real image does not pay for the delegate's set-up)."""
+        try:
+            out = self(np.zeros((1, input_size, input_size, 3), np.float32))
+        except (ValueError, RuntimeError) as exc:
+            raise ModelIntegrityError(f"{tflite_path} cannot run: {exc}") from exc
+        p, fmap, w = (np.asarray(out[k]) for k in (mc.OUTPUT_PROBABILITY, mc.OUTPUT_FEATURE_MAP, mc.OUTPUT_CAM_WEIGHTS))
+        if p.size != 1 or fmap.ndim != 4 or w.shape != (1, fmap.shape[-1]):
+            raise ModelIntegrityError(
+                f"{tflite_path} returns outputs of unexpected shapes: probability {p.shape}, "
+                f"feature_map {fmap.shape}, cam_weights {w.shape}"
+            )
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.dynamic_batch or batch.shape[0] == 1:

@@ -1,0 +1,419 @@
+"""`pneumo-desktop`: the GUI, and headless `score`, `predict`, `--version`, `--self-test`.
+
+Exit codes: 0 success; 1 a failure of the work itself (unreadable image, self-test wrong); 2 usage
+errors (missing input, unwritable output, bad threshold); 3 the model is missing or corrupt;
+130 interrupted (Ctrl+C; the CSV keeps every finished row, continue with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+PROG = "pneumo-desktop"
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad arguments: reported on stderr with exit code 2."""
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Chest X-ray pneumonia estimation with Grad-CAM. " + RESEARCH_USE_STATEMENT,
+        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help'. Without arguments the app opens.",
+    )
+    parser.add_argument("files", nargs="*", type=Path, help="images to open in the app")
+    parser.add_argument("--version", action="store_true", help="print the app and model versions")
+    parser.add_argument("--self-test", action="store_true", help="check the model and score the bundled samples")
+    parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
+    return parser
+
+
+def _score_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} score",
+        description="Score images and folders into a CSV (one row per file; per-file errors are rows too).",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="CSV", help="results CSV")
+    parser.add_argument("--recursive", action="store_true", help="also score images in sub-folders")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run: skip rows already in the CSV")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV (default: refuse)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T", help="decision threshold (default: the model card's)")
+    parser.add_argument("--heatmaps", type=Path, metavar="DIR", help="also write a Grad-CAM overlay PNG per image")
+    parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per inference batch")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+    from pneumo_desktop.core.overlay import COLORMAPS
+
+    parser = argparse.ArgumentParser(prog=f"{PROG} predict", description="Score one image.")
+    parser.add_argument("file", type=Path, metavar="FILE")
+    parser.add_argument("--heatmap", type=Path, metavar="OUT.png", help="write the Grad-CAM overlay as PNG")
+    parser.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet", help="heat-map colours")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--threshold", type=_threshold, metavar="T", help="decision threshold (default: the model card's)")
+    parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
+    """argparse exits on errors and --help; turn that into a return code."""
+    try:
+        return parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    multiprocessing.freeze_support()  # a frozen (PyInstaller) child process must not re-run the app
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("score", "predict"):
+        _configure_logging()
+        command = _score if args[0] == "score" else _predict
+        try:
+            return command(args[1:])
+        except UsageError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+    parsed = _parse(_main_parser(), args)
+    if isinstance(parsed, int):
+        return parsed
+    if parsed.version:
+        return _version(parsed.model)
+    if parsed.self_test:
+        _configure_logging()
+        return _self_test(parsed.model)
+    if parsed.model is not None:
+        print(f"{PROG}: error: --model applies to --version, --self-test, score and predict", file=sys.stderr)
+        return EXIT_USAGE
+    return _open_gui(parsed.files)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+
+
+def _open_gui(files: list[Path]) -> int:
+    from pneumo_desktop.gui.app import run_gui  # lazy: the headless commands never load Qt
+
+    return int(run_gui(files) or 0)
+
+
+def _load_model(model_dir: Path | None):
+    """The model, or None after printing why it cannot be used (the caller exits with 3)."""
+    from pneumo_desktop.core.model_card import ModelIntegrityError
+    from pneumo_desktop.core.runtime import PneumoniaModel
+
+    try:
+        return PneumoniaModel.load(model_dir)
+    except ModelIntegrityError as exc:
+        print(f"{PROG}: model integrity error: {exc}", file=sys.stderr)
+        return None
+
+
+# --------------------------------------------------------------------------- --version
+
+
+def _version(model_dir: Path | None) -> int:
+    from pneumo_desktop.core.model_card import ModelIntegrityError, load_model_card
+    from pneumo_desktop.core.resources import bundled_model_dir
+
+    print(f"{PROG} {__version__}")
+    folder = model_dir or bundled_model_dir()
+    try:
+        card = load_model_card(folder)
+        print(f"model: {card.name} {card.version} ({card.backbone}, input {card.input_size}px) in {folder}")
+    except ModelIntegrityError as exc:
+        print(f"model: not available ({exc})")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- --self-test
+
+
+def _self_test(model_dir: Path | None) -> int:
+    from pneumo_desktop.core.imaging import UnsupportedFormatError, find_images, load_image
+    from pneumo_desktop.core.resources import samples_dir
+
+    model = _load_model(model_dir)
+    if model is None:
+        print("self-test FAILED: the model checksum or files are wrong")
+        return EXIT_MODEL
+    print(f"model {model.describe()} in {model.model_dir}: sha256 of model.tflite verified ({model.sha256[:12]}...)")
+    wrong = checked = 0
+    for path in find_images([samples_dir()]):
+        try:
+            image = load_image(path)
+        except UnsupportedFormatError:
+            continue  # not an image (e.g. ATTRIBUTION.md)
+        except Exception as exc:  # noqa: BLE001 - report every sample, whatever goes wrong
+            checked += 1
+            wrong += 1
+            print(f"FAIL  {path.name}: cannot read: {exc}")
+            continue
+        expected = "PNEUMONIA" if path.name.lower().startswith("person") else "NORMAL"
+        pred = model.predict([image])[0]
+        ok = pred.label == expected
+        checked += 1
+        wrong += not ok
+        print(f"{'ok  ' if ok else 'FAIL'}  {path.name:36s} expected {expected:9s} got {pred.label:9s} p={pred.probability:.4f}")
+    if checked == 0:
+        print(f"self-test FAILED: no sample images in {samples_dir()}")
+        return EXIT_FAILED
+    if wrong:
+        print(f"self-test FAILED: {wrong} of {checked} samples wrong")
+        return EXIT_FAILED
+    print(f"self-test passed: {checked} of {checked} samples labelled correctly")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _predict(argv: Sequence[str]) -> int:
+    from pneumo_desktop.core.imaging import ImageLoadError, load_image
+    from pneumo_desktop.core.overlay import render_overlay, write_png_atomic
+
+    parsed = _parse(_predict_parser(), argv)
+    if isinstance(parsed, int):
+        return parsed
+    if not parsed.file.exists():
+        raise UsageError(f"input not found: {parsed.file}")
+    if parsed.heatmap is not None and not _writable_file_target(parsed.heatmap):
+        raise UsageError(f"cannot write the heat map to {parsed.heatmap}")
+    model = _load_model(parsed.model)
+    if model is None:
+        return EXIT_MODEL
+    try:
+        image = load_image(parsed.file)
+    except ImageLoadError as exc:
+        print(f"{PROG}: cannot read {parsed.file}: {exc.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    if parsed.heatmap is not None:
+        explanation = model.explain(image, parsed.threshold)
+        pred = explanation.prediction
+        write_png_atomic(parsed.heatmap, render_overlay(image.grey, explanation.cam, parsed.colormap))
+    else:
+        pred = model.predict([image], parsed.threshold)[0]
+    if parsed.json:
+        print(
+            json.dumps(
+                {
+                    "path": str(parsed.file),
+                    "probability": pred.probability,
+                    "prediction": pred.label,
+                    "threshold": pred.threshold,
+                    "model": {"name": pred.model_name, "version": pred.model_version, "sha256": pred.model_sha256},
+                    "image": {"format": image.format, "width": image.width, "height": image.height, "bit_depth": image.bit_depth},
+                    "heatmap": str(parsed.heatmap) if parsed.heatmap is not None else None,
+                    "notice": RESEARCH_USE_STATEMENT,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(f"{pred.label}  probability of pneumonia {pred.probability:.4f} (threshold {pred.threshold:.4f})")
+        print(f"file: {parsed.file} ({image.format}, {image.width}x{image.height}, {image.bit_depth}-bit)")
+        print(f"model: {pred.model_name} {pred.model_version} (sha256 {pred.model_sha256[:12]}...)")
+        if parsed.heatmap is not None:
+            print(f"heat map: {parsed.heatmap}")
+        print(RESEARCH_USE_STATEMENT)
+    return EXIT_OK
+
+
+def _writable_file_target(path: Path) -> bool:
+    if path.is_dir():
+        return False
+    if path.exists():
+        return os.access(path, os.W_OK)
+    parent = path.parent if str(path.parent) else Path(".")
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+
+
+# --------------------------------------------------------------------------- score
+
+
+def _score(argv: Sequence[str]) -> int:
+    from pneumo_desktop.core.batch import ResultsFileError, score_paths
+
+    parsed = _parse(_score_parser(), argv)
+    if isinstance(parsed, int):
+        return parsed
+    missing = [str(p) for p in parsed.paths if not p.exists()]
+    if missing:
+        raise UsageError(f"input not found: {', '.join(missing)}")
+    output: Path = parsed.output
+    if not _writable_file_target(output):
+        raise UsageError(f"cannot write the results to {output} (is the folder there and writable?)")
+    if output.exists() and output.stat().st_size > 0 and not (parsed.resume or parsed.overwrite):
+        raise UsageError(f"{output} already exists: use --resume to continue it or --overwrite to replace it")
+    if parsed.heatmaps is not None:
+        try:
+            parsed.heatmaps.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the heat-map folder {parsed.heatmaps}: {exc.strerror or exc}") from None
+        if not os.access(parsed.heatmaps, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write heat maps into {parsed.heatmaps}")
+    model = _load_model(parsed.model)
+    if model is None:
+        return EXIT_MODEL
+
+    bar = _ProgressBar(sys.stderr, enabled=not parsed.quiet)
+    cancel = threading.Event()
+    with _StopOnSignals(cancel):
+        try:
+            summary = score_paths(
+                parsed.paths,
+                output,
+                model=model,
+                recursive=parsed.recursive,
+                resume=parsed.resume,
+                threshold=parsed.threshold,
+                heatmaps_dir=parsed.heatmaps,
+                progress=bar.update,
+                cancel=cancel,
+                batch_size=parsed.batch_size,
+            )
+        except ResultsFileError as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            bar.close()
+    rate = summary.scored + summary.errors
+    speed = f", {rate / summary.elapsed_s:.1f} images/s" if summary.elapsed_s > 0 and rate else ""
+    state = "cancelled" if summary.cancelled else "done"
+    print(
+        f"{state}: {summary.scored} scored, {summary.errors} errors, {summary.resumed} already in the CSV, "
+        f"{summary.total} files, {summary.elapsed_s:.1f} s{speed} -> {summary.output}",
+        file=sys.stderr,
+    )
+    if summary.cancelled:
+        print(f"{PROG}: interrupted; rerun with --resume to finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+class _StopOnSignals:
+    """Ctrl+C / SIGTERM ask the batch to stop after the current rows; a second Ctrl+C aborts."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self._cancel = cancel
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+        if self._cancel.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._cancel.set()
+        print(f"\n{PROG}: stopping after the current batch (Ctrl+C again to abort)", file=sys.stderr)
+
+    def __enter__(self) -> "_StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _ProgressBar:
+    """A text progress bar: redrawn in place on a terminal, a line every few seconds otherwise."""
+
+    WIDTH = 28
+
+    def __init__(self, stream: TextIO, enabled: bool = True, line_every_s: float = 5.0) -> None:
+        self._stream = stream
+        self._enabled = enabled
+        self._tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._line_every_s = line_every_s
+        self._start = time.monotonic()
+        self._first_done: int | None = None
+        self._last_draw = -math.inf  # the first update always draws
+        self._drawn = False
+
+    def update(self, progress) -> None:  # noqa: ANN001 - BatchProgress
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if self._first_done is None:
+            self._first_done = progress.done - 1  # rows found in the CSV on --resume are not "speed"
+        finished = progress.done >= progress.total
+        interval = 0.1 if self._tty else self._line_every_s
+        if not finished and now - self._last_draw < interval:
+            return
+        self._last_draw = now
+        text = self._text(progress, now)
+        if self._tty:
+            self._stream.write("\r" + text.ljust(79))
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+        self._drawn = True
+
+    def _text(self, progress, now: float) -> str:  # noqa: ANN001
+        total = max(progress.total, 1)
+        fraction = min(progress.done / total, 1.0)
+        filled = int(round(fraction * self.WIDTH))
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        elapsed = max(now - self._start, 1e-9)
+        rate = (progress.done - (self._first_done or 0)) / elapsed
+        eta = (progress.total - progress.done) / rate if rate > 0 else float("inf")
+        eta_text = "--:--" if math.isinf(eta) else f"{int(eta // 60)}:{int(eta % 60):02d}"
+        return f"[{bar}] {progress.done}/{progress.total} {fraction:4.0%}  {rate:5.1f} img/s  ETA {eta_text}"
+
+    def close(self) -> None:
+        if self._enabled and self._tty and self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Zoomable, pannable image view (wheel zoom, drag pan, fit, 1:1) with an optional second pane.
+
+The view only draws what it is given: window/level and the overlay are computed by the window
+from the decoded image, so nothing here can change what the model sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPaintEvent, QPixmap, QWheelEvent
+from PySide6.QtWidgets import (
+    QFrame,
+    QGraphicsItem,
+    QGraphicsPixmapItem,
+    QGraphicsScene,
+    QGraphicsSimpleTextItem,
+    QGraphicsView,
+    QWidget,
+)
+
+MIN_ZOOM = 0.02
+MAX_ZOOM = 32.0
+WHEEL_STEP = 1.25
+PANE_GAP = 16.0
+BACKGROUND = QColor("#16181b")
+
+
+def array_to_qimage(array: np.ndarray) -> QImage:
+    """uint8 (H, W) grey or (H, W, 3) RGB -> QImage that owns its pixels."""
+    data = np.ascontiguousarray(array)
+    height, width = data.shape[:2]
+    if data.ndim == 2:
+        image = QImage(data.data, width, height, data.strides[0], QImage.Format.Format_Grayscale8)
+    elif data.ndim == 3 and data.shape[2] == 3:
+        image = QImage(data.data, width, height, data.strides[0], QImage.Format.Format_RGB888)
+    else:
+        raise ValueError(f"cannot display an array of shape {data.shape}")
+    # copy(): the QImage above only borrows numpy's buffer.
+    return image.copy()
+
+
+class ImageView(QGraphicsView):
+    zoomChanged = Signal(float)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._scene = QGraphicsScene(self)
+        self.setScene(self._scene)
+        self._primary = QGraphicsPixmapItem()
+        self._secondary = QGraphicsPixmapItem()
+        for item in (self._primary, self._secondary):
+            item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+            item.setShapeMode(QGraphicsPixmapItem.ShapeMode.BoundingRectShape)
+            self._scene.addItem(item)
+        self._captions = (QGraphicsSimpleTextItem(), QGraphicsSimpleTextItem())
+        caption_font = QFont()
+        caption_font.setPointSize(10)
+        for caption in self._captions:
+            caption.setBrush(QColor("#e8eaed"))
+            caption.setFont(caption_font)
+            # Captions keep their on-screen size whatever the zoom.
+            caption.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
+            caption.setZValue(10)
+            self._scene.addItem(caption)
+        self._has_image = False
+        self._fit_mode = True
+        self._placeholder = "Open a chest X-ray: File ▸ Open, or drop images or a folder here"
+
+        self.setBackgroundBrush(BACKGROUND)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.SmoothPixmapTransform)
+        self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.SmartViewportUpdate)
+        self.setAcceptDrops(False)  # drops go to the main window
+        self.viewport().setAcceptDrops(False)
+        self.setMinimumSize(320, 240)
+        self._clear_items()
+
+    # -- content --------------------------------------------------------------------------------
+    @property
+    def has_image(self) -> bool:
+        return self._has_image
+
+    def set_placeholder(self, text: str) -> None:
+        self._placeholder = text
+        self.viewport().update()
+
+    def clear(self, placeholder: str | None = None) -> None:
+        self._clear_items()
+        self._has_image = False
+        if placeholder is not None:
+            self._placeholder = placeholder
+        self.viewport().update()
+
+    def _clear_items(self) -> None:
+        self._primary.setPixmap(QPixmap())
+        self._secondary.setPixmap(QPixmap())
+        self._secondary.setVisible(False)
+        for caption in self._captions:
+            caption.setVisible(False)
+        self._scene.setSceneRect(QRectF(0, 0, 1, 1))
+
+    def set_images(
+        self,
+        primary: QImage,
+        secondary: QImage | None = None,
+        captions: tuple[str, str] | None = None,
+        new_image: bool = False,
+    ) -> None:
+        """Show one image, or two side by side. `new_image` re-fits; otherwise zoom/pan are kept."""
+        self._primary.setPixmap(QPixmap.fromImage(primary))
+        width = float(primary.width())
+        height = float(primary.height())
+        if secondary is not None:
+            self._secondary.setPixmap(QPixmap.fromImage(secondary))
+            self._secondary.setPos(width + PANE_GAP, 0)
+            self._secondary.setVisible(True)
+            rect = QRectF(0, 0, width * 2 + PANE_GAP, height)
+        else:
+            self._secondary.setVisible(False)
+            rect = QRectF(0, 0, width, height)
+        for i, caption in enumerate(self._captions):
+            visible = captions is not None and (i == 0 or secondary is not None)
+            caption.setVisible(visible)
+            if visible and captions is not None:
+                caption.setText(captions[i])
+                caption.setPos(QPointF(i * (width + PANE_GAP) + 8, 8))
+        layout_changed = rect != self._scene.sceneRect()
+        self._scene.setSceneRect(rect)
+        self._has_image = True
+        if new_image or (layout_changed and self._fit_mode):
+            self.fit()
+        self.viewport().update()
+
+    def primary_image(self) -> QImage:
+        return self._primary.pixmap().toImage()
+
+    def secondary_image(self) -> QImage | None:
+        return self._secondary.pixmap().toImage() if self._secondary.isVisible() else None
+
+    # -- zoom -----------------------------------------------------------------------------------
+    def zoom(self) -> float:
+        return self.transform().m11()
+
+    def fit(self) -> None:
+        self._fit_mode = True
+        if self._has_image:
+            self.fitInView(self._scene.sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
+            self.zoomChanged.emit(self.zoom())
+
+    def actual_size(self) -> None:
+        self._fit_mode = False
+        self.resetTransform()
+        self.zoomChanged.emit(self.zoom())
+
+    def zoom_by(self, factor: float) -> None:
+        current = self.zoom()
+        target = min(max(current * factor, MIN_ZOOM), MAX_ZOOM)
+        if current > 0 and target != current:
+            self._fit_mode = False
+            self.scale(target / current, target / current)
+            self.zoomChanged.emit(self.zoom())
+
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        if not self._has_image:
+            return
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            self.zoom_by(WHEEL_STEP**steps)
+        event.accept()
+
+    def resizeEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+        super().resizeEvent(event)
+        if self._fit_mode:
+            self.fit()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        super().paintEvent(event)
+        if self._has_image:
+            return
+        painter = QPainter(self.viewport())
+        painter.setPen(QColor("#9aa0a6"))
+        font = painter.font()
+        font.setPointSize(12)
+        painter.setFont(font)
+        painter.drawText(
+            self.viewport().rect().adjusted(40, 40, -40, -40),
+            int(Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap),
+            self._placeholder,
+        )
+        painter.end()

@@ -1,0 +1,863 @@
+"""The main window: file list | image view | prediction and overlay controls.
+
+The window owns no heavy work: it turns user actions into requests to the controllers in
+`workers.py` and turns their signals into widget updates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PySide6.QtCore import QSettings, QSize, Qt, QThreadPool, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFrame,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QStyle,
+    QTextBrowser,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import RESEARCH_USE_STATEMENT
+from ..core.imaging import find_images
+from ..core.model_card import ModelIntegrityError
+from ..core.overlay import colorbar, render_overlay
+from .file_list import FileListModel, FileListView, path_key
+from .icons import app_icon, glyph
+from .image_view import ImageView, array_to_qimage
+from .model_info import about_html
+from .options import OverlayOptions, WindowLevel, apply_window_level
+from .overlay_controls import DisplayControls, OverlayControls
+from .prediction_panel import PredictionPanel
+from .report import ExportError, ReportData, save_png, write_pdf_report
+from .settings import SettingsStore
+from .workers import (
+    BatchController,
+    BatchOutcome,
+    LatestImageRequester,
+    ModelLoadController,
+    ModelLoader,
+    default_model_loader,
+    describe_error,
+)
+
+if TYPE_CHECKING:
+    from ..core.batch import BatchProgress
+    from ..core.imaging import LoadedImage
+    from ..core.runtime import Explanation, PneumoniaModel
+
+log = logging.getLogger(__name__)
+
+APP_TITLE = "Pneumo Desktop"
+DEFAULT_SIZE = QSize(1280, 800)
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.dcm *.dicom);;All files (*)"
+MODEL_HELP = (
+    "What to do: reinstall Pneumo Desktop so that its bundled model folder (resources/model) is "
+    "complete, or choose a valid model folder with File ▸ Open Model Folder…. You can still open "
+    "and view images; predictions stay off until a model is loaded."
+)
+
+# Card-like sections for the right panel (fonts set here do not propagate to child widgets).
+PANEL_STYLE = """
+QGroupBox { font-weight: 600; border: 1px solid #d5d9de; border-radius: 6px; margin-top: 12px;
+            padding: 10px 8px 8px 8px; background: palette(base); }
+QGroupBox::title { subcontrol-origin: margin; subcontrol-position: top left; left: 8px; padding: 0 4px; }
+"""
+
+
+@dataclass
+class DisplayState:
+    """What is on screen now; everything the re-blend needs is cached here."""
+
+    path: Path | None = None
+    image: "LoadedImage | None" = None
+    explanation: "Explanation | None" = None
+    display_grey: np.ndarray | None = None  # window/level applied (display only)
+    overlay_rgb: np.ndarray | None = None
+
+
+class MainWindow(QMainWindow):
+    modelReady = Signal(object)  # PneumoniaModel
+    modelFailed = Signal(str)
+    imageShown = Signal(object)  # LoadedImage
+    predictionShown = Signal(object)  # Explanation
+    fileFailed = Signal(object, str)  # path, message
+    overlayRendered = Signal()
+    batchFinished = Signal(object)  # BatchOutcome
+    batchFailed = Signal(str)
+
+    def __init__(
+        self,
+        *,
+        model: "PneumoniaModel | None" = None,
+        model_loader: ModelLoader | None = None,
+        settings: SettingsStore | QSettings | None = None,
+        pool: QThreadPool | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.settings = settings if isinstance(settings, SettingsStore) else SettingsStore(settings)
+        # A private pool: the batch holds one thread for minutes and must not starve display work.
+        self.pool = pool or QThreadPool(self)
+        if pool is None:
+            self.pool.setMaxThreadCount(4)
+        self.model: PneumoniaModel | None = None
+        self.model_error = ""
+        self.state = DisplayState()
+        self.last_message: tuple[str, str, str] | None = None  # (kind, title, text): for tests and logs
+        self._dialogs: list[QWidget] = []
+        self._window_level = WindowLevel()
+
+        self.requester = LatestImageRequester(self.pool, self)
+        self.model_controller = ModelLoadController(self.pool, self)
+        self.batch = BatchController(self.pool, self)
+
+        self._build_widgets()
+        self._build_actions()
+        self._build_menus_and_toolbar()
+        self._build_status_bar()
+        self._connect()
+        self._restore_settings()
+
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.setInterval(0)  # coalesces a burst of slider moves into one re-blend
+        self._render_timer.timeout.connect(self._render)
+
+        self.setWindowTitle(APP_TITLE)
+        self.setWindowIcon(app_icon())
+        self.setAcceptDrops(True)
+        self._update_actions()
+
+        if model is not None:
+            self._set_model(model)
+        else:
+            self.load_model(model_loader or default_model_loader())
+
+    # =========================================================================================
+    # Construction
+    # =========================================================================================
+    def _build_widgets(self) -> None:
+        self.file_model = FileListModel(self)
+        self.file_list = FileListView(self.file_model)
+        self.file_list.setObjectName("fileList")
+        self.file_header = QLabel("Images")
+        self.file_header.setObjectName("fileHeader")
+        self.file_header.setStyleSheet("font-weight: 600;")
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(8, 8, 4, 8)
+        left_layout.addWidget(self.file_header)
+        left_layout.addWidget(self.file_list)
+        left.setMinimumWidth(200)
+
+        self.view = ImageView()
+        self.view.setObjectName("imageView")
+
+        self.prediction_panel = PredictionPanel()
+        self.overlay_controls = OverlayControls(self.settings.overlay_options())
+        self.display_controls = DisplayControls()
+        right_content = QWidget()
+        right_content.setObjectName("rightPanel")
+        right_content.setStyleSheet(PANEL_STYLE)
+        right_layout = QVBoxLayout(right_content)
+        right_layout.setContentsMargins(4, 8, 8, 8)
+        right_layout.setSpacing(6)
+        right_layout.addWidget(self.prediction_panel)
+        right_layout.addWidget(self.overlay_controls)
+        right_layout.addWidget(self.display_controls)
+        right_layout.addStretch(1)
+        right = QScrollArea()
+        right.setWidget(right_content)
+        right.setWidgetResizable(True)
+        right.setFrameShape(QFrame.Shape.NoFrame)
+        right.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        right.setMinimumWidth(320)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(self.view)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(2, 0)
+        self.splitter.setCollapsible(1, False)
+        self.splitter.setSizes([290, 650, 340])
+        self.setCentralWidget(self.splitter)
+
+    def _action(self, text: str, slot, shortcut: QKeySequence | str | None = None, icon: QIcon | None = None, checkable: bool = False, tip: str = "") -> QAction:  # type: ignore[no-untyped-def]
+        action = QAction(text, self)
+        if icon is not None:
+            action.setIcon(icon)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.setCheckable(checkable)
+        if tip:
+            action.setToolTip(tip)
+            action.setStatusTip(tip)
+        (action.toggled if checkable else action.triggered).connect(slot)
+        return action
+
+    def _build_actions(self) -> None:
+        std = self.style().standardIcon
+        sp = QStyle.StandardPixmap
+        self.act_open = self._action("&Open Images…", self._choose_files, QKeySequence.StandardKey.Open, std(sp.SP_DialogOpenButton), tip="Open one or more X-ray images")
+        self.act_open_folder = self._action("Open &Folder…", self._choose_folder, "Ctrl+Shift+O", std(sp.SP_DirOpenIcon), tip="Open every image in a folder")
+        self.act_open_model = self._action("Open &Model Folder…", self._choose_model_folder, tip="Load a different exported model folder")
+        self.act_batch = self._action("&Score Folder to CSV…", self._choose_batch, "Ctrl+B", glyph("batch"), tip="Score every image in a folder and write a CSV (resumable)")
+        self.act_cancel_batch = self._action("&Cancel Scoring", self.cancel_batch, tip="Stop the running batch; rows written so far stay in the CSV")
+        self.act_export_png = self._action("Export Overlay as &PNG…", self._choose_png, "Ctrl+E", glyph("png"), tip="Save the Grad-CAM overlay as a PNG image")
+        self.act_export_pdf = self._action("Export &Report as PDF…", self._choose_pdf, "Ctrl+P", glyph("pdf"), tip="Save a one-page PDF report for this image")
+        self.act_quit = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.act_fit = self._action("&Fit to Window", self.view.fit, "Ctrl+0", glyph("fit"), tip="Fit the image to the window")
+        self.act_actual = self._action("&Actual Size (1:1)", self.view.actual_size, "Ctrl+1", glyph("one_to_one"), tip="One image pixel per screen pixel")
+        self.act_zoom_in = self._action("Zoom &In", lambda: self.view.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn)
+        self.act_zoom_out = self._action("Zoom &Out", lambda: self.view.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut)
+        self.act_invert = self._action("&Invert", self._on_invert_action, "Ctrl+I", glyph("invert"), checkable=True, tip="Invert the display (the model is not affected)")
+        self.act_reset_wl = self._action("&Reset Window/Level", self.display_controls.reset, "Ctrl+R")
+        self.act_overlay = self._action("Show &Overlay", self._on_overlay_action, "O", glyph("overlay"), checkable=True, tip="Show or hide the Grad-CAM overlay")
+        self.act_side = self._action("&Side by Side", self._on_side_action, "S", glyph("side_by_side"), checkable=True, tip="Original and overlay side by side")
+        self.act_about = self._action("&About Pneumo Desktop", self.show_about, icon=std(sp.SP_MessageBoxInformation))
+        self.act_about_qt = self._action("About &Qt", lambda: QMessageBox.aboutQt(self))
+        opts = self.overlay_controls.options()
+        self.act_overlay.setChecked(opts.enabled)
+        self.act_side.setChecked(opts.side_by_side)
+
+    def _build_menus_and_toolbar(self) -> None:
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        file_menu.addAction(self.act_open)
+        file_menu.addAction(self.act_open_folder)
+        self.recent_menu = QMenu("Open &Recent", self)
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addMenu(self.recent_menu)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_batch)
+        file_menu.addAction(self.act_cancel_batch)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_export_png)
+        file_menu.addAction(self.act_export_pdf)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_open_model)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_quit)
+        self._fill_recent_menu()
+
+        view_menu = menu.addMenu("&View")
+        for action in (self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out):
+            view_menu.addAction(action)
+        view_menu.addSeparator()
+        for action in (self.act_invert, self.act_reset_wl):
+            view_menu.addAction(action)
+        view_menu.addSeparator()
+        view_menu.addAction(self.act_overlay)
+        view_menu.addAction(self.act_side)
+
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction(self.act_about)
+        help_menu.addAction(self.act_about_qt)
+
+        toolbar = QToolBar("Main", self)
+        toolbar.setObjectName("mainToolbar")
+        toolbar.setMovable(False)
+        toolbar.setIconSize(QSize(22, 22))
+        toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.act_open.setIconText("Open")
+        self.act_open_folder.setIconText("Folder")
+        self.act_batch.setIconText("Score folder")
+        self.act_fit.setIconText("Fit")
+        self.act_actual.setIconText("1:1")
+        self.act_invert.setIconText("Invert")
+        self.act_overlay.setIconText("Overlay")
+        self.act_side.setIconText("Side by side")
+        self.act_export_png.setIconText("PNG")
+        self.act_export_pdf.setIconText("Report")
+        for group in (
+            (self.act_open, self.act_open_folder),
+            (self.act_batch,),
+            (self.act_fit, self.act_actual, self.act_invert),
+            (self.act_overlay, self.act_side),
+            (self.act_export_png, self.act_export_pdf),
+        ):
+            for action in group:
+                toolbar.addAction(action)
+            toolbar.addSeparator()
+        self.toolbar = toolbar
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, toolbar)
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.zoom_label = QLabel("")
+        self.zoom_label.setMinimumWidth(70)
+        self.batch_progress = QProgressBar()
+        self.batch_progress.setObjectName("batchProgress")
+        self.batch_progress.setMaximumWidth(220)
+        self.batch_progress.setTextVisible(True)
+        self.batch_cancel_button = QPushButton("Cancel")
+        self.batch_cancel_button.setObjectName("batchCancel")
+        self.batch_cancel_button.clicked.connect(self.cancel_batch)
+        self.model_status_label = QLabel("")
+        self.model_status_label.setObjectName("modelStatus")
+        # Always visible, whatever else the status bar is saying.
+        self.research_label = QLabel("Research use only — not a medical device")
+        self.research_label.setObjectName("researchUse")
+        self.research_label.setToolTip(RESEARCH_USE_STATEMENT)
+        self.research_label.setStyleSheet("color: #7a4a00; padding: 0 6px;")
+        bar.addPermanentWidget(self.batch_progress)
+        bar.addPermanentWidget(self.batch_cancel_button)
+        bar.addPermanentWidget(self.zoom_label)
+        bar.addPermanentWidget(self.model_status_label)
+        bar.addPermanentWidget(self.research_label)
+        self.batch_progress.hide()
+        self.batch_cancel_button.hide()
+
+    def _connect(self) -> None:
+        self.file_list.currentPathChanged.connect(self._on_current_path_changed)
+        self.requester.imageReady.connect(self._on_image_ready)
+        self.requester.explanationReady.connect(self._on_explanation_ready)
+        self.requester.failed.connect(self._on_request_failed)
+        self.model_controller.loaded.connect(self._on_model_loaded)
+        self.model_controller.failed.connect(self._on_model_failed)
+        self.batch.progress.connect(self._on_batch_progress)
+        self.batch.finished.connect(self._on_batch_finished)
+        self.batch.failed.connect(self._on_batch_failed)
+        self.overlay_controls.changed.connect(self._on_overlay_changed)
+        self.display_controls.changed.connect(self._on_window_level_changed)
+        self.view.zoomChanged.connect(lambda z: self.zoom_label.setText(f"Zoom {z * 100:.0f}%"))
+
+    def _restore_settings(self) -> None:
+        geometry = self.settings.geometry()
+        if geometry is None or not self.restoreGeometry(geometry):
+            self.resize(DEFAULT_SIZE)
+        state = self.settings.window_state()
+        if state is not None:
+            self.restoreState(state)
+        splitter = self.settings.splitter_state()
+        if splitter is not None:
+            self.splitter.restoreState(splitter)
+
+    # =========================================================================================
+    # Model
+    # =========================================================================================
+    def load_model(self, loader: ModelLoader) -> None:
+        """Load a model in the background; the window stays usable meanwhile."""
+        self.model_status_label.setText("Loading model…")
+        self.statusBar().showMessage("Loading model…")
+        self.prediction_panel.set_model_info("", "")
+        self.model_controller.start(loader)
+        self._update_actions()
+
+    @Slot(object)
+    def _on_model_loaded(self, model: object) -> None:
+        self._set_model(model)  # type: ignore[arg-type]
+        self.statusBar().showMessage("Model ready", 4000)
+
+    def _set_model(self, model: "PneumoniaModel") -> None:
+        self.model = model
+        self.model_error = ""
+        self.requester.set_model(model)
+        card = model.card
+        self.file_model.set_positive_label(card.positive_class)
+        self.model_status_label.setText(f"Model: {card.name} v{card.version}")
+        self.model_status_label.setToolTip(f"{model.model_dir}\nthreshold {card.threshold:.3f} ({card.threshold_rule})")
+        self.prediction_panel.set_model_info(card.name, f"v{card.version}")
+        self._update_actions()
+        self.modelReady.emit(model)
+        # An image opened while the model was loading gets its prediction now.
+        if self.state.path is not None:
+            self._request(self.state.path)
+
+    @Slot(object)
+    def _on_model_failed(self, exc: object) -> None:
+        message = describe_error(exc)  # type: ignore[arg-type]
+        self.model = None
+        self.model_error = message
+        self.requester.set_model(None)
+        self.model_status_label.setText("No model")
+        self.statusBar().showMessage(f"Model not loaded: {message}")
+        if isinstance(exc, ModelIntegrityError):
+            title, text = "Model missing or damaged", f"The model could not be loaded: {message}"
+        else:
+            log.error("model loading failed: %r", exc)
+            title, text = "Model could not be loaded", f"An unexpected error stopped the model from loading: {message}"
+        self._message("critical", title, text, MODEL_HELP)
+        if self.state.image is not None:
+            self.prediction_panel.clear("No model loaded: predictions are off.")
+        self._update_actions()
+        self.modelFailed.emit(message)
+
+    def _choose_model_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open Model Folder", str(self._start_folder()))
+        if folder:
+            self.load_model(default_model_loader(Path(folder)))
+
+    # =========================================================================================
+    # Opening files
+    # =========================================================================================
+    def open_paths(self, paths: Sequence[Path | str], exclude: Sequence[Path] = ()) -> int:
+        """Open files and/or folders (menus, drops, recent files, command line). Returns rows."""
+        inputs = [Path(p) for p in paths]
+        if not inputs:
+            return 0
+        missing = [p for p in inputs if not p.exists()]
+        excluded = {path_key(Path(p).resolve()) for p in exclude}
+        try:
+            files = find_images([p for p in inputs if p.exists()])
+            files = [f for f in files if path_key(f.resolve()) not in excluded] if excluded else files
+        except OSError as exc:
+            self._message("warning", "Cannot open", f"Could not list {', '.join(map(str, inputs))}: {exc}")
+            return 0
+        self.requester.cancel()
+        self.state = DisplayState()
+        self.file_model.set_paths(files)
+        for path in inputs:
+            if path.exists():
+                self.settings.add_recent(path)
+        first = inputs[0]
+        self.settings.set_last_folder(first if first.is_dir() else first.parent)
+        self._update_file_header()
+        if missing:
+            self.statusBar().showMessage(f"Not found: {', '.join(str(p) for p in missing)}", 8000)
+        if files:
+            self.file_list.select_row(0)
+            self.file_list.setFocus()
+            where = inputs[0] if len(inputs) == 1 else f"{len(inputs)} locations"
+            if not missing:
+                self.statusBar().showMessage(f"Opened {len(files)} file(s) from {where}", 5000)
+        else:
+            self.view.clear("No files to show in " + ", ".join(p.name for p in inputs))
+            self.prediction_panel.clear("No image")
+        self._update_actions()
+        return len(files)
+
+    def _start_folder(self) -> Path:
+        folder = self.settings.last_folder()
+        return folder if folder is not None and folder.is_dir() else Path.home()
+
+    def _choose_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Open Images", str(self._start_folder()), IMAGE_FILTER)
+        if files:
+            self.open_paths([Path(f) for f in files])
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open Folder", str(self._start_folder()))
+        if folder:
+            self.open_paths([Path(folder)])
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = self.settings.recent_paths()
+        for index, path in enumerate(recent, start=1):
+            label = f"&{index % 10}  {path.name or path}" + ("/" if path.is_dir() else "")
+            action = self.recent_menu.addAction(label)
+            action.setToolTip(str(path))
+            action.setStatusTip(str(path))
+            action.setEnabled(path.exists())
+            action.triggered.connect(lambda _checked=False, p=path: self.open_paths([p]))
+        if recent:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear Recent", self._clear_recent)
+        else:
+            self.recent_menu.addAction("No recent files").setEnabled(False)
+
+    def _clear_recent(self) -> None:
+        self.settings.clear_recent()
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            # Open after the drop returns so the source application is not kept waiting.
+            QTimer.singleShot(0, lambda: self.open_paths(paths))
+
+    def _update_file_header(self) -> None:
+        n = self.file_model.rowCount()
+        self.file_header.setText(f"Images ({n})" if n else "Images")
+
+    # =========================================================================================
+    # Showing one image: decode + explain in a worker, latest request wins
+    # =========================================================================================
+    @Slot(object)
+    def _on_current_path_changed(self, path: object) -> None:
+        self._request(Path(str(path)))
+
+    def _request(self, path: Path) -> None:
+        self.state = DisplayState(path=path)
+        self.setWindowTitle(f"{path.name} — {APP_TITLE}")
+        self.prediction_panel.clear("Reading image…")
+        self.requester.request(path)  # returns at once; the result arrives by signal
+        self._update_actions()
+
+    @Slot(object)
+    def _on_image_ready(self, image: "LoadedImage") -> None:
+        self.state.image = image
+        self.state.explanation = None
+        self._render(new_image=True)
+        if self.model is not None:
+            self.prediction_panel.clear("Analysing…")
+        elif self.model_controller.busy:
+            self.prediction_panel.clear("Waiting for the model to load…")
+        else:
+            self.prediction_panel.clear("No model loaded: predictions are off.")
+        self.statusBar().showMessage(
+            f"{image.path.name}: {image.width} × {image.height} px, {image.format}, {image.bit_depth}-bit", 5000
+        )
+        self._update_actions()
+        self.imageShown.emit(image)
+
+    @Slot(object)
+    def _on_explanation_ready(self, explanation: "Explanation") -> None:
+        self.state.explanation = explanation
+        prediction = explanation.prediction
+        self._render()
+        positive = self.model.card.positive_class if self.model is not None else "PNEUMONIA"
+        self.prediction_panel.set_prediction(prediction, positive)
+        if self.state.path is not None:
+            self.file_model.set_result(self.state.path, prediction.probability, prediction.label)
+        self._update_actions()
+        self.predictionShown.emit(explanation)
+
+    @Slot(object, str)
+    def _on_request_failed(self, path: object, message: str) -> None:
+        path = Path(str(path))
+        self.file_model.set_error(path, message)
+        self.state = DisplayState(path=path)
+        self.view.clear(f"Cannot show {path.name}\n\n{message}")
+        self.prediction_panel.clear(f"Could not read this file: {message}")
+        self.statusBar().showMessage(f"{path.name}: {message}", 10000)
+        self._update_actions()
+        self.fileFailed.emit(path, message)
+
+    # =========================================================================================
+    # Display: window/level and overlay are re-blended from cached arrays, never re-inferred
+    # =========================================================================================
+    def overlay_options(self) -> OverlayOptions:
+        return self.overlay_controls.options()
+
+    def _schedule_render(self) -> None:
+        self._render_timer.start()
+
+    def _render(self, new_image: bool = False) -> None:
+        state = self.state
+        if state.image is None:
+            return
+        options = self.overlay_controls.options()
+        state.display_grey = apply_window_level(state.image.grey, self._window_level)
+        state.overlay_rgb = None
+        if state.explanation is not None and options.enabled:
+            state.overlay_rgb = render_overlay(
+                state.display_grey, state.explanation.cam, options.colormap, options.opacity, options.cutoff
+            )
+        if options.side_by_side and state.overlay_rgb is not None:
+            self.view.set_images(
+                array_to_qimage(state.display_grey),
+                array_to_qimage(state.overlay_rgb),
+                ("Image", "Grad-CAM overlay"),
+                new_image=new_image,
+            )
+        else:
+            shown = state.overlay_rgb if state.overlay_rgb is not None else state.display_grey
+            self.view.set_images(array_to_qimage(shown), None, None, new_image=new_image)
+        self.overlayRendered.emit()
+
+    @Slot(object)
+    def _on_overlay_changed(self, options: OverlayOptions) -> None:
+        for action, value in ((self.act_overlay, options.enabled), (self.act_side, options.side_by_side)):
+            action.blockSignals(True)
+            action.setChecked(value)
+            action.blockSignals(False)
+        self.settings.set_overlay_options(options)
+        self._schedule_render()
+
+    @Slot(object)
+    def _on_window_level_changed(self, window: WindowLevel) -> None:
+        self._window_level = window
+        self.act_invert.blockSignals(True)
+        self.act_invert.setChecked(window.invert)
+        self.act_invert.blockSignals(False)
+        self._schedule_render()
+
+    def _on_invert_action(self, checked: bool) -> None:
+        self.display_controls.invert_box.setChecked(checked)
+
+    def _on_overlay_action(self, checked: bool) -> None:
+        self.overlay_controls.enabled_box.setChecked(checked)
+
+    def _on_side_action(self, checked: bool) -> None:
+        self.overlay_controls.side_by_side_box.setChecked(checked)
+
+    # =========================================================================================
+    # Batch scoring
+    # =========================================================================================
+    def start_batch(self, inputs: Sequence[Path] | Path, output_csv: Path, *, resume: bool = False) -> bool:
+        """Score `inputs` to `output_csv` in the background (no dialogs; the menu path asks first)."""
+        if isinstance(inputs, (str, Path)):
+            inputs = [Path(inputs)]
+        inputs = [Path(p) for p in inputs]
+        if self.model is None:
+            self._message("warning", "No model", "Batch scoring needs a loaded model. " + (self.model_error or "The model is still loading."))
+            return False
+        if self.batch.running:
+            self.statusBar().showMessage("A batch is already running", 5000)
+            return False
+        # Show the files being scored, unless the list already holds exactly them.
+        try:
+            # The output CSV is never an input (score_paths skips it too).
+            output_key = path_key(Path(output_csv).resolve())
+            files = [f for f in find_images(inputs) if path_key(f.resolve()) != output_key]
+        except OSError as exc:
+            self._message("warning", "Cannot score", f"Could not list the folder: {exc}")
+            return False
+        if sorted(map(path_key, files)) != sorted(map(path_key, self.file_model.paths())):
+            self.open_paths(inputs, exclude=[Path(output_csv)])
+        try:
+            self.batch.start(inputs, Path(output_csv), self.model, resume=resume)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self._message("critical", "Cannot start scoring", describe_error(exc))
+            return False
+        self.batch_progress.setRange(0, 0)  # busy until the first result says how many
+        self.batch_progress.show()
+        self.batch_cancel_button.setEnabled(True)
+        self.batch_cancel_button.show()
+        self.statusBar().showMessage(f"Scoring {len(files)} file(s) to {Path(output_csv).name}…")
+        self._update_actions()
+        return True
+
+    def cancel_batch(self) -> None:
+        if self.batch.running:
+            self.batch.cancel()
+            self.batch_cancel_button.setEnabled(False)
+            self.statusBar().showMessage("Cancelling… (finishing the current image)")
+
+    @Slot(object)
+    def _on_batch_progress(self, progress: "BatchProgress") -> None:
+        self.batch_progress.setRange(0, max(progress.total, 1))
+        self.batch_progress.setValue(progress.done)
+        self.batch_progress.setFormat("%v / %m")
+        row = progress.row
+        if row.error:
+            self.file_model.set_error(row.path, row.error)
+        elif row.probability is not None:
+            self.file_model.set_result(row.path, row.probability, row.prediction)
+
+    @Slot(object)
+    def _on_batch_finished(self, outcome: BatchOutcome) -> None:
+        for row in outcome.rows:
+            if row.error:
+                self.file_model.set_error(row.path, row.error)
+            elif row.probability is not None:
+                self.file_model.set_result(row.path, row.probability, row.prediction)
+        self._hide_batch_progress()
+        s = outcome.summary
+        parts = [f"{s.scored} scored", f"{s.errors} could not be read"]
+        if s.resumed:
+            parts.append(f"{s.resumed} kept from the earlier run")
+        verdict = "Scoring cancelled" if s.cancelled else "Scoring finished"
+        text = f"{verdict}: {', '.join(parts)} of {s.total} in {s.elapsed_s:.1f} s."
+        self.statusBar().showMessage(text, 15000)
+        self._message("information", verdict, text, f"Results: {s.output}")
+        self._update_actions()
+        self.batchFinished.emit(outcome)
+
+    @Slot(object)
+    def _on_batch_failed(self, exc: object) -> None:
+        message = describe_error(exc)  # type: ignore[arg-type]
+        log.error("batch failed: %r", exc)
+        self._hide_batch_progress()
+        self.statusBar().showMessage(f"Scoring failed: {message}", 15000)
+        self._message("critical", "Scoring failed", f"Scoring stopped: {message}", "Rows written before the error are kept; run it again and choose Resume.")
+        self._update_actions()
+        self.batchFailed.emit(message)
+
+    def _hide_batch_progress(self) -> None:
+        self.batch_progress.hide()
+        self.batch_cancel_button.hide()
+
+    def _choose_batch(self) -> None:
+        folder_text = QFileDialog.getExistingDirectory(self, "Folder to Score", str(self._start_folder()))
+        if not folder_text:
+            return
+        folder = Path(folder_text)
+        # Default CSV next to the folder, not in it: it would otherwise be listed as an input.
+        default_csv = folder.parent / f"{folder.name}_pneumo_scores.csv"
+        csv_text, _ = QFileDialog.getSaveFileName(
+            self, "Save Scores as CSV", str(default_csv), "CSV files (*.csv)", options=QFileDialog.Option.DontConfirmOverwrite
+        )
+        if not csv_text:
+            return
+        output = Path(csv_text)
+        resume = False
+        if output.exists():
+            box = QMessageBox(QMessageBox.Icon.Question, "CSV exists", f"{output.name} already exists.", parent=self)
+            box.setInformativeText("Resume keeps its rows and scores only the files not in it yet. Start over replaces it.")
+            resume_button = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
+            overwrite_button = box.addButton("Start Over", QMessageBox.ButtonRole.DestructiveRole)
+            box.addButton(QMessageBox.StandardButton.Cancel)
+            box.setDefaultButton(resume_button)
+            box.exec()
+            if box.clickedButton() is resume_button:
+                resume = True
+            elif box.clickedButton() is not overwrite_button:
+                return
+        self.start_batch([folder], output, resume=resume)
+
+    # =========================================================================================
+    # Exports
+    # =========================================================================================
+    def _export_overlay_rgb(self) -> np.ndarray | None:
+        state = self.state
+        if state.image is None or state.explanation is None:
+            return None
+        if state.overlay_rgb is not None:
+            return state.overlay_rgb
+        options = self.overlay_controls.options()  # overlay hidden on screen: export it anyway
+        grey = state.display_grey if state.display_grey is not None else state.image.grey
+        return render_overlay(grey, state.explanation.cam, options.colormap, options.opacity, options.cutoff)
+
+    def export_overlay_png(self, path: Path) -> bool:
+        rgb = self._export_overlay_rgb()
+        if rgb is None:
+            self.statusBar().showMessage("Nothing to export yet: wait for the prediction", 5000)
+            return False
+        try:
+            save_png(array_to_qimage(rgb), Path(path))
+        except ExportError as exc:
+            self._message("warning", "Export failed", str(exc))
+            return False
+        self.statusBar().showMessage(f"Saved {path}", 5000)
+        return True
+
+    def export_pdf_report(self, path: Path) -> bool:
+        state = self.state
+        rgb = self._export_overlay_rgb()
+        if rgb is None or state.image is None or state.explanation is None:
+            self.statusBar().showMessage("Nothing to export yet: wait for the prediction", 5000)
+            return False
+        grey = state.display_grey if state.display_grey is not None else state.image.grey
+        options = self.overlay_controls.options()
+        image = state.image
+        note = "" if self._window_level.is_identity else (
+            f"Display: window level {self._window_level.level}, width {self._window_level.width}"
+            + (", inverted" if self._window_level.invert else "")
+            + " (display only; the model read the original image)."
+        )
+        data = ReportData(
+            file_path=image.path,
+            image=array_to_qimage(grey),
+            overlay=array_to_qimage(rgb),
+            colorbar=array_to_qimage(colorbar(options.colormap, length=256, thickness=16, vertical=False)),
+            prediction=state.explanation.prediction,
+            card=self.model.card if self.model is not None else None,
+            image_info=f"{image.width} × {image.height} px, {image.format}, {image.bit_depth}-bit · "
+            f"overlay: {options.colormap}, opacity {options.opacity:.2f}, cut-off {options.cutoff:.2f}",
+            display_note=note,
+        )
+        try:
+            write_pdf_report(data, Path(path))
+        except ExportError as exc:
+            self._message("warning", "Export failed", str(exc))
+            return False
+        self.statusBar().showMessage(f"Saved {path}", 5000)
+        return True
+
+    def _suggested_export(self, suffix: str) -> str:
+        path = self.state.path
+        folder = self._start_folder()
+        return str(folder / f"{path.stem if path else 'image'}{suffix}")
+
+    def _choose_png(self) -> None:
+        name, _ = QFileDialog.getSaveFileName(self, "Export Overlay", self._suggested_export("_gradcam.png"), "PNG images (*.png)")
+        if name:
+            self.export_overlay_png(Path(name))
+
+    def _choose_pdf(self) -> None:
+        name, _ = QFileDialog.getSaveFileName(self, "Export Report", self._suggested_export("_report.pdf"), "PDF files (*.pdf)")
+        if name:
+            self.export_pdf_report(Path(name))
+
+    # =========================================================================================
+    # Dialogs, About, state of actions, closing
+    # =========================================================================================
+    def _message(self, kind: str, title: str, text: str, informative: str = "") -> QMessageBox:
+        """Non-blocking message box (a worker result must never wait on a modal loop)."""
+        self.last_message = (kind, title, text + (f"\n{informative}" if informative else ""))
+        icons = {
+            "critical": QMessageBox.Icon.Critical,
+            "warning": QMessageBox.Icon.Warning,
+            "information": QMessageBox.Icon.Information,
+        }
+        box = QMessageBox(icons.get(kind, QMessageBox.Icon.NoIcon), title, text, QMessageBox.StandardButton.Ok, self)
+        if informative:
+            box.setInformativeText(informative)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(lambda _result, b=box: self._dialogs.remove(b) if b in self._dialogs else None)
+        self._dialogs.append(box)
+        box.open()
+        return box
+
+    def show_about(self) -> QDialog:
+        dialog = QDialog(self)
+        dialog.setWindowTitle("About Pneumo Desktop")
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        browser = QTextBrowser()
+        browser.setObjectName("aboutText")
+        browser.setOpenExternalLinks(True)
+        browser.setHtml(about_html(self.model.card if self.model is not None else None, self.model_error))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(dialog.reject)
+        layout = QVBoxLayout(dialog)
+        layout.addWidget(browser)
+        layout.addWidget(buttons)
+        dialog.resize(560, 560)
+        dialog.open()
+        self._dialogs.append(dialog)
+        dialog.finished.connect(lambda _r, d=dialog: self._dialogs.remove(d) if d in self._dialogs else None)
+        return dialog
+
+    def _update_actions(self) -> None:
+        has_prediction = self.state.explanation is not None
+        running = self.batch.running
+        self.act_batch.setEnabled(self.model is not None and not running)
+        self.act_cancel_batch.setEnabled(running)
+        self.act_export_png.setEnabled(has_prediction)
+        self.act_export_pdf.setEnabled(has_prediction)
+        has_image = self.state.image is not None
+        for action in (self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out):
+            action.setEnabled(has_image)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.batch.cancel()
+        self.requester.cancel()
+        self.settings.save_window(self.saveGeometry(), self.saveState(), self.splitter.saveState())
+        self.settings.set_overlay_options(self.overlay_controls.options())
+        self.settings.sync()
+        # Let running workers finish so none emits into a destroyed window.
+        self.pool.waitForDone(30_000)
+        super().closeEvent(event)

@@ -1,0 +1,96 @@
+"""Model-card summaries for the About box and the PDF report (plain functions, easy to test)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .. import RESEARCH_USE_STATEMENT, __version__
+
+if TYPE_CHECKING:
+    from ..core.model_card import ModelCard
+
+DATA_ATTRIBUTION = (
+    "Training data: Chest X-Ray Images (Pneumonia), Kermany D.S. et al., "
+    "“Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning”, "
+    "Cell 172(5):1122-1131, 2018. Data licensed CC BY 4.0."
+)
+MAX_METRIC_ROWS = 24
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def metric_rows(metrics: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Flatten card.raw["metrics"] (nested dicts of numbers) into (name, value) rows.
+
+    The card's metrics layout belongs to the trainer, so this reads any nesting of scalars and
+    skips lists/arrays (curves) which do not fit a summary.
+    """
+    rows: list[tuple[str, str]] = []
+    if not isinstance(metrics, Mapping):
+        return rows
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows.extend(metric_rows(value, prefix=f"{name} / "))
+        elif isinstance(value, (int, float, str, bool)):
+            rows.append((name, _format_value(value)))
+        if len(rows) >= MAX_METRIC_ROWS:
+            break
+    return rows[:MAX_METRIC_ROWS]
+
+
+def card_rows(card: "ModelCard") -> list[tuple[str, str]]:
+    return [
+        ("Model", card.name),
+        ("Version", card.version),
+        ("Backbone", card.backbone),
+        ("Input size", f"{card.input_size} × {card.input_size} px"),
+        ("Threshold", f"{card.threshold:.3f}"),
+        ("Threshold rule", card.threshold_rule),
+        ("Classes", " / ".join(card.class_names)),
+        ("Model file sha256", card.artifacts.get("model.tflite", "")[:16] + "…"),
+    ]
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    cells = "".join(
+        f"<tr><td style='padding-right:12px;color:#5f6368'>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table cellspacing='0' cellpadding='1'>{cells}</table>"
+
+
+def about_html(card: "ModelCard | None", model_error: str = "") -> str:
+    parts = [
+        f"<h2 style='margin-bottom:2px'>Pneumo Desktop {html.escape(__version__)}</h2>",
+        "<p>Reads chest X-rays and shows the model's estimated probability of pneumonia with a "
+        "Grad-CAM overlay.</p>",
+        f"<p><b>{html.escape(RESEARCH_USE_STATEMENT)}</b></p>",
+        "<h3>Model card</h3>",
+    ]
+    if card is None:
+        parts.append(f"<p>No model is loaded. {html.escape(model_error)}</p>")
+    else:
+        parts.append(_table(card_rows(card)))
+        metrics = metric_rows(card.raw.get("metrics"))
+        if metrics:
+            parts.append("<h3>Validation metrics</h3>")
+            parts.append(_table(metrics))
+        else:
+            parts.append("<p style='color:#5f6368'>The model card lists no validation metrics.</p>")
+        if card.intended_use:
+            parts.append(f"<p><i>Intended use:</i> {html.escape(card.intended_use)}</p>")
+    parts.append("<h3>Data attribution</h3>")
+    parts.append(f"<p>{html.escape(DATA_ATTRIBUTION)}</p>")
+    if card is not None and card.raw.get("data_attribution"):
+        parts.append(f"<p style='color:#5f6368'>{html.escape(str(card.raw['data_attribution']))}</p>")
+    parts.append("<p style='color:#5f6368'>Licensed under the Apache License 2.0. Built with Qt for Python (PySide6).</p>")
+    return "".join(parts)

@@ -1,0 +1,227 @@
+"""Grad-CAM overlay controls (on/off, opacity, colormap, cut-off, side by side, colour bar) and
+display controls (window/level, invert). Both only emit option values; nothing here touches
+the model."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.overlay import COLORMAPS, colorbar
+from .image_view import array_to_qimage
+from .options import OverlayOptions, WindowLevel
+
+MAX_CUTOFF = 95  # percent; 100 would hide the whole map
+
+
+def _slider(minimum: int, maximum: int, value: int) -> QSlider:
+    slider = QSlider(Qt.Orientation.Horizontal)
+    slider.setRange(minimum, maximum)
+    slider.setValue(value)
+    slider.setSingleStep(1)
+    slider.setPageStep(10)
+    return slider
+
+
+def _small(label: QLabel) -> QLabel:
+    font = QFont(label.font())
+    font.setPointSize(max(font.pointSize() - 1, 7))
+    label.setFont(font)
+    return label
+
+
+class OverlayControls(QGroupBox):
+    changed = Signal(object)  # OverlayOptions
+
+    def __init__(self, options: OverlayOptions | None = None, parent: QWidget | None = None) -> None:
+        super().__init__("Grad-CAM overlay", parent)
+        self.setObjectName("overlayControls")
+        self._updating = False
+
+        self.enabled_box = QCheckBox("Show overlay")
+        self.side_by_side_box = QCheckBox("Side by side (original | overlay)")
+        self.opacity_slider = _slider(0, 100, 45)
+        self.opacity_slider.setObjectName("opacitySlider")
+        self.opacity_value = QLabel()
+        self.cutoff_slider = _slider(0, MAX_CUTOFF, 0)
+        self.cutoff_slider.setObjectName("cutoffSlider")
+        self.cutoff_value = QLabel()
+        self.colormap_combo = QComboBox()
+        self.colormap_combo.setObjectName("colormapCombo")
+        self.colormap_combo.addItems(list(COLORMAPS))
+        for value_label in (self.opacity_value, self.cutoff_value):
+            value_label.setMinimumWidth(36)
+            value_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+        self.colorbar_label = QLabel()
+        self.colorbar_label.setObjectName("colorbar")
+        self.colorbar_label.setFixedHeight(14)
+        self.colorbar_label.setScaledContents(True)
+        # Ignored: the 256 px bar must not dictate the panel's minimum width.
+        self.colorbar_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.colorbar_label.setMinimumWidth(60)
+        bar_ends = QHBoxLayout()
+        bar_ends.addWidget(_small(QLabel("weak")))
+        bar_ends.addStretch(1)
+        bar_ends.addWidget(_small(QLabel("strong influence")))
+
+        grid = QGridLayout()
+        grid.setColumnStretch(1, 1)
+        grid.addWidget(QLabel("Opacity"), 0, 0)
+        grid.addWidget(self.opacity_slider, 0, 1)
+        grid.addWidget(self.opacity_value, 0, 2)
+        grid.addWidget(QLabel("Cut-off"), 1, 0)
+        grid.addWidget(self.cutoff_slider, 1, 1)
+        grid.addWidget(self.cutoff_value, 1, 2)
+        grid.addWidget(QLabel("Colours"), 2, 0)
+        grid.addWidget(self.colormap_combo, 2, 1, 1, 2)
+
+        note = _small(
+            QLabel("Highlights the regions that most influenced the model's output. It is not a map of lesions.")
+        )
+        note.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.enabled_box)
+        layout.addLayout(grid)
+        layout.addWidget(self.colorbar_label)
+        layout.addLayout(bar_ends)
+        layout.addWidget(self.side_by_side_box)
+        layout.addWidget(note)
+
+        self.set_options(options or OverlayOptions())
+        self.enabled_box.toggled.connect(self._emit)
+        self.side_by_side_box.toggled.connect(self._emit)
+        self.opacity_slider.valueChanged.connect(self._emit)
+        self.cutoff_slider.valueChanged.connect(self._emit)
+        self.colormap_combo.currentTextChanged.connect(self._emit)
+
+    def options(self) -> OverlayOptions:
+        return OverlayOptions(
+            enabled=self.enabled_box.isChecked(),
+            opacity=self.opacity_slider.value() / 100.0,
+            colormap=self.colormap_combo.currentText(),
+            cutoff=self.cutoff_slider.value() / 100.0,
+            side_by_side=self.side_by_side_box.isChecked(),
+        )
+
+    def set_options(self, options: OverlayOptions) -> None:
+        self._updating = True
+        try:
+            self.enabled_box.setChecked(options.enabled)
+            self.side_by_side_box.setChecked(options.side_by_side)
+            self.opacity_slider.setValue(round(options.opacity * 100))
+            self.cutoff_slider.setValue(min(round(options.cutoff * 100), MAX_CUTOFF))
+            colormap = options.colormap if options.colormap in COLORMAPS else next(iter(COLORMAPS))
+            self.colormap_combo.setCurrentText(colormap)
+        finally:
+            self._updating = False
+        self._refresh()
+
+    def _refresh(self) -> None:
+        options = self.options()
+        self.opacity_value.setText(f"{round(options.opacity * 100)}%")
+        self.cutoff_value.setText(f"{options.cutoff:.2f}")
+        for widget in (self.opacity_slider, self.cutoff_slider, self.colormap_combo, self.side_by_side_box):
+            widget.setEnabled(options.enabled)
+        bar = colorbar(options.colormap, length=256, thickness=12, vertical=False)
+        self.colorbar_label.setPixmap(_to_pixmap(bar))
+
+    def _emit(self, *_args: object) -> None:
+        if self._updating:
+            return
+        self._refresh()
+        self.changed.emit(self.options())
+
+
+def _to_pixmap(rgb: np.ndarray) -> QPixmap:
+    return QPixmap.fromImage(array_to_qimage(rgb))
+
+
+class DisplayControls(QGroupBox):
+    """Window/level and invert: display only."""
+
+    changed = Signal(object)  # WindowLevel
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Display", parent)
+        self.setObjectName("displayControls")
+        self._updating = False
+        self.level_slider = _slider(0, 255, 128)
+        self.level_slider.setObjectName("levelSlider")
+        self.width_slider = _slider(2, 256, 256)
+        self.width_slider.setObjectName("widthSlider")
+        self.level_value = QLabel()
+        self.width_value = QLabel()
+        for value_label in (self.level_value, self.width_value):
+            value_label.setMinimumWidth(36)
+            value_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.invert_box = QCheckBox("Invert")
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip("Full grey range, not inverted")
+
+        grid = QGridLayout()
+        grid.setColumnStretch(1, 1)
+        grid.addWidget(QLabel("Level"), 0, 0)
+        grid.addWidget(self.level_slider, 0, 1)
+        grid.addWidget(self.level_value, 0, 2)
+        grid.addWidget(QLabel("Window"), 1, 0)
+        grid.addWidget(self.width_slider, 1, 1)
+        grid.addWidget(self.width_value, 1, 2)
+        row = QHBoxLayout()
+        row.addWidget(self.invert_box)
+        row.addStretch(1)
+        row.addWidget(self.reset_button)
+        note = _small(QLabel("Changes the display only; the model always reads the original image."))
+        note.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(grid)
+        layout.addLayout(row)
+        layout.addWidget(note)
+
+        self._refresh()
+        self.level_slider.valueChanged.connect(self._emit)
+        self.width_slider.valueChanged.connect(self._emit)
+        self.invert_box.toggled.connect(self._emit)
+        self.reset_button.clicked.connect(self.reset)
+
+    def window_level(self) -> WindowLevel:
+        return WindowLevel(self.level_slider.value(), self.width_slider.value(), self.invert_box.isChecked())
+
+    def set_window_level(self, window: WindowLevel) -> None:
+        self._updating = True
+        try:
+            self.level_slider.setValue(window.level)
+            self.width_slider.setValue(window.width)
+            self.invert_box.setChecked(window.invert)
+        finally:
+            self._updating = False
+        self._refresh()
+        self.changed.emit(self.window_level())
+
+    def reset(self) -> None:
+        self.set_window_level(WindowLevel())
+
+    def _refresh(self) -> None:
+        self.level_value.setText(str(self.level_slider.value()))
+        self.width_value.setText(str(self.width_slider.value()))
+
+    def _emit(self, *_args: object) -> None:
+        if self._updating:
+            return
+        self._refresh()
+        self.changed.emit(self.window_level())

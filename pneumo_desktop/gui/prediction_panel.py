@@ -1,0 +1,145 @@
+"""Right-hand panel: the model's output for the image on screen, worded so it never overstates."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QFont, QPainter, QPaintEvent, QPen
+from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QSizePolicy, QVBoxLayout, QWidget
+
+from .file_list import format_probability
+from .icons import STATUS_COLOURS, RowStatus
+
+if TYPE_CHECKING:
+    from ..core.runtime import Prediction
+
+PANEL_TITLE = "Model output — research use only, not a diagnosis"
+
+
+class ProbabilityBar(QWidget):
+    """A 0..1 bar with the operating-point threshold marked."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._probability: float | None = None
+        self._threshold: float | None = None
+        self._colour = QColor(STATUS_COLOURS[RowStatus.QUEUED])
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def sizeHint(self) -> QSize:
+        return QSize(200, 22)
+
+    def set_values(self, probability: float | None, threshold: float | None, colour: QColor | None = None) -> None:
+        self._probability = probability
+        self._threshold = threshold
+        if colour is not None:
+            self._colour = colour
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        track = QRectF(1, 5, self.width() - 2, 12)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(self.palette().mid().color().lighter(130))
+        painter.drawRoundedRect(track, 6, 6)
+        if self._probability is not None:
+            filled = QRectF(track.left(), track.top(), track.width() * max(0.0, min(1.0, self._probability)), track.height())
+            painter.setBrush(self._colour)
+            painter.drawRoundedRect(filled, 6, 6)
+        if self._threshold is not None:
+            x = track.left() + track.width() * self._threshold
+            painter.setPen(QPen(self.palette().text().color(), 2))
+            painter.drawLine(int(x), 1, int(x), self.height() - 1)
+        painter.end()
+
+
+class PredictionPanel(QGroupBox):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Model output", parent)
+        self.setObjectName("predictionPanel")
+        # The full caveat goes in a wrapping label: as a group-box title it would set the panel width.
+        self.caveat = QLabel(PANEL_TITLE)
+        self.caveat.setObjectName("caveat")
+        self.caveat.setWordWrap(True)
+        self.caveat.setStyleSheet("color: #7a4a00;")
+
+        self.label_value = QLabel("—")
+        self.label_value.setObjectName("labelValue")
+        big = QFont(self.font())
+        big.setPointSize(big.pointSize() + 7)
+        big.setBold(True)
+        self.label_value.setFont(big)
+        self.label_caption = QLabel("label at the model's operating point")
+        self.label_caption.setObjectName("labelCaption")
+
+        self.probability_value = QLabel("—")
+        self.probability_value.setObjectName("probabilityValue")
+        mid = QFont(self.font())
+        mid.setPointSize(mid.pointSize() + 2)
+        self.probability_value.setFont(mid)
+        self.probability_bar = ProbabilityBar()
+
+        self.threshold_value = QLabel("—")
+        self.threshold_value.setObjectName("thresholdValue")
+        self.model_value = QLabel("—")
+        self.model_value.setObjectName("modelValue")
+        self.model_value.setWordWrap(True)
+        self.status_value = QLabel("No image")
+        self.status_value.setObjectName("statusValue")
+        self.status_value.setWordWrap(True)
+        for label in (self.threshold_value, self.model_value, self.probability_value):
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.note = QLabel(
+            "P(pneumonia) is the model's estimate for this image. The label only says which side "
+            "of the threshold it falls on; it is not a finding."
+        )
+        self.note.setWordWrap(True)
+        self.note.setObjectName("panelNote")
+        small = QFont(self.font())
+        small.setPointSize(max(small.pointSize() - 1, 7))
+        self.note.setFont(small)
+        self.label_caption.setFont(small)
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
+        form.addRow("P(pneumonia)", self.probability_value)
+        form.addRow("Threshold", self.threshold_value)
+        form.addRow("Model", self.model_value)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.caveat)
+        layout.addWidget(self.status_value)
+        layout.addWidget(self.label_value)
+        layout.addWidget(self.label_caption)
+        layout.addSpacing(4)
+        layout.addWidget(self.probability_bar)
+        layout.addLayout(form)
+        layout.addWidget(self.note)
+        self.clear("No image")
+
+    def clear(self, status: str) -> None:
+        self.status_value.setText(status)
+        self.status_value.setVisible(bool(status))
+        self.label_value.setText("—")
+        self.label_value.setStyleSheet("")
+        self.probability_value.setText("—")
+        self.threshold_value.setText("—")
+        self.probability_bar.set_values(None, None)
+
+    def set_model_info(self, name: str, version: str) -> None:
+        self.model_value.setText(f"{name} {version}".strip() if name else "—")
+
+    def set_prediction(self, prediction: "Prediction", positive_label: str = "PNEUMONIA") -> None:
+        status = RowStatus.POSITIVE if prediction.label == positive_label else RowStatus.NORMAL
+        colour = QColor(STATUS_COLOURS[status])
+        self.status_value.setVisible(False)
+        self.label_value.setText(prediction.label)
+        self.label_value.setStyleSheet(f"color: {colour.name()};")
+        self.probability_value.setText(format_probability(prediction.probability))
+        self.threshold_value.setText(format_probability(prediction.threshold))
+        self.probability_bar.set_values(prediction.probability, prediction.threshold, colour)
+        self.set_model_info(prediction.model_name, f"v{prediction.model_version}")

@@ -1,0 +1,173 @@
+"""Unit tests of the GUI's plain parts: window/level, settings, the file list model, model-card text."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt import
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from pneumo_desktop.core.model_card import ModelCard  # noqa: E402
+from pneumo_desktop.gui.file_list import FileListModel, format_probability  # noqa: E402
+from pneumo_desktop.gui.icons import RowStatus, glyph, status_icon  # noqa: E402
+from pneumo_desktop.gui.model_info import about_html, metric_rows  # noqa: E402
+from pneumo_desktop.gui.options import OverlayOptions, WindowLevel, apply_window_level  # noqa: E402
+from pneumo_desktop.gui.settings import MAX_RECENT, SettingsStore, ini_qsettings  # noqa: E402
+from pneumo_desktop.gui.workers import ResultCache, describe_error, read_batch_csv  # noqa: E402
+
+
+def card(**raw_extra) -> ModelCard:
+    data = {
+        "name": "demo",
+        "version": "1.2.3",
+        "backbone": "efficientnet-lite0",
+        "input_size": 224,
+        "preprocessing": {"id": "grey-resize-area-v1"},
+        "class_names": ["NORMAL", "PNEUMONIA"],
+        "threshold": {"value": 0.4321, "rule": "max Youden J on validation"},
+        "gradcam": {"layer": "top"},
+        "artifacts": {"model.tflite": {"sha256": "ab" * 32}},
+        "intended_use": "Research use only.",
+    }
+    data.update(raw_extra)
+    return ModelCard.from_dict(data)
+
+
+# ------------------------------------------------------------------------------ window / level
+def test_default_window_is_the_identity_and_returns_the_same_array() -> None:
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert WindowLevel().is_identity
+    assert apply_window_level(grey, WindowLevel()) is grey
+    assert np.array_equal(WindowLevel().lut(), np.arange(256))
+
+
+def test_invert_and_narrow_window() -> None:
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    inverted = apply_window_level(grey, WindowLevel(invert=True))
+    assert np.array_equal(inverted, 255 - grey)
+    narrow = WindowLevel(level=100, width=50)
+    out = apply_window_level(grey, narrow)
+    assert out.dtype == np.uint8 and out.shape == grey.shape
+    flat = out.ravel()
+    assert flat[narrow.low] == 0 and flat[narrow.high] == 255
+    assert np.all(flat[: narrow.low] == 0) and np.all(flat[narrow.high :] == 255)
+    assert np.all(np.diff(flat.astype(int)) >= 0)
+    assert np.array_equal(grey, np.arange(256, dtype=np.uint8).reshape(16, 16)), "input untouched"
+
+
+# ------------------------------------------------------------------------------ settings
+def test_settings_round_trip_and_recent_list(tmp_path: Path) -> None:
+    store = SettingsStore(ini_qsettings(tmp_path / "s.ini"))
+    assert store.recent_paths() == [] and store.last_folder() is None
+    assert store.overlay_options() == OverlayOptions()
+    store.add_recent(tmp_path / "one.png")
+    store.sync()
+    reopened = SettingsStore(ini_qsettings(tmp_path / "s.ini"))
+    assert reopened.recent_paths() == [tmp_path / "one.png"]  # a one-element ini list survives
+    for i in range(MAX_RECENT + 3):
+        reopened.add_recent(tmp_path / f"{i}.png")
+    reopened.add_recent(tmp_path / "3.png")
+    recent = reopened.recent_paths()
+    assert len(recent) == MAX_RECENT and recent[0] == tmp_path / "3.png" and len(set(recent)) == MAX_RECENT
+    options = OverlayOptions(enabled=False, opacity=0.8, colormap="hot", cutoff=0.5, side_by_side=True)
+    reopened.set_overlay_options(options)
+    reopened.set_last_folder(tmp_path)
+    reopened.sync()
+    again = SettingsStore(ini_qsettings(tmp_path / "s.ini"))
+    assert again.overlay_options() == options
+    assert again.last_folder() == tmp_path
+
+
+def test_unreadable_overlay_settings_fall_back_to_defaults(tmp_path: Path) -> None:
+    qs = ini_qsettings(tmp_path / "s.ini")
+    qs.setValue("overlay/opacity", "not a number")
+    assert SettingsStore(qs).overlay_options() == OverlayOptions()
+
+
+# ------------------------------------------------------------------------------ file list
+def test_file_list_model_rows_follow_results_and_errors(qtbot, tmp_path: Path) -> None:
+    model = FileListModel()
+    paths = [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"]
+    model.set_paths(paths)
+    assert model.rowCount() == 3 and model.columnCount() == 2
+    assert model.data(model.index(0, 1)) == "queued"
+    # Rows are found whatever the spelling of the path (relative, with "..", ...).
+    relative = Path(os.path.relpath(paths[1]))
+    assert model.row_of(relative) == 1
+    assert model.row_of(tmp_path / "sub" / ".." / "c.png") == 2
+    model.set_result(relative, 0.91234, "PNEUMONIA")
+    model.set_result(paths[2], 0.1, "NORMAL")
+    model.set_error(paths[0], "not an image: looks like text")
+    assert model.data(model.index(1, 1)) == f"{format_probability(0.91234)}  PNEUMONIA"
+    assert model.entry(1).status is RowStatus.POSITIVE and model.entry(2).status is RowStatus.NORMAL
+    assert model.data(model.index(0, 1)) == "Error: not an image: looks like text"
+    assert "looks like text" in model.data(model.index(0, 0), 3)  # tooltip role
+    counts = model.counts()
+    assert counts[RowStatus.ERROR] == 1 and counts[RowStatus.POSITIVE] == 1 and counts[RowStatus.QUEUED] == 0
+    assert model.set_result(tmp_path / "unknown.png", 0.5, "NORMAL") == -1
+    model.add_paths([paths[0], tmp_path / "d.png"])
+    assert model.rowCount() == 4
+
+
+def test_icons_are_drawn(qtbot) -> None:
+    for status in RowStatus:
+        assert not status_icon(status).isNull()
+    for name in ("fit", "one_to_one", "invert", "overlay", "side_by_side", "batch", "pdf", "png"):
+        assert not glyph(name).isNull()
+
+
+# ------------------------------------------------------------------------------ model card text
+def test_metric_rows_flatten_nested_scalars_and_skip_curves() -> None:
+    rows = metric_rows({"test": {"auc": 0.95123, "sensitivity": 0.9, "roc": [[0, 0], [1, 1]]}, "n": 624})
+    assert ("test / auc", "0.951") in rows and ("n", "624") in rows
+    assert not any("roc" in name for name, _ in rows)
+    assert metric_rows(None) == [] and metric_rows([1, 2]) == []
+
+
+def test_about_html_lists_the_card_metrics_and_attribution() -> None:
+    text = about_html(card(metrics={"test": {"roc_auc": 0.9512}}))
+    for expected in ("demo", "1.2.3", "efficientnet-lite0", "224 × 224", "0.432", "max Youden J on validation", "test / roc_auc", "0.951"):
+        assert expected in text
+    assert "Kermany" in text and "Cell 172(5):1122-1131, 2018" in text and "CC BY 4.0" in text
+    assert "no validation metrics" in about_html(card())
+    assert "No model is loaded" in about_html(None, "missing")
+
+
+# ------------------------------------------------------------------------------ worker helpers
+def test_read_batch_csv_and_error_descriptions(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "path,probability,prediction,threshold,model_sha256,image_sha256,error\n"
+        "/x/a.png,0.250000,NORMAL,0.5,m,i,\n"
+        "/x/b.png,,,0.5,m,,not an image\n",
+        encoding="utf-8",
+    )
+    rows = read_batch_csv(path)
+    assert rows[0].probability == pytest.approx(0.25) and rows[0].prediction == "NORMAL"
+    assert rows[1].probability is None and rows[1].error == "not an image"
+    assert read_batch_csv(tmp_path / "missing.csv") == []
+
+    class WithReason(Exception):
+        reason = "a sentence for a person"
+
+    assert describe_error(WithReason("ignored")) == "a sentence for a person"
+    assert describe_error(RuntimeError()) == "RuntimeError"
+
+
+def test_result_cache_is_small_and_notices_changed_files(tmp_path: Path) -> None:
+    cache = ResultCache(capacity=2)
+    files = []
+    for i in range(3):
+        f = tmp_path / f"{i}.png"
+        f.write_bytes(b"x" * (i + 1))
+        files.append(f)
+        cache.put(f, object())  # type: ignore[arg-type]
+    assert cache.get(files[0]) is None and cache.get(files[2]) is not None
+    files[2].write_bytes(b"changed!")
+    assert cache.get(files[2]) is None, "an edited file must be decoded again"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import threading
 import tracemalloc
@@ -138,6 +139,10 @@ def test_every_file_gets_exactly_one_correct_row(tmp_path: Path, mixed_folder) -
     assert (summary.total, summary.scored, summary.errors, summary.resumed) == (9, 6, 3, 0)
     assert not summary.cancelled and summary.output == out
     assert [p.done for p in seen] == list(range(1, 10)) and all(p.total == 9 for p in seen)
+    # what was reported is what was written (the CSV keeps 6 decimals)
+    for back, reported in zip(batch.read_results(out), [p.row for p in seen], strict=True):
+        assert back.probability == pytest.approx(reported.probability, abs=1e-6)
+        assert back == dataclasses.replace(reported, path=reported.path.absolute(), probability=back.probability)
 
 
 def test_threshold_is_applied_and_recorded(tmp_path: Path) -> None:
@@ -201,6 +206,9 @@ def test_formula_like_names_survive_scoring_and_resume(tmp_path: Path) -> None:
     _, again = read_csv(out)
     assert summary.resumed == len(names) and summary.scored == 0
     assert len(again) == len(names)  # nothing rescored, nothing duplicated
+    parsed = batch.read_results(out)
+    assert sorted(r.path.name for r in parsed) == sorted(names)
+    assert all(r.probability is not None and r.prediction and not r.error for r in parsed)
 
 
 def test_error_cells_are_neutralised_in_the_file() -> None:

@@ -156,6 +156,37 @@ def repair_and_read(output: Path) -> set[str]:
     return done
 
 
+def read_results(output: Path | str) -> list[BatchRow]:
+    """The rows of a results CSV as BatchRow (neutralised cells mapped back). Malformed rows are skipped."""
+    rows: list[BatchRow] = []
+    with open(output, newline="", encoding=_ENCODING[0], errors=_ENCODING[1]) as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return rows
+        if tuple(header) != CSV_COLUMNS:
+            raise ResultsFileError(f"{output} is not a results file of this program (its columns are {header})")
+        for cells in reader:
+            if len(cells) != len(CSV_COLUMNS):
+                continue
+            path, probability, prediction, threshold, model_sha, image_sha, error = cells
+            try:
+                rows.append(
+                    BatchRow(
+                        path=Path(unneutralise(path)),
+                        probability=float(probability) if probability else None,
+                        prediction=prediction,
+                        threshold=float(threshold),
+                        model_sha256=model_sha,
+                        image_sha256=image_sha,
+                        error=unneutralise(error),
+                    )
+                )
+            except ValueError:
+                log.warning("%s: skipping a row with an unreadable number: %r", output, cells[:2])
+    return rows
+
+
 class _CsvAppender:
     """One os.write() per row on an O_APPEND descriptor: a killed process cannot leave half a buffer."""
 

@@ -72,3 +72,13 @@ def test_export_refuses_to_publish_a_model_that_disagrees(tmp_path, monkeypatch,
     with pytest.raises(RuntimeError, match="differs"):
         export.export_model_folder(model, tmp_path / "out", card, _real_inputs(sample_paths, 64))
     assert not (tmp_path / "out" / mc.CARD_FILENAME).exists()
+
+
+def test_markdown_model_card_renders_the_facts(tiny_model_dir):
+    from trainer.card import render_markdown
+
+    raw = json.loads((tiny_model_dir / mc.CARD_FILENAME).read_text())
+    text = render_markdown(raw)
+    assert text.startswith("# Model card: tiny-test-model 0.0.1")
+    assert raw["artifacts"][mc.TFLITE_FILENAME]["sha256"] in text
+    assert "not a medical device" in text.lower() and "Kermany" in text

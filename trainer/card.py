@@ -62,3 +62,84 @@ def build_card(
     }
     card.update(extra or {})
     return card
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """A human-readable model card from model_card.json (the JSON stays the source of truth)."""
+    v = card.get("metrics", {}).get("validation", {})
+    cal = card.get("calibration", {})
+    tr = card.get("training", {})
+    cfg = tr.get("config", {})
+    init = card.get("initial_weights", {})
+    lines = [
+        f"# Model card: {card['name']} {card['version']}",
+        "",
+        f"**Intended use.** {card['intended_use']}",
+        "",
+        "## What it is",
+        f"- Task: chest X-ray (paediatric, AP) -> probability of pneumonia; label {card['class_names'][1]} when "
+        f"the probability is >= {card['threshold']['value']:.4f}.",
+        f"- Backbone: `{card['backbone']}`, ImageNet-pretrained ({init.get('description', '?')}, sha256 "
+        f"`{init.get('sha256') or '-'}`); head: global average pooling -> dense {cfg.get('head_units', '?')} + ReLU "
+        f"with dropout {cfg.get('dropout', '?')} -> one sigmoid unit.",
+        f"- Input: {card['input_size']} x {card['input_size']} px. Preprocessing `{card['preprocessing']['id']}`: "
+        f"{card['preprocessing'].get('description', '')}",
+        f"- Operating point: {card['threshold']['rule']}.",
+        f"- Calibration: {cal.get('method', 'none')}; T = {cal.get('temperature', 1.0):.3f}; expected calibration "
+        f"error {_fmt(cal.get('ece_before', float('nan')), 3)} -> {_fmt(cal.get('ece_after', float('nan')), 3)} "
+        "(validation).",
+        f"- Grad-CAM layer: `{card['gradcam']['layer']}`. {card['gradcam'].get('method', '')}",
+        "",
+        "## Validation results (patient-grouped split of the training data; not a test result)",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"), ("accuracy", "accuracy"),
+                       ("recall", "sensitivity (recall)"), ("specificity", "specificity"),
+                       ("precision", "precision"), ("f1", "F1")):
+        if key in v:
+            lines.append(f"| {label} | {_fmt(v[key])} |")
+    if "confusion" in v:
+        (tn, fp), (fn, tp) = v["confusion"]
+        lines.append(f"| confusion (TN, FP, FN, TP) | {tn}, {fp}, {fn}, {tp} |")
+    lines += [
+        "",
+        "## Training",
+        f"- Data: {card.get('data_attribution', '')}",
+        f"- {tr.get('images', '?')} training-folder images passed the integrity check ({tr.get('excluded', '?')} "
+        f"excluded); split {tr.get('split', {})}; class weights {tr.get('class_weights', {})}; seed {tr.get('seed')}.",
+        f"- Data manifest sha256: `{tr.get('data_manifest_sha256', '-')}`",
+        f"- Stage 1 (backbone frozen): {cfg.get('epochs_stage1')} epochs max at lr {cfg.get('lr_stage1')}; stage 2 "
+        f"(from `{cfg.get('finetune_from') or 'the last blocks'}` on, BatchNorm frozen): {cfg.get('epochs_stage2')} "
+        f"epochs max at lr {cfg.get('lr_stage2')}; early stopping on validation ROC-AUC.",
+        f"- Training time (2-core CPU): {sum(float(s) for s in tr.get('stage_seconds', {}).values()) / 60:.0f} min.",
+        f"- Rebuild: `{tr.get('command', '')}`",
+        f"- Versions: {card.get('versions', {})}",
+        "",
+        "## Artefacts",
+    ]
+    for name, info in card.get("artifacts", {}).items():
+        lines.append(f"- `{name}`: {info['bytes'] / 1e6:.1f} MB, sha256 `{info['sha256']}`")
+    selection = card.get("model_selection")
+    if selection:
+        lines += ["", "## Why this backbone", f"Rule: {selection['rule']}. Chosen: **{selection['chosen']}**.", ""]
+        from trainer.compare import Candidate, markdown_table
+
+        candidates = [Candidate(**c) for c in selection["candidates"]]
+        chosen = next(c for c in candidates if c.name == selection["chosen"])
+        lines.append(markdown_table(candidates, chosen))
+    lines += [
+        "",
+        "## Limitations",
+        "- Trained on one hospital's paediatric (age 1-5) anterior-posterior radiographs; adult, lateral or other-site "
+        "images are out of distribution and its output there is unknown.",
+        "- About 70% of the training images are third-party 224 px copies (squashed, JPEG q~75): fine detail is limited.",
+        "- Labels are image-level (NORMAL / PNEUMONIA); Grad-CAM shows which regions drove the score, not a lesion "
+        "segmentation.",
+        "- The withheld official test split was not used for any choice here; it is measured independently.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--doc", type=Path, help="write the comparison table (markdown) here")
     comp.add_argument("--card", type=Path, help="model folder whose card records the comparison")
 
+    card = sub.add_parser("card", help="render MODEL_CARD.md from a model folder's model_card.json")
+    card.add_argument("model", type=Path)
+
     fetch = sub.add_parser("fetch-data", help="download the Kaggle dataset into ROOT (needs network + Kaggle API)")
     fetch.add_argument("--out", type=Path, required=True)
     return parser
@@ -125,6 +128,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_card(args: argparse.Namespace) -> int:
+    from trainer.card import render_markdown
+
+    card = json.loads((args.model / "model_card.json").read_text(encoding="utf-8"))
+    (args.model / "MODEL_CARD.md").write_text(render_markdown(card), encoding="utf-8")
+    print(f"wrote {args.model / 'MODEL_CARD.md'}")
+    return 0
+
+
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from trainer.fetch import fetch_dataset
 
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
-                "compare": _cmd_compare}
+                "compare": _cmd_compare, "card": _cmd_card}
     try:
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

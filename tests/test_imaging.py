@@ -347,3 +347,34 @@ def test_reading_a_file_allocates_about_its_size_not_the_file_limit() -> None:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {sample_paths()[0].stat().st_size} byte file"
+
+
+def test_dicom_voi_lut_sequence_is_applied(tmp_path: Path, grey: np.ndarray) -> None:
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    stored = grey.astype(np.uint16) * 16
+    path = write_dicom(tmp_path / "lut.dcm", stored)
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new("LUTData", "US", [4095 - i for i in range(4096)])  # an inverting VOI LUT
+    ds.VOILUTSequence = [item]
+    ds.save_as(path, enforce_file_format=True)
+    img = load_image(path)
+    assert np.abs(img.grey.astype(int) - (255 - minmax_u8(grey).astype(int))).max() <= 1
+
+
+def test_multiframe_dicom_uses_the_first_frame(tmp_path: Path, grey: np.ndarray) -> None:
+    import pydicom
+
+    first = grey.astype(np.uint16) * 16
+    second = (255 - grey.astype(np.uint16)) * 16
+    path = write_dicom(tmp_path / "multi.dcm", first)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.stack([first, second]).astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    img = load_image(path)
+    assert img.grey.shape == grey.shape
+    assert np.abs(img.grey.astype(int) - minmax_u8(grey).astype(int)).max() <= 1

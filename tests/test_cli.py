@@ -329,3 +329,29 @@ def test_kill_9_mid_run_then_resume_scores_every_file_exactly_once(
     assert names == sorted(p.name for p in folder.iterdir())  # every file exactly once
     assert rows[: len(after_kill)] == after_kill  # what was there is kept as it was
     assert sum(1 for r in rows if r[6]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_stops_cleanly_with_exit_130(tiny_model_dir: Path, sample_paths: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(30):
+        shutil.copy(sample_paths[i % len(sample_paths)], folder / f"{i:02d}.jpeg")
+    out = tmp_path / "r.csv"
+    args = ["score", str(folder), "-o", str(out), "--model", str(tiny_model_dir), "--batch-size", "2"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_CHILD, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 5:
+            break
+        time.sleep(0.01)
+    assert child.poll() is None, "the run ended before it could be interrupted"
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "cancelled:" in err and "--resume" in err
+    rows = read_rows(out)
+    assert 4 <= len(rows) < 30

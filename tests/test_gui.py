@@ -120,9 +120,15 @@ def make_window(qtbot, settings: SettingsStore):
     return make
 
 
+def wait_rendered(qtbot, window: MainWindow) -> None:
+    """The view shows the current display settings (re-blends run in a worker)."""
+    qtbot.waitUntil(window.rendering_idle, timeout=10_000)
+
+
 def open_and_predict(qtbot, window: MainWindow, path: Path):
     with qtbot.waitSignal(window.predictionShown, timeout=WAIT_MS) as blocker:
         window.open_paths([path])
+    wait_rendered(qtbot, window)
     return blocker.args[0]
 
 
@@ -186,27 +192,27 @@ def test_overlay_controls_reblend_without_rerunning_the_model(qtbot, make_window
     calls = len(spy.explained)
     before = qimage_array(window.view.primary_image())
 
-    with qtbot.waitSignal(window.overlayRendered, timeout=5000):
-        window.overlay_controls.opacity_slider.setValue(90)
+    window.overlay_controls.opacity_slider.setValue(90)
+    wait_rendered(qtbot, window)
     after = qimage_array(window.view.primary_image())
     assert before.shape == after.shape
     assert np.abs(before.astype(int) - after.astype(int)).mean() > 1.0, "opacity change did not re-blend"
 
-    with qtbot.waitSignal(window.overlayRendered, timeout=5000):
-        window.overlay_controls.colormap_combo.setCurrentText("viridis")
+    window.overlay_controls.colormap_combo.setCurrentText("viridis")
+    wait_rendered(qtbot, window)
     assert not np.array_equal(after, qimage_array(window.view.primary_image()))
 
-    with qtbot.waitSignal(window.overlayRendered, timeout=5000):
-        window.overlay_controls.cutoff_slider.setValue(95)
+    window.overlay_controls.cutoff_slider.setValue(95)
+    wait_rendered(qtbot, window)
     assert window.state.overlay_rgb is not None
 
-    with qtbot.waitSignal(window.overlayRendered, timeout=5000):
-        window.overlay_controls.side_by_side_box.setChecked(True)
+    window.overlay_controls.side_by_side_box.setChecked(True)
+    wait_rendered(qtbot, window)
     assert window.view.secondary_image() is not None
     assert window.act_side.isChecked()
 
-    with qtbot.waitSignal(window.overlayRendered, timeout=5000):
-        window.act_overlay.setChecked(False)  # toolbar toggle drives the same option
+    window.act_overlay.setChecked(False)  # toolbar toggle drives the same option
+    wait_rendered(qtbot, window)
     assert not window.overlay_controls.enabled_box.isChecked()
     shown = qimage_array(window.view.primary_image())
     grey = window.state.image.grey
@@ -223,8 +229,8 @@ def test_window_level_and_invert_change_the_display_only(qtbot, make_window, tin
     original = load_image(path).grey
     window.overlay_controls.enabled_box.setChecked(False)
 
-    with qtbot.waitSignal(window.overlayRendered, timeout=5000):
-        window.display_controls.set_window_level(WindowLevel(level=100, width=60, invert=True))
+    window.display_controls.set_window_level(WindowLevel(level=100, width=60, invert=True))
+    wait_rendered(qtbot, window)
     shown = qimage_array(window.view.primary_image())[..., 0]
     assert not np.array_equal(shown, original)
     assert np.array_equal(window.state.image.grey, original), "the decoded image must stay untouched"
@@ -240,8 +246,8 @@ def test_window_level_and_invert_change_the_display_only(qtbot, make_window, tin
     assert np.array_equal(spy.explain_images[-1].grey, original)
     assert blocker.args[0].prediction.probability == pytest.approx(first.prediction.probability, abs=1e-7)
 
-    with qtbot.waitSignal(window.overlayRendered, timeout=5000):
-        window.display_controls.reset()
+    window.display_controls.reset()
+    wait_rendered(qtbot, window)
     assert np.array_equal(qimage_array(window.view.primary_image())[..., 0], original)
 
 

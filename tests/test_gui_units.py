@@ -171,3 +171,16 @@ def test_result_cache_is_small_and_notices_changed_files(tmp_path: Path) -> None
     assert cache.get(files[0]) is None and cache.get(files[2]) is not None
     files[2].write_bytes(b"changed!")
     assert cache.get(files[2]) is None, "an edited file must be decoded again"
+
+
+# ------------------------------------------------------------------------------ PySide6 emit defect
+def test_many_emits_do_not_exhaust_the_reference_count_of_true(qtbot, tmp_path: Path) -> None:
+    """PySide6 6.12.0 + Python 3.11 lose a reference to True per emit(); qt_compat.emit gives it back."""
+    import sys
+
+    model = FileListModel()
+    model.set_paths([tmp_path / f"{i}.png" for i in range(10)])
+    before = sys.getrefcount(True)
+    for i in range(3000):  # well past the ~600 references True starts with
+        model.set_result(tmp_path / f"{i % 10}.png", 0.5, "NORMAL")
+    assert abs(sys.getrefcount(True) - before) < 50

@@ -12,6 +12,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
 from .icons import STATUS_COLOURS, RowStatus, status_icon
+from .qt_compat import emit
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -127,7 +128,7 @@ class FileListModel(QAbstractTableModel):
         if row < 0:
             return row
         self._entries[row] = replace(self._entries[row], **changes)
-        self.dataChanged.emit(self.index(row, 0), self.index(row, 1))
+        emit(self.dataChanged, self.index(row, 0), self.index(row, 1))
         return row
 
     def set_result(self, path: Path | str, probability: float, label: str) -> int:
@@ -136,6 +137,25 @@ class FileListModel(QAbstractTableModel):
 
     def set_error(self, path: Path | str, message: str) -> int:
         return self._update(path, status=RowStatus.ERROR, error=message, probability=None, label="")
+
+    def set_results(self, results: list[tuple[Path, float | None, str, str]]) -> None:
+        """Apply many (path, probability, label, error) results with one change notification."""
+        rows = []
+        for path, probability, label, error in results:
+            row = self.row_of(path)
+            if row < 0:
+                continue
+            if error:
+                entry = replace(self._entries[row], status=RowStatus.ERROR, error=error, probability=None, label="")
+            elif probability is not None:
+                status = RowStatus.POSITIVE if label == self._positive_label else RowStatus.NORMAL
+                entry = replace(self._entries[row], status=status, probability=probability, label=label, error="")
+            else:
+                continue
+            self._entries[row] = entry
+            rows.append(row)
+        if rows:
+            emit(self.dataChanged, self.index(min(rows), 0), self.index(max(rows), 1))
 
     def set_working(self, path: Path | str) -> int:
         row = self.row_of(path)
@@ -174,7 +194,10 @@ class FileListView(QTableView):
         self.verticalHeader().setDefaultSectionSize(24)
         header = self.horizontalHeader()
         header.setSectionResizeMode(FileListModel.COLUMN_NAME, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(FileListModel.COLUMN_RESULT, QHeaderView.ResizeMode.ResizeToContents)
+        # A fixed width, not ResizeToContents: that re-measures every row on each update, which
+        # made a 500-row batch stall the event loop for seconds.
+        header.setSectionResizeMode(FileListModel.COLUMN_RESULT, QHeaderView.ResizeMode.Fixed)
+        header.resizeSection(FileListModel.COLUMN_RESULT, self.fontMetrics().horizontalAdvance("0.000  PNEUMONIA") + 16)
         header.setHighlightSections(False)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.selectionModel().currentRowChanged.connect(self._on_current_row_changed)
@@ -197,4 +220,4 @@ class FileListView(QTableView):
     def _on_current_row_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         # Only emits a request; the main window hands it to the non-blocking requester.
         if current.isValid():
-            self.currentPathChanged.emit(self.file_model().entry(current.row()).path)
+            emit(self.currentPathChanged, self.file_model().entry(current.row()).path)

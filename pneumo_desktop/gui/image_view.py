@@ -19,6 +19,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .qt_compat import emit
+
 MIN_ZOOM = 0.02
 MAX_ZOOM = 32.0
 WHEEL_STEP = 1.25
@@ -149,12 +151,12 @@ class ImageView(QGraphicsView):
         self._fit_mode = True
         if self._has_image:
             self.fitInView(self._scene.sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
-            self.zoomChanged.emit(self.zoom())
+            emit(self.zoomChanged, self.zoom())
 
     def actual_size(self) -> None:
         self._fit_mode = False
         self.resetTransform()
-        self.zoomChanged.emit(self.zoom())
+        emit(self.zoomChanged, self.zoom())
 
     def zoom_by(self, factor: float) -> None:
         current = self.zoom()
@@ -162,7 +164,7 @@ class ImageView(QGraphicsView):
         if current > 0 and target != current:
             self._fit_mode = False
             self.scale(target / current, target / current)
-            self.zoomChanged.emit(self.zoom())
+            emit(self.zoomChanged, self.zoom())
 
     def wheelEvent(self, event: QWheelEvent) -> None:
         if not self._has_image:

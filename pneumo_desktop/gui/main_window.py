@@ -46,14 +46,18 @@ from .model_info import about_html
 from .options import OverlayOptions, WindowLevel, apply_window_level
 from .overlay_controls import DisplayControls, OverlayControls
 from .prediction_panel import PredictionPanel
+from .qt_compat import emit
 from .report import ExportError, ReportData, save_png, write_pdf_report
 from .settings import SettingsStore
 from .workers import (
     BatchController,
     BatchOutcome,
     LatestImageRequester,
+    LatestRenderer,
     ModelLoadController,
     ModelLoader,
+    RenderJob,
+    RenderResult,
     default_model_loader,
     describe_error,
 )
@@ -127,7 +131,11 @@ class MainWindow(QMainWindow):
 
         self.requester = LatestImageRequester(self.pool, self)
         self.model_controller = ModelLoadController(self.pool, self)
-        self.batch = BatchController(self.pool, self)
+        self.renderer = LatestRenderer(self.pool, self)
+        # The batch gets its own one-thread pool: it holds its thread for minutes.
+        self.batch_pool = QThreadPool(self)
+        self.batch_pool.setMaxThreadCount(1)
+        self.batch = BatchController(self.batch_pool, self)
 
         self._build_widgets()
         self._build_actions()
@@ -335,9 +343,11 @@ class MainWindow(QMainWindow):
         self.requester.failed.connect(self._on_request_failed)
         self.model_controller.loaded.connect(self._on_model_loaded)
         self.model_controller.failed.connect(self._on_model_failed)
-        self.batch.progress.connect(self._on_batch_progress)
+        self.batch.progressMany.connect(self._on_batch_progress)
         self.batch.finished.connect(self._on_batch_finished)
         self.batch.failed.connect(self._on_batch_failed)
+        self.renderer.rendered.connect(self._on_rendered)
+        self.renderer.failed.connect(self._on_render_failed)
         self.overlay_controls.changed.connect(self._on_overlay_changed)
         self.display_controls.changed.connect(self._on_window_level_changed)
         self.view.zoomChanged.connect(lambda z: self.zoom_label.setText(f"Zoom {z * 100:.0f}%"))
@@ -379,7 +389,7 @@ class MainWindow(QMainWindow):
         self.model_status_label.setToolTip(f"{model.model_dir}\nthreshold {card.threshold:.3f} ({card.threshold_rule})")
         self.prediction_panel.set_model_info(card.name, f"v{card.version}")
         self._update_actions()
-        self.modelReady.emit(model)
+        emit(self.modelReady, model)
         # An image opened while the model was loading gets its prediction now.
         if self.state.path is not None:
             self._request(self.state.path)
@@ -401,7 +411,7 @@ class MainWindow(QMainWindow):
         if self.state.image is not None:
             self.prediction_panel.clear("No model loaded: predictions are off.")
         self._update_actions()
-        self.modelFailed.emit(message)
+        emit(self.modelFailed, message)
 
     def _choose_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open Model Folder", str(self._start_folder()))
@@ -512,6 +522,7 @@ class MainWindow(QMainWindow):
         self.state = DisplayState(path=path)
         self.setWindowTitle(f"{path.name} — {APP_TITLE}")
         self.prediction_panel.clear("Reading image…")
+        self.renderer.cancel()
         self.requester.request(path)  # returns at once; the result arrives by signal
         self._update_actions()
 
@@ -530,7 +541,7 @@ class MainWindow(QMainWindow):
             f"{image.path.name}: {image.width} × {image.height} px, {image.format}, {image.bit_depth}-bit", 5000
         )
         self._update_actions()
-        self.imageShown.emit(image)
+        emit(self.imageShown, image)
 
     @Slot(object)
     def _on_explanation_ready(self, explanation: "Explanation") -> None:
@@ -542,7 +553,7 @@ class MainWindow(QMainWindow):
         if self.state.path is not None:
             self.file_model.set_result(self.state.path, prediction.probability, prediction.label)
         self._update_actions()
-        self.predictionShown.emit(explanation)
+        emit(self.predictionShown, explanation)
 
     @Slot(object, str)
     def _on_request_failed(self, path: object, message: str) -> None:
@@ -553,7 +564,7 @@ class MainWindow(QMainWindow):
         self.prediction_panel.clear(f"Could not read this file: {message}")
         self.statusBar().showMessage(f"{path.name}: {message}", 10000)
         self._update_actions()
-        self.fileFailed.emit(path, message)
+        emit(self.fileFailed, path, message)
 
     # =========================================================================================
     # Display: window/level and overlay are re-blended from cached arrays, never re-inferred
@@ -564,28 +575,40 @@ class MainWindow(QMainWindow):
     def _schedule_render(self) -> None:
         self._render_timer.start()
 
+    def rendering_idle(self) -> bool:
+        """True when the view shows the current settings (no re-blend scheduled or running)."""
+        return not self._render_timer.isActive() and not self.renderer.busy
+
     def _render(self, new_image: bool = False) -> None:
+        """Ask for a re-blend of what is on screen; the result arrives in `_on_rendered`."""
         state = self.state
         if state.image is None:
             return
-        options = self.overlay_controls.options()
-        state.display_grey = apply_window_level(state.image.grey, self._window_level)
-        state.overlay_rgb = None
-        if state.explanation is not None and options.enabled:
-            state.overlay_rgb = render_overlay(
-                state.display_grey, state.explanation.cam, options.colormap, options.opacity, options.cutoff
-            )
-        if options.side_by_side and state.overlay_rgb is not None:
+        cam = state.explanation.cam if state.explanation is not None else None
+        self.renderer.request(
+            RenderJob(state.image.grey, cam, self._window_level, self.overlay_controls.options(), new_image)
+        )
+
+    @Slot(object)
+    def _on_rendered(self, result: RenderResult) -> None:
+        state = self.state
+        if state.image is None or result.job.grey is not state.image.grey:
+            return  # rendered for an image that is no longer shown
+        state.display_grey = result.display_grey
+        state.overlay_rgb = result.overlay_rgb
+        options = result.job.options
+        if options.side_by_side and result.overlay_image is not None:
             self.view.set_images(
-                array_to_qimage(state.display_grey),
-                array_to_qimage(state.overlay_rgb),
-                ("Image", "Grad-CAM overlay"),
-                new_image=new_image,
+                result.display_image, result.overlay_image, ("Image", "Grad-CAM overlay"), new_image=result.job.new_image
             )
         else:
-            shown = state.overlay_rgb if state.overlay_rgb is not None else state.display_grey
-            self.view.set_images(array_to_qimage(shown), None, None, new_image=new_image)
-        self.overlayRendered.emit()
+            shown = result.overlay_image if result.overlay_image is not None else result.display_image
+            self.view.set_images(shown, None, None, new_image=result.job.new_image)
+        emit(self.overlayRendered)
+
+    @Slot(object)
+    def _on_render_failed(self, exc: object) -> None:
+        self.statusBar().showMessage(f"Could not draw the image: {describe_error(exc)}", 10000)  # type: ignore[arg-type]
 
     @Slot(object)
     def _on_overlay_changed(self, options: OverlayOptions) -> None:
@@ -657,23 +680,16 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Cancelling… (finishing the current image)")
 
     @Slot(object)
-    def _on_batch_progress(self, progress: "BatchProgress") -> None:
-        self.batch_progress.setRange(0, max(progress.total, 1))
-        self.batch_progress.setValue(progress.done)
-        self.batch_progress.setFormat("%v / %m")
-        row = progress.row
-        if row.error:
-            self.file_model.set_error(row.path, row.error)
-        elif row.probability is not None:
-            self.file_model.set_result(row.path, row.probability, row.prediction)
+    def _on_batch_progress(self, items: "list[BatchProgress]") -> None:
+        last = items[-1]
+        self.batch_progress.setRange(0, max(last.total, 1))
+        self.batch_progress.setValue(last.done)
+        self.batch_progress.setFormat("Scored %v / %m")
+        self.file_model.set_results([(p.row.path, p.row.probability, p.row.prediction, p.row.error) for p in items])
 
     @Slot(object)
     def _on_batch_finished(self, outcome: BatchOutcome) -> None:
-        for row in outcome.rows:
-            if row.error:
-                self.file_model.set_error(row.path, row.error)
-            elif row.probability is not None:
-                self.file_model.set_result(row.path, row.probability, row.prediction)
+        self.file_model.set_results([(r.path, r.probability, r.prediction, r.error) for r in outcome.rows])
         self._hide_batch_progress()
         s = outcome.summary
         parts = [f"{s.scored} scored", f"{s.errors} could not be read"]
@@ -684,7 +700,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(text, 15000)
         self._message("information", verdict, text, f"Results: {s.output}")
         self._update_actions()
-        self.batchFinished.emit(outcome)
+        emit(self.batchFinished, outcome)
 
     @Slot(object)
     def _on_batch_failed(self, exc: object) -> None:
@@ -694,7 +710,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Scoring failed: {message}", 15000)
         self._message("critical", "Scoring failed", f"Scoring stopped: {message}", "Rows written before the error are kept; run it again and choose Resume.")
         self._update_actions()
-        self.batchFailed.emit(message)
+        emit(self.batchFailed, message)
 
     def _hide_batch_progress(self) -> None:
         self.batch_progress.hide()
@@ -731,23 +747,23 @@ class MainWindow(QMainWindow):
     # =========================================================================================
     # Exports
     # =========================================================================================
-    def _export_overlay_rgb(self) -> np.ndarray | None:
+    def _export_arrays(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(display grey, overlay RGB) at the current settings; the overlay even when hidden."""
         state = self.state
         if state.image is None or state.explanation is None:
             return None
-        if state.overlay_rgb is not None:
-            return state.overlay_rgb
-        options = self.overlay_controls.options()  # overlay hidden on screen: export it anyway
-        grey = state.display_grey if state.display_grey is not None else state.image.grey
-        return render_overlay(grey, state.explanation.cam, options.colormap, options.opacity, options.cutoff)
+        options = self.overlay_controls.options()
+        grey = apply_window_level(state.image.grey, self._window_level)
+        rgb = render_overlay(grey, state.explanation.cam, options.colormap, options.opacity, options.cutoff)
+        return grey, rgb
 
     def export_overlay_png(self, path: Path) -> bool:
-        rgb = self._export_overlay_rgb()
-        if rgb is None:
+        arrays = self._export_arrays()
+        if arrays is None:
             self.statusBar().showMessage("Nothing to export yet: wait for the prediction", 5000)
             return False
         try:
-            save_png(array_to_qimage(rgb), Path(path))
+            save_png(array_to_qimage(arrays[1]), Path(path))
         except ExportError as exc:
             self._message("warning", "Export failed", str(exc))
             return False
@@ -756,11 +772,11 @@ class MainWindow(QMainWindow):
 
     def export_pdf_report(self, path: Path) -> bool:
         state = self.state
-        rgb = self._export_overlay_rgb()
-        if rgb is None or state.image is None or state.explanation is None:
+        arrays = self._export_arrays()
+        if arrays is None or state.image is None or state.explanation is None:
             self.statusBar().showMessage("Nothing to export yet: wait for the prediction", 5000)
             return False
-        grey = state.display_grey if state.display_grey is not None else state.image.grey
+        grey, rgb = arrays
         options = self.overlay_controls.options()
         image = state.image
         note = "" if self._window_level.is_identity else (
@@ -859,5 +875,6 @@ class MainWindow(QMainWindow):
         self.settings.set_overlay_options(self.overlay_controls.options())
         self.settings.sync()
         # Let running workers finish so none emits into a destroyed window.
+        self.batch_pool.waitForDone(30_000)
         self.pool.waitForDone(30_000)
         super().closeEvent(event)

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from ..core.overlay import COLORMAPS, colorbar
 from .image_view import array_to_qimage
 from .options import OverlayOptions, WindowLevel
+from .qt_compat import emit
 
 MAX_CUTOFF = 95  # percent; 100 would hide the whole map
 
@@ -145,7 +146,7 @@ class OverlayControls(QGroupBox):
         if self._updating:
             return
         self._refresh()
-        self.changed.emit(self.options())
+        emit(self.changed, self.options())
 
 
 def _to_pixmap(rgb: np.ndarray) -> QPixmap:
@@ -211,7 +212,7 @@ class DisplayControls(QGroupBox):
         finally:
             self._updating = False
         self._refresh()
-        self.changed.emit(self.window_level())
+        emit(self.changed, self.window_level())
 
     def reset(self) -> None:
         self.set_window_level(WindowLevel())
@@ -224,4 +225,4 @@ class DisplayControls(QGroupBox):
         if self._updating:
             return
         self._refresh()
-        self.changed.emit(self.window_level())
+        emit(self.changed, self.window_level())

@@ -57,7 +57,7 @@ class ProbabilityBar(QWidget):
 
 class PredictionPanel(QGroupBox):
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__("Model output", parent)
+        super().__init__("Result", parent)
         self.setObjectName("predictionPanel")
         # The full caveat goes in a wrapping label: as a group-box title it would set the panel width.
         self.caveat = QLabel(PANEL_TITLE)

@@ -12,11 +12,19 @@ import threading
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtGui import QImage
+
+from ..core.overlay import render_overlay
+from .image_view import array_to_qimage
+from .options import OverlayOptions, WindowLevel, apply_window_level
+from .qt_compat import emit
 
 if TYPE_CHECKING:  # only for annotations: the runtime is imported lazily, in a worker
     from ..core.batch import BatchProgress, BatchSummary
@@ -66,14 +74,14 @@ class FunctionTask(QRunnable):
 
     def run(self) -> None:
         try:
-            value = self.fn(self.signals.progress.emit)
+            value = self.fn(partial(emit, self.signals.progress))
         except BaseException as exc:  # noqa: BLE001 - a worker must never take the app down
             log.debug("task failed: %s", "".join(traceback.format_exception(exc)))
-            self.signals.error.emit(exc)
+            emit(self.signals.error, exc)
         else:
-            self.signals.result.emit(value)
+            emit(self.signals.result, value)
         finally:
-            self.signals.finished.emit()
+            emit(self.signals.finished)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,12 +110,12 @@ class ModelLoadController(QObject):
     @Slot(object)
     def _on_result(self, model: object) -> None:
         self._busy = False
-        self.loaded.emit(model)
+        emit(self.loaded, model)
 
     @Slot(object)
     def _on_error(self, exc: object) -> None:
         self._busy = False
-        self.failed.emit(exc)
+        emit(self.failed, exc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +202,7 @@ class _ImageTask(QRunnable):
         try:
             # A request that became stale while queued costs nothing: check before each stage.
             if not self.is_current(req.generation):
-                sig.dropped.emit(req.path)
+                emit(sig.dropped, req.path)
                 return
             cached = self.cache.get(req.path)
             if cached is None:
@@ -203,25 +211,25 @@ class _ImageTask(QRunnable):
                 cached = CachedResult(load_image(req.path), None)
                 self.cache.put(req.path, cached)
             if not self.is_current(req.generation):
-                sig.dropped.emit(req.path)
+                emit(sig.dropped, req.path)
                 return
-            sig.image.emit(req.generation, cached.image)
+            emit(sig.image, req.generation, cached.image)
             if self.model is None:
                 return
             if cached.explanation is None:
                 if not self.is_current(req.generation):
-                    sig.dropped.emit(req.path)
+                    emit(sig.dropped, req.path)
                     return
                 explanation = self.model.explain(cached.image)
                 cached = CachedResult(cached.image, explanation)
                 self.cache.put(req.path, cached)
-            sig.explanation.emit(req.generation, cached.explanation)
+            emit(sig.explanation, req.generation, cached.explanation)
         except Exception as exc:  # noqa: BLE001 - shown in the file's row, never raised
             if not _is_image_error(exc):
                 log.exception("unexpected error while reading %s", req.path)
-            sig.failed.emit(req.generation, req.path, describe_error(exc))
+            emit(sig.failed, req.generation, req.path, describe_error(exc))
         finally:
-            sig.done.emit()
+            emit(sig.done)
 
 
 def _is_image_error(exc: Exception) -> bool:
@@ -279,7 +287,7 @@ class LatestImageRequester(QObject):
             self._start(req)
         else:
             if self._pending is not None:
-                self.dropped.emit(self._pending.path)
+                emit(self.dropped, self._pending.path)
             self._pending = req
         return req.generation
 
@@ -288,7 +296,7 @@ class LatestImageRequester(QObject):
         self._generation += 1
         self._current_path = None
         if self._pending is not None:
-            self.dropped.emit(self._pending.path)
+            emit(self.dropped, self._pending.path)
             self._pending = None
 
     # -- internals ------------------------------------------------------------------------------
@@ -309,23 +317,23 @@ class LatestImageRequester(QObject):
     @Slot(int, object)
     def _on_image(self, generation: int, image: object) -> None:
         if generation == self._generation:
-            self.imageReady.emit(image)
+            emit(self.imageReady, image)
 
     @Slot(int, object)
     def _on_explanation(self, generation: int, explanation: object) -> None:
         if generation == self._generation:
-            self.explanationReady.emit(explanation)
+            emit(self.explanationReady, explanation)
         else:
-            self.dropped.emit(getattr(getattr(explanation, "prediction", None), "path", None))
+            emit(self.dropped, getattr(getattr(explanation, "prediction", None), "path", None))
 
     @Slot(int, object, str)
     def _on_failed(self, generation: int, path: object, message: str) -> None:
         if generation == self._generation:
-            self.failed.emit(path, message)
+            emit(self.failed, path, message)
 
     @Slot(object)
     def _on_dropped(self, path: object) -> None:
-        self.dropped.emit(path)
+        emit(self.dropped, path)
 
     @Slot()
     def _on_done(self) -> None:
@@ -333,6 +341,131 @@ class LatestImageRequester(QObject):
         if self._pending is not None:
             req, self._pending = self._pending, None
             self._start(req)
+
+
+# ---------------------------------------------------------------------------------------------
+# Display rendering: window/level + overlay blend off the GUI thread, latest request wins
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RenderJob:
+    grey: np.ndarray  # the decoded image (never modified)
+    cam: np.ndarray | None  # Grad-CAM map, None before the prediction arrives
+    window: WindowLevel
+    options: OverlayOptions
+    new_image: bool = False  # the view should fit the new image
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    job: RenderJob
+    display_grey: np.ndarray  # window/level applied
+    overlay_rgb: np.ndarray | None  # None when the overlay is off or there is no map yet
+    display_image: QImage
+    overlay_image: QImage | None
+
+
+def render_job(job: RenderJob) -> RenderResult:
+    """Pure function of the job; QImage (unlike QPixmap) may be built outside the GUI thread."""
+    display = apply_window_level(job.grey, job.window)
+    overlay = None
+    if job.cam is not None and job.options.enabled:
+        o = job.options
+        overlay = render_overlay(display, job.cam, o.colormap, o.opacity, o.cutoff)
+    return RenderResult(
+        job=job,
+        display_grey=display,
+        overlay_rgb=overlay,
+        display_image=array_to_qimage(display),
+        overlay_image=array_to_qimage(overlay) if overlay is not None else None,
+    )
+
+
+class _RenderSignals(QObject):
+    result = Signal(int, object)  # generation, RenderResult
+    failed = Signal(int, object)  # generation, exception
+    done = Signal()
+
+
+class _RenderTask(QRunnable):
+    def __init__(self, generation: int, job: RenderJob, is_current: Callable[[int], bool]) -> None:
+        super().__init__()
+        self.generation = generation
+        self.job = job
+        self.is_current = is_current
+        self.signals = _RenderSignals()
+        self.setAutoDelete(True)
+
+    def run(self) -> None:
+        try:
+            if self.is_current(self.generation):
+                emit(self.signals.result, self.generation, render_job(self.job))
+        except Exception as exc:  # noqa: BLE001 - reported, never raised into the pool
+            log.exception("rendering failed")
+            emit(self.signals.failed, self.generation, exc)
+        finally:
+            emit(self.signals.done)
+
+
+class LatestRenderer(QObject):
+    """Re-blends the display off the GUI thread: one job runs, the newest one waits, others drop.
+
+    A slider drag therefore costs the GUI thread only a pixmap swap per frame that is drawn.
+    """
+
+    rendered = Signal(object)  # RenderResult of the latest job
+    failed = Signal(object)  # exception
+
+    def __init__(self, pool: QThreadPool, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._pool = pool
+        self._generation = 0
+        self._running = False
+        self._pending: tuple[int, RenderJob] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._running or self._pending is not None
+
+    def request(self, job: RenderJob) -> None:
+        self._generation += 1
+        if self._pending is not None and self._pending[1].new_image and not job.new_image:
+            job = replace(job, new_image=True)  # do not lose the "fit the new image" of a dropped job
+        if self._running:
+            self._pending = (self._generation, job)
+        else:
+            self._start(self._generation, job)
+
+    def cancel(self) -> None:
+        self._generation += 1
+        self._pending = None
+
+    def _is_current(self, generation: int) -> bool:
+        return generation == self._generation
+
+    def _start(self, generation: int, job: RenderJob) -> None:
+        self._running = True
+        task = _RenderTask(generation, job, self._is_current)
+        task.signals.result.connect(self._on_result)
+        task.signals.failed.connect(self._on_failed)
+        task.signals.done.connect(self._on_done)
+        self._pool.start(task)
+
+    @Slot(int, object)
+    def _on_result(self, generation: int, result: object) -> None:
+        if generation == self._generation:
+            emit(self.rendered, result)
+
+    @Slot(int, object)
+    def _on_failed(self, generation: int, exc: object) -> None:
+        if generation == self._generation:
+            emit(self.failed, exc)
+
+    @Slot()
+    def _on_done(self) -> None:
+        self._running = False
+        if self._pending is not None:
+            (generation, job), self._pending = self._pending, None
+            self._start(generation, job)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +514,8 @@ class BatchController(QObject):
     """Runs core.batch.score_paths in the pool with progress signals and cooperative cancel."""
 
     started = Signal(object)  # output csv path
-    progress = Signal(object)  # BatchProgress
+    progress = Signal(object)  # BatchProgress, one per file (emitted on the GUI thread)
+    progressMany = Signal(object)  # list[BatchProgress]: what arrived since the last delivery
     finished = Signal(object)  # BatchOutcome
     failed = Signal(object)  # exception
 
@@ -389,6 +523,11 @@ class BatchController(QObject):
         super().__init__(parent)
         self._pool = pool
         self._cancel: threading.Event | None = None
+        # Progress is buffered in the worker and collected by the GUI thread: one queued wake-up
+        # per burst instead of one cross-thread slot call per file.
+        self._buffer: list[BatchProgress] = []
+        self._buffer_lock = threading.Lock()
+        self._wake_pending = False
 
     @property
     def running(self) -> bool:
@@ -410,8 +549,15 @@ class BatchController(QObject):
         inputs = [Path(p) for p in inputs]
         output_csv = Path(output_csv)
 
-        def work(report: Callable[[Any], None]) -> BatchOutcome:
+        def work(wake: Callable[[Any], None]) -> BatchOutcome:
             from ..core.batch import score_paths
+
+            def report(progress: BatchProgress) -> None:  # runs in the worker thread
+                with self._buffer_lock:
+                    self._buffer.append(progress)
+                    must_wake, self._wake_pending = not self._wake_pending, True
+                if must_wake:
+                    wake(None)
 
             summary = score_paths(
                 inputs,
@@ -426,26 +572,37 @@ class BatchController(QObject):
             return BatchOutcome(summary, read_batch_csv(output_csv))
 
         task = FunctionTask(work)
+        self._buffer = []
+        self._wake_pending = False
         task.signals.progress.connect(self._on_progress)
         task.signals.result.connect(self._on_result)
         task.signals.error.connect(self._on_error)
         self._pool.start(task)
-        self.started.emit(output_csv)
+        emit(self.started, output_csv)
 
     def cancel(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
 
     @Slot(object)
-    def _on_progress(self, progress: object) -> None:
-        self.progress.emit(progress)
+    def _on_progress(self, _wake: object = None) -> None:
+        with self._buffer_lock:
+            items, self._buffer = self._buffer, []
+            self._wake_pending = False
+        if not items:
+            return
+        for item in items:
+            emit(self.progress, item)
+        emit(self.progressMany, items)
 
     @Slot(object)
     def _on_result(self, outcome: object) -> None:
+        self._on_progress()  # whatever arrived after the last wake-up
         self._cancel = None
-        self.finished.emit(outcome)
+        emit(self.finished, outcome)
 
     @Slot(object)
     def _on_error(self, exc: object) -> None:
+        self._on_progress()
         self._cancel = None
-        self.failed.emit(exc)
+        emit(self.failed, exc)

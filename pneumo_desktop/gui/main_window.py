@@ -427,10 +427,10 @@ class MainWindow(QMainWindow):
         if not inputs:
             return 0
         missing = [p for p in inputs if not p.exists()]
-        excluded = {path_key(Path(p).resolve()) for p in exclude}
+        excluded = {path_key(p) for p in exclude}
         try:
             files = find_images([p for p in inputs if p.exists()])
-            files = [f for f in files if path_key(f.resolve()) not in excluded] if excluded else files
+            files = [f for f in files if path_key(f) not in excluded] if excluded else files
         except OSError as exc:
             self._message("warning", "Cannot open", f"Could not list {', '.join(map(str, inputs))}: {exc}")
             return 0
@@ -652,9 +652,10 @@ class MainWindow(QMainWindow):
             return False
         # Show the files being scored, unless the list already holds exactly them.
         try:
-            # The output CSV is never an input (score_paths skips it too).
-            output_key = path_key(Path(output_csv).resolve())
-            files = [f for f in find_images(inputs) if path_key(f.resolve()) != output_key]
+            # The output CSV is never an input (score_paths skips it too). No resolve() per file:
+            # a syscall per file on the GUI thread adds up in a folder of thousands.
+            output_key = path_key(output_csv)
+            files = [f for f in find_images(inputs) if path_key(f) != output_key]
         except OSError as exc:
             self._message("warning", "Cannot score", f"Could not list the folder: {exc}")
             return False

@@ -45,7 +45,17 @@ if EMIT_LEAKS_TRUE:
 
 
 def emit(signal: SignalInstance, *args: Any) -> None:
-    """`signal.emit(*args)`, safe from the refcount defect above (thread-safe: runs under the GIL)."""
-    signal.emit(*args)
+    """`signal.emit(*args)`, safe from the refcount defect above (thread-safe: runs under the GIL).
+
+    A worker that finishes while the app shuts down finds its signal object already deleted by
+    PySide's exit clean-up; nobody is listening any more, so that case is ignored.
+    """
+    try:
+        signal.emit(*args)
+    except RuntimeError as exc:
+        if "deleted" not in str(exc):
+            raise
+        log.debug("signal not delivered, its object is gone: %s", exc)
+        return
     for _ in range(EMIT_LEAKS_TRUE):
         _py_incref(True)

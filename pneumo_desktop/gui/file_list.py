@@ -7,14 +7,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QModelIndex, Qt, Signal
+from PySide6.QtGui import QColor, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
 from .icons import STATUS_COLOURS, RowStatus, status_icon
 from .qt_compat import emit
-
-Index = QModelIndex | QPersistentModelIndex
 
 
 def path_key(path: Path | str) -> str:
@@ -45,71 +43,70 @@ class FileEntry:
         return "queued"
 
 
-class FileListModel(QAbstractTableModel):
-    """Two columns: file name (with a status icon) and result."""
+class FileListModel(QStandardItemModel):
+    """Two columns: file name (with a status icon) and result.
+
+    A QStandardItemModel on purpose: its data lives in C++, so painting the list never calls back
+    into Python. With a Python data() every repaint made hundreds of calls that each had to win
+    the GIL from the batch threads, which stalled the event loop during a batch.
+    """
 
     COLUMN_NAME = 0
     COLUMN_RESULT = 1
     HEADERS = ("Image", "Result")
 
     def __init__(self, parent: Any = None) -> None:
-        super().__init__(parent)
+        super().__init__(0, 2, parent)
+        self.setHorizontalHeaderLabels(list(self.HEADERS))
         self._entries: list[FileEntry] = []
         self._rows: dict[str, int] = {}
         self._positive_label = "PNEUMONIA"
 
-    # -- Qt model API ---------------------------------------------------------------------------
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt signature
-        return 0 if parent.isValid() else len(self._entries)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else 2
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        entry = self._entries[index.row()]
-        column = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return entry.path.name if column == self.COLUMN_NAME else entry.result_text
-        if role == Qt.ItemDataRole.DecorationRole and column == self.COLUMN_NAME:
-            return status_icon(entry.status)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            tip = str(entry.path)
-            if entry.status is RowStatus.ERROR:
-                tip += f"\n\nCould not be read: {entry.error}"
-            elif entry.probability is not None:
-                tip += f"\n\nModel output P(pneumonia) = {format_probability(entry.probability)} ({entry.label})"
-            return tip
-        if role == Qt.ItemDataRole.ForegroundRole and column == self.COLUMN_RESULT:
-            if entry.status in (RowStatus.ERROR, RowStatus.POSITIVE, RowStatus.NORMAL):
-                return QColor(STATUS_COLOURS[entry.status])
-        if role == Qt.ItemDataRole.UserRole:
-            return entry
-        return None
-
     # -- content --------------------------------------------------------------------------------
     def set_paths(self, paths: list[Path]) -> None:
-        self.beginResetModel()
         self._entries = [FileEntry(Path(p)) for p in paths]
         self._rows = {path_key(e.path): i for i, e in enumerate(self._entries)}
+        self.beginResetModel()
+        self.blockSignals(True)  # one reset instead of a signal per appended row
+        try:
+            self.removeRows(0, self.rowCount())
+            for entry in self._entries:
+                self.appendRow(self._make_items(entry))
+        finally:
+            self.blockSignals(False)
         self.endResetModel()
 
     def add_paths(self, paths: list[Path]) -> None:
-        new = [Path(p) for p in paths if path_key(p) not in self._rows]
-        if not new:
-            return
-        first = len(self._entries)
-        self.beginInsertRows(QModelIndex(), first, first + len(new) - 1)
-        for offset, path in enumerate(new):
-            self._entries.append(FileEntry(path))
-            self._rows[path_key(path)] = first + offset
-        self.endInsertRows()
+        for path in (Path(p) for p in paths):
+            if path_key(path) in self._rows:
+                continue
+            entry = FileEntry(path)
+            self._rows[path_key(path)] = len(self._entries)
+            self._entries.append(entry)
+            self.appendRow(self._make_items(entry))
+
+    def _make_items(self, entry: FileEntry) -> list[QStandardItem]:
+        name = QStandardItem(entry.path.name)
+        result = QStandardItem()
+        for item in (name, result):
+            item.setEditable(False)
+        self._fill(name, result, entry)
+        return [name, result]
+
+    def _fill(self, name: QStandardItem, result: QStandardItem, entry: FileEntry) -> None:
+        tip = str(entry.path)
+        if entry.status is RowStatus.ERROR:
+            tip += f"\n\nCould not be read: {entry.error}"
+        elif entry.probability is not None:
+            tip += f"\n\nModel output P(pneumonia) = {format_probability(entry.probability)} ({entry.label})"
+        name.setIcon(status_icon(entry.status))
+        name.setToolTip(tip)
+        result.setText(entry.result_text)
+        result.setToolTip(tip)
+        if entry.status in (RowStatus.ERROR, RowStatus.POSITIVE, RowStatus.NORMAL):
+            result.setForeground(QColor(STATUS_COLOURS[entry.status]))
+        else:
+            result.setData(None, Qt.ItemDataRole.ForegroundRole)
 
     def set_positive_label(self, label: str) -> None:
         self._positive_label = label
@@ -123,12 +120,14 @@ class FileListModel(QAbstractTableModel):
     def row_of(self, path: Path | str) -> int:
         return self._rows.get(path_key(path), -1)
 
+    def _store(self, row: int, entry: FileEntry) -> None:
+        self._entries[row] = entry
+        self._fill(self.item(row, 0), self.item(row, 1), entry)
+
     def _update(self, path: Path | str, **changes: Any) -> int:
         row = self.row_of(path)
-        if row < 0:
-            return row
-        self._entries[row] = replace(self._entries[row], **changes)
-        emit(self.dataChanged, self.index(row, 0), self.index(row, 1))
+        if row >= 0:
+            self._store(row, replace(self._entries[row], **changes))
         return row
 
     def set_result(self, path: Path | str, probability: float, label: str) -> int:
@@ -139,23 +138,12 @@ class FileListModel(QAbstractTableModel):
         return self._update(path, status=RowStatus.ERROR, error=message, probability=None, label="")
 
     def set_results(self, results: list[tuple[Path, float | None, str, str]]) -> None:
-        """Apply many (path, probability, label, error) results with one change notification."""
-        rows = []
+        """Apply many (path, probability, label, error) results."""
         for path, probability, label, error in results:
-            row = self.row_of(path)
-            if row < 0:
-                continue
             if error:
-                entry = replace(self._entries[row], status=RowStatus.ERROR, error=error, probability=None, label="")
+                self.set_error(path, error)
             elif probability is not None:
-                status = RowStatus.POSITIVE if label == self._positive_label else RowStatus.NORMAL
-                entry = replace(self._entries[row], status=status, probability=probability, label=label, error="")
-            else:
-                continue
-            self._entries[row] = entry
-            rows.append(row)
-        if rows:
-            emit(self.dataChanged, self.index(min(rows), 0), self.index(max(rows), 1))
+                self.set_result(path, probability, label)
 
     def set_working(self, path: Path | str) -> int:
         row = self.row_of(path)

@@ -513,3 +513,39 @@ def test_bundled_model_prediction_in_the_window(qtbot, make_window, bundled_mode
     assert window.prediction_panel.label_value.text() == explanation.prediction.label
     assert explanation.prediction.label == card.label_for(explanation.prediction.probability)
     assert sample_label(path) == "PNEUMONIA"
+
+
+def test_run_gui_opens_command_line_paths_and_installs_the_excepthook(qtbot, monkeypatch, tiny_model_dir: Path) -> None:
+    import logging
+
+    from PySide6.QtCore import QStandardPaths, QTimer
+
+    from pneumo_desktop.gui import app as gui_app
+    from pneumo_desktop.gui import main_window
+
+    QStandardPaths.setTestModeEnabled(True)  # the log file goes to a test location
+    monkeypatch.setattr(main_window, "default_model_loader", lambda model_dir=None: default_model_loader(tiny_model_dir))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    root_handlers = list(logging.getLogger().handlers)
+    seen: dict = {}
+
+    def poll() -> None:
+        windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
+        if windows and windows[0].state.explanation is not None:
+            seen["path"] = windows[0].state.path
+            seen["hook"] = sys.excepthook
+            windows[0].close()
+            QApplication.quit()
+        else:
+            QTimer.singleShot(50, poll)
+
+    QTimer.singleShot(0, poll)
+    QTimer.singleShot(WAIT_MS, QApplication.quit)  # safety net
+    try:
+        assert gui_app.run_gui([normal_sample()]) == 0
+    finally:
+        for handler in logging.getLogger().handlers[len(root_handlers):]:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    assert seen.get("path") == normal_sample()
+    assert seen["hook"] is not sys.__excepthook__

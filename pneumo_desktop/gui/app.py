@@ -14,6 +14,7 @@ from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from .. import __version__
+from . import qt_compat  # noqa: F401 - measures/pins PySide6 refcount defects before heavy Qt use
 from .icons import app_icon
 from .settings import APPLICATION, ORGANIZATION
 

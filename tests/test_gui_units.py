@@ -19,7 +19,8 @@ from pneumo_desktop.gui.icons import RowStatus, glyph, status_icon  # noqa: E402
 from pneumo_desktop.gui.model_info import about_html, metric_rows  # noqa: E402
 from pneumo_desktop.gui.options import OverlayOptions, WindowLevel, apply_window_level  # noqa: E402
 from pneumo_desktop.gui.settings import MAX_RECENT, SettingsStore, ini_qsettings  # noqa: E402
-from pneumo_desktop.gui.workers import ResultCache, describe_error, read_batch_csv  # noqa: E402
+from pneumo_desktop.gui.display_workers import ResultCache  # noqa: E402
+from pneumo_desktop.gui.workers import describe_error, read_batch_csv  # noqa: E402
 
 
 def card(**raw_extra) -> ModelCard:

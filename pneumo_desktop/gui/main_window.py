@@ -17,7 +17,6 @@ from PySide6.QtCore import QSettings, QSize, Qt, QThreadPool, QTimer, Signal, Sl
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
-    QDialogButtonBox,
     QFileDialog,
     QFrame,
     QLabel,
@@ -29,7 +28,6 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSplitter,
     QStyle,
-    QTextBrowser,
     QToolBar,
     QVBoxLayout,
     QWidget,
@@ -42,25 +40,15 @@ from ..core.overlay import colorbar, render_overlay
 from .file_list import FileListModel, FileListView, path_key
 from .icons import app_icon, glyph
 from .image_view import ImageView, array_to_qimage
-from .model_info import about_html
+from .dialogs import AboutDialog, ResumeChoice, ask_resume, show_message
 from .options import OverlayOptions, WindowLevel, apply_window_level
 from .overlay_controls import DisplayControls, OverlayControls
 from .prediction_panel import PredictionPanel
 from .qt_compat import emit
 from .report import ExportError, ReportData, save_png, write_pdf_report
 from .settings import SettingsStore
-from .workers import (
-    BatchController,
-    BatchOutcome,
-    LatestImageRequester,
-    LatestRenderer,
-    ModelLoadController,
-    ModelLoader,
-    RenderJob,
-    RenderResult,
-    default_model_loader,
-    describe_error,
-)
+from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult
+from .workers import BatchController, BatchOutcome, ModelLoadController, ModelLoader, default_model_loader, describe_error
 
 if TYPE_CHECKING:
     from ..core.batch import BatchProgress
@@ -732,17 +720,10 @@ class MainWindow(QMainWindow):
         output = Path(csv_text)
         resume = False
         if output.exists():
-            box = QMessageBox(QMessageBox.Icon.Question, "CSV exists", f"{output.name} already exists.", parent=self)
-            box.setInformativeText("Resume keeps its rows and scores only the files not in it yet. Start over replaces it.")
-            resume_button = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
-            overwrite_button = box.addButton("Start Over", QMessageBox.ButtonRole.DestructiveRole)
-            box.addButton(QMessageBox.StandardButton.Cancel)
-            box.setDefaultButton(resume_button)
-            box.exec()
-            if box.clickedButton() is resume_button:
-                resume = True
-            elif box.clickedButton() is not overwrite_button:
+            choice = ask_resume(self, output)
+            if choice is ResumeChoice.CANCEL:
                 return
+            resume = choice is ResumeChoice.RESUME
         self.start_batch([folder], output, resume=resume)
 
     # =========================================================================================
@@ -823,39 +804,18 @@ class MainWindow(QMainWindow):
     # Dialogs, About, state of actions, closing
     # =========================================================================================
     def _message(self, kind: str, title: str, text: str, informative: str = "") -> QMessageBox:
-        """Non-blocking message box (a worker result must never wait on a modal loop)."""
         self.last_message = (kind, title, text + (f"\n{informative}" if informative else ""))
-        icons = {
-            "critical": QMessageBox.Icon.Critical,
-            "warning": QMessageBox.Icon.Warning,
-            "information": QMessageBox.Icon.Information,
-        }
-        box = QMessageBox(icons.get(kind, QMessageBox.Icon.NoIcon), title, text, QMessageBox.StandardButton.Ok, self)
-        if informative:
-            box.setInformativeText(informative)
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.finished.connect(lambda _result, b=box: self._dialogs.remove(b) if b in self._dialogs else None)
-        self._dialogs.append(box)
-        box.open()
-        return box
+        return self._keep(show_message(self, kind, title, text, informative))
 
     def show_about(self) -> QDialog:
-        dialog = QDialog(self)
-        dialog.setWindowTitle("About Pneumo Desktop")
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        browser = QTextBrowser()
-        browser.setObjectName("aboutText")
-        browser.setOpenExternalLinks(True)
-        browser.setHtml(about_html(self.model.card if self.model is not None else None, self.model_error))
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-        buttons.rejected.connect(dialog.reject)
-        layout = QVBoxLayout(dialog)
-        layout.addWidget(browser)
-        layout.addWidget(buttons)
-        dialog.resize(560, 560)
+        dialog = AboutDialog(self.model.card if self.model is not None else None, self.model_error, self)
         dialog.open()
+        return self._keep(dialog)
+
+    def _keep(self, dialog: QDialog) -> QDialog:
+        """Hold a Python reference to an open non-modal dialog until it closes."""
         self._dialogs.append(dialog)
-        dialog.finished.connect(lambda _r, d=dialog: self._dialogs.remove(d) if d in self._dialogs else None)
+        dialog.finished.connect(lambda _result, d=dialog: self._dialogs.remove(d) if d in self._dialogs else None)
         return dialog
 
     def _update_actions(self) -> None:

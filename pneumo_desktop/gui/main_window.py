@@ -391,6 +391,7 @@ class MainWindow(QMainWindow):
         self.model_status_label.setText("No model")
         self.statusBar().showMessage(f"Model not loaded: {message}")
         if isinstance(exc, ModelIntegrityError):
+            log.warning("model not loaded: %s", message)
             title, text = "Model missing or damaged", f"The model could not be loaded: {message}"
         else:
             log.error("model loading failed: %r", exc)

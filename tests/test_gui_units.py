@@ -201,3 +201,10 @@ def test_many_emits_and_setter_calls_do_not_crash_the_interpreter(qtbot) -> None
     if sys.version_info < (3, 12):
         assert sys.getrefcount(True) > 1_000 and sys.getrefcount(None) > 1_000
     assert isinstance(qt_compat.SINGLETONS_PINNED, bool)
+
+
+def test_metric_summary_picks_the_headline_numbers() -> None:
+    from pneumo_desktop.gui.model_info import metric_summary
+
+    rows = metric_summary({"validation": {"n": 785, "roc_auc": 0.99923, "recall": 0.95, "specificity": 1.0, "confusion": [[1, 2]]}, "x": 3})
+    assert rows == [("validation", "n 785 · ROC AUC 0.999 · sensitivity 0.950 · specificity 1.000")]

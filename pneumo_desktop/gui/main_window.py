@@ -195,7 +195,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
         self.splitter.setCollapsible(1, False)
-        self.splitter.setSizes([290, 650, 340])
+        self.splitter.setSizes([320, 620, 340])
         self.setCentralWidget(self.splitter)
 
     def _action(self, text: str, slot, shortcut: QKeySequence | str | None = None, icon: QIcon | None = None, checkable: bool = False, tip: str = "") -> QAction:  # type: ignore[no-untyped-def]

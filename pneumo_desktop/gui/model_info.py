@@ -47,6 +47,35 @@ def metric_rows(metrics: Any, prefix: str = "") -> list[tuple[str, str]]:
     return rows[:MAX_METRIC_ROWS]
 
 
+# Summary metrics, in the order a reader wants them, with the names they know.
+_SUMMARY_KEYS = (
+    ("n", "n"),
+    ("roc_auc", "ROC AUC"),
+    ("recall", "sensitivity"),
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("accuracy", "accuracy"),
+)
+
+
+def metric_summary(metrics: Any) -> list[tuple[str, str]]:
+    """One line per metrics group, e.g. ("validation", "n 785 · ROC AUC 0.999 · sensitivity 0.950 …")."""
+    rows: list[tuple[str, str]] = []
+    if not isinstance(metrics, Mapping):
+        return rows
+    for group, values in metrics.items():
+        if not isinstance(values, Mapping):
+            continue
+        parts = []
+        for key, label in _SUMMARY_KEYS:
+            value = values.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and label not in " ".join(parts):
+                parts.append(f"{label} {_format_value(value)}")
+        if parts:
+            rows.append((str(group).replace("_", " "), " · ".join(parts)))
+    return rows
+
+
 def card_rows(card: "ModelCard") -> list[tuple[str, str]]:
     return [
         ("Model", card.name),

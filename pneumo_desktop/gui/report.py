@@ -13,7 +13,7 @@ from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainte
 
 from .. import RESEARCH_USE_STATEMENT, __version__
 from .file_list import format_probability
-from .model_info import DATA_ATTRIBUTION, card_rows, metric_rows
+from .model_info import DATA_ATTRIBUTION, card_rows, metric_summary
 
 if TYPE_CHECKING:
     from ..core.model_card import ModelCard
@@ -197,8 +197,8 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
     page.text("Model card", size=12, bold=True, gap=0.2)
     if data.card is not None:
         rows = card_rows(data.card)
-        metrics = metric_rows(data.card.raw.get("metrics"))[:6]
-        page.rows(rows + [(f"Validation: {k}", v) for k, v in metrics], key_w, size=8.5)
+        metrics = metric_summary(data.card.raw.get("metrics"))[:3]
+        page.rows(rows + [(f"Metrics ({group})", text) for group, text in metrics], key_w, size=8.5)
     else:
         page.rows([("Model", f"{pred.model_name} v{pred.model_version}")], key_w, size=8.5)
 

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QGraphicsItem,
     QGraphicsPixmapItem,
+    QGraphicsRectItem,
     QGraphicsScene,
     QGraphicsSimpleTextItem,
     QGraphicsView,
@@ -55,16 +56,21 @@ class ImageView(QGraphicsView):
             item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
             item.setShapeMode(QGraphicsPixmapItem.ShapeMode.BoundingRectShape)
             self._scene.addItem(item)
-        self._captions = (QGraphicsSimpleTextItem(), QGraphicsSimpleTextItem())
+        # Captions: light text on a dark translucent badge, readable over any part of a film.
+        self._badges = (QGraphicsRectItem(), QGraphicsRectItem())
+        self._captions = (QGraphicsSimpleTextItem(self._badges[0]), QGraphicsSimpleTextItem(self._badges[1]))
         caption_font = QFont()
         caption_font.setPointSize(10)
-        for caption in self._captions:
-            caption.setBrush(QColor("#e8eaed"))
+        for badge, caption in zip(self._badges, self._captions):
+            badge.setBrush(QColor(0, 0, 0, 160))
+            badge.setPen(Qt.PenStyle.NoPen)
+            # Badges keep their on-screen size whatever the zoom.
+            badge.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
+            badge.setZValue(10)
+            caption.setBrush(QColor("#f1f3f4"))
             caption.setFont(caption_font)
-            # Captions keep their on-screen size whatever the zoom.
-            caption.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
-            caption.setZValue(10)
-            self._scene.addItem(caption)
+            caption.setPos(6, 3)
+            self._scene.addItem(badge)
         self._has_image = False
         self._fit_mode = True
         self._placeholder = "Open a chest X-ray: File ▸ Open, or drop images or a folder here"
@@ -101,8 +107,8 @@ class ImageView(QGraphicsView):
         self._primary.setPixmap(QPixmap())
         self._secondary.setPixmap(QPixmap())
         self._secondary.setVisible(False)
-        for caption in self._captions:
-            caption.setVisible(False)
+        for badge in self._badges:
+            badge.setVisible(False)
         self._scene.setSceneRect(QRectF(0, 0, 1, 1))
 
     def set_images(
@@ -124,12 +130,14 @@ class ImageView(QGraphicsView):
         else:
             self._secondary.setVisible(False)
             rect = QRectF(0, 0, width, height)
-        for i, caption in enumerate(self._captions):
+        for i, (badge, caption) in enumerate(zip(self._badges, self._captions)):
             visible = captions is not None and (i == 0 or secondary is not None)
-            caption.setVisible(visible)
+            badge.setVisible(visible)
             if visible and captions is not None:
                 caption.setText(captions[i])
-                caption.setPos(QPointF(i * (width + PANE_GAP) + 8, 8))
+                text = caption.boundingRect()
+                badge.setRect(QRectF(0, 0, text.width() + 12, text.height() + 6))
+                badge.setPos(QPointF(i * (width + PANE_GAP), 0))
         layout_changed = rect != self._scene.sceneRect()
         self._scene.setSceneRect(rect)
         self._has_image = True

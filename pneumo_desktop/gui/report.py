@@ -72,17 +72,17 @@ class _Page:
 
     def rows(self, rows: list[tuple[str, str]], key_width: float, size: float = 9.0) -> None:
         self.font(size)
-        line = self.p.fontMetrics().height() * 1.25
+        line = self.p.fontMetrics().height()
+        wrap = int(Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap)
         for key, value in rows:
             self.p.setPen(QColor("#5f6368"))
-            self.p.drawText(QRectF(0, self.y, key_width, line), int(Qt.AlignmentFlag.AlignLeft), key)
+            self.p.drawText(QRectF(0, self.y, key_width, line * 1.25), int(Qt.AlignmentFlag.AlignLeft), key)
             self.p.setPen(QColor("#202124"))
-            self.p.drawText(
-                QRectF(key_width, self.y, self.width - key_width, line),
-                int(Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextSingleLine),
-                value,
-            )
-            self.y += line
+            # Long values (the threshold rule) wrap instead of running off the page.
+            box = QRectF(key_width, self.y, self.width - key_width, 10_000)
+            height = self.p.boundingRect(box, wrap, value).height()
+            self.p.drawText(box, wrap, value)
+            self.y += max(height, line) + line * 0.25
 
 
 def _fit(image: QImage, max_px: int = REPORT_IMAGE_MAX_PX) -> QImage:

@@ -340,9 +340,13 @@ def test_batch_cancel_leaves_a_valid_csv_and_resume_completes_it(qtbot, make_win
     assert window.batch_progress.isVisible() and window.batch_cancel_button.isVisible()
     assert not window.act_batch.isEnabled()
     qtbot.waitUntil(lambda: len(progress) >= 1, timeout=WAIT_MS)
-    # The list follows the results as they arrive.
+    # The list follows the results as they arrive (a few rows per event-loop turn).
     first = progress[0].row
-    assert window.file_model.entry(window.file_model.row_of(first.path)).status in (RowStatus.NORMAL, RowStatus.POSITIVE)
+    qtbot.waitUntil(
+        lambda: window.file_model.entry(window.file_model.row_of(first.path)).status in (RowStatus.NORMAL, RowStatus.POSITIVE),
+        timeout=5000,
+    )
+    assert window.batch.running, "the list updated while the batch was still running"
     with qtbot.waitSignal(window.batchFinished, timeout=WAIT_MS) as blocker:
         window.cancel_batch()
     summary = blocker.args[0].summary
@@ -369,6 +373,7 @@ def test_batch_cancel_leaves_a_valid_csv_and_resume_completes_it(qtbot, make_win
     with open(output, newline="", encoding="utf-8") as handle:
         final = list(csv.DictReader(handle))
     assert len(final) == 40 and len({r["path"] for r in final}) == 40
+    qtbot.waitUntil(lambda: window.rows_pending() == 0, timeout=5000)
     counts = window.file_model.counts()
     assert counts[RowStatus.NORMAL] + counts[RowStatus.POSITIVE] == 40
 

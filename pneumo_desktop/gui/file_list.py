@@ -43,6 +43,9 @@ class FileEntry:
         return "queued"
 
 
+_COLOURED = (RowStatus.ERROR, RowStatus.POSITIVE, RowStatus.NORMAL)
+
+
 class FileListModel(QStandardItemModel):
     """Two columns: file name (with a status icon) and result.
 
@@ -99,14 +102,14 @@ class FileListModel(QStandardItemModel):
             tip += f"\n\nCould not be read: {entry.error}"
         elif entry.probability is not None:
             tip += f"\n\nModel output P(pneumonia) = {format_probability(entry.probability)} ({entry.label})"
-        name.setIcon(status_icon(entry.status))
-        name.setToolTip(tip)
-        result.setText(entry.result_text)
-        result.setToolTip(tip)
-        if entry.status in (RowStatus.ERROR, RowStatus.POSITIVE, RowStatus.NORMAL):
-            result.setForeground(QColor(STATUS_COLOURS[entry.status]))
-        else:
-            result.setData(None, Qt.ItemDataRole.ForegroundRole)
+        colour = QColor(STATUS_COLOURS[entry.status]) if entry.status in _COLOURED else None
+        role = Qt.ItemDataRole
+        # One setData call per cell and role set (each is a Python->Qt call on the GUI thread).
+        name.setData(status_icon(entry.status), role.DecorationRole)
+        name.setData(tip, role.ToolTipRole)
+        result.setData(entry.result_text, role.DisplayRole)
+        result.setData(tip, role.ToolTipRole)
+        result.setData(colour, role.ForegroundRole)
 
     def set_positive_label(self, label: str) -> None:
         self._positive_label = label
@@ -127,7 +130,9 @@ class FileListModel(QStandardItemModel):
     def _update(self, path: Path | str, **changes: Any) -> int:
         row = self.row_of(path)
         if row >= 0:
-            self._store(row, replace(self._entries[row], **changes))
+            entry = replace(self._entries[row], **changes)
+            if entry != self._entries[row]:  # rows already showing this result cost nothing
+                self._store(row, entry)
         return row
 
     def set_result(self, path: Path | str, probability: float, label: str) -> int:

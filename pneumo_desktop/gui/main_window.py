@@ -7,6 +7,7 @@ The window owns no heavy work: it turns user actions into requests to the contro
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 APP_TITLE = "Pneumo Desktop"
 DEFAULT_SIZE = QSize(1280, 800)
+ROWS_PER_TURN = 8  # file-list rows updated per event-loop turn while a batch reports results
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.dcm *.dicom);;All files (*)"
 MODEL_HELP = (
     "What to do: reinstall Pneumo Desktop so that its bundled model folder (resources/model) is "
@@ -131,6 +133,12 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._connect()
         self._restore_settings()
+
+        self._row_queue: deque[tuple[Path, float | None, str, str]] = deque()
+        self._row_timer = QTimer(self)
+        self._row_timer.setSingleShot(True)
+        self._row_timer.setInterval(0)
+        self._row_timer.timeout.connect(self._drain_rows)
 
         self._render_timer = QTimer(self)
         self._render_timer.setSingleShot(True)
@@ -425,6 +433,7 @@ class MainWindow(QMainWindow):
             return 0
         self.requester.cancel()
         self.state = DisplayState()
+        self._row_queue.clear()
         self.file_model.set_paths(files)
         for path in inputs:
             if path.exists():
@@ -675,11 +684,28 @@ class MainWindow(QMainWindow):
         self.batch_progress.setRange(0, max(last.total, 1))
         self.batch_progress.setValue(last.done)
         self.batch_progress.setFormat("Scored %v / %m")
-        self.file_model.set_results([(p.row.path, p.row.probability, p.row.prediction, p.row.error) for p in items])
+        self._queue_rows([(p.row.path, p.row.probability, p.row.prediction, p.row.error) for p in items])
+
+    def _queue_rows(self, rows: list[tuple[Path, float | None, str, str]]) -> None:
+        self._row_queue.extend(rows)
+        if not self._row_timer.isActive():
+            self._row_timer.start()
+
+    def _drain_rows(self) -> None:
+        """Apply queued list updates a few rows per event-loop turn, so a burst never stalls the loop."""
+        chunk = [self._row_queue.popleft() for _ in range(min(ROWS_PER_TURN, len(self._row_queue)))]
+        self.file_model.set_results(chunk)
+        if self._row_queue:
+            self._row_timer.start()
+
+    def rows_pending(self) -> int:
+        """List updates received from the batch but not shown yet."""
+        return len(self._row_queue)
 
     @Slot(object)
     def _on_batch_finished(self, outcome: BatchOutcome) -> None:
-        self.file_model.set_results([(r.path, r.probability, r.prediction, r.error) for r in outcome.rows])
+        # Rows read back from the CSV (resumed ones included); rows already shown are skipped cheaply.
+        self._queue_rows([(r.path, r.probability, r.prediction, r.error) for r in outcome.rows])
         self._hide_batch_progress()
         s = outcome.summary
         parts = [f"{s.scored} scored", f"{s.errors} could not be read"]

@@ -82,7 +82,8 @@ def _score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=_threshold, metavar="T", help="decision threshold (default: the model card's)")
     parser.add_argument("--heatmaps", type=Path, metavar="DIR", help="also write a Grad-CAM overlay PNG per image")
     parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per inference batch")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                        help="images per inference batch (default: the runtime's, 8)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -147,13 +148,13 @@ def _open_gui(files: list[Path]) -> int:
     return int(run_gui(files) or 0)
 
 
-def _load_model(model_dir: Path | None):
+def _load_model(model_dir: Path | None, batch_size: int | None = None):
     """The model, or None after printing why it cannot be used (the caller exits with 3)."""
     from pneumo_desktop.core.model_card import ModelIntegrityError
     from pneumo_desktop.core.runtime import PneumoniaModel
 
     try:
-        return PneumoniaModel.load(model_dir)
+        return PneumoniaModel.load(model_dir, **({"batch_size": batch_size} if batch_size else {}))
     except ModelIntegrityError as exc:
         print(f"{PROG}: model integrity error: {exc}", file=sys.stderr)
         return None
@@ -302,7 +303,7 @@ def _score(argv: Sequence[str]) -> int:
             raise UsageError(f"cannot create the heat-map folder {parsed.heatmaps}: {exc.strerror or exc}") from None
         if not os.access(parsed.heatmaps, os.W_OK | os.X_OK):
             raise UsageError(f"cannot write heat maps into {parsed.heatmaps}")
-    model = _load_model(parsed.model)
+    model = _load_model(parsed.model, parsed.batch_size)
     if model is None:
         return EXIT_MODEL
 
@@ -320,7 +321,6 @@ def _score(argv: Sequence[str]) -> int:
                 heatmaps_dir=parsed.heatmaps,
                 progress=bar.update,
                 cancel=cancel,
-                batch_size=parsed.batch_size,
             )
         except ResultsFileError as exc:
             raise UsageError(str(exc)) from None

@@ -62,6 +62,21 @@ def test_batch_size_does_not_change_results(model, images) -> None:
     np.testing.assert_allclose(batched, single, rtol=1e-6, atol=1e-7)
 
 
+def test_alternating_single_and_batch_requests_never_resize_an_interpreter(tiny_model_dir: Path, images) -> None:
+    """A resize re-allocates tensors under the GIL (a GUI stall), so each interpreter keeps its shape."""
+    from pneumo_desktop.core.runtime import LiteRTEngine
+
+    engine = LiteRTEngine(tiny_model_dir / mc.TFLITE_FILENAME, 64, num_threads=1, batch_size=8)
+    inputs = np.stack([prepare_input(i.grey, 64) for i in images[:5]])
+    whole = engine(inputs)[mc.OUTPUT_PROBABILITY]
+    assert whole.shape == (5, 1)  # padded to 8 inside, trimmed back
+    for i in range(5):
+        np.testing.assert_allclose(engine(inputs[i : i + 1])[mc.OUTPUT_PROBABILITY], whole[i : i + 1], atol=1e-6)
+        engine(inputs[: i + 1])
+    assert engine._runner.get_input_details()[mc.INPUT_NAME]["shape"][0] == 1
+    assert engine._batch_runner.get_input_details()[mc.INPUT_NAME]["shape"][0] == 8
+
+
 def test_threshold_override_changes_only_the_label(model, images) -> None:
     p = model.predict(images[:1])[0]
     low = model.predict(images[:1], threshold=0.0)[0]

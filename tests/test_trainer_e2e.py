@@ -18,7 +18,8 @@ def test_train_two_stages_evaluate_export_and_resume(tmp_path, sample_paths):
 
     root = make_dataset_folder(tmp_path / "data", sample_paths, copies=3)
     (root / "train" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(b"corrupt")
-    run_dir, export_dir = tmp_path / "run", tmp_path / "model"
+    run_dir = tmp_path / "run"
+    export_dir = run_dir / "export"  # as scripts/train_bundled.sh lays it out
     argv = ["train", "--data", str(root), "--run-dir", str(run_dir), "--backbone", "tiny", "--weights", "none",
             "--input-size", "64", "--epochs-stage1", "1", "--epochs-stage2", "1", "--batch-size", "8",
             "--val-fraction", "0.3", "--export", str(export_dir)]
@@ -57,6 +58,16 @@ def test_train_two_stages_evaluate_export_and_resume(tmp_path, sample_paths):
     log_lines = (run_dir / "log_stage1.csv").read_text().splitlines()
     assert main(argv) == 0
     assert (run_dir / "log_stage1.csv").read_text().splitlines() == log_lines
+
+    # compare reads a run folder and a model folder alike, writes the table and records it in the card
+    doc = tmp_path / "comparison.md"
+    assert main(["compare", str(run_dir), f"exported={export_dir}", "--doc", str(doc), "--card", str(export_dir)]) == 0
+    table_rows = [line for line in doc.read_text().splitlines() if line.startswith("| run") or line.startswith("| exp")]
+    assert len(table_rows) == 2
+    selection = json.loads((export_dir / mc.CARD_FILENAME).read_text())["model_selection"]
+    assert [c["name"] for c in selection["candidates"]] == ["run", "exported"]
+    assert selection["candidates"][0]["roc_auc"] == pytest.approx(metrics["validation"]["roc_auc"])
+    mc.verify_artifacts(export_dir, mc.load_model_card(export_dir))  # the card's record does not touch artefacts
 
 
 def test_local_weights_file_is_loaded(tmp_path):

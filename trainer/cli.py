@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True)
 
     comp = sub.add_parser("compare", help="compare trained candidates (run folders) on validation and pick one")
-    comp.add_argument("runs", type=Path, nargs="+")
+    comp.add_argument("runs", nargs="+", metavar="[NAME=]DIR",
+                      help="run folder (report/ + export/) or model folder (e.g. lite0=resources/model)")
     comp.add_argument("--doc", type=Path, help="write the comparison table (markdown) here")
     comp.add_argument("--card", type=Path, help="model folder whose card records the comparison")
 

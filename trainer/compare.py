@@ -60,12 +60,19 @@ def litert_latency_ms(model_dir: Path, repeats: int = 30) -> float:
     return statistics.median(times) * 1000
 
 
-def load_candidate(run_dir: Path) -> Candidate:
+def parse_candidate_arg(arg: str) -> tuple[str, Path]:
+    """`NAME=PATH` or `PATH` (named after the folder)."""
+    name, sep, path = arg.partition("=")
+    return (name, Path(path)) if sep else (Path(arg).name, Path(arg))
+
+
+def load_candidate(run_dir: Path, name: str | None = None) -> Candidate:
+    """A run folder (report/ + export/) or a model folder holding the exported files beside report/."""
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
-    export_dir = run_dir / "export"
+    export_dir = run_dir / "export" if (run_dir / "export" / mc.TFLITE_FILENAME).is_file() else run_dir
     validation, calibration = report["validation"], report["calibration"]
     return Candidate(
-        name=run_dir.name, backbone=report["backbone"], input_size=report["input_size"],
+        name=name or run_dir.name, backbone=report["backbone"], input_size=report["input_size"],
         initial_weights=report["weights_source"]["description"],
         roc_auc=validation["roc_auc"], sensitivity=validation["recall"], specificity=validation["specificity"],
         threshold=validation["threshold"], ece_before=calibration["ece_before"], ece_after=calibration["ece_after"],
@@ -97,8 +104,8 @@ def markdown_table(candidates: list[Candidate], chosen: Candidate) -> str:
     return "\n".join(lines)
 
 
-def compare(run_dirs: list[Path], doc_path: Path | None, card_dir: Path | None) -> Candidate:
-    candidates = [load_candidate(Path(d)) for d in run_dirs]
+def compare(run_args: list[str], doc_path: Path | None, card_dir: Path | None) -> Candidate:
+    candidates = [load_candidate(path, name) for name, path in map(parse_candidate_arg, run_args)]
     chosen = choose(candidates)
     table = markdown_table(candidates, chosen)
     log.info("chosen: %s\n%s", chosen.name, table)

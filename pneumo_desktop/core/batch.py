@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("path", "probability", "prediction", "threshold", "model_sha256", "image_sha256", "error")
 FSYNC_EVERY = 16  # rows between fsyncs: bounds what a power cut can lose without an fsync per image
-DEFAULT_BATCH_SIZE = 16
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _ENCODING = ("utf-8", "surrogateescape")  # file names that are not valid UTF-8 still round-trip
 
@@ -275,15 +274,17 @@ def score_paths(
     heatmaps_dir: Path | str | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
     cancel: threading.Event | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int | None = None,
 ) -> BatchSummary:
     """Score every file under `inputs` into `output_csv` (see the module docstring for the guarantees).
 
-    `model` is a PneumoniaModel (uses prepare(), run(), prediction() and sha256).
+    `model` is a PneumoniaModel (uses prepare(), run(), prediction(), sha256 and batch_size).
+    `batch_size` defaults to the model's own, the size its runtime is allocated for.
     """
     started = time.monotonic()
     output_csv = Path(output_csv)
+    batch_size = batch_size or model.batch_size
     cut = model.card.threshold if threshold is None else float(threshold)
     if not 0.0 <= cut <= 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")

@@ -25,6 +25,7 @@ from pneumo_desktop.core.resources import bundled_model_dir
 
 log = logging.getLogger(__name__)
 
+# LiteRT on CPU gains little per image from bigger batches; 8 keeps the padded last batch cheap.
 DEFAULT_BATCH_SIZE = 8
 
 # An engine runs one batch (N, S, S, 3) float32 and returns the signature's outputs by name.
@@ -61,17 +62,19 @@ class RawOutputs:
 
 
 class LiteRTEngine:
-    """The serving_default signature of model.tflite; checks the signature against the contract."""
+    """The serving_default signature of model.tflite; checks the signature against the contract.
 
-    def __init__(self, tflite_path: Path, input_size: int, num_threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+    Resizing an interpreter's batch dimension re-allocates its tensors while holding the GIL (~100 ms
+    for the bundled model), which froze the GUI whenever single-image requests and batch scoring
+    alternated. So there are two interpreters, each allocated once at load: one for single images and
+    one for batches, to whose size shorter batches are padded.
+    """
 
+    def __init__(self, tflite_path: Path, input_size: int, num_threads: int | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         threads = num_threads or os.cpu_count() or 1
-        try:
-            self._interpreter = Interpreter(model_path=str(tflite_path), num_threads=threads)
-            signatures = self._interpreter.get_signature_list()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelIntegrityError(f"{tflite_path} is not a valid TFLite model: {exc}") from exc
+        self._tflite_path, self.num_threads, self.batch_size = tflite_path, threads, max(1, int(batch_size))
+        signatures, self._runner = self._open()
         sig = signatures.get(mc.SIGNATURE_KEY)
         wanted = {mc.OUTPUT_PROBABILITY, mc.OUTPUT_FEATURE_MAP, mc.OUTPUT_CAM_WEIGHTS}
         if sig is None or list(sig["inputs"]) != [mc.INPUT_NAME] or not wanted <= set(sig["outputs"]):
@@ -79,7 +82,6 @@ class LiteRTEngine:
                 f"{tflite_path} does not follow the model contract: expected signature '{mc.SIGNATURE_KEY}' with "
                 f"input '{mc.INPUT_NAME}' and outputs {sorted(wanted)}, found {signatures}"
             )
-        self._runner = self._interpreter.get_signature_runner(mc.SIGNATURE_KEY)
         detail = self._runner.get_input_details()[mc.INPUT_NAME]
         shape = [int(v) for v in detail.get("shape_signature", detail["shape"])]
         if len(shape) != 4 or shape[1:] != [input_size, input_size, 3]:
@@ -87,8 +89,23 @@ class LiteRTEngine:
                 f"{tflite_path} takes input {shape}, but the model card says {input_size}x{input_size}x3"
             )
         self.dynamic_batch = shape[0] == -1
-        self.num_threads = threads
         self._check_outputs(tflite_path, input_size)
+        self._batch_runner = self._runner
+        if self.dynamic_batch and self.batch_size > 1:
+            _, self._batch_runner = self._open()
+            self._batch_runner(**{mc.INPUT_NAME: np.zeros((self.batch_size, input_size, input_size, 3), np.float32)})
+
+    def _open(self) -> tuple[dict, Callable[..., dict[str, np.ndarray]] | None]:
+        """A new interpreter: its signature list and its runner for the contract's signature (None if absent)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            interpreter = Interpreter(model_path=str(self._tflite_path), num_threads=self.num_threads)
+            signatures = interpreter.get_signature_list()
+            runner = interpreter.get_signature_runner(mc.SIGNATURE_KEY) if mc.SIGNATURE_KEY in signatures else None
+            return signatures, runner
+        except (ValueError, RuntimeError) as exc:
+            raise ModelIntegrityError(f"{self._tflite_path} is not a valid TFLite model: {exc}") from exc
 
     def _check_outputs(self, tflite_path: Path, input_size: int) -> None:
         """One warm-up run: a graph that cannot run, or returns the wrong shapes, is refused at load time
@@ -105,11 +122,19 @@ class LiteRTEngine:
             )
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self.dynamic_batch or batch.shape[0] == 1:
-            # the runner resizes the input to the batch shape; outputs are returned as copies
+        count = batch.shape[0]
+        if count == 1:
             return self._runner(**{mc.INPUT_NAME: batch})
-        parts = [self._runner(**{mc.INPUT_NAME: batch[i : i + 1]}) for i in range(batch.shape[0])]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        if not self.dynamic_batch:
+            parts = [self._runner(**{mc.INPUT_NAME: batch[i : i + 1]}) for i in range(count)]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        if count < self.batch_size:
+            # padding costs a few wasted images on a job's last batch; a resize would stall every thread
+            pad = np.zeros((self.batch_size - count, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, pad])
+        # (a batch larger than batch_size resizes this runner; PneumoniaModel never sends one)
+        out = self._batch_runner(**{mc.INPUT_NAME: batch})  # outputs are returned as copies
+        return {name: value[:count] for name, value in out.items()}
 
 
 class PneumoniaModel:
@@ -123,7 +148,8 @@ class PneumoniaModel:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_dir: Path | None = None, num_threads: int | None = None) -> "PneumoniaModel":
+    def load(cls, model_dir: Path | None = None, num_threads: int | None = None,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> "PneumoniaModel":
         """Load a model folder (default: the bundled model) after checking model.tflite against its card."""
         model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
         if not model_dir.is_dir():
@@ -131,9 +157,9 @@ class PneumoniaModel:
         card = mc.load_model_card(model_dir)
         # Only what runs is verified: a packaged app ships model.tflite and the card, not model.keras.
         mc.verify_artifacts(model_dir, card, names=(mc.TFLITE_FILENAME,))
-        engine = LiteRTEngine(model_dir / mc.TFLITE_FILENAME, card.input_size, num_threads)
+        engine = LiteRTEngine(model_dir / mc.TFLITE_FILENAME, card.input_size, num_threads, batch_size)
         log.info("loaded model %s %s from %s (%d threads)", card.name, card.version, model_dir, engine.num_threads)
-        return cls(model_dir, card, engine)
+        return cls(model_dir, card, engine, batch_size)
 
     # ---------------------------------------------------------------- properties
 

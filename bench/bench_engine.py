@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
+from gui_harness import link_copies  # noqa: E402
 from pneumo_desktop.core import model_card as mc  # noqa: E402
 from pneumo_desktop.core.batch import score_paths  # noqa: E402
 from pneumo_desktop.core.imaging import load_image  # noqa: E402
@@ -58,22 +59,6 @@ def peak_rss_mib() -> float | None:
 
 def sample_files() -> list[Path]:
     return sorted(p for p in samples_dir().iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-
-
-def make_copies(folder: Path, n: int) -> list[Path]:
-    """n file names for the samples; hard links where possible (no disk space, same bytes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = sample_files()
-    paths = []
-    for i in range(n):
-        src = samples[i % len(samples)]
-        dst = folder / f"{i:05d}_{src.name}"
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-        paths.append(dst)
-    return paths
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -131,7 +116,7 @@ def bench_gradcam_overhead(model: PneumoniaModel, repeats: int) -> dict:
 
 
 def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int) -> dict:
-    paths = make_copies(work / "throughput", n)
+    paths = link_copies(sample_files(), work / "throughput", n)
     # pure-inference ceiling: inputs already decoded and prepared, batches of 16
     ready = np.stack([model.prepare(load_image(p)) for p in sample_files()])
     batch = np.concatenate([ready] * (16 // len(ready) + 1))[:16]
@@ -175,7 +160,7 @@ def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int) -> 
 
 
 def bench_rss(model: PneumoniaModel, n: int, work: Path) -> dict:
-    paths = make_copies(work / "rss", n)
+    paths = link_copies(sample_files(), work / "rss", n)
     checkpoints = sorted({c for c in (500, 1000, 2000, n) if c <= n})
     marks: dict[int, float | None] = {}
 

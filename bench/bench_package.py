@@ -33,7 +33,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -128,6 +127,17 @@ def time_command(cmd: list[str], scratch: Path) -> tuple[float, int, str]:
     return elapsed, proc.returncode, (proc.stdout + proc.stderr)
 
 
+def cold_runs_of(measure, cold_runs: int, result: dict) -> list:
+    """`measure()` after dropping the page cache each time; records why if that is not allowed."""
+    cold = []
+    for _ in range(cold_runs):
+        if not drop_page_cache():
+            result["cold_error"] = "cannot drop the page cache (needs root on Linux)"
+            break
+        cold.append(measure())
+    return cold
+
+
 def bench_cli(exe: Path, args: list[str], runs: int, cold_runs: int, scratch: Path) -> dict:
     cmd = [str(exe), *args]
     _, code, output = time_command(cmd, scratch)  # warm-up, also checks it works
@@ -137,15 +147,9 @@ def bench_cli(exe: Path, args: list[str], runs: int, cold_runs: int, scratch: Pa
         result["self_test"] = last[-1] if last else output.strip().splitlines()[-1:]
     warm = [time_command(cmd, scratch)[0] for _ in range(runs)]
     result["warm"] = summary(warm)
-    if cold_runs:
-        cold = []
-        for _ in range(cold_runs):
-            if not drop_page_cache():
-                result["cold_error"] = "cannot drop the page cache (needs root on Linux)"
-                break
-            cold.append(time_command(cmd, scratch)[0])
-        if cold:
-            result["cold"] = summary(cold)
+    cold = cold_runs_of(lambda: time_command(cmd, scratch)[0], cold_runs, result)
+    if cold:
+        result["cold"] = summary(cold)
     return result
 
 
@@ -327,18 +331,12 @@ def bench_gui(exe: Path, runs: int, cold_runs: int, scratch: Path, display_arg: 
             model = [r["model_ready_s"] for r in warm if r["model_ready_s"] is not None]
             if model:
                 result["warm_model_ready"] = summary(model)
-            if cold_runs:
-                cold = []
-                for _ in range(cold_runs):
-                    if not drop_page_cache():
-                        result["cold_error"] = "cannot drop the page cache (needs root on Linux)"
-                        break
-                    cold.append(gui_run(exe, display.name, watcher, scratch))
-                if cold:
-                    result["cold"] = summary([r["window_s"] for r in cold if r["window_s"] is not None])
-                    cold_model = [r["model_ready_s"] for r in cold if r["model_ready_s"] is not None]
-                    if cold_model:
-                        result["cold_model_ready"] = summary(cold_model)
+            cold = cold_runs_of(lambda: gui_run(exe, display.name, watcher, scratch), cold_runs, result)
+            if cold:
+                result["cold"] = summary([r["window_s"] for r in cold if r["window_s"] is not None])
+                cold_model = [r["model_ready_s"] for r in cold if r["model_ready_s"] is not None]
+                if cold_model:
+                    result["cold_model_ready"] = summary(cold_model)
             return result
         finally:
             watcher.close()

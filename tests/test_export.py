@@ -57,8 +57,6 @@ def test_cam_weights_equal_mean_gradient_of_logit(tiny_model_dir, sample_paths):
 
 
 def test_export_refuses_to_publish_a_model_that_disagrees(tmp_path, monkeypatch, sample_paths):
-    import keras
-
     from trainer import export
     from trainer.backbones import build_backbone
     from trainer.card import build_card

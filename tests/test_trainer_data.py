@@ -121,7 +121,6 @@ def test_check_data_command_writes_the_report(tmp_path, sample_paths):
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-    from trainer.cli import main
     from trainer.data import DatasetError
 
     with pytest.raises(DatasetError, match="does not exist"):

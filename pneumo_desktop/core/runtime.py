@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,30 +213,25 @@ class PneumoniaModel:
 
     def predict(self, images: Sequence[LoadedImage], threshold: float | None = None) -> list[Prediction]:
         cut = self._threshold(threshold)
-        results: list[Prediction] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            raw = self.run(np.stack([self.prepare(img) for img in chunk]))
-            results.extend(self.prediction(img.path, p, cut) for img, p in zip(chunk, raw.probability))
-        return results
+        return [self.prediction(img.path, raw.probability[i], cut) for img, raw, i in self._run_in_batches(images)]
 
     def explain(self, image: LoadedImage, threshold: float | None = None) -> Explanation:
         return self.explain_many([image], threshold)[0]
 
     def explain_many(self, images: Sequence[LoadedImage], threshold: float | None = None) -> list[Explanation]:
         cut = self._threshold(threshold)
-        results: list[Explanation] = []
+        return [
+            Explanation(prediction=self.prediction(img.path, raw.probability[i], cut), cam=raw.cam(i, img.height, img.width))
+            for img, raw, i in self._run_in_batches(images)
+        ]
+
+    def _run_in_batches(self, images: Sequence[LoadedImage]) -> Iterator[tuple[LoadedImage, RawOutputs, int]]:
+        """Each image with the raw outputs of its batch and its index there."""
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             raw = self.run(np.stack([self.prepare(img) for img in chunk]))
             for i, img in enumerate(chunk):
-                results.append(
-                    Explanation(
-                        prediction=self.prediction(img.path, raw.probability[i], cut),
-                        cam=raw.cam(i, img.height, img.width),
-                    )
-                )
-        return results
+                yield img, raw, i
 
     def _threshold(self, threshold: float | None) -> float:
         cut = self.card.threshold if threshold is None else float(threshold)

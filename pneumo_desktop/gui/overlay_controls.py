@@ -38,6 +38,17 @@ def _slider(minimum: int, maximum: int, value: int) -> QSlider:
     return slider
 
 
+def _slider_grid(rows: list[tuple[str, QWidget, QLabel]]) -> QGridLayout:
+    """Rows of name | slider (stretching) | value."""
+    grid = QGridLayout()
+    grid.setColumnStretch(1, 1)
+    for row, (name, slider, value) in enumerate(rows):
+        grid.addWidget(QLabel(name), row, 0)
+        grid.addWidget(slider, row, 1)
+        grid.addWidget(value, row, 2)
+    return grid
+
+
 def _small(label: QLabel) -> QLabel:
     font = QFont(label.font())
     font.setPointSize(max(font.pointSize() - 1, 7))
@@ -80,14 +91,8 @@ class OverlayControls(QGroupBox):
         bar_ends.addStretch(1)
         bar_ends.addWidget(_small(QLabel("strong influence")))
 
-        grid = QGridLayout()
-        grid.setColumnStretch(1, 1)
-        grid.addWidget(QLabel("Opacity"), 0, 0)
-        grid.addWidget(self.opacity_slider, 0, 1)
-        grid.addWidget(self.opacity_value, 0, 2)
-        grid.addWidget(QLabel("Cut-off"), 1, 0)
-        grid.addWidget(self.cutoff_slider, 1, 1)
-        grid.addWidget(self.cutoff_value, 1, 2)
+        grid = _slider_grid([("Opacity", self.opacity_slider, self.opacity_value),
+                             ("Cut-off", self.cutoff_slider, self.cutoff_value)])
         grid.addWidget(QLabel("Colours"), 2, 0)
         grid.addWidget(self.colormap_combo, 2, 1, 1, 2)
 
@@ -175,14 +180,8 @@ class DisplayControls(QGroupBox):
         self.reset_button = QPushButton("Reset")
         self.reset_button.setToolTip("Full grey range, not inverted")
 
-        grid = QGridLayout()
-        grid.setColumnStretch(1, 1)
-        grid.addWidget(QLabel("Level"), 0, 0)
-        grid.addWidget(self.level_slider, 0, 1)
-        grid.addWidget(self.level_value, 0, 2)
-        grid.addWidget(QLabel("Window"), 1, 0)
-        grid.addWidget(self.width_slider, 1, 1)
-        grid.addWidget(self.width_value, 1, 2)
+        grid = _slider_grid([("Level", self.level_slider, self.level_value),
+                             ("Window", self.width_slider, self.width_value)])
         row = QHBoxLayout()
         row.addWidget(self.invert_box)
         row.addStretch(1)

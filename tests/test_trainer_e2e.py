@@ -70,6 +70,31 @@ def test_train_two_stages_evaluate_export_and_resume(tmp_path, sample_paths):
     mc.verify_artifacts(export_dir, mc.load_model_card(export_dir))  # the card's record does not touch artefacts
 
 
+@pytest.mark.slow
+def test_from_scratch_trains_the_whole_backbone_and_its_batchnorm(tmp_path, sample_paths):
+    import keras
+
+    from trainer.backbones import build_backbone
+    from trainer.cli import main
+    from trainer.model import build_classifier
+
+    root = make_dataset_folder(tmp_path / "data", sample_paths, copies=3)
+    run_dir = tmp_path / "scratch"
+    argv = ["train", "--data", str(root), "--run-dir", str(run_dir), "--backbone", "tiny", "--weights", "none",
+            "--from-scratch", "--input-size", "64", "--epochs-stage1", "1", "--epochs-stage2", "1",
+            "--batch-size", "8", "--val-fraction", "0.3", "--seed", "7"]
+    assert main(argv) == 0
+
+    keras.utils.set_random_seed(7)  # the trainer's seed: the same initial backbone
+    initial = build_classifier(build_backbone("tiny", 64, None)[0], batchnorm_trains=True)
+    trained = build_classifier(build_backbone("tiny", 64, None)[0], batchnorm_trains=True)
+    trained.load_weights(run_dir / json.loads((run_dir / "state.json").read_text())["stage1"]["weights"])
+    before, after = initial.get_layer("backbone"), trained.get_layer("backbone")
+    assert not np.allclose(before.get_layer("conv0").get_weights()[0], after.get_layer("conv0").get_weights()[0])
+    moving_mean = after.get_layer("bn0").moving_mean.numpy()
+    assert np.abs(moving_mean).max() > 1e-3  # BatchNorm statistics were learned, not left at their zero start
+
+
 def test_local_weights_file_is_loaded(tmp_path):
     from trainer.backbones import build_backbone
 

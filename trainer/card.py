@@ -68,6 +68,15 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _stages_text(cfg: dict[str, Any]) -> str:
+    if cfg.get("from_scratch"):
+        return (f"From scratch (no pretrained weights): the whole network, BatchNorm training, {cfg.get('epochs_stage1')} "
+                f"epochs max at lr {cfg.get('lr_stage1')}, then {cfg.get('epochs_stage2')} epochs max at lr {cfg.get('lr_stage2')}")
+    return (f"Stage 1 (backbone frozen): {cfg.get('epochs_stage1')} epochs max at lr {cfg.get('lr_stage1')}; stage 2 "
+            f"(from `{cfg.get('finetune_from') or 'the last blocks'}` on, BatchNorm frozen): {cfg.get('epochs_stage2')} "
+            f"epochs max at lr {cfg.get('lr_stage2')}")
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """A human-readable model card from model_card.json (the JSON stays the source of truth)."""
     v = card.get("metrics", {}).get("validation", {})
@@ -113,9 +122,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- {tr.get('images', '?')} training-folder images passed the integrity check ({tr.get('excluded', '?')} "
         f"excluded); split {tr.get('split', {})}; class weights {tr.get('class_weights', {})}; seed {tr.get('seed')}.",
         f"- Data manifest sha256: `{tr.get('data_manifest_sha256', '-')}`",
-        f"- Stage 1 (backbone frozen): {cfg.get('epochs_stage1')} epochs max at lr {cfg.get('lr_stage1')}; stage 2 "
-        f"(from `{cfg.get('finetune_from') or 'the last blocks'}` on, BatchNorm frozen): {cfg.get('epochs_stage2')} "
-        f"epochs max at lr {cfg.get('lr_stage2')}; early stopping on validation ROC-AUC.",
+        f"- {_stages_text(cfg)}; early stopping on validation ROC-AUC.",
         f"- Training time (2-core CPU): {sum(float(s) for s in tr.get('stage_seconds', {}).values()) / 60:.0f} min.",
         f"- Rebuild: `{tr.get('command', '')}`",
         f"- Versions: {card.get('versions', {})}",

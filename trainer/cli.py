@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-stage2", type=float, default=1e-4)
     train.add_argument("--patience", type=int, default=2)
     train.add_argument("--finetune-from", help="first backbone layer unfrozen in stage 2 (default: last blocks)")
+    train.add_argument("--from-scratch", action="store_true",
+                       help="no pretrained weights: train the whole network in both stages (BatchNorm trains)")
     train.add_argument("--val-fraction", type=float, default=0.15)
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--min-sensitivity", type=float, default=0.95, help="operating-point rule on validation")
@@ -93,7 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_root=args.data, run_dir=args.run_dir, backbone=args.backbone, weights=args.weights,
         input_size=args.input_size, batch_size=args.batch_size, epochs_stage1=args.epochs_stage1,
         epochs_stage2=args.epochs_stage2, lr_stage1=args.lr_stage1, lr_stage2=args.lr_stage2, patience=args.patience,
-        finetune_from=args.finetune_from, val_fraction=args.val_fraction, seed=args.seed,
+        finetune_from=args.finetune_from, from_scratch=args.from_scratch, val_fraction=args.val_fraction, seed=args.seed,
         augment=_augment_from(args), min_sensitivity=args.min_sensitivity, calibrate=not args.no_calibration,
         max_images=args.max_images, strategy=args.strategy, export_dir=args.export, model_name=args.name,
         model_version=args.version, command="pneumo-trainer " + shlex.join(sys.argv[1:]),

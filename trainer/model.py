@@ -21,10 +21,12 @@ class HeadConfig:
     dropout: float = 0.3
 
 
-def build_classifier(backbone: keras.Model, head: HeadConfig = HeadConfig(), name: str = "pneumonia_classifier") -> keras.Model:
+def build_classifier(backbone: keras.Model, head: HeadConfig = HeadConfig(), name: str = "pneumonia_classifier",
+                     batchnorm_trains: bool = False) -> keras.Model:
     inputs = keras.Input(backbone.input_shape[1:], name="image")
-    # training=False keeps every BatchNorm in inference mode in both stages (small batches, new domain).
-    features = backbone(inputs, training=False)
+    # Pretrained backbones: training=False keeps every BatchNorm in inference mode in both stages (small
+    # batches, new domain). A backbone trained from scratch has no statistics to keep: its BatchNorm trains.
+    features = backbone(inputs) if batchnorm_trains else backbone(inputs, training=False)
     x = layers.GlobalAveragePooling2D(name="gap")(features)
     x = layers.Dropout(head.dropout, name="head_dropout_in")(x)
     x = layers.Dense(head.units, name="head_dense")(x)

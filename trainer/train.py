@@ -37,6 +37,9 @@ class TrainConfig:
     lr_stage2: float = 1e-4
     patience: int = 2
     finetune_from: str | None = None  # default: the backbone's (last blocks)
+    # No pretrained weights: both stages train the whole network (BatchNorm in training mode), stage 2 at
+    # the lower learning rate; freezing a random backbone would measure nothing.
+    from_scratch: bool = False
     val_fraction: float = 0.15
     seed: int = 42
     head_units: int = 128
@@ -181,12 +184,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     strategy = make_strategy(cfg.strategy)
     with strategy.scope():
         backbone, weights_source = build_backbone(cfg.backbone, input_size, cfg.weights)
-        model = build_classifier(backbone, HeadConfig(cfg.head_units, cfg.dropout))
+        model = build_classifier(backbone, HeadConfig(cfg.head_units, cfg.dropout), batchnorm_trains=cfg.from_scratch)
+    if cfg.from_scratch:
+        log.info("from scratch: the whole network trains in both stages, BatchNorm in training mode")
 
     # 3. Stage 1: head only
     stage_times = state.get("stage_seconds", {})
     if state.get("stage1") is None:
-        freeze_backbone(model)
+        if not cfg.from_scratch:
+            freeze_backbone(model)
         best1, row1, seconds = _run_stage(model, 1, cfg.epochs_stage1, cfg.lr_stage1, train_ds, val_ds, weights, cfg)
         stage_times["1"] = seconds
         state.set("stage_seconds", stage_times)
@@ -198,9 +204,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # 4. Stage 2: last blocks at a low learning rate, BatchNorm frozen
     if cfg.epochs_stage2 > 0:
         if state.get("stage2") is None:
-            with strategy.scope():
-                count = unfreeze_top(model, cfg.finetune_from or spec.finetune_from)
-            log.info("stage 2: %d layers trainable from %s", count, cfg.finetune_from or spec.finetune_from)
+            if not cfg.from_scratch:
+                with strategy.scope():
+                    count = unfreeze_top(model, cfg.finetune_from or spec.finetune_from)
+                log.info("stage 2: %d layers trainable from %s", count, cfg.finetune_from or spec.finetune_from)
             best2, row2, seconds = _run_stage(model, 2, cfg.epochs_stage2, cfg.lr_stage2, train_ds, val_ds, weights, cfg)
             stage_times["2"] = seconds
             state.set("stage_seconds", stage_times)

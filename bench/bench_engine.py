@@ -117,15 +117,16 @@ def bench_gradcam_overhead(model: PneumoniaModel, repeats: int) -> dict:
 
 def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int) -> dict:
     paths = link_copies(sample_files(), work / "throughput", n)
-    # pure-inference ceiling: inputs already decoded and prepared, batches of 16
+    # pure-inference ceiling: inputs already decoded and prepared, in batches of the runtime's size
+    size = model.batch_size
     ready = np.stack([model.prepare(load_image(p)) for p in sample_files()])
-    batch = np.concatenate([ready] * (16 // len(ready) + 1))[:16]
+    batch = np.concatenate([ready] * (size // len(ready) + 1))[:size]
     model.run(batch)
-    runs = max(1, n // 16)
+    runs = max(1, n // size)
     start = time.perf_counter()
     for _ in range(runs):
         model.run(batch)
-    ceiling = runs * 16 / (time.perf_counter() - start)
+    ceiling = runs * size / (time.perf_counter() - start)
 
     summary = score_paths(paths, work / "throughput.csv", model=model)
     assert summary.scored == n, summary
@@ -141,12 +142,12 @@ def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int) -> 
     import keras
 
     keras_model = keras.models.load_model(keras_path, compile=False)
-    size = model.input_size
+    input_size = model.input_size
     seed_paths = paths[:seed_n]
 
     def seed_one(path: Path) -> float:  # what the original script did, per image
         grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        x = np.repeat(cv2.resize(grey, (size, size))[:, :, None], 3, axis=2).astype(np.float32)
+        x = np.repeat(cv2.resize(grey, (input_size, input_size))[:, :, None], 3, axis=2).astype(np.float32)
         return float(keras_model.predict(x[None], verbose=0)[0, 0])
 
     seed_one(seed_paths[0])  # graph tracing is not part of the per-image cost

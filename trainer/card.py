@@ -124,7 +124,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- Data manifest sha256: `{tr.get('data_manifest_sha256', '-')}`",
         f"- {_stages_text(cfg)}; early stopping on validation ROC-AUC.",
         f"- Training time (2-core CPU): {sum(float(s) for s in tr.get('stage_seconds', {}).values()) / 60:.0f} min.",
-        f"- Rebuild: `{tr.get('command', '')}`",
+        f"- Rebuild: `{tr.get('command', '')}` (its `--export` folder holds exactly the files of this model folder; "
+        "the app ships it as `resources/model/`).",
         f"- Versions: {card.get('versions', {})}",
         "",
         "## Artefacts",

@@ -148,6 +148,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         "- About 70% of the training images are third-party 224 px copies (squashed, JPEG q~75): fine detail is limited.",
         "- Labels are image-level (NORMAL / PNEUMONIA); Grad-CAM shows which regions drove the score, not a lesion "
         "segmentation.",
+        "- Grad-CAM maps sometimes light up the laterality marker or regions outside the lungs: the model may also use "
+        "cues that are not lung findings (a known weakness of this dataset), so read its maps critically.",
         "- The withheld official test split was not used for any choice here; it is measured independently.",
     ]
     return "\n".join(lines) + "\n"

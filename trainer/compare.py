@@ -115,7 +115,9 @@ def compare(run_args: list[str], doc_path: Path | None, card_dir: Path | None) -
             "# Candidate models (validation split, patient-grouped)\n\n"
             "All numbers are on the validation split carved from the training data (never the test split). "
             "Sensitivity and specificity are at each candidate's own threshold (highest specificity with "
-            "sensitivity >= 0.95). Latency: median single-image LiteRT invoke on this 2-core CPU.\n\n"
+            "sensitivity >= 0.95). Latency: median single-image LiteRT invoke on this 2-core CPU. Training time: wall "
+            "clock of both stages on the same CPU (other work may have shared it). Temperature scaling is fitted by "
+            "log-loss, so the binned calibration error (ECE) need not fall with it.\n\n"
             f"Selection rule: {SELECTION_RULE}.\n\n{table}\n"
         )
     if card_dir is not None:

@@ -214,6 +214,7 @@ def plot_calibration(y: np.ndarray, p: np.ndarray, path: Path, title: str, bins:
 def plot_training_curves(log_paths: list[Path], path: Path, title: str) -> None:
     """Loss and validation AUC over all epochs of both stages (the CSV logs Keras wrote)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     epochs, series = [], {"loss": [], "val_loss": [], "auc": [], "val_auc": []}
     stage_starts = []
     for log_path in log_paths:
@@ -234,6 +235,7 @@ def plot_training_curves(log_paths: list[Path], path: Path, title: str) -> None:
         for start in stage_starts[1:]:
             ax.axvline(start + 0.5, c="grey", ls=":", lw=1)
         ax.set_xlabel("epoch (dotted line: stage 2 starts)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     ax1.set_title(f"{title}: loss")
     ax2.set_title(f"{title}: ROC-AUC")

@@ -151,10 +151,10 @@ def _open_gui(files: list[Path]) -> int:
 def _load_model(model_dir: Path | None, batch_size: int | None = None):
     """The model, or None after printing why it cannot be used (the caller exits with 3)."""
     from pneumo_desktop.core.model_card import ModelIntegrityError
-    from pneumo_desktop.core.runtime import PneumoniaModel
+    from pneumo_desktop.core.runtime import DEFAULT_BATCH_SIZE, PneumoniaModel
 
     try:
-        return PneumoniaModel.load(model_dir, **({"batch_size": batch_size} if batch_size else {}))
+        return PneumoniaModel.load(model_dir, batch_size=batch_size or DEFAULT_BATCH_SIZE)
     except ModelIntegrityError as exc:
         print(f"{PROG}: model integrity error: {exc}", file=sys.stderr)
         return None

@@ -259,7 +259,7 @@ def test_self_test_passes_when_every_label_is_right(monkeypatch, sample_paths, t
         "threshold": {"value": 0.5, "rule": "test"}, "gradcam": {"layer": "x"},
         "artifacts": {"model.tflite": {"sha256": "0" * 64}}, "intended_use": "tests",
     })
-    monkeypatch.setattr(runtime.PneumoniaModel, "load", classmethod(lambda cls, d=None, n=None: cls(tmp_path, card, engine)))
+    monkeypatch.setattr(runtime.PneumoniaModel, "load", classmethod(lambda cls, d=None, n=None, batch_size=8: cls(tmp_path, card, engine)))
     assert cli.main(["--self-test"]) == 0
     out = capsys.readouterr().out
     assert f"self-test passed: {len(sample_paths)} of {len(sample_paths)}" in out and "FAIL" not in out

@@ -188,7 +188,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.from_scratch:
         log.info("from scratch: the whole network trains in both stages, BatchNorm in training mode")
 
-    # 3. Stage 1: head only
+    # 3. Stage 1: head only (from scratch: the whole network)
     stage_times = state.get("stage_seconds", {})
     if state.get("stage1") is None:
         if not cfg.from_scratch:
@@ -201,7 +201,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.load_weights(run_dir / state.get("stage1")["weights"])
         log.info("stage 1 already done (%s)", state.get("stage1")["weights"])
 
-    # 4. Stage 2: last blocks at a low learning rate, BatchNorm frozen
+    # 4. Stage 2: last blocks at a low learning rate, BatchNorm frozen (from scratch: all layers, lower lr)
     if cfg.epochs_stage2 > 0:
         if state.get("stage2") is None:
             if not cfg.from_scratch:

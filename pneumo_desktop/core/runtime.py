@@ -64,7 +64,7 @@ class RawOutputs:
 class LiteRTEngine:
     """The serving_default signature of model.tflite; checks the signature against the contract.
 
-    Resizing an interpreter's batch dimension re-allocates its tensors while holding the GIL (~100 ms
+    Resizing an interpreter's batch dimension re-allocates its tensors while holding the GIL (75-85 ms
     for the bundled model), which froze the GUI whenever single-image requests and batch scoring
     alternated. So there are two interpreters, each allocated once at load: one for single images and
     one for batches, to whose size shorter batches are padded.
@@ -159,7 +159,7 @@ class PneumoniaModel:
         mc.verify_artifacts(model_dir, card, names=(mc.TFLITE_FILENAME,))
         engine = LiteRTEngine(model_dir / mc.TFLITE_FILENAME, card.input_size, num_threads, batch_size)
         log.info("loaded model %s %s from %s (%d threads)", card.name, card.version, model_dir, engine.num_threads)
-        return cls(model_dir, card, engine, batch_size)
+        return cls(model_dir, card, engine, engine.batch_size)  # the size its batch interpreter holds
 
     # ---------------------------------------------------------------- properties
 

@@ -29,25 +29,39 @@ def sample_paths() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A real exported model folder (tiny random backbone, input 64) built by the trainer's exporter."""
+def tiny_model_dir(tmp_path_factory, sample_paths) -> Path:
+    """A real exported model folder (tiny random backbone, input 64) built by the trainer's exporter, with the
+    v2 contract: a subtype head (p_viral) and an in-graph out-of-distribution score fitted on the samples,
+    whose limit admits every sample."""
     import keras
 
-    from trainer.backbones import build_backbone
+    from pneumo_desktop.core.imaging import load_image
+    from pneumo_desktop.core.preprocess import prepare_input
+    from trainer.backbones import BACKBONES, build_backbone
     from trainer.card import build_card
     from trainer.export import export_model_folder
     from trainer.model import build_classifier
+    from trainer.ood import fit_ood, pooled_feature_model, score_numpy
 
     keras.utils.set_random_seed(1234)
     backbone, _ = build_backbone("tiny", 64, None)
-    model = build_classifier(backbone)
+    model = build_classifier(backbone, subtype_head=True)
+    samples = np.stack([prepare_input(load_image(p).grey, 64) for p in sample_paths]).astype(np.float32)
+    layers = BACKBONES["tiny"].ood_layers
+    stats = fit_ood(model, layers, samples)
+    sample_scores = score_numpy(stats, pooled_feature_model(model, layers).predict(samples, verbose=0))
     out = tmp_path_factory.mktemp("tiny_model")
     card = build_card(
         name="tiny-test-model", version="0.0.1", backbone="tiny", input_size=64, threshold=0.5,
         threshold_rule="fixed 0.5 (test model)", gradcam_layer="backbone/top_activation",
+        extra={
+            "subtype": {"classes": ["bacterial", "viral"], "threshold": {"value": 0.5, "rule": "fixed 0.5 (test model)"}},
+            "refusal": {"limit": float(sample_scores.max() * 1.5), "method": "test model: fitted on the samples",
+                        "rule": "1.5x the largest sample score"},
+        },
     )
     rng = np.random.default_rng(0)
-    export_model_folder(model, out, card, rng.uniform(0, 255, (4, 64, 64, 3)).astype(np.float32))
+    export_model_folder(model, out, card, rng.uniform(0, 255, (4, 64, 64, 3)).astype(np.float32), ood=stats)
     return out
 
 

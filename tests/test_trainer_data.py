@@ -80,7 +80,7 @@ def make_dataset_folder(root: Path, sample_paths: list[Path], copies: int, size:
         for c in range(copies):
             shifted = np.roll(small, c, axis=1)
             if pneumonia:
-                name = f"person{k * 100 + c}_bacteria_{c}.jpeg"
+                name = f"person{k * 100 + c}_{'virus' if k % 2 else 'bacteria'}_{c}.jpeg"
                 cv2.imwrite(str(root / "train" / "PNEUMONIA" / name), shifted)
             else:
                 name = f"IM-{k * 100 + c:04d}-0001.jpeg"

@@ -61,12 +61,15 @@ def test_train_two_stages_evaluate_export_and_resume(tmp_path, sample_paths):
 
     # compare reads a run folder and a model folder alike, writes the table and records it in the card
     doc = tmp_path / "comparison.md"
-    assert main(["compare", str(run_dir), f"exported={export_dir}", "--doc", str(doc), "--card", str(export_dir)]) == 0
+    dev = make_dataset_folder(tmp_path / "dev", sample_paths, copies=1) / "train"  # a NORMAL/PNEUMONIA folder
+    assert main(["compare", str(run_dir), f"exported={export_dir}", "--dev", str(dev), "--doc", str(doc),
+                 "--card", str(export_dir)]) == 0
     table_rows = [line for line in doc.read_text().splitlines() if line.startswith("| run") or line.startswith("| exp")]
     assert len(table_rows) == 2
     selection = json.loads((export_dir / mc.CARD_FILENAME).read_text())["model_selection"]
     assert [c["name"] for c in selection["candidates"]] == ["run", "exported"]
-    assert selection["candidates"][0]["roc_auc"] == pytest.approx(metrics["validation"]["roc_auc"])
+    assert selection["candidates"][0]["val_roc_auc"] == pytest.approx(metrics["validation"]["roc_auc"])
+    assert selection["candidates"][0]["dev_roc_auc"] == selection["candidates"][1]["dev_roc_auc"]  # same model
     mc.verify_artifacts(export_dir, mc.load_model_card(export_dir))  # the card's record does not touch artefacts
 
 
@@ -150,3 +153,41 @@ def test_efficientnet_lite0_port_reproduces_imagenet_predictions():
         p /= p.sum()
         assert int(np.argmax(p)) == cls
         assert p[cls] == pytest.approx(prob, abs=0.02)
+
+
+@pytest.mark.slow
+def test_recipe_with_subtype_head_development_set_and_refusal_statistics(tmp_path, sample_paths):
+    """The v2 path: a recipe file, epochs chosen on a development folder, the subtype head and the OOD score
+    exported in the graph, the limit chosen on validation, all recorded in the card."""
+    from trainer.cli import main
+    from trainer.export import tflite_outputs
+
+    root = make_dataset_folder(tmp_path / "data", sample_paths, copies=3)
+    dev = make_dataset_folder(tmp_path / "dev", sample_paths[::-1], copies=1, size=140) / "train"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f'data_root = "{root}"\nbackbone = "tiny"\nweights = "none"\ninput_size = 64\nbatch_size = 8\n'
+        f'epochs_stage1 = 1\nepochs_stage2 = 1\nval_fraction = 0.3\nsubtype_head = true\ndev_root = "{dev}"\n'
+        '[augment]\ncrop_scale_min = 0.5\ncrop_aspect = 1.3333\ngamma = 1.25\n'
+    )
+    run_dir, export_dir = tmp_path / "run", tmp_path / "run" / "export"
+    assert main(["train", "--recipe", str(recipe), "--run-dir", str(run_dir), "--export", str(export_dir)]) == 0
+
+    log_header = (run_dir / "log_stage1.csv").read_text().splitlines()[0].split(",")
+    assert {"dev_auc", "val_auc", "dev_viral_auc"} <= set(log_header)
+    raw = json.loads((export_dir / mc.CARD_FILENAME).read_text())
+    assert raw["training"]["recipe"] == recipe.read_text() and raw["training"]["selection"] == "dev_auc"
+    assert "test half A (development)" in raw["threshold"]["rule"]
+    assert raw["subtype"]["classes"] == ["bacterial", "viral"] and 0 <= raw["subtype"]["threshold"]["value"] <= 1
+    assert raw["refusal"]["limit"] > 0 and raw["refusal"]["refused_share"]["validation"] <= 0.01 + 1e-9
+
+    rng = np.random.default_rng(3)
+    noise = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    from pneumo_desktop.core.imaging import load_image
+    from pneumo_desktop.core.preprocess import prepare_input
+
+    xrays = np.stack([prepare_input(load_image(p).grey, 64) for p in sample_paths[:2]]).astype(np.float32)
+    out = tflite_outputs(export_dir / mc.TFLITE_FILENAME, np.concatenate([xrays, noise]))
+    assert out[mc.OUTPUT_P_VIRAL].shape == (4, 1) and out[mc.OUTPUT_OOD_SCORE].shape == (4, 1)
+    scores = out[mc.OUTPUT_OOD_SCORE].ravel()
+    assert scores[2:].min() > scores[:2].max()  # noise lies further from the training X-rays than X-rays do

@@ -28,6 +28,8 @@ class BackboneSpec:
     feature_layer: str
     weights_help: str
     build: Callable[[int, "Path | None"], keras.Model]
+    # Layers whose pooled activations feed the out-of-distribution score (shallow to deep).
+    ood_layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,10 @@ BACKBONES: dict[str, BackboneSpec] = {
     "xception": BackboneSpec("xception", 224, "block13_sepconv1_act", "block14_sepconv2_act",
                              "Keras Xception ImageNet 'notop' .h5, or a .keras model holding an ImageNet 'xception' layer", _build_xception),
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, "block11_expand_conv", "top_activation",
-                                       "PyTorch efficientnet-lite0 ImageNet state_dict (.pth, legacy format)", _build_efficientnet_lite0),
-    "tiny": BackboneSpec("tiny", 64, "conv2", "top_activation", "none (random initialisation; tests only)", _build_tiny),
+                                       "PyTorch efficientnet-lite0 ImageNet state_dict (.pth, legacy format)", _build_efficientnet_lite0,
+                                       ("block4_add", "block10_add", "top_activation")),
+    "tiny": BackboneSpec("tiny", 64, "conv2", "top_activation", "none (random initialisation; tests only)", _build_tiny,
+                       ("relu0", "relu1", "top_activation")),
 }
 
 

@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from trainer.pipeline import AugmentConfig
+from trainer.config import add_train_options
 
 log = logging.getLogger("trainer")
 
@@ -29,32 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--report", type=Path, default=Path("integrity_report.csv"))
 
     train = sub.add_parser("train", help="two-stage transfer learning, evaluation and export (resumable)")
-    train.add_argument("--data", type=Path, required=True)
-    train.add_argument("--run-dir", type=Path, required=True, help="logs, checkpoints, report (rerun to resume)")
-    train.add_argument("--backbone", default="densenet121", help="densenet121 | xception | efficientnet_lite0 | tiny")
-    train.add_argument("--weights", type=_weights_arg, default=None,
-                       help="local ImageNet weights file; 'download' (default) lets Keras fetch them; 'none' = random")
-    train.add_argument("--input-size", type=int)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--epochs-stage1", type=int, default=3)
-    train.add_argument("--epochs-stage2", type=int, default=4)
-    train.add_argument("--lr-stage1", type=float, default=1e-3)
-    train.add_argument("--lr-stage2", type=float, default=1e-4)
-    train.add_argument("--patience", type=int, default=2)
-    train.add_argument("--finetune-from", help="first backbone layer unfrozen in stage 2 (default: last blocks)")
-    train.add_argument("--from-scratch", action="store_true",
-                       help="no pretrained weights: train the whole network in both stages (BatchNorm trains)")
-    train.add_argument("--val-fraction", type=float, default=0.15)
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--min-sensitivity", type=float, default=0.95, help="operating-point rule on validation")
-    train.add_argument("--no-calibration", action="store_true", help="skip temperature scaling")
-    train.add_argument("--max-images", type=int, help="train on a balanced seeded subset (smoke tests)")
-    train.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"])
-    for name in ("flip", "zoom", "shear", "rotation", "brightness", "contrast"):
-        train.add_argument(f"--no-{name}", action="store_true", help=f"disable {name} augmentation")
-    train.add_argument("--export", type=Path, help="model folder to write (e.g. resources/model)")
-    train.add_argument("--name", default="pneumo-desktop-classifier")
-    train.add_argument("--version", default="1.0.0")
+    add_train_options(train)
 
     evaluate = sub.add_parser("evaluate", help="metrics and plots of an exported model on a split")
     evaluate.add_argument("--model", type=Path, required=True)
@@ -62,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--out", type=Path, required=True)
 
-    comp = sub.add_parser("compare", help="compare trained candidates (run folders) on validation and pick one")
+    comp = sub.add_parser("compare", help="compare trained candidates on test half A (development) and pick one")
     comp.add_argument("runs", nargs="+", metavar="[NAME=]DIR",
                       help="run folder (report/ + export/) or model folder (e.g. lite0=resources/model)")
+    comp.add_argument("--dev", type=Path, default=Path("../shared/data/test_half_a"),
+                      help="development folder with NORMAL/ and PNEUMONIA/ (default: ../shared/data/test_half_a)")
     comp.add_argument("--doc", type=Path, help="write the comparison table (markdown) here")
     comp.add_argument("--card", type=Path, help="model folder whose card records the comparison")
 
@@ -76,32 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _augment_from(args: argparse.Namespace) -> AugmentConfig:
-    base = AugmentConfig()
-    return AugmentConfig(
-        flip=base.flip and not args.no_flip,
-        zoom=0.0 if args.no_zoom else base.zoom,
-        shear_degrees=0.0 if args.no_shear else base.shear_degrees,
-        rotation_degrees=0.0 if args.no_rotation else base.rotation_degrees,
-        brightness=0.0 if args.no_brightness else base.brightness,
-        contrast=0.0 if args.no_contrast else base.contrast,
-    )
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainer.train import TrainConfig, train
+    from trainer.config import config_from_args
+    from trainer.train import train
 
-    cfg = TrainConfig(
-        data_root=args.data, run_dir=args.run_dir, backbone=args.backbone, weights=args.weights,
-        input_size=args.input_size, batch_size=args.batch_size, epochs_stage1=args.epochs_stage1,
-        epochs_stage2=args.epochs_stage2, lr_stage1=args.lr_stage1, lr_stage2=args.lr_stage2, patience=args.patience,
-        finetune_from=args.finetune_from, from_scratch=args.from_scratch, val_fraction=args.val_fraction, seed=args.seed,
-        augment=_augment_from(args), min_sensitivity=args.min_sensitivity, calibrate=not args.no_calibration,
-        max_images=args.max_images, strategy=args.strategy, export_dir=args.export, model_name=args.name,
-        model_version=args.version, command="pneumo-trainer " + shlex.join(sys.argv[1:]),
-    )
+    cfg = config_from_args(args, "pneumo-trainer " + shlex.join(sys.argv[1:]))
     report = train(cfg)
-    print(json.dumps(report["validation"], indent=2))
+    print(json.dumps(report["figures"], indent=2, default=float))
     return 0
 
 
@@ -126,8 +84,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from trainer.compare import compare
 
-    chosen = compare(args.runs, args.doc, args.card)
-    print(f"chosen: {chosen.name} (val ROC-AUC {chosen.roc_auc:.4f}, {chosen.latency_ms:.1f} ms/image)")
+    chosen = compare(args.runs, args.dev, args.doc, args.card)
+    print(f"chosen: {chosen.name} (half A ROC-AUC {chosen.dev_roc_auc:.4f}, {chosen.latency_ms:.1f} ms/image)")
     return 0
 
 

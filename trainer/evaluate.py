@@ -11,8 +11,7 @@ import numpy as np
 
 DEFAULT_MIN_SENSITIVITY = 0.95
 THRESHOLD_RULE = (
-    "highest specificity among thresholds with sensitivity >= {s:.2f} on the patient-grouped validation split "
-    "(ties: the highest threshold)"
+    "highest specificity among thresholds with sensitivity >= {s:.2f} (ties: the highest threshold)"
 )
 
 
@@ -103,6 +102,14 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, min_sensitivity: float = DEFA
     if len(ok) == 0:
         return float(np.min(p))
     best = ok[np.argmin(fpr[ok])]  # thresholds descend, so argmin picks the highest among equals
+    return float(thresholds[best])
+
+
+def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (ties: the highest threshold)."""
+    fpr, tpr, thresholds = roc_curve(y, p)
+    ok = np.flatnonzero(np.isfinite(thresholds))
+    best = ok[np.argmax(tpr[ok] - fpr[ok])]
     return float(thresholds[best])
 
 

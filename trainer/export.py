@@ -20,17 +20,25 @@ import keras
 from keras import layers, ops
 
 from pneumo_desktop.core import model_card as mc
+from trainer.model import has_subtype_head
+from trainer.ood import OODStats, backbone_taps, ood_score_tensor
 
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
 
 
-def build_export_model(model: keras.Model, temperature: float = 1.0) -> keras.Model:
-    """A functional model with the three outputs of the export contract, sharing the trained layers."""
+def build_export_model(model: keras.Model, temperature: float = 1.0, ood: "OODStats | None" = None) -> keras.Model:
+    """A functional model with the outputs of the export contract, sharing the trained layers.
+
+    Always: probability, feature_map, cam_weights. With a subtype head: p_viral. With OOD statistics: ood_score.
+    """
     size = model.get_layer("backbone").input_shape[1]
     image = keras.Input((size, size, 3), name=mc.INPUT_NAME)
-    fmap = model.get_layer("backbone")(image, training=False)
+    if ood is not None:  # one backbone pass for both the Grad-CAM map and the OOD depths
+        fmap, *ood_maps = backbone_taps(model, tuple(d.layer for d in ood.depths))(image, training=False)
+    else:
+        fmap = model.get_layer("backbone")(image, training=False)
     pre_activation = model.get_layer("head_dense")(model.get_layer("gap")(fmap))
     logit = model.get_layer("logit")(model.get_layer("head_relu")(pre_activation))
     probability = layers.Activation("sigmoid", name=mc.OUTPUT_PROBABILITY)(logit / float(temperature))
@@ -41,17 +49,19 @@ def build_export_model(model: keras.Model, temperature: float = 1.0) -> keras.Mo
     gate = ops.cast(ops.greater(pre_activation, 0.0), "float32") * w2
     area = float(fmap.shape[1] * fmap.shape[2])
     cam_weights = ops.matmul(gate, ops.transpose(w1)) / area
-    return keras.Model(
-        image,
-        {mc.OUTPUT_PROBABILITY: probability, mc.OUTPUT_FEATURE_MAP: fmap, mc.OUTPUT_CAM_WEIGHTS: cam_weights},
-        name="pneumonia_export",
-    )
+    outputs = {mc.OUTPUT_PROBABILITY: probability, mc.OUTPUT_FEATURE_MAP: fmap, mc.OUTPUT_CAM_WEIGHTS: cam_weights}
+    if has_subtype_head(model):
+        viral_logit = model.get_layer("viral_logit")(model.get_layer("head_relu")(pre_activation))
+        outputs[mc.OUTPUT_P_VIRAL] = layers.Activation("sigmoid", name=mc.OUTPUT_P_VIRAL)(viral_logit)
+    if ood is not None:
+        outputs[mc.OUTPUT_OOD_SCORE] = ood_score_tensor(ood_maps, ood)
+    return keras.Model(image, outputs, name="pneumonia_export")
 
 
-def convert_to_tflite(model: keras.Model, temperature: float = 1.0) -> bytes:
+def convert_to_tflite(model: keras.Model, temperature: float = 1.0, ood: "OODStats | None" = None) -> bytes:
     # Built as a Keras model and converted with from_keras_model: a hand-written tf.function around the same
     # layers converted to a graph that produced NaN in TFLite (TF 2.21 / Keras 3.15).
-    export_model = build_export_model(model, temperature)
+    export_model = build_export_model(model, temperature, ood)
     return tf.lite.TFLiteConverter.from_keras_model(export_model).convert()
 
 
@@ -66,7 +76,7 @@ def tflite_outputs(tflite_path: Path, images: np.ndarray) -> dict[str, np.ndarra
 def parity_error(model: keras.Model, tflite_path: Path, images: np.ndarray, temperature: float) -> float:
     """Largest |p_tflite - p_keras| over `images` (temperature applied to both)."""
     logit_model = keras.Model(model.inputs, model.get_layer("logit").output)
-    keras_logit = logit_model.predict(images, verbose=0).astype(np.float64)
+    keras_logit = np.asarray(logit_model.predict(images, verbose=0)).astype(np.float64)
     keras_p = 1 / (1 + np.exp(-keras_logit / temperature))
     tfl_p = tflite_outputs(tflite_path, images)[mc.OUTPUT_PROBABILITY]
     return float(np.max(np.abs(keras_p - tfl_p)))
@@ -84,6 +94,7 @@ def export_model_folder(
     card: dict[str, Any],
     parity_images: np.ndarray,
     temperature: float = 1.0,
+    ood: OODStats | None = None,
 ) -> dict[str, Any]:
     """Write model.keras, model.tflite and model_card.json into out_dir (replacing a previous export).
 
@@ -98,7 +109,7 @@ def export_model_folder(
         keras_path = staging / mc.KERAS_FILENAME
         tflite_path = staging / mc.TFLITE_FILENAME
         model.save(keras_path)
-        tflite_path.write_bytes(convert_to_tflite(model, temperature))
+        tflite_path.write_bytes(convert_to_tflite(model, temperature, ood))
         error = parity_error(model, tflite_path, parity_images, temperature)
         log.info("TFLite vs Keras: max |dp| = %.2e over %d images", error, len(parity_images))
         if not error <= PARITY_TOLERANCE:  # also catches NaN

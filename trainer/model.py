@@ -2,6 +2,8 @@
 
 Layer names are part of the export contract: the head is GAP -> Dense("head_dense") -> ReLU -> Dense("logit")
 -> sigmoid("probability"), which lets the exporter compute exact Grad-CAM weights inside the TFLite graph.
+With a subtype head, a second unit reads the same head features: Dense("viral_logit") -> sigmoid("p_viral"),
+P(viral | pneumonia); the model then returns {"probability": ..., "p_viral": ...}.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class HeadConfig:
 
 
 def build_classifier(backbone: keras.Model, head: HeadConfig = HeadConfig(), name: str = "pneumonia_classifier",
-                     batchnorm_trains: bool = False) -> keras.Model:
+                     batchnorm_trains: bool = False, subtype_head: bool = False) -> keras.Model:
     inputs = keras.Input(backbone.input_shape[1:], name="image")
     # Pretrained backbones: training=False keeps every BatchNorm in inference mode in both stages (small
     # batches, new domain). A backbone trained from scratch has no statistics to keep: its BatchNorm trains.
@@ -34,7 +36,15 @@ def build_classifier(backbone: keras.Model, head: HeadConfig = HeadConfig(), nam
     x = layers.Dropout(head.dropout, name="head_dropout_out")(x)
     logit = layers.Dense(1, name="logit")(x)
     probability = layers.Activation("sigmoid", name="probability")(logit)
-    return keras.Model(inputs, probability, name=name)
+    if not subtype_head:
+        return keras.Model(inputs, probability, name=name)
+    viral_logit = layers.Dense(1, name="viral_logit")(x)
+    p_viral = layers.Activation("sigmoid", name="p_viral")(viral_logit)
+    return keras.Model(inputs, {"probability": probability, "p_viral": p_viral}, name=name)
+
+
+def has_subtype_head(model: keras.Model) -> bool:
+    return any(layer.name == "viral_logit" for layer in model.layers)
 
 
 def iter_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:

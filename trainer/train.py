@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
+    """Every training setting and its default, in one place: the CLI's options and the recipe files
+    (trainer/recipes/*.toml) are read into this; the model card records it and the recipe text verbatim."""
+
     data_root: Path
     run_dir: Path
     backbone: str = "densenet121"
@@ -35,6 +38,7 @@ class TrainConfig:
     epochs_stage2: int = 4
     lr_stage1: float = 1e-3
     lr_stage2: float = 1e-4
+    lr_schedule_stage2: str = "constant"  # "constant" | "cosine" (decays to 0 over the stage's epochs)
     patience: int = 2
     finetune_from: str | None = None  # default: the backbone's (last blocks)
     # No pretrained weights: both stages train the whole network (BatchNorm in training mode), stage 2 at
@@ -45,6 +49,15 @@ class TrainConfig:
     head_units: int = 128
     dropout: float = 0.3
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # A development set (a folder with NORMAL/ and PNEUMONIA/) from another batch of patients: scored after
+    # every epoch to pick the epoch, and used for the temperature and the operating point. Never trained on.
+    dev_root: Path | None = None
+    # Second output P(viral | pneumonia), trained jointly; its loss only on pneumonia images, class-weighted.
+    subtype_head: bool = False
+    subtype_loss_weight: float = 0.5
+    # Out-of-distribution statistics fitted at export; the refusal limit refuses at most this share of validation.
+    ood: bool = True
+    max_refused_share: float = 0.01
     min_sensitivity: float = 0.95
     calibrate: bool = True
     max_images: int | None = None  # train on a seeded subset (tests, smoke runs)
@@ -53,9 +66,11 @@ class TrainConfig:
     model_name: str = "pneumo-desktop-classifier"
     model_version: str = "1.0.0"
     command: str = ""
+    recipe: str = ""  # the recipe file's text, recorded verbatim in the card
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("recipe")
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
@@ -102,187 +117,436 @@ def _subset(samples, max_images: int | None, seed: int):
     return picked
 
 
-def _best_epoch_weights(run_dir: Path, stage: int) -> tuple[Path, dict[str, float]]:
-    """The epoch with the highest validation ROC-AUC in this stage's log (robust to resumed runs)."""
+def subtype_label(filename: str) -> int:
+    """1 viral, 0 bacterial, -1 unknown (NORMAL files, other names): the dataset names pneumonia files so."""
+    name = Path(filename).name.lower()
+    if "_virus" in name:
+        return 1
+    if "_bacteria" in name:
+        return 0
+    return -1
+
+
+@dataclass
+class Split:
+    """Prepared images (uint8 N x S x S) with their labels; `subtype` as in subtype_label."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    subtype: np.ndarray
+    names: list[str]
+
+    def take(self, index) -> "Split":
+        return Split(self.images[index], self.labels[index], self.subtype[index], [self.names[i] for i in index])
+
+
+@dataclass
+class RunData:
+    train: Split
+    val: Split
+    dev: Split | None
+    prepared: PreparedSplit
+    class_weights: dict[int, float]
+    subtype_weights: dict[int, float]
+    split_info: dict[str, int]
+
+
+def _split_of(prepared: PreparedSplit) -> Split:
+    names = [s.path.name for s in prepared.samples]
+    return Split(prepared.images, prepared.labels, np.array([subtype_label(n) for n in names], np.int64), names)
+
+
+def prepare_data(cfg: TrainConfig, input_size: int, report_dir: Path) -> RunData:
+    """Integrity pass + preprocessing (cached), the patient-grouped split, and the development set."""
+    root = Path(cfg.data_root)
+    cache = Path(cfg.run_dir).parent / "cache"
+    samples = _subset(list_split(root, "train"), cfg.max_images, cfg.seed)
+    prepared = load_or_prepare(samples, input_size, cache, "train")
+    write_integrity_report(report_dir / "integrity_report.csv", prepared.rejected, len(samples))
+    train_idx, val_idx = grouped_split(prepared.samples, cfg.val_fraction, cfg.seed)
+    val_set = set(val_idx)
+    with open(report_dir / "split.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "patient", "split"])
+        for i, sample in enumerate(prepared.samples):
+            writer.writerow([sample.path.name, sample.class_name, sample.patient, "val" if i in val_set else "train"])
+    everything = _split_of(prepared)
+    train_split, val_split = everything.take(train_idx), everything.take(val_idx)
+    dev = None
+    if cfg.dev_root is not None:
+        dev_root = Path(cfg.dev_root)
+        dev = _split_of(load_or_prepare(list_split(dev_root.parent, dev_root.name), input_size, cache, "dev"))
+        log.info("development set %s: %d images (scored only, never trained on)", dev_root, len(dev.labels))
+    known = train_split.subtype[train_split.subtype >= 0]
+    info = {"train_images": len(train_idx), "val_images": len(val_idx),
+            "train_patients": len({prepared.samples[i].patient for i in train_idx}),
+            "val_patients": len({prepared.samples[i].patient for i in val_idx})}
+    weights = class_weights(train_split.labels)
+    log.info("train %d / val %d images; class weights %s", len(train_idx), len(val_idx), weights)
+    return RunData(train_split, val_split, dev, prepared, weights,
+                   class_weights(known) if len(np.unique(known)) == 2 else {0: 1.0, 1: 1.0}, info)
+
+
+def _weighted_bce(weights: dict[int, float]):
+    """Class-weighted binary cross-entropy per sample (Keras 3 takes no class_weight for two outputs)."""
+    import keras
+    from keras import ops
+
+    w0, w1 = float(weights[0]), float(weights[1])
+
+    def loss(y_true, y_pred):
+        y = ops.cast(y_true, "float32")
+        bce = keras.losses.binary_crossentropy(y, y_pred)
+        return bce * ops.reshape(y * w1 + (1 - y) * w0, ops.shape(bce))
+
+    return loss
+
+
+def _masked_subtype_bce(weights: dict[int, float]):
+    """Subtype loss only where the label is known (pneumonia images); -1 labels contribute nothing."""
+    import keras
+    from keras import ops
+
+    w0, w1 = float(weights[0]), float(weights[1])
+
+    def loss(y_true, y_pred):
+        y = ops.cast(y_true, "float32")
+        known = ops.cast(ops.greater_equal(y, 0.0), "float32")
+        target = ops.clip(y, 0.0, 1.0)
+        bce = keras.losses.binary_crossentropy(target, y_pred)
+        weight = known * (target * w1 + (1 - target) * w0)
+        return bce * ops.reshape(weight, ops.shape(bce))
+
+    return loss
+
+
+def predict_outputs(model, images_u8: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits of the main output, P(viral) or None) for prepared images, in inference mode."""
+    import keras
+
+    from trainer.model import has_subtype_head
+    from trainer.pipeline import make_dataset
+
+    outputs = [model.get_layer("logit").output]
+    if has_subtype_head(model):
+        outputs.append(model.get_layer("p_viral").output)
+    probe = keras.Model(model.inputs, outputs)
+    dataset = make_dataset(images_u8, np.zeros(len(images_u8)), batch_size, training=False).map(lambda x, y: x)
+    result = probe.predict(dataset, verbose=0)
+    if len(outputs) == 1:
+        return np.asarray(result).ravel().astype(np.float64), None
+    return np.asarray(result[0]).ravel().astype(np.float64), np.asarray(result[1]).ravel().astype(np.float64)
+
+
+def predict_logits(model, images_u8: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return predict_outputs(model, images_u8, batch_size)[0]
+
+
+def _subtype_auc(split: Split, p_viral: np.ndarray | None) -> float:
+    from trainer import evaluate as ev
+
+    if p_viral is None:
+        return float("nan")
+    known = split.subtype >= 0
+    if len(np.unique(split.subtype[known])) < 2:
+        return float("nan")
+    return ev.roc_auc(split.subtype[known], p_viral[known])
+
+
+def _epoch_scorer(model, data: RunData):
+    """A callback that scores validation and the development set after every epoch into the logs
+    (val_auc, dev_auc, and the subtype's val_viral_auc / dev_viral_auc), before CSVLogger writes them."""
+    import keras
+
+    from trainer import evaluate as ev
+
+    class EpochScorer(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            for prefix, split in (("val", data.val), ("dev", data.dev)):
+                if split is None:
+                    continue
+                logits, p_viral = predict_outputs(model, split.images)
+                logs[f"{prefix}_auc"] = ev.roc_auc(split.labels, logits)
+                logs[f"{prefix}_viral_auc"] = _subtype_auc(split, p_viral)
+            log.info("epoch %d: %s", epoch + 1, {k: round(float(v), 4) for k, v in logs.items() if "auc" in k})
+
+    return EpochScorer()
+
+
+def _selection_key(cfg: TrainConfig) -> str:
+    """Epochs are chosen on the development set when there is one (validation is saturated), else validation."""
+    return "dev_auc" if cfg.dev_root is not None else "val_auc"
+
+
+def _best_epoch_weights(run_dir: Path, stage: int, key: str) -> tuple[Path, dict[str, float]]:
+    """The epoch with the highest `key` in this stage's log (robust to resumed runs)."""
     rows = {}
     with open(run_dir / f"log_stage{stage}.csv", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             rows[int(row["epoch"])] = row  # a resumed epoch may be logged twice: keep the last
-    best = max(rows, key=lambda e: float(rows[e]["val_auc"]))
+    best = max(rows, key=lambda e: float(rows[e][key]))
     return run_dir / f"stage{stage}_epoch{best + 1:02d}.weights.h5", {k: float(v) for k, v in rows[best].items()}
 
 
-def _run_stage(model, stage: int, epochs: int, lr: float, train_ds, val_ds, weights: dict[int, float], cfg: TrainConfig):
+def _run_stage(model, stage: int, epochs: int, lr: float, data: RunData, cfg: TrainConfig):
     import keras
 
+    from trainer.model import has_subtype_head
+    from trainer.pipeline import make_dataset
+
     run_dir = cfg.run_dir
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-    )
+    steps = int(np.ceil(len(data.train.labels) / cfg.batch_size))
+    if stage == 2 and cfg.lr_schedule_stage2 == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps))
+    subtype = has_subtype_head(model)
+    if subtype:
+        loss = {"probability": _weighted_bce(data.class_weights), "p_viral": _masked_subtype_bce(data.subtype_weights)}
+        loss_weights = {"probability": 1.0, "p_viral": cfg.subtype_loss_weight}
+    else:
+        loss, loss_weights = _weighted_bce(data.class_weights), None
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, loss_weights=loss_weights)
+    train_ds = make_dataset(data.train.images, data.train.labels, cfg.batch_size, True, cfg.augment, cfg.seed,
+                            subtype_labels=data.train.subtype if subtype else None)
+    key = _selection_key(cfg)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / f"backup_stage{stage}")),
+        _epoch_scorer(model, data),  # before the logger and the checkpoint rule: they read its figures
         keras.callbacks.ModelCheckpoint(str(run_dir / f"stage{stage}_epoch{{epoch:02d}}.weights.h5"), save_weights_only=True),
         keras.callbacks.CSVLogger(str(run_dir / f"log_stage{stage}.csv"), append=True),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience),
+        keras.callbacks.EarlyStopping(monitor=key, mode="max", patience=cfg.patience),
     ]
     started = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, callbacks=callbacks, verbose=2)
-    best_path, best_row = _best_epoch_weights(run_dir, stage)
+    model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=2)
+    best_path, best_row = _best_epoch_weights(run_dir, stage, key)
     model.load_weights(best_path)
-    log.info("stage %d: best epoch %s (val ROC-AUC %.4f), %.0f s", stage, best_path.name, best_row["val_auc"], time.time() - started)
+    log.info("stage %d: best epoch %s (%s %.4f), %.0f s", stage, best_path.name, key, best_row[key], time.time() - started)
     return best_path, best_row, time.time() - started
 
 
-def predict_logits(model, images_u8: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    import keras
+def build_model(cfg: TrainConfig, input_size: int):
+    from trainer.backbones import build_backbone
+    from trainer.model import HeadConfig, build_classifier
 
-    from trainer.pipeline import make_dataset
-
-    logit_model = keras.Model(model.inputs, model.get_layer("logit").output)
-    dataset = make_dataset(images_u8, np.zeros(len(images_u8)), batch_size, training=False)
-    return logit_model.predict(dataset.map(lambda x, y: x), verbose=0).ravel().astype(np.float64)
-
-
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    import keras
-
-    from trainer.backbones import BACKBONES, build_backbone
-    from trainer.model import HeadConfig, build_classifier, freeze_backbone, unfreeze_top
-    from trainer.pipeline import make_dataset
-
-    spec = BACKBONES[cfg.backbone]
-    input_size = cfg.input_size or spec.default_input_size
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    report_dir = run_dir / "report"
-    report_dir.mkdir(exist_ok=True)
-    state = RunState(run_dir / "state.json")
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
-    keras.utils.set_random_seed(cfg.seed)
-
-    # 1. Data: integrity pass + preprocessing (cached), grouped split
-    root = Path(cfg.data_root)
-    samples = _subset(list_split(root, "train"), cfg.max_images, cfg.seed)
-    prepared: PreparedSplit = load_or_prepare(samples, input_size, run_dir.parent / "cache", "train")
-    write_integrity_report(report_dir / "integrity_report.csv", prepared.rejected, len(samples))
-    train_idx, val_idx = grouped_split(prepared.samples, cfg.val_fraction, cfg.seed)
-    with open(report_dir / "split.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "label", "patient", "split"])
-        val_set = set(val_idx)
-        for i, sample in enumerate(prepared.samples):
-            writer.writerow([sample.path.name, sample.class_name, sample.patient, "val" if i in val_set else "train"])
-    labels = prepared.labels
-    weights = class_weights(labels[train_idx])
-    log.info("train %d / val %d images; class weights %s", len(train_idx), len(val_idx), weights)
-    train_ds = make_dataset(prepared.images[train_idx], labels[train_idx], cfg.batch_size, True, cfg.augment, cfg.seed)
-    val_ds = make_dataset(prepared.images[val_idx], labels[val_idx], cfg.batch_size, False)
-
-    # 2. Model
     strategy = make_strategy(cfg.strategy)
     with strategy.scope():
         backbone, weights_source = build_backbone(cfg.backbone, input_size, cfg.weights)
-        model = build_classifier(backbone, HeadConfig(cfg.head_units, cfg.dropout), batchnorm_trains=cfg.from_scratch)
+        model = build_classifier(backbone, HeadConfig(cfg.head_units, cfg.dropout), batchnorm_trains=cfg.from_scratch,
+                                 subtype_head=cfg.subtype_head)
     if cfg.from_scratch:
         log.info("from scratch: the whole network trains in both stages, BatchNorm in training mode")
+    return model, weights_source, strategy
 
-    # 3. Stage 1: head only (from scratch: the whole network)
+
+def run_stages(model, strategy, data: RunData, cfg: TrainConfig, state: RunState) -> dict[str, float]:
+    """Stage 1: head only (from scratch: everything). Stage 2: from `finetune_from` on, BatchNorm frozen,
+    at the lower learning rate; kept only if it beat stage 1 on the selection figure. Finished stages are skipped."""
+    from trainer.backbones import BACKBONES
+    from trainer.model import freeze_backbone, unfreeze_top
+
+    run_dir, key = Path(cfg.run_dir), _selection_key(cfg)
     stage_times = state.get("stage_seconds", {})
     if state.get("stage1") is None:
         if not cfg.from_scratch:
             freeze_backbone(model)
-        best1, row1, seconds = _run_stage(model, 1, cfg.epochs_stage1, cfg.lr_stage1, train_ds, val_ds, weights, cfg)
+        best1, row1, seconds = _run_stage(model, 1, cfg.epochs_stage1, cfg.lr_stage1, data, cfg)
         stage_times["1"] = seconds
         state.set("stage_seconds", stage_times)
-        state.set("stage1", {"weights": best1.name, "val_auc": row1["val_auc"]})
+        state.set("stage1", {"weights": best1.name, key: row1[key]})
     else:
         model.load_weights(run_dir / state.get("stage1")["weights"])
         log.info("stage 1 already done (%s)", state.get("stage1")["weights"])
+    if cfg.epochs_stage2 <= 0:
+        return stage_times
+    if state.get("stage2") is None:
+        first = cfg.finetune_from or BACKBONES[cfg.backbone].finetune_from
+        if not cfg.from_scratch:
+            with strategy.scope():
+                count = unfreeze_top(model, first)
+            log.info("stage 2: %d layers trainable from %s", count, first)
+        best2, row2, seconds = _run_stage(model, 2, cfg.epochs_stage2, cfg.lr_stage2, data, cfg)
+        stage_times["2"] = seconds
+        state.set("stage_seconds", stage_times)
+        if row2[key] < state.get("stage1")[key]:
+            log.info("stage 2 did not improve %s; keeping stage 1 weights", key)
+            best2 = run_dir / state.get("stage1")["weights"]
+            model.load_weights(best2)
+        state.set("stage2", {"weights": best2.name, key: row2[key]})
+    else:
+        model.load_weights(run_dir / state.get("stage2")["weights"])
+        log.info("stage 2 already done (%s)", state.get("stage2")["weights"])
+    return stage_times
 
-    # 4. Stage 2: last blocks at a low learning rate, BatchNorm frozen (from scratch: all layers, lower lr)
-    if cfg.epochs_stage2 > 0:
-        if state.get("stage2") is None:
-            if not cfg.from_scratch:
-                with strategy.scope():
-                    count = unfreeze_top(model, cfg.finetune_from or spec.finetune_from)
-                log.info("stage 2: %d layers trainable from %s", count, cfg.finetune_from or spec.finetune_from)
-            best2, row2, seconds = _run_stage(model, 2, cfg.epochs_stage2, cfg.lr_stage2, train_ds, val_ds, weights, cfg)
-            stage_times["2"] = seconds
-            state.set("stage_seconds", stage_times)
-            # Keep stage 2 only if it beat stage 1 on validation.
-            if row2["val_auc"] < state.get("stage1")["val_auc"]:
-                log.info("stage 2 did not improve validation ROC-AUC; keeping stage 1 weights")
-                model.load_weights(run_dir / state.get("stage1")["weights"])
-                best2 = run_dir / state.get("stage1")["weights"]
-            state.set("stage2", {"weights": best2.name, "val_auc": row2["val_auc"]})
-        else:
-            model.load_weights(run_dir / state.get("stage2")["weights"])
-            log.info("stage 2 already done (%s)", state.get("stage2")["weights"])
 
-    # 5. Validation: calibration, operating point, metrics, plots
+def _subtype_report(split: Split, p_viral: np.ndarray | None, threshold: float | None) -> dict[str, Any] | None:
+    """Bacterial-vs-viral figures on the pneumonia images whose subtype is known."""
     from trainer import evaluate as ev
 
-    y_val = labels[val_idx]
-    logits = predict_logits(model, prepared.images[val_idx])
-    raw_p = ev.sigmoid(logits)
-    temperature = ev.fit_temperature(y_val, logits) if cfg.calibrate else 1.0
-    p_val = ev.sigmoid(logits / temperature)
-    threshold = ev.choose_threshold(y_val, p_val, cfg.min_sensitivity)
-    metrics = ev.compute_metrics(y_val, p_val, threshold)
-    ece_before = ev.expected_calibration_error(y_val, raw_p)
-    title = f"{cfg.backbone} (validation)"
-    ev.plot_roc(y_val, p_val, threshold, report_dir / "roc_val.png", title)
-    ev.plot_confusion(metrics, report_dir / "confusion_val.png", title)
-    ev.plot_calibration(y_val, p_val, report_dir / "calibration_val.png", title)
-    ev.plot_training_curves([run_dir / "log_stage1.csv", run_dir / "log_stage2.csv"], report_dir / "training_curves.png", cfg.backbone)
-    log.info("validation: %s", metrics)
+    if p_viral is None:
+        return None
+    known = split.subtype >= 0
+    y, p = split.subtype[known], p_viral[known]
+    if len(np.unique(y)) < 2:
+        return None
+    cut = threshold if threshold is not None else ev.youden_threshold(y, p)
+    return {"images": int(known.sum()), "viral": int(y.sum()), **ev.compute_metrics(y, p, cut).as_dict()}
 
-    official_val = _evaluate_official_val(model, root, input_size, temperature, threshold, run_dir)
-    report = {
-        "backbone": cfg.backbone,
-        "input_size": input_size,
-        "validation": metrics.as_dict(),
-        "calibration": {"temperature": temperature, "ece_before": ece_before, "ece_after": metrics.ece},
-        "official_val_16": official_val,
-        "split": {"train_images": len(train_idx), "val_images": len(val_idx),
-                  "train_patients": len({prepared.samples[i].patient for i in train_idx}),
-                  "val_patients": len({prepared.samples[i].patient for i in val_idx})},
-        "class_weights": weights,
-        "excluded_images": len(prepared.rejected),
-        "stage_seconds": stage_times,
-        "parameters": int(model.count_params()),
-        "weights_source": asdict(weights_source),
+
+def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input_size: int) -> dict[str, Any]:
+    """Temperature and operating point (on the development set when there is one, else validation), then the
+    figures on validation and the development set, plots, and the subtype's own operating point."""
+    from trainer import evaluate as ev
+
+    val_logits, val_viral = predict_outputs(model, data.val.images)
+    dev_logits, dev_viral = predict_outputs(model, data.dev.images) if data.dev is not None else (None, None)
+    fit_on = "test half A (development)" if data.dev is not None else "validation"
+    fit_y, fit_logits = (data.dev.labels, dev_logits) if data.dev is not None else (data.val.labels, val_logits)
+    temperature = ev.fit_temperature(fit_y, fit_logits) if cfg.calibrate else 1.0
+    threshold = ev.choose_threshold(fit_y, ev.sigmoid(fit_logits / temperature), cfg.min_sensitivity)
+    fit_viral_split, fit_viral = (data.dev, dev_viral) if data.dev is not None else (data.val, val_viral)
+    subtype_fit = _subtype_report(fit_viral_split, fit_viral, None)
+    subtype_threshold = subtype_fit["threshold"] if subtype_fit else None
+
+    figures: dict[str, Any] = {}
+    for name, split, logits, viral in (("validation", data.val, val_logits, val_viral),
+                                        ("test half A (development)", data.dev, dev_logits, dev_viral)):
+        if split is None:
+            continue
+        p = ev.sigmoid(logits / temperature)
+        metrics = ev.compute_metrics(split.labels, p, threshold)
+        tag = "val" if name == "validation" else "dev"
+        ev.plot_roc(split.labels, p, threshold, report_dir / f"roc_{tag}.png", f"{cfg.backbone} ({name})")
+        ev.plot_confusion(metrics, report_dir / f"confusion_{tag}.png", f"{cfg.backbone} ({name})")
+        ev.plot_calibration(split.labels, p, report_dir / f"calibration_{tag}.png", f"{cfg.backbone} ({name})")
+        figures[name] = {"metrics": metrics.as_dict(), "ece_before": ev.expected_calibration_error(split.labels, ev.sigmoid(logits)),
+                         "subtype": _subtype_report(split, viral, subtype_threshold)}
+        log.info("%s: %s", name, metrics)
+    ev.plot_training_curves([Path(cfg.run_dir) / "log_stage1.csv", Path(cfg.run_dir) / "log_stage2.csv"],
+                            report_dir / "training_curves.png", cfg.backbone)
+    return {
+        "temperature": temperature, "threshold": threshold, "fitted_on": fit_on, "figures": figures,
+        "subtype_threshold": subtype_threshold,
+        "official_val_16": _evaluate_official_val(model, Path(cfg.data_root), input_size, temperature, threshold, Path(cfg.run_dir)),
     }
-    (report_dir / "metrics.json").write_text(json.dumps(report, indent=2))
 
-    # 6. Export
+
+def fit_refusal(model, data: RunData, cfg: TrainConfig, input_size: int):
+    """OOD statistics on the training images; the limit refuses at most cfg.max_refused_share of validation."""
+    from trainer.backbones import BACKBONES
+    from trainer.ood import fit_ood, limit_for_share, pooled_feature_model, score_numpy
+    from trainer.pipeline import make_dataset
+
+    layers_ = BACKBONES[cfg.backbone].ood_layers
+
+    def rgb(images):
+        return make_dataset(images, np.zeros(len(images)), 64, training=False).map(lambda x, y: x)
+
+    stats = fit_ood(model, layers_, rgb(data.train.images))
+    probe = pooled_feature_model(model, layers_)
+
+    def scores(images):
+        features = probe.predict(rgb(images), verbose=0)
+        return score_numpy(stats, features if isinstance(features, list) else [features])
+
+    val_scores = scores(data.val.images)
+    limit = limit_for_share(val_scores, cfg.max_refused_share)
+    shares = {"validation": float(np.mean(val_scores > limit))}
+    if data.dev is not None:
+        shares["test half A (development)"] = float(np.mean(scores(data.dev.images) > limit))
+    log.info("refusal limit %.3f; refused shares %s", limit, shares)
+    return stats, limit, shares
+
+
+def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any], weights_source, stage_times,
+               input_size: int, report_dir: Path) -> None:
+    from trainer import evaluate as ev
+    from trainer.backbones import BACKBONES
+    from trainer.card import build_card
+    from trainer.export import export_model_folder
+    from trainer.model import has_subtype_head
+
+    spec = BACKBONES[cfg.backbone]
+    if cfg.ood and not spec.ood_layers:
+        log.warning("backbone %s names no layers for the out-of-distribution score: exported without refusal", cfg.backbone)
+    stats, limit, shares = fit_refusal(model, data, cfg, input_size) if cfg.ood and spec.ood_layers else (None, None, {})
+    extra: dict[str, Any] = {
+        "metrics": {name: f["metrics"] for name, f in evaluation["figures"].items()}
+        | {"official_val_16": evaluation["official_val_16"]},
+        "calibration": {"method": f"temperature scaling fitted on {evaluation['fitted_on']}" if cfg.calibrate else "none",
+                        "temperature": evaluation["temperature"],
+                        "ece_before": evaluation["figures"].get(evaluation["fitted_on"], {}).get("ece_before"),
+                        "ece_after": evaluation["figures"].get(evaluation["fitted_on"], {}).get("metrics", {}).get("ece")},
+        "initial_weights": asdict(weights_source),
+        "training": {
+            "data_root": str(cfg.data_root), "data_manifest_sha256": manifest_sha256(data.prepared.samples, Path(cfg.data_root)),
+            "images": len(data.prepared.samples), "excluded": len(data.prepared.rejected),
+            "split": data.split_info, "class_weights": data.class_weights, "seed": cfg.seed,
+            "config": cfg.to_json(), "stage_seconds": stage_times, "command": cfg.command,
+            "recipe": cfg.recipe, "selection": _selection_key(cfg),
+        },
+    }
+    if has_subtype_head(model):
+        extra["subtype"] = {
+            "classes": ["bacterial", "viral"],
+            "output": "P(viral | pneumonia), shown only for images labelled PNEUMONIA and not refused",
+            "threshold": {"value": float(evaluation["subtype_threshold"]),
+                          "rule": f"Youden's J on the pneumonia images of {evaluation['fitted_on']}"},
+            "metrics": {name: f["subtype"] for name, f in evaluation["figures"].items()},
+            "subtype_weights": data.subtype_weights, "loss_weight": cfg.subtype_loss_weight,
+        }
+    if stats is not None:
+        extra["refusal"] = {
+            "limit": limit,
+            "method": "largest normalised Mahalanobis distance of pooled features at "
+                      + ", ".join(f"`{d.layer}`" for d in stats.depths)
+                      + " to the training images' (shrunk covariance); computed in the TFLite graph",
+            "rule": f"smallest limit refusing at most {cfg.max_refused_share:.0%} of the validation X-rays",
+            "refused_share": shares, "statistics": stats.describe(),
+        }
+    card = build_card(
+        name=cfg.model_name, version=cfg.model_version, backbone=cfg.backbone, input_size=input_size,
+        threshold=evaluation["threshold"],
+        threshold_rule=ev.THRESHOLD_RULE.format(s=cfg.min_sensitivity) + f" on {evaluation['fitted_on']}",
+        gradcam_layer=f"backbone/{spec.feature_layer}", extra=extra,
+    )
+    parity = np.repeat(data.val.images[:8][..., None].astype(np.float32), 3, axis=3)
+    export_model_folder(model, Path(cfg.export_dir), card, parity, evaluation["temperature"], stats)
+    _copy_report(report_dir, Path(cfg.export_dir) / "report")
+    log.info("exported to %s", cfg.export_dir)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """One run, top to bottom: data, model, stages, evaluation, export. Rerun the same command to resume."""
+    import keras
+
+    from trainer.backbones import BACKBONES
+
+    input_size = cfg.input_size or BACKBONES[cfg.backbone].default_input_size
+    run_dir = Path(cfg.run_dir)
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState(run_dir / "state.json")
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
+    if cfg.recipe:
+        (run_dir / "recipe.toml").write_text(cfg.recipe)
+    keras.utils.set_random_seed(cfg.seed)
+
+    data = prepare_data(cfg, input_size, report_dir)
+    model, weights_source, strategy = build_model(cfg, input_size)
+    stage_times = run_stages(model, strategy, data, cfg, state)
+    evaluation = evaluate_run(model, data, cfg, report_dir, input_size)
+    report = {
+        "backbone": cfg.backbone, "input_size": input_size,
+        "validation": evaluation["figures"]["validation"]["metrics"],
+        "figures": evaluation["figures"], "temperature": evaluation["temperature"],
+        "threshold": evaluation["threshold"], "fitted_on": evaluation["fitted_on"],
+        "official_val_16": evaluation["official_val_16"], "split": data.split_info,
+        "class_weights": data.class_weights, "excluded_images": len(data.prepared.rejected),
+        "stage_seconds": stage_times, "parameters": int(model.count_params()), "weights_source": asdict(weights_source),
+    }
+    (report_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
     if cfg.export_dir is not None:
-        from trainer.card import build_card
-        from trainer.export import export_model_folder
-
-        card = build_card(
-            name=cfg.model_name, version=cfg.model_version, backbone=cfg.backbone, input_size=input_size,
-            threshold=threshold, threshold_rule=ev.THRESHOLD_RULE.format(s=cfg.min_sensitivity),
-            gradcam_layer=f"backbone/{spec.feature_layer}",
-            extra={
-                "metrics": {"validation": metrics.as_dict(), "official_val_16": official_val},
-                "calibration": {"method": "temperature scaling fitted on validation" if cfg.calibrate else "none",
-                                "temperature": temperature, "ece_before": ece_before, "ece_after": metrics.ece},
-                "initial_weights": asdict(weights_source),
-                "training": {
-                    "data_root": str(root), "data_manifest_sha256": manifest_sha256(prepared.samples, root),
-                    "images": len(prepared.samples), "excluded": len(prepared.rejected),
-                    "split": report["split"], "class_weights": weights, "seed": cfg.seed,
-                    "config": cfg.to_json(), "stage_seconds": stage_times, "command": cfg.command,
-                },
-            },
-        )
-        parity = np.repeat(prepared.images[val_idx[:8]][..., None].astype(np.float32), 3, axis=3)
-        export_model_folder(model, Path(cfg.export_dir), card, parity, temperature)
-        _copy_report(report_dir, Path(cfg.export_dir) / "report")
-        log.info("exported to %s", cfg.export_dir)
+        export_run(model, data, cfg, evaluation, weights_source, stage_times, input_size, report_dir)
     return report
 
 

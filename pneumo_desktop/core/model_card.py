@@ -22,6 +22,9 @@ CARD_SCHEMA_VERSION = 1
 OUTPUT_PROBABILITY = "probability"  # (N, 1) P(pneumonia), temperature scaling applied
 OUTPUT_FEATURE_MAP = "feature_map"  # (N, h, w, C) activations of the Grad-CAM layer
 OUTPUT_CAM_WEIGHTS = "cam_weights"  # (N, C) Grad-CAM channel weights (mean gradient of the logit)
+# Optional outputs (model v2 on; older models lack them and then have no subtype and no refusal):
+OUTPUT_P_VIRAL = "p_viral"  # (N, 1) P(viral | pneumonia)
+OUTPUT_OOD_SCORE = "ood_score"  # (N, 1) out-of-distribution score; above the card's refusal limit = refused
 INPUT_NAME = "image"  # (N, S, S, 3) float32 in 0..255
 SIGNATURE_KEY = "serving_default"
 

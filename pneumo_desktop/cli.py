@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
+from pneumo_desktop.core.errors import PneumoError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PROG = "pneumo-desktop"
@@ -29,7 +30,7 @@ PROG = "pneumo-desktop"
 log = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
+class UsageError(PneumoError):
     """Bad arguments: reported on stderr with exit code 2."""
 
 
@@ -113,16 +114,40 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every error ends here as one line on stderr and an exit status (see the module docstring)."""
     multiprocessing.freeze_support()  # a frozen (PyInstaller) child process must not re-run the app
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except PneumoError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return _exit_status(exc)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # disk full, permission changed mid-run, ...
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: still one line, never a traceback in front of a user
+        print(f"{PROG}: unexpected error (please report it): {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _exit_status(exc: PneumoError) -> int:
+    from pneumo_desktop.core.batch import ResultsFileError
+    from pneumo_desktop.core.model_card import ModelIntegrityError
+
+    if isinstance(exc, ModelIntegrityError):
+        return EXIT_MODEL
+    if isinstance(exc, (UsageError, ResultsFileError)):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _dispatch(args: list[str]) -> int:
     if args and args[0] in ("score", "predict"):
         _configure_logging()
         command = _score if args[0] == "score" else _predict
-        try:
-            return command(args[1:])
-        except UsageError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        return command(args[1:])
 
     parsed = _parse(_main_parser(), args)
     if isinstance(parsed, int):

@@ -154,10 +154,9 @@ def test_read_batch_csv_and_error_descriptions(tmp_path: Path) -> None:
     assert rows[1].probability is None and rows[1].error == "not an image"
     assert read_batch_csv(tmp_path / "missing.csv") == []
 
-    class WithReason(Exception):
-        reason = "a sentence for a person"
+    from pneumo_desktop.core.imaging import CorruptImageError
 
-    assert describe_error(WithReason("ignored")) == "a sentence for a person"
+    assert describe_error(CorruptImageError("/x/a.png", "a sentence for a person")) == "a sentence for a person"
     assert describe_error(RuntimeError()) == "RuntimeError"
 
 

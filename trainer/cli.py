@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from pneumo_desktop.core.errors import PneumoError
 from trainer.pipeline import AugmentConfig
 
 log = logging.getLogger("trainer")
@@ -153,11 +154,20 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
                 "compare": _cmd_compare, "card": _cmd_card}
+    # Every error is one line on stderr and an exit status; -v adds the traceback of unexpected ones.
     try:
         return handlers[args.command](args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        log.error("%s", exc)
+    except (PneumoError, OSError, ValueError, RuntimeError) as exc:
+        log.debug("traceback", exc_info=True)
+        print(f"pneumo-trainer: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\npneumo-trainer: interrupted (train resumes from its run folder when rerun)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line (the traceback with -v)
+        log.debug("traceback", exc_info=True)
+        print(f"pneumo-trainer: unexpected error (please report it): {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from pneumo_desktop import __version__, cli
 from pneumo_desktop.core import runtime
 from pneumo_desktop.core.batch import CSV_COLUMNS, BatchProgress, BatchRow, unneutralise
 from pneumo_desktop.core.imaging import load_image
-from pneumo_desktop.core.model_card import ModelCard
 from pneumo_desktop.core.preprocess import prepare_input
 from tests.conftest import REPO_ROOT, sample_label
 
@@ -240,7 +239,7 @@ def test_self_test_fails_on_a_bad_checksum(corrupt_model: Path, capsys) -> None:
     assert "corrupted" in captured.err and "FAILED" in captured.out
 
 
-def test_self_test_passes_when_every_label_is_right(monkeypatch, sample_paths, tmp_path: Path, capsys) -> None:
+def test_self_test_passes_when_every_label_is_right(monkeypatch, fake_card, sample_paths, tmp_path: Path, capsys) -> None:
     size = 32
     truth = {}
     for p in sample_paths:
@@ -253,12 +252,7 @@ def test_self_test_passes_when_every_label_is_right(monkeypatch, sample_paths, t
         return {"probability": np.array(probs, np.float32)[:, None],
                 "feature_map": np.ones((len(x), 2, 2, 1), np.float32), "cam_weights": np.ones((len(x), 1), np.float32)}
 
-    card = ModelCard.from_dict({
-        "name": "oracle", "version": "1", "backbone": "none", "input_size": size,
-        "preprocessing": {"id": "grey-resize-area-v1"}, "class_names": ["NORMAL", "PNEUMONIA"],
-        "threshold": {"value": 0.5, "rule": "test"}, "gradcam": {"layer": "x"},
-        "artifacts": {"model.tflite": {"sha256": "0" * 64}}, "intended_use": "tests",
-    })
+    card = fake_card(name="oracle", input_size=size)
     monkeypatch.setattr(runtime.PneumoniaModel, "load", classmethod(lambda cls, d=None, n=None, batch_size=8: cls(tmp_path, card, engine)))
     assert cli.main(["--self-test"]) == 0
     out = capsys.readouterr().out

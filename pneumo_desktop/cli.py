@@ -16,13 +16,17 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
 from pneumo_desktop.core.errors import PneumoError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from pneumo_desktop.core.batch import BatchProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PROG = "pneumo-desktop"
@@ -390,54 +394,27 @@ class _StopOnSignals:
 
 
 class _ProgressBar:
-    """A text progress bar: redrawn in place on a terminal, a line every few seconds otherwise."""
+    """tqdm's bar over score_paths' progress; --quiet or a stderr that is not a terminal shows none (tqdm's rule).
 
-    WIDTH = 28
+    The bar starts at the rows already in the CSV (--resume), so its speed and ETA count this run's rows only.
+    """
 
-    def __init__(self, stream: TextIO, enabled: bool = True, line_every_s: float = 5.0) -> None:
+    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
         self._stream = stream
-        self._enabled = enabled
-        self._tty = bool(getattr(stream, "isatty", lambda: False)())
-        self._line_every_s = line_every_s
-        self._start = time.monotonic()
-        self._first_done: int | None = None
-        self._last_draw = -math.inf  # the first update always draws
-        self._drawn = False
+        self._disable = None if enabled else True  # None: tqdm decides (off when the stream is not a TTY)
+        self._bar: tqdm | None = None
 
-    def update(self, progress) -> None:  # noqa: ANN001 - BatchProgress
-        if not self._enabled:
-            return
-        now = time.monotonic()
-        if self._first_done is None:
-            self._first_done = progress.done - 1  # rows found in the CSV on --resume are not "speed"
-        finished = progress.done >= progress.total
-        interval = 0.1 if self._tty else self._line_every_s
-        if not finished and now - self._last_draw < interval:
-            return
-        self._last_draw = now
-        text = self._text(progress, now)
-        if self._tty:
-            self._stream.write("\r" + text.ljust(79))
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
-        self._drawn = True
+    def update(self, progress: BatchProgress) -> None:
+        if self._bar is None:
+            from tqdm import tqdm  # lazy: only `score` draws a bar; the GUI start does not pay for it
 
-    def _text(self, progress, now: float) -> str:  # noqa: ANN001
-        total = max(progress.total, 1)
-        fraction = min(progress.done / total, 1.0)
-        filled = int(round(fraction * self.WIDTH))
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        elapsed = max(now - self._start, 1e-9)
-        rate = (progress.done - (self._first_done or 0)) / elapsed
-        eta = (progress.total - progress.done) / rate if rate > 0 else float("inf")
-        eta_text = "--:--" if math.isinf(eta) else f"{int(eta // 60)}:{int(eta % 60):02d}"
-        return f"[{bar}] {progress.done}/{progress.total} {fraction:4.0%}  {rate:5.1f} img/s  ETA {eta_text}"
+            self._bar = tqdm(total=progress.total, initial=progress.done - 1, unit="img", file=self._stream,
+                             disable=self._disable, dynamic_ncols=True)
+        self._bar.update(progress.done - self._bar.n)
 
     def close(self) -> None:
-        if self._enabled and self._tty and self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
+        if self._bar is not None:
+            self._bar.close()
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def test_score_writes_the_csv_and_a_summary(tiny_model_dir: Path, sample_paths: 
     assert all(r[3] == "0.3" and r[2] in ("NORMAL", "PNEUMONIA") for r in rows if not r[6])
     err = capsys.readouterr().err
     assert "done: 5 scored, 1 errors" in err and str(out) in err
-    assert "[" in err and "6/6" in err  # the progress bar, as lines (stderr is not a terminal here)
+    assert "6/6" not in err  # no progress bar when stderr is not a terminal (tqdm's rule); the summary line stays
 
 
 @pytest.mark.parametrize(
@@ -177,19 +177,29 @@ def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
         bar.update(_progress(i, 10))
     bar.close()
     text = stream.getvalue()
-    assert text.startswith("\r[") and "\n" not in text[:-1] and text.endswith("\n")
-    assert "10/10 100%" in text
+    assert text.startswith("\r") and "\n" not in text[:-1] and text.endswith("\n")
+    assert "100%" in text and "10/10" in text and "img" in text
 
 
-def test_progress_bar_prints_periodic_lines_otherwise() -> None:
-    stream = _Stream(tty=False)
-    bar = cli._ProgressBar(stream, line_every_s=3600)
+def test_progress_bar_counts_resumed_rows_as_its_start() -> None:
+    stream = _Stream(tty=True)
+    bar = cli._ProgressBar(stream)
+    for i in range(31, 41):  # 30 rows were already in the CSV
+        bar.update(_progress(i, 40))
+    bar.close()
+    frames = stream.getvalue().split("\r")[1:]
+    assert "30/40" in frames[0] and "75%" in frames[0]  # starts where the CSV was
+    assert "40/40" in frames[-1]
+
+
+@pytest.mark.parametrize(("tty", "enabled"), [(False, True), (True, False), (False, False)])
+def test_no_progress_bar_when_quiet_or_not_a_terminal(tty: bool, enabled: bool) -> None:
+    stream = _Stream(tty=tty)
+    bar = cli._ProgressBar(stream, enabled=enabled)
     for i in range(1, 101):
         bar.update(_progress(i, 100))
     bar.close()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2 and "\r" not in stream.getvalue()  # the first update and the final one
-    assert "100/100" in lines[-1]
+    assert stream.getvalue() == ""
 
 
 # ------------------------------------------------------------------ predict

@@ -51,7 +51,7 @@ def test_check_model_refuses_a_changed_or_incomplete_folder(tiny_model_dir: Path
     (changed / "model.tflite").unlink()
     with pytest.raises(SystemExit, match="is missing"):
         bh.check_model(changed)
-    with pytest.raises(SystemExit, match="no model_card.json"):
+    with pytest.raises(SystemExit, match=r"no model_card\.json"):
         bh.check_model(tmp_path / "empty")
 
 
@@ -150,9 +150,9 @@ def test_prune_unlinked_keeps_the_closure_of_what_stays() -> None:
         ("libpython3.11.so.1.0", "/s/libpython", "BINARY"),  # never pruned
     ]
     datas = [("libGtk.so", "libGtk.so.3", "SYMLINK"), ("resources/x.png", "/s/x.png", "DATA")]
-    links = {"/s/multiarray.so": [("libA.so.1", None)], "/s/libA.so.1": [("/usr/lib/libB.so.2", None)]}
+    links: dict[str, list[tuple[str, None]]] = {"/s/multiarray.so": [("libA.so.1", None)], "/s/libA.so.1": [("/usr/lib/libB.so.2", None)]}
 
-    def get_imports(src: str) -> list[tuple[str, object]]:
+    def get_imports(src: str) -> list[tuple[str, None]]:
         if src == "/s/imaging.so":
             raise OSError("unreadable")
         return links.get(src, [])

@@ -44,7 +44,9 @@ def fake_card() -> Callable[..., ModelCard]:
     the nested fields, any other keyword replaces a top-level field of the card's JSON.
     """
 
-    def make(threshold: float = 0.5, threshold_rule: str = "test", sha256: str = FAKE_SHA256, **fields: Any) -> ModelCard:
+    def make(
+        threshold: float = 0.5, threshold_rule: str = "test", sha256: str = FAKE_SHA256, **fields: Any
+    ) -> ModelCard:
         data: dict[str, Any] = {
             "name": "fake", "version": "1", "backbone": "none", "input_size": 32,
             "preprocessing": {"id": PREPROCESSING_ID}, "class_names": ["NORMAL", "PNEUMONIA"],

@@ -150,7 +150,9 @@ def test_prune_unlinked_keeps_the_closure_of_what_stays() -> None:
         ("libpython3.11.so.1.0", "/s/libpython", "BINARY"),  # never pruned
     ]
     datas = [("libGtk.so", "libGtk.so.3", "SYMLINK"), ("resources/x.png", "/s/x.png", "DATA")]
-    links: dict[str, list[tuple[str, None]]] = {"/s/multiarray.so": [("libA.so.1", None)], "/s/libA.so.1": [("/usr/lib/libB.so.2", None)]}
+    links: dict[str, list[tuple[str, None]]] = {
+        "/s/multiarray.so": [("libA.so.1", None)], "/s/libA.so.1": [("/usr/lib/libB.so.2", None)],
+    }
 
     def get_imports(src: str) -> list[tuple[str, None]]:
         if src == "/s/imaging.so":

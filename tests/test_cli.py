@@ -249,7 +249,9 @@ def test_self_test_fails_on_a_bad_checksum(corrupt_model: Path, capsys) -> None:
     assert "corrupted" in captured.err and "FAILED" in captured.out
 
 
-def test_self_test_passes_when_every_label_is_right(monkeypatch, fake_card, sample_paths, tmp_path: Path, capsys) -> None:
+def test_self_test_passes_when_every_label_is_right(
+    monkeypatch, fake_card, sample_paths, tmp_path: Path, capsys
+) -> None:
     size = 32
     truth = {}
     for p in sample_paths:

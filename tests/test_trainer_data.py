@@ -134,6 +134,7 @@ def test_check_data_on_a_missing_folder_is_one_line_and_status_2(tmp_path, capsy
     assert main(["check-data", "--data", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    missing = tmp_path / "nowhere" / "train"
     assert err.strip().splitlines() == [
-        f"pneumo-trainer: error: {tmp_path / 'nowhere' / 'train'} does not exist (expected ROOT/train/{{NORMAL,PNEUMONIA}}/)"
+        f"pneumo-trainer: error: {missing} does not exist (expected ROOT/train/{{NORMAL,PNEUMONIA}}/)"
     ]

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
                 "compare": _cmd_compare, "card": _cmd_card}
-    # Every error is one line on stderr and an exit status; -v adds the traceback of unexpected ones.
+    # Every error is one line on stderr and an exit status; -v also logs its traceback.
     try:
         return handlers[args.command](args)
     except (PneumoError, OSError, ValueError, RuntimeError) as exc:

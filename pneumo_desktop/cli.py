@@ -409,7 +409,7 @@ class _ProgressBar:
             from tqdm import tqdm  # lazy: only `score` draws a bar; the GUI start does not pay for it
 
             self._bar = tqdm(total=progress.total, initial=progress.done - 1, unit="img", file=self._stream,
-                             disable=self._disable, dynamic_ncols=True)
+                             disable=self._disable)
         self._bar.update(progress.done - self._bar.n)
 
     def close(self) -> None:

@@ -1,11 +1,11 @@
-# Fresh Linux machine: `make run` launches the app, `make test` runs the whole suite.
+# Fresh Linux machine: `make run` launches the app, `make test` runs the whole suite, `make lint` the static checks.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= ../shared/data/chest_xray
 WEIGHTS ?= ../shared/weights
 
-.PHONY: run test train bench package clean
+.PHONY: run test lint train bench package clean
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ run: $(VENV)/.run-installed
 
 test: $(VENV)/.test-installed
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+
+$(VENV)/.lint-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[lint]"
+	touch $@ $(VENV)/.test-installed $(VENV)/.run-installed
+
+# Static checks, configured in pyproject.toml (the same ones .pre-commit-config.yaml runs on commit).
+lint: $(VENV)/.lint-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pre-commit validate-config .pre-commit-config.yaml
 
 # Full training of the bundled model in the background (resumable: run it again after a kill).
 train: $(VENV)/.test-installed

@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from gui_harness import link_copies  # noqa: E402
+
 from pneumo_desktop.core import model_card as mc  # noqa: E402
 from pneumo_desktop.core.batch import score_paths  # noqa: E402
 from pneumo_desktop.core.imaging import load_image  # noqa: E402
@@ -88,14 +89,17 @@ def bench_gradcam_overhead(model: PneumoniaModel, repeats: int) -> dict:
         model.prediction(img.path, raw.probability[0])
         raw.cam(0, img.height, img.width)
 
-    bare, cam, full, decode = [], [], [], []
+    bare: list[float] = []
+    cam: list[float] = []
+    full: list[float] = []
+    decode: list[float] = []
     for k in range(repeats):
         i = k % len(images)
         for bucket, call in (
-            (bare, lambda: runner(image=inputs[i])),
-            (cam, lambda: with_cam(i)),
-            (full, lambda: model.explain(images[i])),
-            (decode, lambda: load_image(images[i].path)),
+            (bare, lambda i=i: runner(image=inputs[i])),
+            (cam, lambda i=i: with_cam(i)),
+            (full, lambda i=i: model.explain(images[i])),
+            (decode, lambda i=i: load_image(images[i].path)),
         ):
             start = time.perf_counter()
             call()
@@ -132,7 +136,7 @@ def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int) -> 
     assert summary.scored == n, summary
     scored = n / summary.elapsed_s
 
-    result = {"images": n, "score_paths_img_s": scored, "ceiling_img_s": ceiling,
+    result: dict[str, float | str] = {"images": n, "score_paths_img_s": scored, "ceiling_img_s": ceiling,
               "vs_ceiling": scored / ceiling, "target_vs_ceiling_min": 0.9}
     keras_path = model.model_dir / mc.KERAS_FILENAME
     if not keras_path.exists():

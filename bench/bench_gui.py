@@ -48,7 +48,8 @@ def child_launch(model_dir: Path, sample: Path, settings_file: Path) -> int:
     from pneumo_desktop.gui.workers import default_model_loader
 
     app = create_application()
-    window = MainWindow(model_loader=default_model_loader(model_dir), settings=SettingsStore(ini_qsettings(settings_file)))
+    window = MainWindow(model_loader=default_model_loader(model_dir),
+                        settings=SettingsStore(ini_qsettings(settings_file)))
     window.show()
     wait_exposed(window)
     print("VISIBLE", flush=True)
@@ -68,7 +69,8 @@ def child_launch(model_dir: Path, sample: Path, settings_file: Path) -> int:
 def time_launch(model_dir: Path, scratch: Path) -> dict[str, float]:
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--child-launch", "--model", str(model_dir), "--settings", str(scratch / "launch.ini")],
+        [sys.executable, __file__, "--child-launch", "--model", str(model_dir),
+         "--settings", str(scratch / "launch.ini")],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -103,7 +105,8 @@ def measure_stalls(model_dir: Path, folder: Path, scratch: Path, navigate: bool)
     from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
 
     create_application()
-    window = MainWindow(model=PneumoniaModel.load(model_dir), settings=SettingsStore(ini_qsettings(scratch / f"stall_{navigate}.ini")))
+    settings = SettingsStore(ini_qsettings(scratch / f"stall_{navigate}.ini"))
+    window = MainWindow(model=PneumoniaModel.load(model_dir), settings=settings)
     window.show()
     wait_exposed(window)
     window.open_paths([folder])
@@ -169,7 +172,8 @@ def measure_stalls(model_dir: Path, folder: Path, scratch: Path, navigate: bool)
 # ------------------------------------------------------------------------------ main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None, help="model folder (default: bundled, else tiny test model)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model folder (default: bundled, else tiny test model)")
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3, help="launch measurements (median reported)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -188,7 +192,8 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="pneumo-bench-gui-"))
     try:
         model_dir, model_note = pick_model(args.model, scratch)
-        print(f"model: {model_note}; Qt platform: {platform}; CPUs: {os.cpu_count()}; load average: {os.getloadavg()[0]:.2f}")
+        print(f"model: {model_note}; Qt platform: {platform}; CPUs: {os.cpu_count()}; "
+              f"load average: {os.getloadavg()[0]:.2f}")
 
         tf_times = [time_import_tensorflow() for _ in range(args.runs)]
         launches = [time_launch(model_dir, scratch) for _ in range(args.runs)]
@@ -210,12 +215,15 @@ def main() -> int:
             verdict = "OK" if r["max_gap_ms"] < STALL_TARGET_MS else "OVER TARGET"
             print(f"\nEvent loop during a {args.images}-image batch ({label}):")
             print(f"  batch time {r['batch_s']:.1f} s ({r['images_per_s']:.1f} images/s), {r['ticks']} heartbeats")
-            print(f"  longest gap between {HEARTBEAT_MS} ms ticks: {r['max_gap_ms']:.1f} ms, ending {r['max_gap_at_s']:.2f} s into the batch  [{verdict}, target < {STALL_TARGET_MS:.0f} ms]")
-            print(f"  p99 {r['p99_gap_ms']:.1f} ms, median {r['median_gap_ms']:.1f} ms, gaps over target: {r['gaps_over_target']}")
+            print(f"  longest gap between {HEARTBEAT_MS} ms ticks: {r['max_gap_ms']:.1f} ms, ending "
+                  f"{r['max_gap_at_s']:.2f} s into the batch  [{verdict}, target < {STALL_TARGET_MS:.0f} ms]")
+            print(f"  p99 {r['p99_gap_ms']:.1f} ms, median {r['median_gap_ms']:.1f} ms, "
+                  f"gaps over target: {r['gaps_over_target']}")
             print(f"  idle reference (no batch): longest gap {r['idle_max_gap_ms']:.1f} ms")
         if args.json:
             args.json.write_text(json.dumps({
-                "model": model_note, "platform": platform, "launch_visible_s": visible, "launch_first_prediction_s": first,
+                "model": model_note, "platform": platform, "launch_visible_s": visible,
+                "launch_first_prediction_s": first,
                 "import_tensorflow_s": tf, "stalls": results,
             }, indent=2))
     finally:

@@ -111,7 +111,8 @@ def summary(times: list[float]) -> dict[str, float | int]:
 def fmt(stats: dict | None) -> str:
     if not stats:
         return "n/a"
-    return f"median {stats['median_s']:.2f} s (min {stats['min_s']:.2f}, max {stats['max_s']:.2f}, {stats['runs']} runs)"
+    return (f"median {stats['median_s']:.2f} s (min {stats['min_s']:.2f}, max {stats['max_s']:.2f}, "
+            f"{stats['runs']} runs)")
 
 
 def verdict(value: float, target: float) -> str:
@@ -319,12 +320,14 @@ def gui_run(exe: Path, display: str, watcher, scratch: Path) -> dict:
 def bench_gui(exe: Path, runs: int, cold_runs: int, scratch: Path, display_arg: str | None) -> dict:
     display = XDisplay(display_arg)
     try:
-        watcher = MapWatcher(display.name) if shutil.which("xev") and shutil.which("xprop") else PollWatcher(display.name)
+        has_xev = shutil.which("xev") and shutil.which("xprop")
+        watcher = MapWatcher(display.name) if has_xev else PollWatcher(display.name)
         try:
             result: dict = {"detector": type(watcher).__name__, "display": display.name}
             first = gui_run(exe, display.name, watcher, scratch)  # warm-up
             if first["window_s"] is None:
-                result["error"] = "no window appeared within %.0f s; last log lines:\n%s" % (GUI_TIMEOUT_S, first["log_tail"])
+                result["error"] = (f"no window appeared within {GUI_TIMEOUT_S:.0f} s; "
+                                   f"last log lines:\n{first['log_tail']}")
                 return result
             warm = [gui_run(exe, display.name, watcher, scratch) for _ in range(runs)]
             result["warm"] = summary([r["window_s"] for r in warm if r["window_s"] is not None])
@@ -347,7 +350,8 @@ def bench_gui(exe: Path, runs: int, cold_runs: int, scratch: Path, display_arg: 
 # ------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dist", type=Path, default=DEFAULT_DIST, help="the one-folder app (default: dist/pneumo-desktop)")
+    parser.add_argument("--dist", type=Path, default=DEFAULT_DIST,
+                        help="the one-folder app (default: dist/pneumo-desktop)")
     parser.add_argument("--onefile", type=Path, default=None,
                         help="one-file executable to time as well (default: dist/pneumo-desktop-onefile if present)")
     parser.add_argument("--runs", type=int, default=5, help="measured runs per timing (median reported)")
@@ -375,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     report["largest"] = {name: round(mib(n), 1) for name, n in largest_parts(args.dist / "_internal")}
     print(f"one-folder app {args.dist}: {mib(size):.1f} MiB ({size / 1e6:.1f} MB)  "
           f"[{verdict(mib(size), SIZE_TARGET_MIB)}, target <= {SIZE_TARGET_MIB:.0f} MiB]")
-    print("  largest parts of _internal/: " + ", ".join(f"{k} {v:.1f}" for k, v in report["largest"].items()) + " (MiB)")
+    largest = ", ".join(f"{k} {v:.1f}" for k, v in report["largest"].items())
+    print(f"  largest parts of _internal/: {largest} (MiB)")
     if mib(size) > SIZE_TARGET_MIB:
         problems.append("size")
 

@@ -16,12 +16,17 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
+from pneumo_desktop.core.errors import PneumoError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from pneumo_desktop.core.batch import BatchProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PROG = "pneumo-desktop"
@@ -29,7 +34,7 @@ PROG = "pneumo-desktop"
 log = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
+class UsageError(PneumoError):
     """Bad arguments: reported on stderr with exit code 2."""
 
 
@@ -113,16 +118,40 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every error ends here as one line on stderr and an exit status (see the module docstring)."""
     multiprocessing.freeze_support()  # a frozen (PyInstaller) child process must not re-run the app
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except PneumoError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return _exit_status(exc)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # disk full, permission changed mid-run, ...
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: still one line, never a traceback in front of a user
+        print(f"{PROG}: unexpected error (please report it): {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _exit_status(exc: PneumoError) -> int:
+    from pneumo_desktop.core.batch import ResultsFileError
+    from pneumo_desktop.core.model_card import ModelIntegrityError
+
+    if isinstance(exc, ModelIntegrityError):
+        return EXIT_MODEL
+    if isinstance(exc, (UsageError, ResultsFileError)):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _dispatch(args: list[str]) -> int:
     if args and args[0] in ("score", "predict"):
         _configure_logging()
         command = _score if args[0] == "score" else _predict
-        try:
-            return command(args[1:])
-        except UsageError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        return command(args[1:])
 
     parsed = _parse(_main_parser(), args)
     if isinstance(parsed, int):
@@ -365,54 +394,27 @@ class _StopOnSignals:
 
 
 class _ProgressBar:
-    """A text progress bar: redrawn in place on a terminal, a line every few seconds otherwise."""
+    """tqdm's bar over score_paths' progress; --quiet or a stderr that is not a terminal shows none (tqdm's rule).
 
-    WIDTH = 28
+    The bar starts at the rows already in the CSV (--resume), so its speed and ETA count this run's rows only.
+    """
 
-    def __init__(self, stream: TextIO, enabled: bool = True, line_every_s: float = 5.0) -> None:
+    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
         self._stream = stream
-        self._enabled = enabled
-        self._tty = bool(getattr(stream, "isatty", lambda: False)())
-        self._line_every_s = line_every_s
-        self._start = time.monotonic()
-        self._first_done: int | None = None
-        self._last_draw = -math.inf  # the first update always draws
-        self._drawn = False
+        self._disable = None if enabled else True  # None: tqdm decides (off when the stream is not a TTY)
+        self._bar: tqdm | None = None
 
-    def update(self, progress) -> None:  # noqa: ANN001 - BatchProgress
-        if not self._enabled:
-            return
-        now = time.monotonic()
-        if self._first_done is None:
-            self._first_done = progress.done - 1  # rows found in the CSV on --resume are not "speed"
-        finished = progress.done >= progress.total
-        interval = 0.1 if self._tty else self._line_every_s
-        if not finished and now - self._last_draw < interval:
-            return
-        self._last_draw = now
-        text = self._text(progress, now)
-        if self._tty:
-            self._stream.write("\r" + text.ljust(79))
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
-        self._drawn = True
+    def update(self, progress: BatchProgress) -> None:
+        if self._bar is None:
+            from tqdm import tqdm  # lazy: only `score` draws a bar; the GUI start does not pay for it
 
-    def _text(self, progress, now: float) -> str:  # noqa: ANN001
-        total = max(progress.total, 1)
-        fraction = min(progress.done / total, 1.0)
-        filled = int(round(fraction * self.WIDTH))
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        elapsed = max(now - self._start, 1e-9)
-        rate = (progress.done - (self._first_done or 0)) / elapsed
-        eta = (progress.total - progress.done) / rate if rate > 0 else float("inf")
-        eta_text = "--:--" if math.isinf(eta) else f"{int(eta // 60)}:{int(eta % 60):02d}"
-        return f"[{bar}] {progress.done}/{progress.total} {fraction:4.0%}  {rate:5.1f} img/s  ETA {eta_text}"
+            self._bar = tqdm(total=progress.total, initial=progress.done - 1, unit="img", file=self._stream,
+                             disable=self._disable)
+        self._bar.update(progress.done - self._bar.n)
 
     def close(self) -> None:
-        if self._enabled and self._tty and self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
+        if self._bar is not None:
+            self._bar.close()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ backbone, _ = build_backbone("tiny", 64, None)
 model = build_classifier(backbone)
 card = build_card(name="tiny-test-model", version="0.0.1", backbone="tiny", input_size=64, threshold=0.5,
                   threshold_rule="fixed 0.5 (test model)", gradcam_layer="backbone/top_activation")
-export_model_folder(model, Path(sys.argv[1]), card, np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32))
+calibration = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+export_model_folder(model, Path(sys.argv[1]), card, calibration)
 """
 
 
@@ -37,7 +38,8 @@ def start_xvfb(size: str = "1600x1000x24") -> subprocess.Popen | None:
         return None
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
-        raise SystemExit("Xvfb not found: apt-get install xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0")
+        raise SystemExit("Xvfb not found: apt-get install xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 "
+                         "libxkbcommon-x11-0")
     for number in range(90, 140):
         if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
             break
@@ -101,7 +103,7 @@ def qt_wait(ms: int) -> None:
     loop.exec()
 
 
-def qt_wait_until(predicate, timeout_ms: int = 30_000, step_ms: int = 10) -> bool:  # noqa: ANN001
+def qt_wait_until(predicate, timeout_ms: int = 30_000, step_ms: int = 10) -> bool:
     deadline = time.monotonic() + timeout_ms / 1000
     while not predicate():
         if time.monotonic() > deadline:
@@ -110,5 +112,5 @@ def qt_wait_until(predicate, timeout_ms: int = 30_000, step_ms: int = 10) -> boo
     return True
 
 
-def wait_exposed(window, timeout_ms: int = 30_000) -> bool:  # noqa: ANN001
+def wait_exposed(window, timeout_ms: int = 30_000) -> bool:
     return qt_wait_until(lambda: window.windowHandle() is not None and window.windowHandle().isExposed(), timeout_ms, 5)

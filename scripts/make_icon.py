@@ -6,11 +6,21 @@ Run: QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/make_icon.py
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QColor, QGuiApplication, QImage, QLinearGradient, QPainter, QPainterPath, QPen, QRadialGradient
+from PySide6.QtGui import (
+    QColor,
+    QGuiApplication,
+    QImage,
+    QLinearGradient,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QRadialGradient,
+)
 
 SIZE = 256
 OUT_DIR = Path(__file__).resolve().parents[1] / "resources" / "icons"
@@ -45,7 +55,7 @@ def _mirror(point: tuple[float, float]) -> tuple[float, float]:
     return (SIZE - point[0], point[1])
 
 
-def lung_segments(right: bool) -> tuple[tuple[float, float], list[tuple[tuple[float, float], ...]]]:
+def lung_segments(right: bool) -> tuple[tuple[float, float], Sequence[tuple[tuple[float, float], ...]]]:
     if not right:
         return START, LEFT_LUNG
     return _mirror(START), [tuple(_mirror(p) for p in seg) for seg in LEFT_LUNG]
@@ -117,7 +127,8 @@ def draw_png(path: Path) -> None:
     p.setBrush(heat)
     p.drawEllipse(QPointF(*HEAT_CENTRE), HEAT_RADIUS, HEAT_RADIUS)
     p.end()
-    if not image.save(str(path), "PNG"):
+    # PySide6's stubs type the format as bytes, but the binding accepts only str here.
+    if not image.save(str(path), "PNG"):  # type: ignore[call-overload]
         raise SystemExit(f"could not write {path}")
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+
+from pneumo_desktop.core.model_card import ModelCard
+from pneumo_desktop.core.preprocess import PREPROCESSING_ID
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "resources" / "samples"
@@ -26,6 +31,32 @@ def sample_paths() -> list[Path]:
     paths = sorted(SAMPLES_DIR.glob("*.jpeg"))
     assert len(paths) >= 6, "resources/samples must hold the sample X-rays"
     return paths
+
+
+FAKE_SHA256 = "f" * 64  # what a fake card says model.tflite hashes to
+
+
+@pytest.fixture(scope="session")
+def fake_card() -> Callable[..., ModelCard]:
+    """Factory of a valid model card for tests that need no real model file.
+
+    `fake_card(threshold=0.3, threshold_rule="...", sha256="...", name="x", metrics={...})`: the first three set
+    the nested fields, any other keyword replaces a top-level field of the card's JSON.
+    """
+
+    def make(
+        threshold: float = 0.5, threshold_rule: str = "test", sha256: str = FAKE_SHA256, **fields: Any
+    ) -> ModelCard:
+        data: dict[str, Any] = {
+            "name": "fake", "version": "1", "backbone": "none", "input_size": 32,
+            "preprocessing": {"id": PREPROCESSING_ID}, "class_names": ["NORMAL", "PNEUMONIA"],
+            "threshold": {"value": threshold, "rule": threshold_rule}, "gradcam": {"layer": "x"},
+            "artifacts": {"model.tflite": {"sha256": sha256}}, "intended_use": "tests",
+        }
+        data.update(fields)
+        return ModelCard.from_dict(data)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import gc
 import hashlib
 import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,6 @@ from pneumo_desktop.core.batch import (
     unneutralise,
 )
 from pneumo_desktop.core.imaging import load_image
-from pneumo_desktop.core.model_card import ModelCard
 from pneumo_desktop.core.preprocess import prepare_input
 from pneumo_desktop.core.runtime import PneumoniaModel
 
@@ -53,16 +53,15 @@ class FakeEngine:
         }
 
 
-def fake_model(tmp_path: Path, engine: FakeEngine | None = None, threshold: float = 0.5) -> PneumoniaModel:
-    card = ModelCard.from_dict(
-        {
-            "name": "fake", "version": "1", "backbone": "none", "input_size": SIZE,
-            "preprocessing": {"id": "grey-resize-area-v1"}, "class_names": ["NORMAL", "PNEUMONIA"],
-            "threshold": {"value": threshold, "rule": "test"}, "gradcam": {"layer": "x"},
-            "artifacts": {"model.tflite": {"sha256": FAKE_SHA}}, "intended_use": "tests",
-        }
-    )
-    return PneumoniaModel(tmp_path, card, engine or FakeEngine(), batch_size=4)
+@pytest.fixture
+def fake_model(fake_card) -> Callable[..., PneumoniaModel]:
+    """`fake_model(folder, engine=None, threshold=0.5)`: a PneumoniaModel over FakeEngine (batch size 4)."""
+
+    def make(folder: Path, engine: FakeEngine | None = None, threshold: float = 0.5) -> PneumoniaModel:
+        card = fake_card(threshold=threshold, sha256=FAKE_SHA, input_size=SIZE)
+        return PneumoniaModel(folder, card, engine or FakeEngine(), batch_size=4)
+
+    return make
 
 
 def expected_probability(path: Path) -> float:
@@ -114,7 +113,7 @@ def mixed_folder(tmp_path: Path) -> tuple[Path, list[Path], dict[str, str]]:
 # ------------------------------------------------------------------ the CSV
 
 
-def test_every_file_gets_exactly_one_correct_row(tmp_path: Path, mixed_folder) -> None:
+def test_every_file_gets_exactly_one_correct_row(fake_model, tmp_path: Path, mixed_folder) -> None:
     folder, good, bad = mixed_folder
     out = tmp_path / "results.csv"
     seen: list[BatchProgress] = []
@@ -146,7 +145,7 @@ def test_every_file_gets_exactly_one_correct_row(tmp_path: Path, mixed_folder) -
         assert back == dataclasses.replace(reported, path=reported.path.absolute(), probability=back.probability)
 
 
-def test_threshold_is_applied_and_recorded(tmp_path: Path) -> None:
+def test_threshold_is_applied_and_recorded(fake_model, tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in", 4)
     out = tmp_path / "r.csv"
     score_paths(paths, out, model=fake_model(tmp_path), threshold=0.0)
@@ -156,7 +155,7 @@ def test_threshold_is_applied_and_recorded(tmp_path: Path) -> None:
         score_paths(paths, out, model=fake_model(tmp_path), threshold=1.2)
 
 
-def test_output_csv_inside_the_input_folder_is_not_an_input(tmp_path: Path) -> None:
+def test_output_csv_inside_the_input_folder_is_not_an_input(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     make_images(folder, 3)
     out = folder / "results.csv"
@@ -167,14 +166,14 @@ def test_output_csv_inside_the_input_folder_is_not_an_input(tmp_path: Path) -> N
     assert all(Path(p).name != "results.csv" for p in row_paths(rows))
 
 
-def test_duplicate_inputs_give_one_row(tmp_path: Path) -> None:
+def test_duplicate_inputs_give_one_row(fake_model, tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in", 3)
     out = tmp_path / "r.csv"
     score_paths([tmp_path / "in", paths[0], tmp_path / "in"], out, model=fake_model(tmp_path))
     assert len(read_csv(out)[1]) == 3
 
 
-def test_recursive_flag(tmp_path: Path) -> None:
+def test_recursive_flag(fake_model, tmp_path: Path) -> None:
     make_images(tmp_path / "in", 2)
     make_images(tmp_path / "in" / "sub", 2, prefix="deep")
     out = tmp_path / "r.csv"
@@ -192,7 +191,7 @@ def test_neutralise_round_trips(value: str) -> None:
     assert not cell or cell[0] not in "=+-@\t\r"
 
 
-def test_formula_like_names_survive_scoring_and_resume(tmp_path: Path) -> None:
+def test_formula_like_names_survive_scoring_and_resume(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     names = ["=HYPERLINK(1).png", "+cmd.png", "-x.png", "@a.png", "'quoted.png", "a\nnewline.png", 'q"uote.png']
@@ -222,7 +221,7 @@ def test_error_cells_are_neutralised_in_the_file() -> None:
 # ------------------------------------------------------------------ cancel and resume
 
 
-def test_cancel_keeps_rows_so_far_and_resume_completes_exactly_once(tmp_path: Path) -> None:
+def test_cancel_keeps_rows_so_far_and_resume_completes_exactly_once(fake_model, tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in", 10)
     out = tmp_path / "r.csv"
     cancel = threading.Event()
@@ -242,7 +241,7 @@ def test_cancel_keeps_rows_so_far_and_resume_completes_exactly_once(tmp_path: Pa
     assert sorted(row_paths(rows)) == sorted(str(p.absolute()) for p in paths)
 
 
-def test_cancel_before_start_writes_only_the_header(tmp_path: Path) -> None:
+def test_cancel_before_start_writes_only_the_header(fake_model, tmp_path: Path) -> None:
     make_images(tmp_path / "in", 3)
     cancel = threading.Event()
     cancel.set()
@@ -251,7 +250,7 @@ def test_cancel_before_start_writes_only_the_header(tmp_path: Path) -> None:
     assert (tmp_path / "r.csv").read_text() == ",".join(CSV_COLUMNS) + "\n"
 
 
-def test_resume_truncates_a_partial_last_line(tmp_path: Path) -> None:
+def test_resume_truncates_a_partial_last_line(fake_model, tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in", 6)
     out = tmp_path / "r.csv"
     score_paths(paths[:3], out, model=fake_model(tmp_path))
@@ -266,7 +265,7 @@ def test_resume_truncates_a_partial_last_line(tmp_path: Path) -> None:
     assert sorted(row_paths(rows)) == sorted(str(p.absolute()) for p in paths)
 
 
-def test_resume_truncates_a_partial_quoted_cell_with_a_newline(tmp_path: Path) -> None:
+def test_resume_truncates_a_partial_quoted_cell_with_a_newline(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     grey = sample_grey(0, max_side=64)
@@ -282,7 +281,7 @@ def test_resume_truncates_a_partial_quoted_cell_with_a_newline(tmp_path: Path) -
     assert sorted(Path(p).name for p in row_paths(rows)) == ["a.png", "b\nc.png"]
 
 
-def test_resume_refuses_a_foreign_csv(tmp_path: Path) -> None:
+def test_resume_refuses_a_foreign_csv(fake_model, tmp_path: Path) -> None:
     make_images(tmp_path / "in", 1)
     out = tmp_path / "other.csv"
     out.write_text("name,score\nx,1\n")
@@ -291,7 +290,7 @@ def test_resume_refuses_a_foreign_csv(tmp_path: Path) -> None:
     assert out.read_text() == "name,score\nx,1\n"  # untouched
 
 
-def test_resume_without_existing_file_starts_fresh(tmp_path: Path) -> None:
+def test_resume_without_existing_file_starts_fresh(fake_model, tmp_path: Path) -> None:
     make_images(tmp_path / "in", 2)
     summary = score_paths([tmp_path / "in"], tmp_path / "new.csv", model=fake_model(tmp_path), resume=True)
     assert summary.scored == 2 and summary.resumed == 0
@@ -300,7 +299,7 @@ def test_resume_without_existing_file_starts_fresh(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ model failures, heat maps, memory
 
 
-def test_an_image_the_model_cannot_score_becomes_an_error_row(tmp_path: Path) -> None:
+def test_an_image_the_model_cannot_score_becomes_an_error_row(fake_model, tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in", 5)
     bad_mean = float(prepare_input(load_image(paths[2]).grey, SIZE).mean())
     out = tmp_path / "r.csv"
@@ -311,7 +310,7 @@ def test_an_image_the_model_cannot_score_becomes_an_error_row(tmp_path: Path) ->
     assert summary.scored == 4 and summary.errors == 1
 
 
-def test_heatmaps_are_written_atomically_with_unique_names(tmp_path: Path, mixed_folder) -> None:
+def test_heatmaps_are_written_atomically_with_unique_names(fake_model, tmp_path: Path, mixed_folder) -> None:
     folder, good, bad = mixed_folder
     other = tmp_path / "other"
     other.mkdir()
@@ -335,7 +334,7 @@ def test_heatmaps_are_written_atomically_with_unique_names(tmp_path: Path, mixed
     assert summary.total == len(good) + len(bad)
 
 
-def test_memory_stays_flat_over_many_images(tmp_path: Path) -> None:
+def test_memory_stays_flat_over_many_images(fake_model, tmp_path: Path) -> None:
     source = make_images(tmp_path / "src", 4)
     folder = tmp_path / "many"
     folder.mkdir()

@@ -22,7 +22,6 @@ from pneumo_desktop import __version__, cli
 from pneumo_desktop.core import runtime
 from pneumo_desktop.core.batch import CSV_COLUMNS, BatchProgress, BatchRow, unneutralise
 from pneumo_desktop.core.imaging import load_image
-from pneumo_desktop.core.model_card import ModelCard
 from pneumo_desktop.core.preprocess import prepare_input
 from tests.conftest import REPO_ROOT, sample_label
 
@@ -106,7 +105,7 @@ def test_score_writes_the_csv_and_a_summary(tiny_model_dir: Path, sample_paths: 
     assert all(r[3] == "0.3" and r[2] in ("NORMAL", "PNEUMONIA") for r in rows if not r[6])
     err = capsys.readouterr().err
     assert "done: 5 scored, 1 errors" in err and str(out) in err
-    assert "[" in err and "6/6" in err  # the progress bar, as lines (stderr is not a terminal here)
+    assert "6/6" not in err  # no progress bar when stderr is not a terminal (tqdm's rule); the summary line stays
 
 
 @pytest.mark.parametrize(
@@ -178,19 +177,29 @@ def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
         bar.update(_progress(i, 10))
     bar.close()
     text = stream.getvalue()
-    assert text.startswith("\r[") and "\n" not in text[:-1] and text.endswith("\n")
-    assert "10/10 100%" in text
+    assert text.startswith("\r") and "\n" not in text[:-1] and text.endswith("\n")
+    assert "100%" in text and "10/10" in text and "img" in text
 
 
-def test_progress_bar_prints_periodic_lines_otherwise() -> None:
-    stream = _Stream(tty=False)
-    bar = cli._ProgressBar(stream, line_every_s=3600)
+def test_progress_bar_counts_resumed_rows_as_its_start() -> None:
+    stream = _Stream(tty=True)
+    bar = cli._ProgressBar(stream)
+    for i in range(31, 41):  # 30 rows were already in the CSV
+        bar.update(_progress(i, 40))
+    bar.close()
+    frames = stream.getvalue().split("\r")[1:]
+    assert "30/40" in frames[0] and "75%" in frames[0]  # starts where the CSV was
+    assert "40/40" in frames[-1]
+
+
+@pytest.mark.parametrize(("tty", "enabled"), [(False, True), (True, False), (False, False)])
+def test_no_progress_bar_when_quiet_or_not_a_terminal(tty: bool, enabled: bool) -> None:
+    stream = _Stream(tty=tty)
+    bar = cli._ProgressBar(stream, enabled=enabled)
     for i in range(1, 101):
         bar.update(_progress(i, 100))
     bar.close()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2 and "\r" not in stream.getvalue()  # the first update and the final one
-    assert "100/100" in lines[-1]
+    assert stream.getvalue() == ""
 
 
 # ------------------------------------------------------------------ predict
@@ -240,7 +249,9 @@ def test_self_test_fails_on_a_bad_checksum(corrupt_model: Path, capsys) -> None:
     assert "corrupted" in captured.err and "FAILED" in captured.out
 
 
-def test_self_test_passes_when_every_label_is_right(monkeypatch, sample_paths, tmp_path: Path, capsys) -> None:
+def test_self_test_passes_when_every_label_is_right(
+    monkeypatch, fake_card, sample_paths, tmp_path: Path, capsys
+) -> None:
     size = 32
     truth = {}
     for p in sample_paths:
@@ -253,12 +264,7 @@ def test_self_test_passes_when_every_label_is_right(monkeypatch, sample_paths, t
         return {"probability": np.array(probs, np.float32)[:, None],
                 "feature_map": np.ones((len(x), 2, 2, 1), np.float32), "cam_weights": np.ones((len(x), 1), np.float32)}
 
-    card = ModelCard.from_dict({
-        "name": "oracle", "version": "1", "backbone": "none", "input_size": size,
-        "preprocessing": {"id": "grey-resize-area-v1"}, "class_names": ["NORMAL", "PNEUMONIA"],
-        "threshold": {"value": 0.5, "rule": "test"}, "gradcam": {"layer": "x"},
-        "artifacts": {"model.tflite": {"sha256": "0" * 64}}, "intended_use": "tests",
-    })
+    card = fake_card(name="oracle", input_size=size)
     monkeypatch.setattr(runtime.PneumoniaModel, "load", classmethod(lambda cls, d=None, n=None, batch_size=8: cls(tmp_path, card, engine)))
     assert cli.main(["--self-test"]) == 0
     out = capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt import
 
@@ -23,21 +24,13 @@ from pneumo_desktop.gui.display_workers import ResultCache  # noqa: E402
 from pneumo_desktop.gui.workers import describe_error, read_batch_csv  # noqa: E402
 
 
-def card(**raw_extra) -> ModelCard:
-    data = {
-        "name": "demo",
-        "version": "1.2.3",
-        "backbone": "efficientnet-lite0",
-        "input_size": 224,
-        "preprocessing": {"id": "grey-resize-area-v1"},
-        "class_names": ["NORMAL", "PNEUMONIA"],
-        "threshold": {"value": 0.4321, "rule": "max Youden J on validation"},
-        "gradcam": {"layer": "top"},
-        "artifacts": {"model.tflite": {"sha256": "ab" * 32}},
-        "intended_use": "Research use only.",
-    }
-    data.update(raw_extra)
-    return ModelCard.from_dict(data)
+@pytest.fixture
+def card(fake_card) -> Callable[..., ModelCard]:
+    def make(**raw_extra) -> ModelCard:
+        return fake_card(threshold=0.4321, threshold_rule="max Youden J on validation", name="demo", version="1.2.3",
+                         backbone="efficientnet-lite0", input_size=224, **raw_extra)
+
+    return make
 
 
 # ------------------------------------------------------------------------------ window / level
@@ -131,7 +124,7 @@ def test_metric_rows_flatten_nested_scalars_and_skip_curves() -> None:
     assert metric_rows(None) == [] and metric_rows([1, 2]) == []
 
 
-def test_about_html_lists_the_card_metrics_and_attribution() -> None:
+def test_about_html_lists_the_card_metrics_and_attribution(card) -> None:
     text = about_html(card(metrics={"test": {"roc_auc": 0.9512}}))
     for expected in ("demo", "1.2.3", "efficientnet-lite0", "224 × 224", "0.432", "max Youden J on validation", "test / roc_auc", "0.951"):
         assert expected in text
@@ -154,10 +147,9 @@ def test_read_batch_csv_and_error_descriptions(tmp_path: Path) -> None:
     assert rows[1].probability is None and rows[1].error == "not an image"
     assert read_batch_csv(tmp_path / "missing.csv") == []
 
-    class WithReason(Exception):
-        reason = "a sentence for a person"
+    from pneumo_desktop.core.imaging import CorruptImageError
 
-    assert describe_error(WithReason("ignored")) == "a sentence for a person"
+    assert describe_error(CorruptImageError("/x/a.png", "a sentence for a person")) == "a sentence for a person"
     assert describe_error(RuntimeError()) == "RuntimeError"
 
 

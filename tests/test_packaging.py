@@ -19,10 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_spec_is_valid_python_and_bundles_what_resources_py_looks_for():
     source = (REPO / "pyinstaller.spec").read_text(encoding="utf-8")
     ast.parse(source)
-    # core/resources.py finds everything under sys._MEIPASS/resources/<name>
-    for dest in ("resources/model", "resources/samples", "resources/icons"):
+    # core/resources.py finds everything under sys._MEIPASS/resources/<name> (the model folder's destination
+    # and its files are build_helpers.model_datas', tested in test_build_helpers.py)
+    for dest in ("resources/samples", "resources/icons"):
         assert f'"{dest}"' in source
-    assert "model.keras" not in re.findall(r'MODEL_RUNTIME_FILES = \(([^)]*)\)', source)[0]
+    assert "bh.model_datas(MODEL_DIR)" in source
 
 
 def test_frozen_resources_dir_is_under_meipass(monkeypatch, tmp_path):

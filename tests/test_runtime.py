@@ -186,6 +186,8 @@ def test_packaged_model_without_keras_file_loads(model_copy: Path, images) -> No
 
 
 def test_runtime_never_imports_tensorflow(tiny_model_dir: Path, sample_paths: list[Path]) -> None:
+    """What runs, not what is written: our own imports are import-linter's contracts (pyproject.toml, `make lint`);
+    this checks that the libraries the runtime loads (LiteRT, OpenCV, pydicom) pull in no TensorFlow or Qt either."""
     code = (
         "import sys; from pathlib import Path\n"
         "from pneumo_desktop.core.runtime import PneumoniaModel\n"

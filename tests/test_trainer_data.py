@@ -126,3 +126,15 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         list_split(tmp_path, "train")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_check_data_on_a_missing_folder_is_one_line_and_status_2(tmp_path, capsys):
+    from trainer.cli import main
+
+    assert main(["check-data", "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    missing = tmp_path / "nowhere" / "train"
+    assert err.strip().splitlines() == [
+        f"pneumo-trainer: error: {missing} does not exist (expected ROOT/train/{{NORMAL,PNEUMONIA}}/)"
+    ]

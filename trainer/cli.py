@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
+from pneumo_desktop.core.errors import PneumoError
 from trainer.config import add_train_options
 
 log = logging.getLogger("trainer")
@@ -105,17 +108,37 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_tensorflow() -> None:
+    """TensorFlow's start-up lines (oneDNN, CPU features, XNNPACK) say nothing to a user: only its errors pass.
+    Takes effect for the subcommands that import it, which happens after this (lazily, in the handlers)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"keras(\..*)?")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        quiet_tensorflow()
     handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
                 "compare": _cmd_compare, "card": _cmd_card}
+    # Every error is one line on stderr and an exit status; -v also logs its traceback.
     try:
         return handlers[args.command](args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        log.error("%s", exc)
+    except (PneumoError, OSError, ValueError, RuntimeError) as exc:
+        log.debug("traceback", exc_info=True)
+        print(f"pneumo-trainer: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\npneumo-trainer: interrupted (train resumes from its run folder when rerun)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line (the traceback with -v)
+        log.debug("traceback", exc_info=True)
+        print(f"pneumo-trainer: unexpected error (please report it): {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import ImageLoadError, load_image
 from pneumo_desktop.core.preprocess import resize_grey
 
@@ -30,7 +31,7 @@ _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _NORMAL_IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE)
 
 
-class DatasetError(Exception):
+class DatasetError(PneumoError):
     """The dataset folder is missing or not in the expected layout."""
 
 

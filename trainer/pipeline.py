@@ -7,32 +7,11 @@ zoom, shear, small rotation (all one affine warp), brightness/contrast and gamma
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import tensorflow as tf
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    flip: bool = True
-    zoom: float = 0.10  # scale drawn from [1 - zoom, 1 + zoom]
-    shear_degrees: float = 5.0
-    rotation_degrees: float = 10.0
-    brightness: float = 0.10  # shift as a fraction of full scale
-    contrast: float = 0.15  # factor drawn from [1 - contrast, 1 + contrast]
-    # Random resized crop: a window of crop_scale_min..1 of the image area, aspect ratio within
-    # [1/crop_aspect, crop_aspect], stretched back to the full input (1.0 = off).
-    crop_scale_min: float = 1.0
-    crop_aspect: float = 1.0
-    gamma: float = 1.0  # exponent drawn log-uniformly from [1/gamma, gamma] (1.0 = off)
-
-    @classmethod
-    def disabled(cls) -> "AugmentConfig":
-        return cls(False, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
-
-    def as_dict(self) -> dict[str, float | bool]:
-        return asdict(self)
+from trainer.config import AugmentConfig
 
 
 def _affine_transforms(batch: int, size: int, cfg: AugmentConfig) -> tf.Tensor:

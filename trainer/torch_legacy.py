@@ -16,6 +16,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from pneumo_desktop.core.errors import PneumoError
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 _STORAGE_DTYPES = {
@@ -31,7 +33,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class TorchFileError(ValueError):
+class TorchFileError(PneumoError, ValueError):
     """The file is not a legacy PyTorch state_dict this reader understands."""
 
 

@@ -17,61 +17,10 @@ from typing import Any
 import numpy as np
 
 from trainer.data import PreparedSplit, list_split, load_or_prepare, manifest_sha256, write_integrity_report
-from trainer.pipeline import AugmentConfig
+from trainer.config import TrainConfig
 from trainer.split import class_weights, grouped_split
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Every training setting and its default, in one place: the CLI's options and the recipe files
-    (trainer/recipes/*.toml) are read into this; the model card records it and the recipe text verbatim."""
-
-    data_root: Path
-    run_dir: Path
-    backbone: str = "densenet121"
-    weights: Path | None = None  # None: Keras downloads ImageNet weights (online); Path("none"): random
-    input_size: int | None = None  # default: the backbone's
-    batch_size: int = 32
-    epochs_stage1: int = 3
-    epochs_stage2: int = 4
-    lr_stage1: float = 1e-3
-    lr_stage2: float = 1e-4
-    lr_schedule_stage2: str = "constant"  # "constant" | "cosine" (decays to 0 over the stage's epochs)
-    patience: int = 2
-    finetune_from: str | None = None  # default: the backbone's (last blocks)
-    # No pretrained weights: both stages train the whole network (BatchNorm in training mode), stage 2 at
-    # the lower learning rate; freezing a random backbone would measure nothing.
-    from_scratch: bool = False
-    val_fraction: float = 0.15
-    seed: int = 42
-    head_units: int = 128
-    dropout: float = 0.3
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # A development set (a folder with NORMAL/ and PNEUMONIA/) from another batch of patients: scored after
-    # every epoch to pick the epoch, and used for the temperature and the operating point. Never trained on.
-    dev_root: Path | None = None
-    # Second output P(viral | pneumonia), trained jointly; its loss only on pneumonia images, class-weighted.
-    subtype_head: bool = False
-    subtype_loss_weight: float = 0.5
-    # Out-of-distribution statistics fitted at export; the refusal limit refuses at most this share of validation.
-    ood: bool = True
-    max_refused_share: float = 0.01
-    min_sensitivity: float = 0.95
-    calibrate: bool = True
-    max_images: int | None = None  # train on a seeded subset (tests, smoke runs)
-    strategy: str = "default"
-    export_dir: Path | None = None
-    model_name: str = "pneumo-desktop-classifier"
-    model_version: str = "1.0.0"
-    command: str = ""
-    recipe: str = ""  # the recipe file's text, recorded verbatim in the card
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("recipe")
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
 def make_strategy(name: str):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import ImageLoadError, decode_image, find_images, read_image_file
 from pneumo_desktop.core.overlay import render_overlay, write_png_atomic
 
@@ -113,7 +114,7 @@ def _header() -> str:
     return buffer.getvalue()
 
 
-class ResultsFileError(Exception):
+class ResultsFileError(PneumoError):
     """The output exists but is not a results CSV this program can resume."""
 
 

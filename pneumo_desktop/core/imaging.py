@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pneumo_desktop.core.errors import PneumoError
+
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 100_000_000  # decompression-bomb guard (width * height)
@@ -32,13 +34,12 @@ SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DICOM")
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(PneumoError):
     """A file could not be turned into an image; `reason` is a sentence for a person."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{self.path}: {reason}", reason=reason)
 
 
 class UnsupportedFormatError(ImageLoadError):

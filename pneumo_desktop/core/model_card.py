@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pneumo_desktop.core.errors import PneumoError
+
 CARD_FILENAME = "model_card.json"
 TFLITE_FILENAME = "model.tflite"
 KERAS_FILENAME = "model.keras"
@@ -29,7 +31,7 @@ INPUT_NAME = "image"  # (N, S, S, 3) float32 in 0..255
 SIGNATURE_KEY = "serving_default"
 
 
-class ModelIntegrityError(Exception):
+class ModelIntegrityError(PneumoError):
     """The model folder is missing, incomplete or does not match its card."""
 
 

@@ -12,6 +12,7 @@ from PySide6.QtCore import QMarginsF, QRectF, QSizeF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
 
 from .. import RESEARCH_USE_STATEMENT, __version__
+from ..core.errors import PneumoError
 from .file_list import format_probability
 from .model_info import DATA_ATTRIBUTION, card_rows, metric_summary
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 REPORT_IMAGE_MAX_PX = 1400  # images are downscaled before embedding: keeps the PDF small
 
 
-class ExportError(Exception):
+class ExportError(PneumoError):
     """Writing an export failed; the message says where and why."""
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
+from ..core.errors import PneumoError
 from .qt_compat import emit
 
 if TYPE_CHECKING:  # only for annotations: the runtime is imported lazily, in a worker
@@ -42,10 +43,9 @@ def default_model_loader(model_dir: Path | None = None) -> ModelLoader:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One sentence for a person: the core's errors carry `.reason`; others get their message."""
-    reason = getattr(exc, "reason", None)
-    if reason:
-        return str(reason)
+    """One sentence for a person: the project's errors (PneumoError) carry `.reason`; others get their message."""
+    if isinstance(exc, PneumoError) and exc.reason:
+        return exc.reason
     text = str(exc).strip()
     return text or type(exc).__name__
 

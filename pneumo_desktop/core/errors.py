@@ -1,0 +1,25 @@
+"""The project's error tree: every error we raise on purpose is a `PneumoError`.
+
+`reason` is one sentence for a person (the GUI shows it, the CLIs print it on one line); the message
+(`str(exc)`) may add context such as the file name. Anything that is not a PneumoError is a bug and keeps
+its traceback (in the log, never in front of a user).
+
+    PneumoError
+      ImageLoadError            core.imaging (UnsupportedFormat, EmptyFile, CorruptImage, ImageTooLarge, DicomDecode)
+      ModelIntegrityError       core.model_card
+      ResultsFileError          core.batch
+      ExportError               gui.report
+      UsageError                cli (pneumo-desktop's bad arguments)
+      DatasetError              trainer.data
+      TorchFileError            trainer.torch_legacy (also a ValueError)
+"""
+
+from __future__ import annotations
+
+
+class PneumoError(Exception):
+    """Root of the project's errors; `reason` is a sentence for a person (defaults to the message)."""
+
+    def __init__(self, message: str = "", *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message

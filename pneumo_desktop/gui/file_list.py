@@ -39,7 +39,7 @@ class FileEntry:
         if self.status is RowStatus.ERROR:
             return f"Error: {self.error}"
         if self.status is RowStatus.REFUSED:
-            return "refused: not a chest X-ray"
+            return "refused"  # the reason is in the tooltip and the result panel
         if self.overridden and self.probability is not None:
             return f"{format_probability(self.probability)}  {self.label} *"
         if self.status is RowStatus.WORKING:

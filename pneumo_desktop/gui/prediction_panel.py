@@ -138,6 +138,7 @@ class PredictionPanel(QGroupBox):
         self.subtype_caveat.setFont(small)
         self.subtype_caveat.setStyleSheet("color: #5f6368;")
         self.subtype_value.setStyleSheet("color: #5f6368;")
+        self.subtype_value.setFont(small)
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)

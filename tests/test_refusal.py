@@ -362,3 +362,35 @@ def test_measure_refusal_reports_shares_per_kind_and_folder(model: PneumoniaMode
     assert (folder.n, folder.refused, folder.unreadable, folder.share) == (len(xrays), 0, 1, 0.0)
     text = bench.report(list(rates.values()), LIMIT)
     assert "all far kinds:" in text and "3 of 3 kinds at >= 95%" in text
+
+
+# ------------------------------------------------------------------ the real LiteRT path
+
+
+def test_real_model_without_the_sections_scores_everything(tiny_model_dir: Path, sample_paths, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "old_model"))
+    card = json.loads((folder / "model_card.json").read_text())
+    card.pop("refusal", None)
+    card.pop("subtype", None)
+    (folder / "model_card.json").write_text(json.dumps(card))
+    model = PneumoniaModel.load(folder)
+    assert model.card.refusal is None and model.card.subtype is None
+    for pred in model.predict([load_image(p) for p in sample_paths[:4]]):
+        assert pred.status == "scored" and pred.probability is not None
+        assert (pred.ood_score, pred.ood_limit, pred.p_viral, pred.subtype, pred.overridden) == (None, None, None, None, False)
+
+
+def test_real_model_with_a_refusal_section_needs_the_output(tiny_model_dir: Path, sample_paths, tmp_path: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    outputs = Interpreter(model_path=str(tiny_model_dir / "model.tflite")).get_signature_list()["serving_default"]["outputs"]
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "v2_card"))
+    card = json.loads((folder / "model_card.json").read_text())
+    card["refusal"] = {"limit": -1e9, "method": "test: refuse everything", "rule": "test"}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    if "ood_score" not in outputs:  # a graph exported before model v2
+        with pytest.raises(ModelIntegrityError, match="no 'ood_score' output"):
+            PneumoniaModel.load(folder)
+    else:
+        preds = PneumoniaModel.load(folder).predict([load_image(p) for p in sample_paths[:3]])
+        assert all(p.refused and p.probability is None and p.ood_score is not None for p in preds)

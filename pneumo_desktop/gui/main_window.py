@@ -136,7 +136,8 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore_settings()
 
-        self._row_queue: deque[tuple[Path, float | None, str, str]] = deque()
+        # (path, probability, label, error, refusal_reason) per batch row
+        self._row_queue: deque[tuple[Path, float | None, str, str, str]] = deque()
         self._row_timer = QTimer(self)
         self._row_timer.setSingleShot(True)
         self._row_timer.setInterval(0)
@@ -724,7 +725,7 @@ class MainWindow(QMainWindow):
         self.batch_progress.setFormat("Scored %v / %m")
         self._queue_rows([(p.row.path, p.row.probability, p.row.prediction, p.row.error, p.row.refusal_reason) for p in items])
 
-    def _queue_rows(self, rows: list[tuple[Path, float | None, str, str]]) -> None:
+    def _queue_rows(self, rows: list[tuple[Path, float | None, str, str, str]]) -> None:
         self._row_queue.extend(rows)
         if not self._row_timer.isActive():
             self._row_timer.start()

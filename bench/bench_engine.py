@@ -86,7 +86,7 @@ def bench_gradcam_overhead(model: PneumoniaModel, repeats: int) -> dict:
     def with_cam(i: int) -> None:  # what explain() does after preprocessing
         img = images[i]
         raw = model.run(inputs[i])
-        model.prediction(img.path, raw.probability[0])
+        model.prediction(img.path, raw.probability[0], **raw.extras(0))
         raw.cam(0, img.height, img.width)
 
     bare: list[float] = []

@@ -33,6 +33,11 @@ PROG = "pneumo-desktop"
 
 log = logging.getLogger(__name__)
 
+NO_REFUSE_HELP = (
+    "score images the model would refuse as not looking like a frontal chest X-ray "
+    "(the output marks them as overridden)"
+)
+
 
 class UsageError(PneumoError):
     """Bad arguments: reported on stderr with exit code 2."""
@@ -90,6 +95,7 @@ def _score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                         help="images per inference batch (default: the runtime's, 8)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-refuse", action="store_true", help=NO_REFUSE_HELP)
     return parser
 
 
@@ -103,6 +109,7 @@ def _predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--threshold", type=_threshold, metavar="T", help="decision threshold (default: the model card's)")
     parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
+    parser.add_argument("--no-refuse", action="store_true", help=NO_REFUSE_HELP)
     return parser
 
 
@@ -231,10 +238,11 @@ def _self_test(model_dir: Path | None) -> int:
             continue
         expected = "PNEUMONIA" if path.name.lower().startswith("person") else "NORMAL"
         pred = model.predict([image])[0]
-        ok = pred.label == expected
+        ok = pred.label == expected  # a refused sample X-ray (label None) is a failure too
         checked += 1
         wrong += not ok
-        print(f"{'ok  ' if ok else 'FAIL'}  {path.name:36s} expected {expected:9s} got {pred.label:9s} p={pred.probability:.4f}")
+        got = f"{pred.label:9s} p={pred.probability:.4f}" if not pred.refused else f"REFUSED   ({pred.refusal_reason})"
+        print(f"{'ok  ' if ok else 'FAIL'}  {path.name:36s} expected {expected:9s} got {got}")
     if checked == 0:
         print(f"self-test FAILED: no sample images in {samples_dir()}")
         return EXIT_FAILED
@@ -267,34 +275,54 @@ def _predict(argv: Sequence[str]) -> int:
     except ImageLoadError as exc:
         print(f"{PROG}: cannot read {parsed.file}: {exc.reason}", file=sys.stderr)
         return EXIT_FAILED
+    refuse = not parsed.no_refuse
     if parsed.heatmap is not None:
-        explanation = model.explain(image, parsed.threshold)
+        explanation = model.explain(image, parsed.threshold, refuse=refuse)
         pred = explanation.prediction
-        write_png_atomic(parsed.heatmap, render_overlay(image.grey, explanation.cam, parsed.colormap))
+        if explanation.cam is not None:
+            write_png_atomic(parsed.heatmap, render_overlay(image.grey, explanation.cam, parsed.colormap))
     else:
-        pred = model.predict([image], parsed.threshold)[0]
+        pred = model.predict([image], parsed.threshold, refuse=refuse)[0]
+    heatmap = parsed.heatmap if parsed.heatmap is not None and not pred.refused else None
     if parsed.json:
         print(
             json.dumps(
                 {
                     "path": str(parsed.file),
+                    "status": pred.status,
                     "probability": pred.probability,
                     "prediction": pred.label,
                     "threshold": pred.threshold,
+                    "ood_score": pred.ood_score,
+                    "ood_limit": pred.ood_limit,
+                    "overridden": pred.overridden,
+                    "refusal_reason": pred.refusal_reason,
+                    "p_viral": pred.p_viral,
+                    "subtype": pred.subtype,
                     "model": {"name": pred.model_name, "version": pred.model_version, "sha256": pred.model_sha256},
                     "image": {"format": image.format, "width": image.width, "height": image.height, "bit_depth": image.bit_depth},
-                    "heatmap": str(parsed.heatmap) if parsed.heatmap is not None else None,
+                    "heatmap": str(heatmap) if heatmap is not None else None,
                     "notice": RESEARCH_USE_STATEMENT,
                 },
                 indent=2,
             )
         )
     else:
-        print(f"{pred.label}  probability of pneumonia {pred.probability:.4f} (threshold {pred.threshold:.4f})")
+        if pred.refused:
+            print(f"REFUSED  {pred.refusal_reason}")
+            print("no probability is given for this image; use --no-refuse to score it anyway")
+        else:
+            print(f"{pred.label}  probability of pneumonia {pred.probability:.4f} (threshold {pred.threshold:.4f})")
+            if pred.overridden:
+                print(f"overridden: scored although it would be refused ({pred.refusal_reason})")
+            if pred.subtype is not None:
+                print(f"subtype (research use only): {pred.subtype}  P(viral | pneumonia) {pred.p_viral:.4f}")
         print(f"file: {parsed.file} ({image.format}, {image.width}x{image.height}, {image.bit_depth}-bit)")
         print(f"model: {pred.model_name} {pred.model_version} (sha256 {pred.model_sha256[:12]}...)")
-        if parsed.heatmap is not None:
-            print(f"heat map: {parsed.heatmap}")
+        if heatmap is not None:
+            print(f"heat map: {heatmap}")
+        elif parsed.heatmap is not None:
+            print(f"heat map: not written ({parsed.heatmap}): no Grad-CAM for a refused image")
         print(RESEARCH_USE_STATEMENT)
     return EXIT_OK
 
@@ -350,6 +378,7 @@ def _score(argv: Sequence[str]) -> int:
                 heatmaps_dir=parsed.heatmaps,
                 progress=bar.update,
                 cancel=cancel,
+                refuse=not parsed.no_refuse,
             )
         except ResultsFileError as exc:
             raise UsageError(str(exc)) from None
@@ -359,7 +388,8 @@ def _score(argv: Sequence[str]) -> int:
     speed = f", {rate / summary.elapsed_s:.1f} images/s" if summary.elapsed_s > 0 and rate else ""
     state = "cancelled" if summary.cancelled else "done"
     print(
-        f"{state}: {summary.scored} scored, {summary.errors} errors, {summary.resumed} already in the CSV, "
+        f"{state}: {summary.scored} scored, {summary.errors} errors, {summary.refused} refused as not a chest X-ray, "
+        f"{summary.resumed} already in the CSV, "
         f"{summary.total} files, {summary.elapsed_s:.1f} s{speed} -> {summary.output}",
         file=sys.stderr,
     )

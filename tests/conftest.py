@@ -108,3 +108,13 @@ def dataset_dir() -> Path:
     if not (DATASET_DIR / "train" / "NORMAL").is_dir():
         pytest.skip(f"needs the full dataset at {DATASET_DIR} (not available on this machine)")
     return DATASET_DIR
+
+
+# Tests that run the app's own event loop (run_gui -> app.exec()) go last: after that loop has quit,
+# thread-pool tasks of later windows in the same process never deliver their results (the image task
+# stays active and no signal arrives; seen on main too), so any GUI test collected after them hangs.
+_RUNS_THE_APP_LOOP = ("test_run_gui_opens_command_line_paths_and_installs_the_excepthook",)
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ANN001 - pytest hook
+    items.sort(key=lambda item: item.name in _RUNS_THE_APP_LOOP)  # stable: everything else keeps its order

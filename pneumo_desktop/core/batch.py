@@ -28,10 +28,15 @@ import numpy as np
 from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import ImageLoadError, decode_image, find_images, read_image_file
 from pneumo_desktop.core.overlay import render_overlay, write_png_atomic
+from pneumo_desktop.core.runtime import STATUS_ERROR, STATUS_REFUSED, STATUS_SCORED
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("path", "probability", "prediction", "threshold", "model_sha256", "image_sha256", "error")
+CSV_COLUMNS = (
+    "path", "probability", "prediction", "threshold", "model_sha256", "image_sha256", "error",
+    # added for refusal (issue 12) and the subtype (issue 11); always at the end
+    "status", "ood_score", "ood_limit", "overridden", "refusal_reason", "p_viral", "subtype",
+)
 FSYNC_EVERY = 16  # rows between fsyncs: bounds what a power cut can lose without an fsync per image
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _ENCODING = ("utf-8", "surrogateescape")  # file names that are not valid UTF-8 still round-trip
@@ -46,6 +51,13 @@ class BatchRow:
     model_sha256: str
     image_sha256: str
     error: str
+    status: str = STATUS_SCORED  # scored | refused | error
+    ood_score: float | None = None
+    ood_limit: float | None = None
+    overridden: bool = False
+    refusal_reason: str = ""
+    p_viral: float | None = None
+    subtype: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,7 @@ class BatchSummary:
     resumed: int
     elapsed_s: float
     cancelled: bool
+    refused: int = 0  # rows refused as not a chest X-ray (not counted in `scored`)
 
 
 # --------------------------------------------------------------------------- CSV cells
@@ -103,9 +116,24 @@ def _format_row(row: BatchRow) -> str:
             row.model_sha256,
             row.image_sha256,
             neutralise(" ".join(row.error.split())),  # one physical line per row
+            row.status,
+            _number(row.ood_score),
+            _number(row.ood_limit),
+            "true" if row.overridden else "false",
+            neutralise(" ".join(row.refusal_reason.split())),
+            "" if row.p_viral is None else f"{row.p_viral:.6f}",
+            row.subtype,
         ]
     )
     return buffer.getvalue()
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else format(value, ".6g")
+
+
+def _optional_float(text: str) -> float | None:
+    return float(text) if text else None
 
 
 def _header() -> str:
@@ -169,7 +197,8 @@ def read_results(output: Path | str) -> list[BatchRow]:
         for cells in reader:
             if len(cells) != len(CSV_COLUMNS):
                 continue
-            path, probability, prediction, threshold, model_sha, image_sha, error = cells
+            path, probability, prediction, threshold, model_sha, image_sha, error = cells[:7]
+            status, ood_score, ood_limit, overridden, reason, p_viral, subtype = cells[7:]
             try:
                 rows.append(
                     BatchRow(
@@ -180,6 +209,13 @@ def read_results(output: Path | str) -> list[BatchRow]:
                         model_sha256=model_sha,
                         image_sha256=image_sha,
                         error=unneutralise(error),
+                        status=status,
+                        ood_score=_optional_float(ood_score),
+                        ood_limit=_optional_float(ood_limit),
+                        overridden=overridden == "true",
+                        refusal_reason=unneutralise(reason),
+                        p_viral=_optional_float(p_viral),
+                        subtype=subtype,
                     )
                 )
             except ValueError:
@@ -277,11 +313,14 @@ def score_paths(
     cancel: threading.Event | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
+    refuse: bool = True,
 ) -> BatchSummary:
     """Score every file under `inputs` into `output_csv` (see the module docstring for the guarantees).
 
     `model` is a PneumoniaModel (uses prepare(), run(), prediction(), sha256 and batch_size).
     `batch_size` defaults to the model's own, the size its runtime is allocated for.
+    With `refuse` (default) images over the model's refusal limit get status `refused` and no
+    probability (and no heat map); refuse=False scores them and marks them `overridden`.
     """
     started = time.monotonic()
     output_csv = Path(output_csv)
@@ -307,7 +346,7 @@ def score_paths(
     pending: deque[Future[_Item]] = deque()
     queue = iter(todo)
     prefetch = batch_size * 2 + n_workers
-    scored = errors = 0
+    scored = errors = refused = 0
     done = resumed
     cancelled = False
 
@@ -326,12 +365,14 @@ def score_paths(
                 break
             items = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             refill()  # keep the decoders busy while this batch is inferred
-            rows = _score_items(items, model, cut, heatmaps, executor)
+            rows = _score_items(items, model, cut, heatmaps, executor, refuse)
             for row in rows:
                 writer.append(row)
                 done += 1
                 if row.error:
                     errors += 1
+                elif row.status == STATUS_REFUSED:
+                    refused += 1
                 else:
                     scored += 1
                 if progress is not None:
@@ -351,6 +392,7 @@ def score_paths(
         resumed=resumed,
         elapsed_s=time.monotonic() - started,
         cancelled=cancelled,
+        refused=refused,
     )
     log.info("%s", summary)
     return summary
@@ -371,9 +413,10 @@ def _inputs_without_outputs(paths: list[Path], output_csv: Path, heatmaps: Path 
     return kept
 
 
-def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, executor: ThreadPoolExecutor) -> list[BatchRow]:
+def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, executor: ThreadPoolExecutor,
+                 refuse: bool = True) -> list[BatchRow]:
     ready = [i for i, item in enumerate(items) if not item.error]
-    probabilities: dict[int, float] = {}
+    predictions: dict = {}  # index -> Prediction
     cams: dict[int, Future[Path]] = {}
     if ready:
         try:
@@ -390,8 +433,9 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
             if not outputs:
                 raise  # nothing in the batch could be scored: the model itself is broken
         for i, (raw, k) in outputs.items():
-            probabilities[i] = float(raw.probability[k])
-            if heatmaps is not None:
+            prediction = model.prediction(items[i].path, float(raw.probability[k]), cut, refuse=refuse, **raw.extras(k))
+            predictions[i] = prediction
+            if heatmaps is not None and not prediction.refused:
                 item = items[i]
                 cams[i] = executor.submit(
                     lambda raw=raw, k=k, item=item: _write_heatmap(heatmaps, item, raw.cam(k, *item.grey.shape))
@@ -400,9 +444,15 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
         future.result()  # a heat map that cannot be written (disk full, ...) stops the run
     rows = []
     for i, item in enumerate(items):
-        if i in probabilities:
-            prediction = model.prediction(item.path, probabilities[i], cut)
-            rows.append(BatchRow(item.path, prediction.probability, prediction.label, cut, prediction.model_sha256, item.image_sha256, ""))
+        if i in predictions:
+            p = predictions[i]
+            rows.append(
+                BatchRow(
+                    item.path, p.probability, p.label or "", cut, p.model_sha256, item.image_sha256, "",
+                    status=p.status, ood_score=p.ood_score, ood_limit=p.ood_limit, overridden=p.overridden,
+                    refusal_reason=p.refusal_reason or "", p_viral=p.p_viral, subtype=p.subtype or "",
+                )
+            )
         else:
-            rows.append(BatchRow(item.path, None, "", cut, model.sha256, item.image_sha256, item.error))
+            rows.append(BatchRow(item.path, None, "", cut, model.sha256, item.image_sha256, item.error, status=STATUS_ERROR))
     return rows

@@ -3,12 +3,17 @@
 A model folder holds `model_card.json`, `model.tflite` (run by the app with LiteRT) and
 `model.keras` (for retraining and Grad-CAM parity checks). Every artefact's sha256 is in the card
 and is verified before the model is used.
+
+Optional parts (model v2 and later): a `subtype` section (P(viral | pneumonia), output `p_viral`) and a
+`refusal` section (the out-of-distribution limit for output `ood_score`). An older model without
+them still loads and scores; it simply gives no subtype and refuses nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +29,9 @@ CARD_SCHEMA_VERSION = 1
 OUTPUT_PROBABILITY = "probability"  # (N, 1) P(pneumonia), temperature scaling applied
 OUTPUT_FEATURE_MAP = "feature_map"  # (N, h, w, C) activations of the Grad-CAM layer
 OUTPUT_CAM_WEIGHTS = "cam_weights"  # (N, C) Grad-CAM channel weights (mean gradient of the logit)
-# Optional outputs (model v2 on; older models lack them and then have no subtype and no refusal):
+# Optional outputs (model v2): used only when the card has the matching section.
 OUTPUT_P_VIRAL = "p_viral"  # (N, 1) P(viral | pneumonia)
-OUTPUT_OOD_SCORE = "ood_score"  # (N, 1) out-of-distribution score; above the card's refusal limit = refused
+OUTPUT_OOD_SCORE = "ood_score"  # (N, 1) out-of-distribution score; higher = less like the training X-rays
 INPUT_NAME = "image"  # (N, S, S, 3) float32 in 0..255
 SIGNATURE_KEY = "serving_default"
 
@@ -44,6 +49,46 @@ def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 @dataclass(frozen=True)
+class SubtypeSpec:
+    """The second head: P(viral | pneumonia) and its own operating point."""
+
+    classes: tuple[str, str]  # (below the threshold, at or above it), e.g. ("bacterial", "viral")
+    threshold: float
+    rule: str
+
+    def label_for(self, p_viral: float) -> str:
+        return self.classes[1] if p_viral >= self.threshold else self.classes[0]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SubtypeSpec":
+        return cls(
+            classes=(str(data["classes"][0]), str(data["classes"][1])),
+            threshold=float(data["threshold"]["value"]),
+            rule=str(data["threshold"].get("rule", "")),
+        )
+
+
+@dataclass(frozen=True)
+class RefusalSpec:
+    """Images whose out-of-distribution score is above `limit` are refused (not scored)."""
+
+    limit: float
+    method: str
+    rule: str
+
+    def refuses(self, ood_score: float) -> bool:
+        # a score that is not a number cannot vouch for the image: refuse it
+        return not math.isfinite(ood_score) or ood_score > self.limit
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RefusalSpec":
+        limit = float(data["limit"])
+        if not math.isfinite(limit):
+            raise ValueError(f"refusal limit {limit}")
+        return cls(limit=limit, method=str(data.get("method", "")), rule=str(data.get("rule", "")))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     version: str
@@ -58,6 +103,8 @@ class ModelCard:
     artifacts: dict[str, str]  # file name -> sha256
     intended_use: str
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    subtype: SubtypeSpec | None = None  # None: the model has no subtype head (older models)
+    refusal: RefusalSpec | None = None  # None: the model refuses nothing (older models)
 
     @property
     def positive_class(self) -> str:
@@ -93,6 +140,8 @@ class ModelCard:
                 artifacts={str(k): str(v["sha256"]) for k, v in data["artifacts"].items()},
                 intended_use=str(data["intended_use"]),
                 raw=data,
+                subtype=SubtypeSpec.from_dict(data["subtype"]) if data.get("subtype") is not None else None,
+                refusal=RefusalSpec.from_dict(data["refusal"]) if data.get("refusal") is not None else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelIntegrityError(f"model card is malformed: missing or invalid field {exc}") from exc

@@ -32,21 +32,50 @@ DEFAULT_BATCH_SIZE = 8
 Engine = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
+STATUS_SCORED = "scored"
+STATUS_REFUSED = "refused"
+STATUS_ERROR = "error"  # used by batch rows for files that could not be read or scored
+
+
+def refusal_reason(ood_score: float, limit: float) -> str:
+    return (
+        "does not look like a frontal chest X-ray: "
+        f"out-of-distribution score {_short(ood_score)}, limit {_short(limit)}"
+    )
+
+
+def _short(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) and abs(value) < 10 else f"{value:.1f}"
+
+
 @dataclass(frozen=True)
 class Prediction:
     path: Path | None
-    probability: float  # P(PNEUMONIA)
-    label: str  # "NORMAL" | "PNEUMONIA" at `threshold`
+    probability: float | None  # P(PNEUMONIA); None when the image was refused
+    label: str | None  # "NORMAL" | "PNEUMONIA" at `threshold`; None when refused
     threshold: float
     model_name: str
     model_version: str
     model_sha256: str  # sha256 of model.tflite
+    status: str = STATUS_SCORED  # STATUS_SCORED | STATUS_REFUSED
+    ood_score: float | None = None  # None: the model has no out-of-distribution output
+    ood_limit: float | None = None  # the card's refusal limit (None: the model refuses nothing)
+    refusal_reason: str | None = None  # why it is (or, when overridden, would have been) refused
+    overridden: bool = False  # scored although it would have been refused (refuse=False)
+    p_viral: float | None = None  # P(viral | pneumonia): only for PNEUMONIA labels that are not refused
+    subtype: str | None = None  # "bacterial" | "viral" at the subtype threshold, same condition
+
+    @property
+    def refused(self) -> bool:
+        return self.status == STATUS_REFUSED
 
 
 @dataclass(frozen=True)
 class Explanation:
     prediction: Prediction
-    cam: np.ndarray = field(repr=False)  # float32 (H, W) in 0..1 at the original image resolution
+    # float32 (H, W) in 0..1 at the original image resolution; None for a refused image (no map is
+    # drawn for what the model cannot read, unless the refusal is overridden)
+    cam: np.ndarray | None = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -56,9 +85,18 @@ class RawOutputs:
     probability: np.ndarray  # (N,) float32
     feature_map: np.ndarray  # (N, h, w, C) float32
     cam_weights: np.ndarray  # (N, C) float32
+    p_viral: np.ndarray | None = None  # (N,) float32, when the model has a subtype head
+    ood_score: np.ndarray | None = None  # (N,) float32, when the model has a refusal limit
 
     def cam(self, index: int, height: int, width: int) -> np.ndarray:
         return gradcam(self.feature_map[index], self.cam_weights[index], height, width)
+
+    def extras(self, index: int) -> dict[str, float | None]:
+        """The optional outputs of one image, as keyword arguments of PneumoniaModel.prediction()."""
+        return {
+            "p_viral": None if self.p_viral is None else float(self.p_viral[index]),
+            "ood_score": None if self.ood_score is None else float(self.ood_score[index]),
+        }
 
 
 class LiteRTEngine:
@@ -88,6 +126,7 @@ class LiteRTEngine:
             raise ModelIntegrityError(
                 f"{tflite_path} takes input {shape}, but the model card says {input_size}x{input_size}x3"
             )
+        self.output_names = frozenset(sig["outputs"])
         self.dynamic_batch = shape[0] == -1
         self._check_outputs(tflite_path, input_size)
         self._batch_runner = self._runner
@@ -120,6 +159,9 @@ class LiteRTEngine:
                 f"{tflite_path} returns outputs of unexpected shapes: probability {p.shape}, "
                 f"feature_map {fmap.shape}, cam_weights {w.shape}"
             )
+        for name in (mc.OUTPUT_P_VIRAL, mc.OUTPUT_OOD_SCORE):
+            if name in out and np.asarray(out[name]).size != 1:
+                raise ModelIntegrityError(f"{tflite_path} returns output {name} of shape {np.asarray(out[name]).shape}, expected (1, 1)")
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         count = batch.shape[0]
@@ -135,6 +177,21 @@ class LiteRTEngine:
         # (a batch larger than batch_size resizes this runner; PneumoniaModel never sends one)
         out = self._batch_runner(**{mc.INPUT_NAME: batch})  # outputs are returned as copies
         return {name: value[:count] for name, value in out.items()}
+
+
+def _check_optional_outputs(model_dir: Path, card: ModelCard, outputs: frozenset[str]) -> None:
+    """A card that promises a subtype or a refusal limit needs the graph outputs behind them."""
+    needed = [(card.subtype, mc.OUTPUT_P_VIRAL, "subtype"), (card.refusal, mc.OUTPUT_OOD_SCORE, "refusal")]
+    for section, output, name in needed:
+        if section is not None and output not in outputs:
+            raise ModelIntegrityError(
+                f"{model_dir}: the model card has a '{name}' section but model.tflite has no '{output}' output; "
+                "re-export the model"
+            )
+    for output, name in ((mc.OUTPUT_P_VIRAL, "subtype"), (mc.OUTPUT_OOD_SCORE, "refusal")):
+        if output in outputs and getattr(card, name) is None:
+            log.warning("%s: model.tflite has a '%s' output but the card no '%s' section; it is ignored",
+                        model_dir, output, name)
 
 
 class PneumoniaModel:
@@ -158,6 +215,7 @@ class PneumoniaModel:
         # Only what runs is verified: a packaged app ships model.tflite and the card, not model.keras.
         mc.verify_artifacts(model_dir, card, names=(mc.TFLITE_FILENAME,))
         engine = LiteRTEngine(model_dir / mc.TFLITE_FILENAME, card.input_size, num_threads, batch_size)
+        _check_optional_outputs(model_dir, card, engine.output_names)
         log.info("loaded model %s %s from %s (%d threads)", card.name, card.version, model_dir, engine.num_threads)
         return cls(model_dir, card, engine, engine.batch_size)  # the size its batch interpreter holds
 
@@ -191,39 +249,89 @@ class PneumoniaModel:
         probability = np.asarray(out[mc.OUTPUT_PROBABILITY], dtype=np.float32).reshape(-1)
         if probability.shape[0] != batch.shape[0] or not np.all(np.isfinite(probability)):
             raise RuntimeError(f"the model returned invalid probabilities {probability!r}")
+        # The optional outputs are read only when the card says how to use them.
+        p_viral = self._optional(out, mc.OUTPUT_P_VIRAL, batch.shape[0]) if self.card.subtype else None
+        ood = self._optional(out, mc.OUTPUT_OOD_SCORE, batch.shape[0]) if self.card.refusal else None
         return RawOutputs(
             probability=np.clip(probability, 0.0, 1.0),
             feature_map=np.asarray(out[mc.OUTPUT_FEATURE_MAP], dtype=np.float32),
             cam_weights=np.asarray(out[mc.OUTPUT_CAM_WEIGHTS], dtype=np.float32),
+            p_viral=None if p_viral is None else np.clip(p_viral, 0.0, 1.0),
+            ood_score=ood,  # not clipped: a non-finite score is refused (RefusalSpec.refuses)
         )
 
-    def prediction(self, path: Path | None, probability: float, threshold: float | None = None) -> Prediction:
+    @staticmethod
+    def _optional(out: dict[str, np.ndarray], name: str, count: int) -> np.ndarray:
+        if name not in out:
+            raise RuntimeError(f"the model card expects an output '{name}' that the model did not return")
+        values = np.asarray(out[name], dtype=np.float32).reshape(-1)
+        if values.shape[0] != count:
+            raise RuntimeError(f"the model returned {values.shape[0]} values of '{name}' for {count} images")
+        return values
+
+    def prediction(
+        self,
+        path: Path | None,
+        probability: float,
+        threshold: float | None = None,
+        *,
+        p_viral: float | None = None,
+        ood_score: float | None = None,
+        refuse: bool = True,
+    ) -> Prediction:
+        """One image's result from its raw outputs: refusal first, then the label, then the subtype."""
         cut = self._threshold(threshold)
+        card = self.card
+        base = dict(path=path, threshold=cut, model_name=card.name, model_version=card.version, model_sha256=self.sha256)
+        limit = card.refusal.limit if card.refusal is not None else None
+        reason = None
+        if card.refusal is not None and ood_score is not None and card.refusal.refuses(ood_score):
+            reason = refusal_reason(ood_score, card.refusal.limit)
+            if refuse:
+                return Prediction(probability=None, label=None, status=STATUS_REFUSED, ood_score=ood_score,
+                                  ood_limit=limit, refusal_reason=reason, **base)
+        label = card.label_for(float(probability), cut)
+        subtype = None
+        if card.subtype is not None and p_viral is not None and label == card.positive_class:
+            subtype = card.subtype.label_for(p_viral)
+        else:
+            p_viral = None  # the subtype is only defined for PNEUMONIA labels
         return Prediction(
-            path=path,
             probability=float(probability),
-            label=self.card.label_for(float(probability), cut),
-            threshold=cut,
-            model_name=self.card.name,
-            model_version=self.card.version,
-            model_sha256=self.sha256,
+            label=label,
+            status=STATUS_SCORED,
+            ood_score=ood_score,
+            ood_limit=limit,
+            refusal_reason=reason,
+            overridden=reason is not None,
+            p_viral=None if p_viral is None else float(p_viral),
+            subtype=subtype,
+            **base,
         )
 
     # ---------------------------------------------------------------- public API
 
-    def predict(self, images: Sequence[LoadedImage], threshold: float | None = None) -> list[Prediction]:
-        cut = self._threshold(threshold)
-        return [self.prediction(img.path, raw.probability[i], cut) for img, raw, i in self._run_in_batches(images)]
-
-    def explain(self, image: LoadedImage, threshold: float | None = None) -> Explanation:
-        return self.explain_many([image], threshold)[0]
-
-    def explain_many(self, images: Sequence[LoadedImage], threshold: float | None = None) -> list[Explanation]:
+    def predict(self, images: Sequence[LoadedImage], threshold: float | None = None, refuse: bool = True) -> list[Prediction]:
+        """Predictions; with `refuse` (default) images over the card's refusal limit get no probability."""
         cut = self._threshold(threshold)
         return [
-            Explanation(prediction=self.prediction(img.path, raw.probability[i], cut), cam=raw.cam(i, img.height, img.width))
+            self.prediction(img.path, raw.probability[i], cut, refuse=refuse, **raw.extras(i))
             for img, raw, i in self._run_in_batches(images)
         ]
+
+    def explain(self, image: LoadedImage, threshold: float | None = None, refuse: bool = True) -> Explanation:
+        return self.explain_many([image], threshold, refuse)[0]
+
+    def explain_many(self, images: Sequence[LoadedImage], threshold: float | None = None,
+                     refuse: bool = True) -> list[Explanation]:
+        """Predictions with Grad-CAM maps; a refused image gets no map (cam None)."""
+        cut = self._threshold(threshold)
+        explanations = []
+        for img, raw, i in self._run_in_batches(images):
+            prediction = self.prediction(img.path, raw.probability[i], cut, refuse=refuse, **raw.extras(i))
+            cam = None if prediction.refused else raw.cam(i, img.height, img.width)
+            explanations.append(Explanation(prediction=prediction, cam=cam))
+        return explanations
 
     def _run_in_batches(self, images: Sequence[LoadedImage]) -> Iterator[tuple[LoadedImage, RawOutputs, int]]:
         """Each image with the raw outputs of its batch and its index there."""

@@ -31,11 +31,17 @@ class FileEntry:
     probability: float | None = None
     label: str = ""
     error: str = ""
+    refusal: str = ""  # why the model refused (or, when overridden, would have refused) this image
+    overridden: bool = False
 
     @property
     def result_text(self) -> str:
         if self.status is RowStatus.ERROR:
             return f"Error: {self.error}"
+        if self.status is RowStatus.REFUSED:
+            return "refused"  # the reason is in the tooltip and the result panel
+        if self.overridden and self.probability is not None:
+            return f"{format_probability(self.probability)}  {self.label} *"
         if self.status is RowStatus.WORKING:
             return "scoring…"
         if self.probability is not None:
@@ -43,7 +49,7 @@ class FileEntry:
         return "queued"
 
 
-_COLOURED = (RowStatus.ERROR, RowStatus.POSITIVE, RowStatus.NORMAL)
+_COLOURED = (RowStatus.ERROR, RowStatus.POSITIVE, RowStatus.NORMAL, RowStatus.REFUSED)
 
 
 class FileListModel(QStandardItemModel):
@@ -100,8 +106,12 @@ class FileListModel(QStandardItemModel):
         tip = str(entry.path)
         if entry.status is RowStatus.ERROR:
             tip += f"\n\nCould not be read: {entry.error}"
+        elif entry.status is RowStatus.REFUSED:
+            tip += f"\n\nRefused, not scored: {entry.refusal}"
         elif entry.probability is not None:
             tip += f"\n\nModel output P(pneumonia) = {format_probability(entry.probability)} ({entry.label})"
+            if entry.overridden:
+                tip += f"\n* scored anyway (refusal overridden): {entry.refusal}"
         colour = QColor(STATUS_COLOURS[entry.status]) if entry.status in _COLOURED else None
         role = Qt.ItemDataRole
         # One setData call per cell and role set (each is a Python->Qt call on the GUI thread).
@@ -135,20 +145,31 @@ class FileListModel(QStandardItemModel):
                 self._store(row, entry)
         return row
 
-    def set_result(self, path: Path | str, probability: float, label: str) -> int:
+    def set_result(self, path: Path | str, probability: float, label: str, overridden_reason: str = "") -> int:
+        """A scored image; `overridden_reason` is set when it was scored although it would be refused."""
         status = RowStatus.POSITIVE if label == self._positive_label else RowStatus.NORMAL
-        return self._update(path, status=status, probability=probability, label=label, error="")
+        return self._update(path, status=status, probability=probability, label=label, error="",
+                            refusal=overridden_reason, overridden=bool(overridden_reason))
+
+    def set_refused(self, path: Path | str, reason: str) -> int:
+        return self._update(path, status=RowStatus.REFUSED, refusal=reason, probability=None, label="", error="",
+                            overridden=False)
 
     def set_error(self, path: Path | str, message: str) -> int:
         return self._update(path, status=RowStatus.ERROR, error=message, probability=None, label="")
 
-    def set_results(self, results: list[tuple[Path, float | None, str, str]]) -> None:
-        """Apply many (path, probability, label, error) results."""
-        for path, probability, label, error in results:
+    def set_results(self, results: list[tuple]) -> None:
+        """Apply many (path, probability, label, error[, refusal_reason]) results.
+
+        A refusal reason without a probability is a refused row; with one, an overridden refusal."""
+        for path, probability, label, error, *rest in results:
+            reason = rest[0] if rest else ""
             if error:
                 self.set_error(path, error)
             elif probability is not None:
-                self.set_result(path, probability, label)
+                self.set_result(path, probability, label, reason)
+            elif reason:
+                self.set_refused(path, reason)
 
     def set_working(self, path: Path | str) -> int:
         row = self.row_of(path)

@@ -19,6 +19,7 @@ class RowStatus(Enum):
     NORMAL = "normal"
     POSITIVE = "positive"
     ERROR = "error"
+    REFUSED = "refused"  # not scored: does not look like a frontal chest X-ray
 
 
 # Muted colours: a result is a model estimate, not an alarm.
@@ -28,6 +29,7 @@ STATUS_COLOURS: dict[RowStatus, str] = {
     RowStatus.NORMAL: "#3c9a5f",
     RowStatus.POSITIVE: "#e08a1e",
     RowStatus.ERROR: "#d0453a",
+    RowStatus.REFUSED: "#7b5ea7",  # violet: neither a result (green/orange) nor a read error (red)
 }
 
 
@@ -47,6 +49,14 @@ def status_icon(status: RowStatus, size: int = 16) -> QIcon:
         painter.setPen(QPen(colour, 2.0))
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.drawArc(rect, 90 * 16, -270 * 16)
+    elif status is RowStatus.REFUSED:
+        # a ring with a bar: "not read", distinct from the error's cross
+        painter.setPen(QPen(colour, 2.0))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawEllipse(rect)
+        c = QPointF(size / 2, size / 2)
+        d = size * 0.2
+        painter.drawLine(c + QPointF(-d, 0), c + QPointF(d, 0))
     elif status is RowStatus.ERROR:
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(colour)

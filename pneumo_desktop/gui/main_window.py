@@ -49,7 +49,7 @@ from .qt_compat import emit
 from .report import ExportError, ReportData, save_png, write_pdf_report
 from .settings import SettingsStore
 from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult
-from .workers import BatchController, BatchOutcome, ModelLoadController, ModelLoader, default_model_loader, describe_error
+from .workers import BatchController, BatchOutcome, FunctionTask, ModelLoadController, ModelLoader, default_model_loader, describe_error
 
 if TYPE_CHECKING:
     from ..core.batch import BatchProgress
@@ -118,6 +118,8 @@ class MainWindow(QMainWindow):
         self.last_message: tuple[str, str, str] | None = None  # (kind, title, text): for tests and logs
         self._dialogs: list[QWidget] = []
         self._window_level = WindowLevel()
+        self._overrides: dict[str, "Explanation"] = {}  # path key -> explanation scored anyway (refuse=False)
+        self._override_path: Path | None = None  # the image being scored anyway
 
         self.requester = LatestImageRequester(self.pool, self)
         self.model_controller = ModelLoadController(self.pool, self)
@@ -134,7 +136,8 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore_settings()
 
-        self._row_queue: deque[tuple[Path, float | None, str, str]] = deque()
+        # (path, probability, label, error, refusal_reason) per batch row
+        self._row_queue: deque[tuple[Path, float | None, str, str, str]] = deque()
         self._row_timer = QTimer(self)
         self._row_timer.setSingleShot(True)
         self._row_timer.setInterval(0)
@@ -336,6 +339,7 @@ class MainWindow(QMainWindow):
         self.file_list.currentPathChanged.connect(self._on_current_path_changed)
         self.requester.imageReady.connect(self._on_image_ready)
         self.requester.explanationReady.connect(self._on_explanation_ready)
+        self.prediction_panel.scoreAnywayRequested.connect(self.score_anyway)
         self.requester.failed.connect(self._on_request_failed)
         self.model_controller.loaded.connect(self._on_model_loaded)
         self.model_controller.failed.connect(self._on_model_failed)
@@ -377,6 +381,7 @@ class MainWindow(QMainWindow):
 
     def _set_model(self, model: "PneumoniaModel") -> None:
         self.model = model
+        self._overrides.clear()  # overrides belong to the model that refused
         self.model_error = ""
         self.requester.set_model(model)
         card = model.card
@@ -543,15 +548,49 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _on_explanation_ready(self, explanation: "Explanation") -> None:
+        if explanation.prediction.refused and self.state.path is not None:
+            # an image the user already chose to score anyway stays scored when revisited
+            explanation = self._overrides.get(path_key(self.state.path), explanation)
         self.state.explanation = explanation
         prediction = explanation.prediction
         self._render()
         positive = self.model.card.positive_class if self.model is not None else "PNEUMONIA"
         self.prediction_panel.set_prediction(prediction, positive)
         if self.state.path is not None:
-            self.file_model.set_result(self.state.path, prediction.probability, prediction.label)
+            if prediction.refused:
+                self.file_model.set_refused(self.state.path, prediction.refusal_reason or "")
+            else:
+                self.file_model.set_result(self.state.path, prediction.probability, prediction.label,
+                                           prediction.refusal_reason if prediction.overridden else "")
         self._update_actions()
         emit(self.predictionShown, explanation)
+
+    def score_anyway(self) -> None:
+        """Score the refused image on screen regardless (refuse=False); the result is marked overridden."""
+        state, model = self.state, self.model
+        if model is None or state.image is None or state.path is None:
+            return
+        image, self._override_path = state.image, state.path
+        self.prediction_panel.set_busy_override()
+        task = FunctionTask(lambda _progress: model.explain(image, refuse=False))
+        # bound slots of this window: Qt queues them onto the GUI thread
+        task.signals.result.connect(self._on_override_ready)
+        task.signals.error.connect(self._on_override_failed)
+        self.pool.start(task)
+
+    @Slot(object)
+    def _on_override_ready(self, explanation: "Explanation") -> None:
+        path = self._override_path
+        if path is None:
+            return
+        self._overrides[path_key(path)] = explanation
+        if self.state.path is not None and path_key(self.state.path) == path_key(path):
+            self._on_explanation_ready(explanation)
+
+    @Slot(object)
+    def _on_override_failed(self, exc: object) -> None:
+        if self._override_path is not None:
+            self._on_request_failed(self._override_path, describe_error(exc))  # type: ignore[arg-type]
 
     @Slot(object, str)
     def _on_request_failed(self, path: object, message: str) -> None:
@@ -684,9 +723,9 @@ class MainWindow(QMainWindow):
         self.batch_progress.setRange(0, max(last.total, 1))
         self.batch_progress.setValue(last.done)
         self.batch_progress.setFormat("Scored %v / %m")
-        self._queue_rows([(p.row.path, p.row.probability, p.row.prediction, p.row.error) for p in items])
+        self._queue_rows([(p.row.path, p.row.probability, p.row.prediction, p.row.error, p.row.refusal_reason) for p in items])
 
-    def _queue_rows(self, rows: list[tuple[Path, float | None, str, str]]) -> None:
+    def _queue_rows(self, rows: list[tuple[Path, float | None, str, str, str]]) -> None:
         self._row_queue.extend(rows)
         if not self._row_timer.isActive():
             self._row_timer.start()
@@ -705,10 +744,12 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_batch_finished(self, outcome: BatchOutcome) -> None:
         # Rows read back from the CSV (resumed ones included); rows already shown are skipped cheaply.
-        self._queue_rows([(r.path, r.probability, r.prediction, r.error) for r in outcome.rows])
+        self._queue_rows([(r.path, r.probability, r.prediction, r.error, r.refusal_reason) for r in outcome.rows])
         self._hide_batch_progress()
         s = outcome.summary
         parts = [f"{s.scored} scored", f"{s.errors} could not be read"]
+        if s.refused:
+            parts.append(f"{s.refused} refused as not a chest X-ray")
         if s.resumed:
             parts.append(f"{s.resumed} kept from the earlier run")
         verdict = "Scoring cancelled" if s.cancelled else "Scoring finished"
@@ -759,14 +800,25 @@ class MainWindow(QMainWindow):
     def _export_arrays(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(display grey, overlay RGB) at the current settings; the overlay even when hidden."""
         state = self.state
-        if state.image is None or state.explanation is None:
-            return None
+        if state.image is None or state.explanation is None or state.explanation.cam is None:
+            return None  # nothing yet, or a refused image (no map, not a result)
         options = self.overlay_controls.options()
         grey = apply_window_level(state.image.grey, self._window_level)
         rgb = render_overlay(grey, state.explanation.cam, options.colormap, options.opacity, options.cutoff)
         return grey, rgb
 
+    def _refused_on_screen(self) -> bool:
+        """A refused image is never exported as a result; says so in a dialog."""
+        explanation = self.state.explanation
+        if explanation is None or not explanation.prediction.refused:
+            return False
+        self._message("warning", "Not exported", f"This image was refused: {explanation.prediction.refusal_reason}.",
+                      "There is no result to export. Use Score anyway first if you need one.")
+        return True
+
     def export_overlay_png(self, path: Path) -> bool:
+        if self._refused_on_screen():
+            return False
         arrays = self._export_arrays()
         if arrays is None:
             self.statusBar().showMessage("Nothing to export yet: wait for the prediction", 5000)
@@ -780,6 +832,8 @@ class MainWindow(QMainWindow):
         return True
 
     def export_pdf_report(self, path: Path) -> bool:
+        if self._refused_on_screen():
+            return False
         state = self.state
         arrays = self._export_arrays()
         if arrays is None or state.image is None or state.explanation is None:
@@ -846,7 +900,7 @@ class MainWindow(QMainWindow):
         return dialog
 
     def _update_actions(self) -> None:
-        has_prediction = self.state.explanation is not None
+        has_prediction = self.state.explanation is not None and self.state.explanation.cam is not None
         running = self.batch.running
         self.act_batch.setEnabled(self.model is not None and not running)
         self.act_cancel_batch.setEnabled(running)

@@ -86,7 +86,21 @@ def card_rows(card: "ModelCard") -> list[tuple[str, str]]:
         ("Threshold rule", card.threshold_rule),
         ("Classes", " / ".join(card.class_names)),
         ("Model file sha256", card.artifacts.get("model.tflite", "")[:16] + "…"),
-    ]
+    ] + _optional_rows(card)
+
+
+def _optional_rows(card: "ModelCard") -> list[tuple[str, str]]:
+    """Refusal and subtype, when the model has them (older models have neither)."""
+    rows = []
+    if card.refusal is not None:
+        rows.append(("Refusal", f"out-of-distribution score above {card.refusal.limit:.3g} is refused"
+                     + (f" ({card.refusal.rule})" if card.refusal.rule else "")))
+    else:
+        rows.append(("Refusal", "none: this model scores every image it is given"))
+    if card.subtype is not None:
+        rows.append(("Subtype (secondary)", f"{' / '.join(card.subtype.classes)} at P(viral | pneumonia) "
+                     f"{card.subtype.threshold:.3f}; research use only"))
+    return rows
 
 
 def _table(rows: list[tuple[str, str]]) -> str:

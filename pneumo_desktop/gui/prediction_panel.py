@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPaintEvent, QPen
-from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from .file_list import format_probability
 from .icons import STATUS_COLOURS, RowStatus
@@ -15,6 +15,13 @@ if TYPE_CHECKING:
     from ..core.runtime import Prediction
 
 PANEL_TITLE = "Model output — research use only, not a diagnosis"
+REFUSED_LABEL = "NOT SCORED"
+REFUSED_CAPTION = "the model does not read this image"
+LABEL_CAPTION = "label at the model's operating point"
+SUBTYPE_CAVEAT = (
+    "Research use only: a secondary estimate, less validated than the main output; "
+    "it does not tell bacterial from viral pneumonia in a patient."
+)
 
 
 class ProbabilityBar(QWidget):
@@ -56,6 +63,8 @@ class ProbabilityBar(QWidget):
 
 
 class PredictionPanel(QGroupBox):
+    scoreAnywayRequested = Signal()  # the user asks to score a refused image regardless
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Result", parent)
         self.setObjectName("predictionPanel")
@@ -71,7 +80,7 @@ class PredictionPanel(QGroupBox):
         big.setPointSize(big.pointSize() + 7)
         big.setBold(True)
         self.label_value.setFont(big)
-        self.label_caption = QLabel("label at the model's operating point")
+        self.label_caption = QLabel(LABEL_CAPTION)
         self.label_caption.setObjectName("labelCaption")
 
         self.probability_value = QLabel("—")
@@ -103,6 +112,34 @@ class PredictionPanel(QGroupBox):
         self.note.setFont(small)
         self.label_caption.setFont(small)
 
+        refused_colour = STATUS_COLOURS[RowStatus.REFUSED]
+        # Refusal: the reason and the way around it, both visible without hovering.
+        self.refusal_value = QLabel("")
+        self.refusal_value.setObjectName("refusalValue")
+        self.refusal_value.setWordWrap(True)
+        self.refusal_value.setStyleSheet(f"color: {refused_colour};")
+        self.score_anyway_button = QPushButton("Score anyway")
+        self.score_anyway_button.setObjectName("scoreAnywayButton")
+        self.score_anyway_button.setToolTip("Score this image although the model says it does not look like a frontal chest X-ray")
+        self.score_anyway_button.clicked.connect(self.scoreAnywayRequested)
+        self.override_note = QLabel("")
+        self.override_note.setObjectName("overrideNote")
+        self.override_note.setWordWrap(True)
+        self.override_note.setStyleSheet(f"color: {refused_colour}; font-weight: 600;")
+
+        # The subtype: deliberately small and grey, below the main result, with its own caveat.
+        self.subtype_value = QLabel("")
+        self.subtype_value.setObjectName("subtypeValue")
+        self.subtype_value.setWordWrap(True)
+        self.subtype_value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.subtype_caveat = QLabel(SUBTYPE_CAVEAT)
+        self.subtype_caveat.setObjectName("subtypeCaveat")
+        self.subtype_caveat.setWordWrap(True)
+        self.subtype_caveat.setFont(small)
+        self.subtype_caveat.setStyleSheet("color: #5f6368;")
+        self.subtype_value.setStyleSheet("color: #5f6368;")
+        self.subtype_value.setFont(small)
+
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
@@ -115,9 +152,14 @@ class PredictionPanel(QGroupBox):
         layout.addWidget(self.status_value)
         layout.addWidget(self.label_value)
         layout.addWidget(self.label_caption)
+        layout.addWidget(self.refusal_value)
+        layout.addWidget(self.score_anyway_button)
+        layout.addWidget(self.override_note)
         layout.addSpacing(4)
         layout.addWidget(self.probability_bar)
         layout.addLayout(form)
+        layout.addWidget(self.subtype_value)
+        layout.addWidget(self.subtype_caveat)
         layout.addWidget(self.note)
         self.clear("No image")
 
@@ -126,20 +168,66 @@ class PredictionPanel(QGroupBox):
         self.status_value.setVisible(bool(status))
         self.label_value.setText("—")
         self.label_value.setStyleSheet("")
+        self.label_caption.setText(LABEL_CAPTION)
         self.probability_value.setText("—")
         self.threshold_value.setText("—")
         self.probability_bar.set_values(None, None)
+        self._show_refusal("", button=False)
+        self._show_subtype(None)
+        self.override_note.setVisible(False)
+
+    def _show_refusal(self, reason: str, button: bool) -> None:
+        self.refusal_value.setText(reason)
+        self.refusal_value.setVisible(bool(reason))
+        self.score_anyway_button.setVisible(button)
+        self.score_anyway_button.setEnabled(button)
+
+    def _show_subtype(self, prediction: "Prediction | None") -> None:
+        shown = prediction is not None and prediction.subtype is not None and prediction.p_viral is not None
+        if shown:
+            self.subtype_value.setText(
+                f"Secondary: subtype {prediction.subtype} · P(viral | pneumonia) {format_probability(prediction.p_viral)}"
+            )
+        self.subtype_value.setVisible(shown)
+        self.subtype_caveat.setVisible(shown)
+
+    def set_busy_override(self) -> None:
+        """While the refused image is being scored anyway."""
+        self.score_anyway_button.setEnabled(False)
+        self.score_anyway_button.setText("Scoring…")
 
     def set_model_info(self, name: str, version: str) -> None:
         self.model_value.setText(f"{name} {version}".strip() if name else "—")
 
     def set_prediction(self, prediction: "Prediction", positive_label: str = "PNEUMONIA") -> None:
+        self.score_anyway_button.setText("Score anyway")
+        self.status_value.setVisible(False)
+        self.set_model_info(prediction.model_name, f"v{prediction.model_version}")
+        self.threshold_value.setText(format_probability(prediction.threshold))
+        if prediction.refused or prediction.probability is None:
+            # Its own state: no probability, no label colour, the reason and the way to override it.
+            colour = QColor(STATUS_COLOURS[RowStatus.REFUSED])
+            self.label_value.setText(REFUSED_LABEL)
+            self.label_value.setStyleSheet(f"color: {colour.name()};")
+            self.label_caption.setText(REFUSED_CAPTION)
+            self.probability_value.setText("—")
+            self.probability_bar.set_values(None, prediction.threshold)
+            self._show_refusal(f"Refused: {prediction.refusal_reason or 'not a chest X-ray'}", button=True)
+            self.override_note.setVisible(False)
+            self._show_subtype(None)
+            return
         status = RowStatus.POSITIVE if prediction.label == positive_label else RowStatus.NORMAL
         colour = QColor(STATUS_COLOURS[status])
-        self.status_value.setVisible(False)
-        self.label_value.setText(prediction.label)
+        self.label_value.setText(prediction.label or "—")
         self.label_value.setStyleSheet(f"color: {colour.name()};")
-        self.probability_value.setText(format_probability(prediction.probability))
-        self.threshold_value.setText(format_probability(prediction.threshold))
+        self.label_caption.setText(LABEL_CAPTION)
+        self.probability_value.setText(format_probability(prediction.probability)
+                                       + ("  (overridden)" if prediction.overridden else ""))
         self.probability_bar.set_values(prediction.probability, prediction.threshold, colour)
-        self.set_model_info(prediction.model_name, f"v{prediction.model_version}")
+        self._show_refusal("", button=False)
+        self.override_note.setText(
+            f"Overridden: scored anyway, although the model would refuse it ({prediction.refusal_reason}). "
+            "The probability is unreliable for such an image."
+        )
+        self.override_note.setVisible(prediction.overridden)
+        self._show_subtype(prediction)

@@ -100,8 +100,18 @@ def _draw_image(painter: QPainter, image: QImage, box: QRectF) -> QRectF:
     return target
 
 
+def check_presentable(prediction: "Prediction") -> None:
+    """A refused image has no result: a report must never present one as if it had."""
+    if prediction.refused or prediction.probability is None:
+        raise ExportError(
+            f"no report for {prediction.path.name if prediction.path else 'this image'}: it was refused "
+            f"({prediction.refusal_reason or 'not a chest X-ray'}); score it anyway first if you need one"
+        )
+
+
 def write_pdf_report(data: ReportData, path: Path) -> None:
     """One A4 page: statement, file, images, result, model card summary, attribution."""
+    check_presentable(data.prediction)
     path = Path(path)
     writer = QPdfWriter(str(path))
     writer.setResolution(200)
@@ -180,13 +190,25 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
     page.text("Model output", size=12, bold=True, gap=0.2)
     page.rows(
         [
-            ("P(pneumonia)", format_probability(pred.probability)),
-            ("Label at operating point", pred.label),
+            ("P(pneumonia)", format_probability(pred.probability) + ("  (overridden)" if pred.overridden else "")),
+            ("Label at operating point", pred.label or "—"),
             ("Threshold", format_probability(pred.threshold)),
         ],
         key_w,
         size=10,
     )
+    if pred.overridden:
+        page.text(
+            f"Overridden: scored although the model would refuse this image ({pred.refusal_reason}). "
+            "The probability is unreliable for such an image.",
+            size=8.5, bold=True, colour="#7b5ea7",
+        )
+    if pred.subtype is not None and pred.p_viral is not None:
+        page.rows(
+            [("Secondary: subtype", f"{pred.subtype} · P(viral | pneumonia) {format_probability(pred.p_viral)}")],
+            key_w, size=8.5,
+        )
+        page.text("Subtype: research use only; a secondary, less validated estimate.", size=7.5, colour="#5f6368")
     page.text(
         "The label only says on which side of the threshold the model's estimate falls. It is not a "
         "diagnosis. Grad-CAM shows which regions most influenced the output, not where disease is.",

@@ -123,6 +123,7 @@ class CsvResult:
     probability: float | None
     prediction: str
     error: str
+    refusal_reason: str = ""  # set for refused rows (and overridden ones)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def read_batch_csv(csv_path: Path) -> list[CsvResult]:
                         probability=probability,
                         prediction=(record.get("prediction") or "").strip(),
                         error=(record.get("error") or "").strip(),
+                        refusal_reason=(record.get("refusal_reason") or "").strip(),
                     )
                 )
     except (OSError, csv.Error, UnicodeDecodeError) as exc:

@@ -35,21 +35,32 @@ MAX_ASPECT_RATIO = 4.0  # longer side / shorter side
 # We compare width*height with our own limit before decoding, so Pillow's warning (at ~89 Mpx) is
 # noise. Pillow still raises DecompressionBombError above twice its limit; that is mapped below.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-# pydicom warns (and logs at WARNING) about every irregular element it repairs or skips. For a file that
+# pydicom (and Pillow) warn, pydicom also logs at WARNING, about every irregular element they repair or skip. For a file that
 # is read, that is noise; for one that is not, the file gets one specific error of ours instead. Global
 # filters because decoding runs on worker threads, where warnings.catch_warnings() is not safe.
 warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")  # e.g. "Corrupt EXIF data": same reasoning
 warnings.filterwarnings("ignore", module=re.escape(__name__) + "$")
-logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+def _import_pydicom():
+    """pydicom, imported on first use (start-up time), with its per-element WARNING log lines off.
+
+    The level is set after the import because importing pydicom resets its logger to WARNING.
+    """
+    import pydicom
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    return pydicom
 
 # Python's repr of in-memory streams ("<_io.BytesIO object at 0x7f...>") leaks into some decoder
 # messages; it changes every run and means nothing to a person.
-_STREAM_REPR = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+_STREAM_REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
 
 
 def clean_reason(text: str) -> str:
     """A decoder message fit for a person: one line, no memory addresses."""
-    return " ".join(_STREAM_REPR.sub("the file", text).split())
+    return " ".join(_STREAM_REPR.sub("", text).split())
 
 
 class ImageLoadError(Exception):
@@ -621,7 +632,7 @@ def _gdcm_decode_jpeg(data: bytes, path: Path, uid: str, what: str, rows: int, c
 
 
 def _decode_dicom(data: bytes, path: Path, max_pixels: int, force: bool) -> LoadedImage:
-    import pydicom
+    pydicom = _import_pydicom()
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -642,7 +653,7 @@ _PIXEL_DATA_TAG_BYTES = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
 
 def _try_parse_raw_dicom(data: bytes):  # -> Dataset | None
-    import pydicom
+    pydicom = _import_pydicom()
 
     try:
         with warnings.catch_warnings():

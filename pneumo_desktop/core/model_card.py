@@ -143,8 +143,10 @@ def load_model_card(model_dir: Path) -> ModelCard:
     try:
         # NaN/Infinity are not JSON; Python would accept them and a NaN threshold labels nothing
         data = json.loads(card_path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ModelIntegrityError(f"cannot read {card_path}: {exc}") from None
+    except OSError as exc:
+        raise ModelIntegrityError(f"cannot read {card_path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelIntegrityError(f"model card {card_path} is malformed: {exc}") from None
     return ModelCard.from_dict(data)
 
 

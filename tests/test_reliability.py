@@ -168,6 +168,20 @@ def _gdcm_transcode(src: Path, dst: Path, syntax: str) -> Path:
     return dst
 
 
+def test_the_hospital_decoders_are_a_declared_dependency() -> None:
+    """What a hospital sends must decode in every install, not only where someone added a plugin."""
+    import tomllib
+
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
+
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("python-gdcm") for d in dependencies)
+    assert not any(d.startswith("pylibjpeg-libjpeg") for d in dependencies), "GPL-3.0: not for an Apache-2.0 app"
+    for syntax in (JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless):
+        assert get_decoder(syntax).is_available, syntax.name
+
+
 @pytest.mark.parametrize(
     "syntax",
     [

@@ -408,15 +408,16 @@ def test_non_utf8_names_keep_the_csv_valid_utf8_and_resume_works(tmp_path: Path)
     raw_name = b"r\xe9sum\xe9.png"  # Latin-1, as an old export tool writes it
     with open(os.fsencode(folder) + b"/" + raw_name, "wb") as handle:
         Image.fromarray(sample_grey(0, max_side=64)).save(handle, format="PNG")
+    os.symlink(b"gone\xff.png", os.fsencode(folder) + b"/z_link.png")  # its error names the target
     out = tmp_path / "r.csv"
     model = fake_model(tmp_path)
     score_paths([folder], out, model=model)
     text = out.read_bytes().decode("utf-8")  # strict: the file is valid UTF-8
-    assert "r\\xe9sum\\xe9.png" in text
+    assert "r\\xe9sum\\xe9.png" in text and "gone\\xff.png" in text
     rows = list(csv.reader(io.StringIO(text)))
-    assert len(rows) == 2 and rows[1][CSV_COLUMNS.index("error")] == ""
+    assert len(rows) == 3 and rows[1][CSV_COLUMNS.index("error")] == ""
     summary = score_paths([folder], out, model=model, resume=True)
-    assert (summary.resumed, summary.scored) == (1, 0)
+    assert (summary.resumed, summary.scored) == (2, 0)
 
 
 def test_resume_refuses_another_threshold_or_model(tmp_path: Path) -> None:

@@ -96,7 +96,11 @@ def csv_path(path: Path) -> str:
 
     Always valid UTF-8: name bytes that are not UTF-8 (surrogate escapes in Python) become `\\xNN`.
     """
-    text = os.path.abspath(path)
+    return _valid_utf8(os.path.abspath(path))
+
+
+def _valid_utf8(text: str) -> str:
+    """`text` with undecodable file-name bytes (surrogate escapes) spelled `\\xNN`."""
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate from a Windows name
@@ -119,7 +123,7 @@ def _format_row(row: BatchRow) -> str:
             format(row.threshold, ".6g"),
             row.model_sha256,
             row.image_sha256,
-            neutralise(" ".join(row.error.split())),  # one physical line per row
+            neutralise(" ".join(_valid_utf8(row.error).split())),  # one line; may quote a link target
         ]
     )
     return buffer.getvalue()[:-2] + "\n"

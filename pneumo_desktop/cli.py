@@ -1,8 +1,10 @@
 """`pneumo-desktop`: the GUI, and headless `score`, `predict`, `--version`, `--self-test`.
 
-Exit codes: 0 success; 1 a failure of the work itself (unreadable image, self-test wrong); 2 usage
-errors (missing input, unwritable output, bad threshold); 3 the model is missing or corrupt;
-130 interrupted (Ctrl+C; the CSV keeps every finished row, continue with --resume).
+Exit codes (EXIT_STATUS_HELP, also in --help): 0 success; 1 a failure of the work itself (unreadable
+image, self-test wrong); 2 usage errors (missing input, unwritable output, bad threshold); 3 the model
+is missing or corrupt, or its card is malformed; 4 the output cannot be written (disk full, closed
+pipe); 5 the output CSV is being written by another run; 130 interrupted (Ctrl+C; the CSV keeps every
+finished row, continue with --resume).
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ if TYPE_CHECKING:
     from pneumo_desktop.core.batch import BatchProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OUTPUT, EXIT_LOCKED = 4, 5
 PROG = "pneumo-desktop"
+EXIT_STATUS_HELP = (
+    "exit status: 0 done; 1 the work failed (e.g. unreadable image for predict, self-test wrong); "
+    "2 usage error; 3 model missing or corrupt, or malformed model card; "
+    "4 output not writable (disk full, closed pipe; the CSV keeps whole rows only, continue with --resume); "
+    "5 the output CSV is being written by another run; 130 interrupted (continue with --resume)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +79,8 @@ def _main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Chest X-ray pneumonia estimation with Grad-CAM. " + RESEARCH_USE_STATEMENT,
-        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help'. Without arguments the app opens.",
+        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help'. Without arguments the app opens. "
+        + EXIT_STATUS_HELP,
     )
     parser.add_argument("files", nargs="*", type=Path, help="images to open in the app")
     parser.add_argument("--version", action="store_true", help="print the app and model versions")
@@ -83,9 +93,11 @@ def _score_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} score",
         description="Score images and folders into a CSV (one row per file; per-file errors are rows too).",
+        epilog=EXIT_STATUS_HELP,
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="CSV", help="results CSV")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="CSV",
+                        help="results CSV ('-': write the CSV to standard output)")
     parser.add_argument("--recursive", action="store_true", help="also score images in sub-folders")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run: skip rows already in the CSV")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV (default: refuse)")
@@ -139,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # a bug: still one line, never a traceback in front of a user
+        log.debug("unexpected error", exc_info=True)
         print(f"{PROG}: unexpected error (please report it): {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -210,6 +223,7 @@ def _version(model_dir: Path | None) -> int:
         print(f"model: {card.name} {card.version} ({card.backbone}, input {card.input_size}px) in {folder}")
     except ModelIntegrityError as exc:
         print(f"model: not available ({exc})")
+        return EXIT_MODEL
     return EXIT_OK
 
 
@@ -327,6 +341,14 @@ def _predict(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _is_regular_file(path: Path) -> bool:
+    """A file to protect from replacing (not /dev/stdout, /dev/null, a FIFO...)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _writable_file_target(path: Path) -> bool:
     if path.is_dir():
         return False
@@ -340,7 +362,13 @@ def _writable_file_target(path: Path) -> bool:
 
 
 def _score(argv: Sequence[str]) -> int:
-    from pneumo_desktop.core.batch import ResultsFileError, score_paths
+    from pneumo_desktop.core.batch import (
+        STDOUT,
+        OutputError,
+        OutputLockedError,
+        ResultsFileError,
+        score_paths,
+    )
 
     parsed = _parse(_score_parser(), argv)
     if isinstance(parsed, int):
@@ -349,9 +377,13 @@ def _score(argv: Sequence[str]) -> int:
     if missing:
         raise UsageError(f"input not found: {', '.join(missing)}")
     output: Path = parsed.output
-    if not _writable_file_target(output):
+    to_stdout = str(output) == STDOUT
+    if to_stdout and parsed.resume:
+        raise UsageError("--resume needs an output file, not '-' (standard output)")
+    if not to_stdout and not _writable_file_target(output):
         raise UsageError(f"cannot write the results to {output} (is the folder there and writable?)")
-    if output.exists() and output.stat().st_size > 0 and not (parsed.resume or parsed.overwrite):
+    if (not to_stdout and _is_regular_file(output) and output.stat().st_size > 0
+            and not (parsed.resume or parsed.overwrite)):
         raise UsageError(f"{output} already exists: use --resume to continue it or --overwrite to replace it")
     if parsed.heatmaps is not None:
         try:
@@ -379,9 +411,18 @@ def _score(argv: Sequence[str]) -> int:
                 progress=bar.update,
                 cancel=cancel,
                 refuse=not parsed.no_refuse,
+                overwrite=parsed.overwrite or not _is_regular_file(output),
             )
         except ResultsFileError as exc:
             raise UsageError(str(exc)) from None
+        except OutputLockedError as exc:
+            bar.close()  # the message starts on its own line
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return EXIT_LOCKED
+        except OutputError as exc:
+            bar.close()  # the message starts on its own line
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return EXIT_OUTPUT
         finally:
             bar.close()
     rate = summary.scored + summary.errors

@@ -4,6 +4,12 @@ Guarantees:
 - every file found gets exactly one row (unreadable files get a row with `error` set);
 - each row goes to disk in one write() as soon as it is complete (fsync every few rows), so a killed
   run leaves at most a partial last line, which --resume truncates before skipping the rows present;
+- a row that cannot be written whole (disk full, closed pipe) is cut back off and the run stops with
+  OutputError: the CSV holds whole rows only;
+- one run at a time per CSV: a lock file next to it (`.<name>.lock`) makes a second run fail with
+  OutputLockedError instead of interleaving rows; --resume refuses a CSV written with another
+  threshold or model;
+- every cell is valid UTF-8: bytes of a file name that are not UTF-8 are written as `\\xNN`;
 - spreadsheet formula cells are neutralised with a leading quote, reversibly (resume maps them back);
 - decoding runs ahead of inference in a small thread pool and nothing accumulates: memory stays flat.
 """
@@ -15,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import ImageLoadError, decode_image, find_images, read_image_file
@@ -39,7 +47,8 @@ CSV_COLUMNS = (
 )
 FSYNC_EVERY = 16  # rows between fsyncs: bounds what a power cut can lose without an fsync per image
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_ENCODING = ("utf-8", "surrogateescape")  # file names that are not valid UTF-8 still round-trip
+_ENCODING = ("utf-8", "surrogateescape")  # reading: CSVs of earlier versions may hold raw bytes
+STDOUT = "-"  # output name meaning "write the CSV to standard output" (no lock, no resume)
 
 
 @dataclass(frozen=True)
@@ -97,8 +106,19 @@ def unneutralise(value: str) -> str:
 
 
 def csv_path(path: Path) -> str:
-    """How a file is named in the CSV: absolute, so that --resume matches whatever the working folder."""
-    return os.path.abspath(path)
+    """How a file is named in the CSV: absolute, so that --resume matches whatever the working folder.
+
+    Always valid UTF-8: name bytes that are not UTF-8 (surrogate escapes in Python) become `\\xNN`.
+    """
+    return _valid_utf8(os.path.abspath(path))
+
+
+def _valid_utf8(text: str) -> str:
+    """`text` with undecodable file-name bytes (surrogate escapes) spelled `\\xNN`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate from a Windows name
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
 
 
 def _path_key(path_text: str) -> str:
@@ -107,7 +127,9 @@ def _path_key(path_text: str) -> str:
 
 def _format_row(row: BatchRow) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(
+    # lineterminator "\r\n" makes the writer quote cells holding a carriage return (it quotes only the
+    # terminator's characters); the row itself still ends with "\n" like every other line
+    csv.writer(buffer, lineterminator="\r\n").writerow(
         [
             neutralise(csv_path(row.path)),
             "" if row.probability is None else f"{row.probability:.6f}",
@@ -115,7 +137,7 @@ def _format_row(row: BatchRow) -> str:
             format(row.threshold, ".6g"),
             row.model_sha256,
             row.image_sha256,
-            neutralise(" ".join(row.error.split())),  # one physical line per row
+            neutralise(" ".join(_valid_utf8(row.error).split())),  # one line; may quote a link target
             row.status,
             _number(row.ood_score),
             _number(row.ood_limit),
@@ -125,7 +147,7 @@ def _format_row(row: BatchRow) -> str:
             row.subtype,
         ]
     )
-    return buffer.getvalue()
+    return buffer.getvalue()[:-2] + "\n"
 
 
 def _number(value: float | None) -> str:
@@ -143,7 +165,26 @@ def _header() -> str:
 
 
 class ResultsFileError(PneumoError):
-    """The output exists but is not a results CSV this program can resume."""
+    """The output exists but is not a results CSV this program can resume (or may not be replaced)."""
+
+
+class OutputError(PneumoError):
+    """The results cannot be written (disk full, closed pipe, ...). The CSV holds whole rows only."""
+
+
+class OutputLockedError(PneumoError):
+    """Another run is writing the same results CSV."""
+
+
+def lock_path(output: Path) -> Path:
+    """The lock file of a results CSV: hidden, next to it (so folder scans skip it)."""
+    return output.with_name(f".{output.name}.lock")
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if isinstance(exc, BrokenPipeError):
+        return "the reading end of the pipe was closed"
+    return exc.strerror or str(exc)
 
 
 def repair_and_read(output: Path) -> set[str]:
@@ -224,36 +265,107 @@ def read_results(output: Path | str) -> list[BatchRow]:
 
 
 class _CsvAppender:
-    """One os.write() per row on an O_APPEND descriptor: a killed process cannot leave half a buffer."""
+    """One os.write() per row on an O_APPEND descriptor: a killed process cannot leave half a buffer.
 
-    def __init__(self, path: Path, fresh: bool) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
-        if fresh:
-            flags |= os.O_TRUNC
-        self._fd = os.open(path, flags, 0o644)
+    A write that fails part-way (disk full) is cut back off, so the file keeps whole rows only; pipes
+    and devices (`-`, /dev/stdout) are neither fsynced (EINVAL) nor truncated.
+    """
+
+    def __init__(self, path: Path | None, fresh: bool) -> None:
+        self._name = "standard output" if path is None else str(path)
+        try:
+            if path is None:
+                self._fd = os.dup(1)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
+                if fresh:
+                    flags |= os.O_TRUNC
+                self._fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot open {self._name} for writing: {_describe_os_error(exc)}") from None
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._unsynced = 0
-        if os.fstat(self._fd).st_size == 0:
+        if not self._regular or os.fstat(self._fd).st_size == 0:
             self._write(_header())
-            os.fsync(self._fd)
+            self._sync()
 
     def _write(self, text: str) -> None:
-        data = text.encode(*_ENCODING)
-        while data:  # os.write may write less than asked (signals, quotas): finish the row
-            written = os.write(self._fd, data)
-            data = data[written:]
+        data = text.encode("utf-8", "surrogateescape")  # cells are valid UTF-8 already (csv_path)
+        start = os.fstat(self._fd).st_size if self._regular else 0
+        try:
+            while data:  # os.write may write less than asked (signals, quotas): finish the row
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except OSError as exc:
+            if self._regular:
+                try:
+                    os.ftruncate(self._fd, start)  # no half row
+                except OSError:
+                    log.warning("%s: could not remove a partly written row", self._name)
+            raise OutputError(f"cannot write the results to {self._name}: {_describe_os_error(exc)}") from None
+
+    def _sync(self) -> None:
+        if not self._regular:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise OutputError(f"cannot write the results to {self._name}: {_describe_os_error(exc)}") from None
+        self._unsynced = 0
 
     def append(self, row: BatchRow) -> None:
         self._write(_format_row(row))
         self._unsynced += 1
         if self._unsynced >= FSYNC_EVERY:
-            os.fsync(self._fd)
-            self._unsynced = 0
+            self._sync()
 
     def close(self) -> None:
         try:
-            os.fsync(self._fd)
+            self._sync()
         finally:
             os.close(self._fd)
+
+
+class _OutputLock:
+    """Holds `lock_path(output)` for a run; a second run on the same CSV is refused at once."""
+
+    def __init__(self, output: Path) -> None:
+        self._path = lock_path(output)
+        self._lock = FileLock(self._path, timeout=0)
+        self._output = output
+
+    def __enter__(self) -> "_OutputLock":
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise OutputLockedError(
+                f"{self._output} is being written by another run (lock file {self._path}); "
+                "wait for that run to finish or choose another output file"
+            ) from None
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {self._path}: {_describe_os_error(exc)}") from None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._lock.release()
+
+
+def _check_resume_matches(output: Path, cut: float, model_sha256: str) -> None:
+    """--resume must not mix rows of two thresholds or two models in one CSV."""
+    rows = read_results(output)
+    threshold_text = format(cut, ".6g")
+    other_cuts = sorted({format(r.threshold, ".6g") for r in rows} - {threshold_text})
+    if other_cuts:
+        raise ResultsFileError(
+            f"{output} was written with threshold {', '.join(other_cuts)}, this run uses {threshold_text}; "
+            "resume with the same --threshold, or choose another output file (or --overwrite)"
+        )
+    other_models = sorted({r.model_sha256 for r in rows if r.model_sha256} - {model_sha256})
+    if other_models:
+        raise ResultsFileError(
+            f"{output} was written with another model (sha256 {', '.join(m[:12] + '...' for m in other_models)}), "
+            f"this run uses {model_sha256[:12]}...; resume with the same --model, or choose another output file"
+        )
 
 
 # --------------------------------------------------------------------------- decoding (worker threads)
@@ -281,7 +393,8 @@ def _load(path: Path, prepare: Callable[[np.ndarray], np.ndarray], keep_grey: bo
     except ImageLoadError as exc:
         item.error = exc.reason
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch of thousands
-        log.exception("unexpected error while reading %s", path)
+        log.warning("%s: unexpected error while reading the image: %s: %s", path, type(exc).__name__, exc)
+        log.debug("traceback", exc_info=True)
         item.error = f"unexpected error while reading the image: {type(exc).__name__}: {exc}"
     return item
 
@@ -314,6 +427,7 @@ def score_paths(
     batch_size: int | None = None,
     workers: int | None = None,
     refuse: bool = True,
+    overwrite: bool = True,
 ) -> BatchSummary:
     """Score every file under `inputs` into `output_csv` (see the module docstring for the guarantees).
 
@@ -321,19 +435,46 @@ def score_paths(
     `batch_size` defaults to the model's own, the size its runtime is allocated for.
     With `refuse` (default) images over the model's refusal limit get status `refused` and no
     probability (and no heat map); refuse=False scores them and marks them `overridden`.
+    `output_csv` "-" (STDOUT) writes to standard output. With `overwrite=False` an existing non-empty
+    CSV is refused (checked under the lock, so two fresh runs cannot both start on one file).
+    Raises OutputLockedError (another run holds the CSV), OutputError (cannot write), ResultsFileError.
     """
-    started = time.monotonic()
+    if str(output_csv) == STDOUT:
+        if resume:
+            raise ResultsFileError("--resume needs an output file, not standard output")
+        return _score_paths_locked(inputs, None, model, recursive, False, threshold, heatmaps_dir, progress,
+                                   cancel, batch_size, workers, refuse)
     output_csv = Path(output_csv)
+    with _OutputLock(output_csv):
+        if not resume and not overwrite and output_csv.exists() and output_csv.stat().st_size > 0:
+            raise ResultsFileError(
+                f"{output_csv} already exists: use --resume to continue it or --overwrite to replace it"
+            )
+        return _score_paths_locked(inputs, output_csv, model, recursive, resume, threshold, heatmaps_dir,
+                                   progress, cancel, batch_size, workers, refuse)
+
+
+def _score_paths_locked(
+    inputs, output_csv: Path | None, model, recursive, resume, threshold, heatmaps_dir, progress, cancel,
+    batch_size, workers, refuse,
+) -> BatchSummary:
+    started = time.monotonic()
     batch_size = batch_size or model.batch_size
     cut = model.card.threshold if threshold is None else float(threshold)
     if not 0.0 <= cut <= 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
     heatmaps = Path(heatmaps_dir) if heatmaps_dir is not None else None
     if heatmaps is not None:
-        heatmaps.mkdir(parents=True, exist_ok=True)
+        try:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the heat-map folder {heatmaps}: {_describe_os_error(exc)}") from None
 
     paths = _inputs_without_outputs(find_images(inputs, recursive), output_csv, heatmaps)
-    done_keys = repair_and_read(output_csv) if resume and output_csv.exists() else set()
+    done_keys: set[str] = set()
+    if resume and output_csv is not None and output_csv.exists():
+        done_keys = repair_and_read(output_csv)
+        _check_resume_matches(output_csv, cut, model.sha256)
     todo = [p for p in paths if _path_key(csv_path(p)) not in done_keys]
     resumed = len(paths) - len(todo)
     if resume:
@@ -385,7 +526,7 @@ def score_paths(
         writer.close()
 
     summary = BatchSummary(
-        output=output_csv,
+        output=output_csv if output_csv is not None else Path(STDOUT),
         total=len(paths),
         scored=scored,
         errors=errors,
@@ -398,14 +539,16 @@ def score_paths(
     return summary
 
 
-def _inputs_without_outputs(paths: list[Path], output_csv: Path, heatmaps: Path | None) -> list[Path]:
-    """The output CSV (and our own heat maps) must never be scored as inputs."""
-    output_key = os.path.normcase(os.path.realpath(output_csv))
+def _inputs_without_outputs(paths: list[Path], output_csv: Path | None, heatmaps: Path | None) -> list[Path]:
+    """The output CSV, its lock file (and our own heat maps) must never be scored as inputs."""
+    own = set()
+    if output_csv is not None:
+        own = {os.path.normcase(os.path.realpath(f)) for f in (output_csv, lock_path(output_csv))}
     heat_key = os.path.normcase(os.path.realpath(heatmaps)) if heatmaps is not None else None
     kept = []
     for p in paths:
         real = os.path.normcase(os.path.realpath(p))
-        if real == output_key:
+        if real in own:
             continue
         if heat_key is not None and os.path.dirname(real) == heat_key:
             continue
@@ -441,7 +584,10 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
                     lambda raw=raw, k=k, item=item: _write_heatmap(heatmaps, item, raw.cam(k, *item.grey.shape))
                 )
     for future in cams.values():
-        future.result()  # a heat map that cannot be written (disk full, ...) stops the run
+        try:
+            future.result()  # a heat map that cannot be written (disk full, ...) stops the run
+        except OSError as exc:
+            raise OutputError(f"cannot write a heat map into {heatmaps}: {_describe_os_error(exc)}") from None
     rows = []
     for i, item in enumerate(items):
         if i in predictions:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import stat
 import warnings
 from collections.abc import Iterable
@@ -28,10 +29,40 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 100_000_000  # decompression-bomb guard (width * height)
 MAX_FILE_BYTES = 1 << 30  # a file is read into memory once (hash + decode); refuse absurd sizes
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DICOM")
+# Geometry a chest X-ray can have. Smaller or more elongated images (icons, 1x1 pixels, strips) would
+# still be scored with confident-looking numbers after the resize, so they are refused up front.
+MIN_IMAGE_SIDE = 32  # pixels, the shorter side
+MAX_ASPECT_RATIO = 4.0  # longer side / shorter side
 
 # We compare width*height with our own limit before decoding, so Pillow's warning (at ~89 Mpx) is
 # noise. Pillow still raises DecompressionBombError above twice its limit; that is mapped below.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# pydicom (and Pillow) warn, pydicom also logs at WARNING, about every irregular element they repair or skip. For a file that
+# is read, that is noise; for one that is not, the file gets one specific error of ours instead. Global
+# filters because decoding runs on worker threads, where warnings.catch_warnings() is not safe.
+warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")  # e.g. "Corrupt EXIF data": same reasoning
+warnings.filterwarnings("ignore", module=re.escape(__name__) + "$")
+
+
+def _import_pydicom():
+    """pydicom, imported on first use (start-up time), with its per-element WARNING log lines off.
+
+    The level is set after the import because importing pydicom resets its logger to WARNING.
+    """
+    import pydicom
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    return pydicom
+
+# Python's repr of in-memory streams ("<_io.BytesIO object at 0x7f...>") leaks into some decoder
+# messages; it changes every run and means nothing to a person.
+_STREAM_REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+
+
+def clean_reason(text: str) -> str:
+    """A decoder message fit for a person: one line, no memory addresses."""
+    return " ".join(_STREAM_REPR.sub("", text).split())
 
 
 class ImageLoadError(PneumoError):
@@ -39,6 +70,7 @@ class ImageLoadError(PneumoError):
 
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path = Path(path)
+        reason = clean_reason(reason)
         super().__init__(f"{self.path}: {reason}", reason=reason)
 
 
@@ -60,6 +92,14 @@ class ImageTooLargeError(ImageLoadError):
 
 class DicomDecodeError(ImageLoadError):
     pass
+
+
+class UnsupportedEncodingError(ImageLoadError):
+    """A known image format in an encoding no installed decoder reads (not a damaged file)."""
+
+
+class ImplausibleGeometryError(ImageLoadError):
+    """Decoded fine, but no chest X-ray has this size or shape."""
 
 
 @dataclass(frozen=True)
@@ -161,30 +201,78 @@ def _looks_like_raw_dicom(data: bytes) -> bool:
 
 
 def read_image_file(path: Path | str) -> bytes:
-    """Read a whole file (size-checked) with errors a person understands."""
+    """Read a whole regular file (at most MAX_FILE_BYTES) with errors a person understands.
+
+    Only regular files are read: a FIFO would block forever and a device (/dev/zero) never ends. The
+    check is made on the opened descriptor (opened non-blocking, so a FIFO cannot hang the open), so a
+    file swapped for a FIFO after it was listed is refused too; the cap holds on the bytes actually read.
+    """
     path = Path(path)
     try:
         st = path.stat()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageLoadError(path, f"broken link: its target {os.readlink(path)} does not exist") from None
         raise ImageLoadError(path, "file not found") from None
     except PermissionError:
         raise ImageLoadError(path, "permission denied: the file cannot be read") from None
     except OSError as exc:
         raise ImageLoadError(path, f"the file cannot be read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageLoadError(path, "this is a folder, not a file")
-    if st.st_size > MAX_FILE_BYTES:
-        raise ImageTooLargeError(
-            path, f"file is too large ({st.st_size / 2**30:.1f} GiB; the limit is {MAX_FILE_BYTES / 2**30:.0f} GiB)"
-        )
+    _check_regular(path, st)
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        with open(path, "rb") as handle:
-            # read() sizes its buffer from fstat; read(n) would allocate n bytes up front
-            return handle.read()
+        fd = os.open(path, flags)
     except PermissionError:
         raise ImageLoadError(path, "permission denied: the file cannot be read") from None
     except OSError as exc:
         raise ImageLoadError(path, f"the file cannot be read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        _check_regular(path, st)
+        chunks: list[bytes] = []
+        total = 0
+        # size the reads from fstat (one read for an ordinary file), but never trust it for the cap
+        chunk_size = min(max(st.st_size, 1 << 16), MAX_FILE_BYTES) + 1
+        while True:
+            chunk = os.read(fd, min(chunk_size, MAX_FILE_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_FILE_BYTES:
+                raise ImageTooLargeError(path, _too_large_text(total, at_least=True))
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied: the file cannot be read") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"the file cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _check_regular(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode):
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageTooLargeError(path, _too_large_text(st.st_size))
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if path.is_symlink():
+            raise ImageLoadError(path, "link to a folder: links to folders are not followed (give the folder itself)")
+        raise ImageLoadError(path, "this is a folder, not a file")
+    if stat.S_ISFIFO(st.st_mode):
+        what = "a named pipe (FIFO)"
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        what = "a device"
+    elif stat.S_ISSOCK(st.st_mode):
+        what = "a socket"
+    else:
+        what = "a special file"
+    raise ImageLoadError(path, f"not a regular file: this is {what}; only regular files are read")
+
+
+def _too_large_text(size: int, at_least: bool = False) -> str:
+    more = "more than " if at_least else ""
+    return f"file is too large ({more}{size / 2**30:.1f} GiB; the limit is {MAX_FILE_BYTES / 2**30:.0f} GiB)"
 
 
 def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> LoadedImage:
@@ -200,9 +288,15 @@ def decode_image(data: bytes, path: Path | str, max_pixels: int = MAX_PIXELS) ->
         raise EmptyFileError(path, "file is empty")
     if len(data) > MAX_FILE_BYTES:
         raise ImageTooLargeError(path, f"file is too large (the limit is {MAX_FILE_BYTES / 2**30:.0f} GiB)")
+    return check_geometry(_decode_any(data, path, max_pixels))
+
+
+def _decode_any(data: bytes, path: Path, max_pixels: int) -> LoadedImage:
     fmt = sniff_format(data)
     if fmt == "DICOM":
         return _decode_dicom(data, path, max_pixels, force=False)
+    if fmt == "JPEG" and _jpeg_needs_gdcm(data):
+        return _decode_jpeg_gdcm(data, path, max_pixels)
     if fmt is not None:
         return _decode_pillow(data, path, fmt, max_pixels)
     if _looks_like_raw_dicom(data):
@@ -213,18 +307,37 @@ def decode_image(data: bytes, path: Path | str, max_pixels: int = MAX_PIXELS) ->
     raise UnsupportedFormatError(path, _describe_unknown(data))
 
 
-def find_images(inputs: Iterable[Path | str], recursive: bool = False) -> list[Path]:
-    """Files given are kept as they are; folders expand to their regular, non-hidden files (sorted).
+def check_geometry(image: LoadedImage) -> LoadedImage:
+    """Refuse sizes and shapes no chest X-ray has (see MIN_IMAGE_SIDE, MAX_ASPECT_RATIO)."""
+    short, long = sorted((image.width, image.height))
+    if short < MIN_IMAGE_SIDE:
+        raise ImplausibleGeometryError(
+            image.path,
+            f"implausible image size {image.width}x{image.height} px for a chest X-ray "
+            f"(each side must be at least {MIN_IMAGE_SIDE} px)",
+        )
+    if long > MAX_ASPECT_RATIO * short:
+        raise ImplausibleGeometryError(
+            image.path,
+            f"implausible image shape {image.width}x{image.height} px for a chest X-ray "
+            f"(aspect ratio {long / short:.1f}:1; the limit is {MAX_ASPECT_RATIO:g}:1)",
+        )
+    return image
 
-    Nothing is filtered by extension: a non-image becomes an error row, never a silent omission.
-    Hidden subfolders are skipped and symlinked folders are not followed (no loops). Duplicates
-    (the same file reached twice) are listed once.
+
+def find_images(inputs: Iterable[Path | str], recursive: bool = False) -> list[Path]:
+    """Files given are kept as they are; folders expand to their non-hidden entries (sorted).
+
+    Nothing is filtered by extension or type: a non-image, a broken link or a FIFO becomes an error
+    row, never a silent omission. Hidden entries and (without `recursive`) subfolders are skipped;
+    symlinked folders are not followed (no loops) but get a row in recursive mode. The same file
+    reached twice (also through a link) is listed once, under the first name found.
     """
     found: list[Path] = []
     seen: set[str] = set()
 
     def add(p: Path) -> None:
-        key = os.path.normcase(os.path.abspath(p))
+        key = _identity(p)
         if key not in seen:
             seen.add(key)
             found.append(p)
@@ -239,26 +352,44 @@ def find_images(inputs: Iterable[Path | str], recursive: bool = False) -> list[P
     return found
 
 
-def _walk(folder: Path, recursive: bool) -> list[Path]:
-    files: list[Path] = []
-    subdirs: list[Path] = []
+def _identity(p: Path) -> str:
+    """What makes two paths the same file: the resolved path when it exists (links), else the path."""
+    absolute = os.path.abspath(p)
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        log.warning("cannot list %s: %s", folder, exc)
-        return files
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
+        if os.path.exists(absolute):
+            absolute = os.path.realpath(absolute)
+    except (OSError, ValueError):
+        pass
+    return os.path.normcase(absolute)
+
+
+def _walk(top: Path, recursive: bool) -> list[Path]:
+    """Depth first, a folder's entries before its subfolders'; iterative, so no depth limit."""
+    files: list[Path] = []
+    stack = [top]
+    while stack:
+        folder = stack.pop()
         try:
-            if entry.is_file():  # follows file symlinks
-                files.append(Path(entry.path))
-            elif recursive and entry.is_dir(follow_symlinks=False):
-                subdirs.append(Path(entry.path))
-        except OSError:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc.strerror or exc)
             continue
-    for sub in subdirs:
-        files.extend(_walk(sub, recursive))
+        subdirs: list[Path] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        subdirs.append(Path(entry.path))
+                elif entry.is_symlink() and entry.is_dir():
+                    if recursive:
+                        files.append(Path(entry.path))  # not followed (loops); its row says so
+                else:
+                    files.append(Path(entry.path))  # files, links to files, broken links, FIFOs...
+            except OSError:
+                files.append(Path(entry.path))  # cannot even be classified: the reader reports why
+        stack.extend(reversed(subdirs))
     return files
 
 
@@ -290,6 +421,8 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
         try:
             im.load()
             grey, bit_depth = _pillow_to_grey(im)
+            if fmt == "TIFF" and bit_depth > 8 and _tiff_white_is_zero(im):
+                grey = 255 - grey  # Pillow inverts WhiteIsZero only for 1- and 8-bit data
         except Image.DecompressionBombError:
             raise ImageTooLargeError(path, "image is too large to decode safely") from None
         except MemoryError:
@@ -303,6 +436,17 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
             raise CorruptImageError(path, f"damaged {fmt} file: {msg or type(exc).__name__}") from None
     grey = _apply_orientation(grey, orientation)
     return _result(path, grey, fmt, bit_depth)
+
+
+_TIFF_PHOTOMETRIC = 262
+_WHITE_IS_ZERO = 0
+
+
+def _tiff_white_is_zero(im: Image.Image) -> bool:
+    try:
+        return int(im.tag_v2.get(_TIFF_PHOTOMETRIC, -1)) == _WHITE_IS_ZERO
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def _pillow_to_grey(im: Image.Image) -> tuple[np.ndarray, int]:
@@ -376,11 +520,121 @@ def _result(path: Path, grey: np.ndarray, fmt: str, bit_depth: int) -> LoadedIma
     return LoadedImage(path=path, grey=grey, format=fmt, bit_depth=bit_depth, width=grey.shape[1], height=grey.shape[0])
 
 
+# --------------------------------------------------------------------------- JPEG beyond 8-bit baseline
+
+# SOF markers: the frame header says the process (baseline, extended, progressive, lossless) and the
+# sample precision. Pillow (libjpeg-turbo) reads 8-bit lossy JPEG only; 12-bit and lossless JPEG (film
+# digitisers, CR readers) go to GDCM.
+_SOF_LOSSLESS = {0xC3, 0xC7, 0xCB, 0xCF}
+_SOF_ALL = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_EXTENDED_12BIT = "1.2.840.10008.1.2.4.51"
+_JPEG_LOSSLESS_SYNTAX = ("1.2.840.10008.1.2.4.57", "JPEG Lossless")
+_JPEG_EXTENDED_SYNTAX = (_JPEG_EXTENDED_12BIT, "JPEG Extended (12-bit)")
+
+
+@dataclass(frozen=True)
+class _JpegFrame:
+    marker: int
+    precision: int
+    height: int
+    width: int
+    components: int
+
+
+def _jpeg_frame_header(data: bytes) -> _JpegFrame | None:
+    """The first SOF header of a JPEG stream, or None if there is none before the data is cut."""
+    pos = 2
+    end = len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF_ALL:
+            if pos + 10 > end:
+                return None
+            p = data[pos + 4]
+            h = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            w = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            return _JpegFrame(marker, p, h, w, data[pos + 9])
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not a valid JPEG
+            return None
+        pos += 2 + length
+    return None
+
+
+def _jpeg_needs_gdcm(data: bytes) -> bool:
+    frame = _jpeg_frame_header(data)
+    return frame is not None and (frame.precision > 8 or frame.marker in _SOF_LOSSLESS)
+
+
+def _decode_jpeg_gdcm(data: bytes, path: Path, max_pixels: int) -> LoadedImage:
+    frame = _jpeg_frame_header(data)
+    assert frame is not None
+    lossless = frame.marker in _SOF_LOSSLESS
+    uid, name = _JPEG_LOSSLESS_SYNTAX if lossless else _JPEG_EXTENDED_SYNTAX
+    kind = f"{frame.precision}-bit {'lossless ' if lossless else ''}JPEG"
+    if frame.components != 1:
+        raise UnsupportedEncodingError(path, f"unsupported encoding: {kind} with {frame.components} colour components")
+    if frame.width <= 0 or frame.height <= 0:
+        raise CorruptImageError(path, f"damaged JPEG file: the image has no pixels ({frame.width}x{frame.height})")
+    if frame.width * frame.height > max_pixels:
+        raise ImageTooLargeError(
+            path, f"image is too large: {frame.width}x{frame.height} pixels (the limit is {max_pixels:,} pixels)"
+        )
+    arr = _gdcm_decode_jpeg(data, path, uid, kind, frame.height, frame.width, frame.precision)
+    grey = arr if arr.dtype == np.uint8 else scale_to_uint8(arr)
+    return _result(path, grey, "JPEG", frame.precision)
+
+
+def _gdcm_decode_jpeg(data: bytes, path: Path, uid: str, what: str, rows: int, cols: int, bits: int) -> np.ndarray:
+    """One greyscale JPEG stream (12-bit extended or lossless) decoded by GDCM."""
+    try:
+        import gdcm
+    except ImportError:
+        raise UnsupportedEncodingError(
+            path, f"unsupported encoding {what}: no decoder for it is installed (python-gdcm)"
+        ) from None
+    # GDCM prints its warnings and errors on stderr (from C++); the caller reports failures per file
+    gdcm.Trace.SetWarning(False)
+    gdcm.Trace.SetError(False)
+    gdcm.Trace.SetDebug(False)
+    fragment = gdcm.Fragment()
+    fragment.SetByteStringValue(data)
+    fragments = gdcm.SequenceOfFragments.New()
+    fragments.AddFragment(fragment)
+    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+    element.SetValue(fragments.__ref__())
+    image = gdcm.Image()
+    image.SetNumberOfDimensions(2)
+    image.SetDimensions((cols, rows, 1))
+    image.SetDataElement(element)
+    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.MONOCHROME2))
+    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(uid)))
+    allocated = 8 if bits <= 8 else 16
+    image.SetPixelFormat(gdcm.PixelFormat(1, allocated, bits, bits - 1, 0))
+    buffer = image.GetBuffer()
+    raw = buffer.encode("utf-8", "surrogateescape") if isinstance(buffer, str) else bytes(buffer or b"")
+    dtype = np.uint8 if allocated == 8 else np.dtype("<u2")
+    if len(raw) < rows * cols * np.dtype(dtype).itemsize:
+        raise CorruptImageError(path, f"damaged or truncated {what} data: it cannot be decoded")
+    arr = np.frombuffer(raw, dtype, count=rows * cols).reshape(rows, cols)
+    if allocated == 16 and bits < 16:
+        arr = arr & np.uint16((1 << bits) - 1)
+    return arr
+
+
 # --------------------------------------------------------------------------- DICOM
 
 
 def _decode_dicom(data: bytes, path: Path, max_pixels: int, force: bool) -> LoadedImage:
-    import pydicom
+    pydicom = _import_pydicom()
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -389,11 +643,19 @@ def _decode_dicom(data: bytes, path: Path, max_pixels: int, force: bool) -> Load
         raise DicomDecodeError(path, f"damaged DICOM file: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on truncated files
         raise DicomDecodeError(path, f"damaged or truncated DICOM file: {exc or type(exc).__name__}") from None
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        # pydicom drops an element cut by the end of the file: tell truncation apart from a report
+        if _PIXEL_DATA_TAG_BYTES in data[132:]:
+            raise DicomDecodeError(path, "truncated DICOM file: it ends before its pixel data is complete")
     return _dicom_to_image(ds, path, max_pixels)
 
 
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_DATA_TAG_BYTES = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+
+
 def _try_parse_raw_dicom(data: bytes):  # -> Dataset | None
-    import pydicom
+    pydicom = _import_pydicom()
 
     try:
         with warnings.catch_warnings():
@@ -417,7 +679,7 @@ def _dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
     from pydicom.pixels.decoders.base import get_decoder
 
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not any(tag in ds for tag in _PIXEL_TAGS):
         raise DicomDecodeError(path, "DICOM has no pixel data (it may be a report or another non-image object)")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -432,25 +694,37 @@ def _dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
         raise ImageTooLargeError(path, f"image is too large: {cols}x{rows} pixels (the limit is {max_pixels:,} pixels)")
 
     tsyntax = _transfer_syntax(ds)
-    if tsyntax is not None and tsyntax.is_compressed:
+    own_gdcm = tsyntax == _JPEG_EXTENDED_12BIT and bits_stored > 8 and photometric in _MONOCHROME
+    if tsyntax is not None and tsyntax.is_compressed and not own_gdcm:
         try:
             decoder = get_decoder(tsyntax)
         except NotImplementedError:
             decoder = None
         if decoder is None or not decoder.is_available:
-            raise DicomDecodeError(
+            raise UnsupportedEncodingError(
                 path,
-                f"the DICOM image is compressed ({tsyntax.name}) and no decoder for it is installed; "
-                "install pylibjpeg (with its plugins) or python-gdcm, or convert the file to uncompressed DICOM",
+                f"unsupported encoding {tsyntax.name} ({tsyntax}): no decoder for it is installed; "
+                "convert the file to uncompressed DICOM",
             )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        if own_gdcm:
+            # pydicom does not hand 12-bit JPEG Extended to GDCM (it refuses the combination); GDCM
+            # decodes it correctly when asked directly, so the first frame is decoded here.
+            from pydicom.encaps import get_frame
+
+            frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+            arr = _gdcm_decode_jpeg(frame, path, str(tsyntax), tsyntax.name, rows, cols, bits_stored)
+        else:
             arr = pixel_array(ds, index=0 if frames > 1 else None)
+    except ImageLoadError:
+        raise
     except MemoryError:
         raise ImageTooLargeError(path, "not enough memory to decode this DICOM image") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many types
-        raise DicomDecodeError(path, f"DICOM pixel data cannot be decoded: {exc or type(exc).__name__}") from None
+        reason = str(exc) or type(exc).__name__
+        if tsyntax is not None and tsyntax.is_compressed and _truncated_fragments(ds, frames):
+            reason = "the compressed pixel data ends early (the file is truncated)"
+        raise DicomDecodeError(path, f"DICOM pixel data cannot be decoded ({tsyntax.name}): {reason}") from None
     if frames > 1:
         log.info("%s: multi-frame DICOM (%d frames); using the first frame", path, frames)
 
@@ -470,6 +744,18 @@ def _dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
     return _result(path, grey, "DICOM", bits_stored)
 
 
+def _truncated_fragments(ds, frames: int) -> bool:
+    """Whether encapsulated pixel data is cut short (its items cannot all be read)."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        for _frame in generate_frames(ds.PixelData, number_of_frames=frames):
+            pass
+    except Exception:  # noqa: BLE001 - any failure to walk the items means they are cut
+        return True
+    return False
+
+
 def _transfer_syntax(ds):  # -> UID
     """The transfer syntax; for a bare dataset (no file meta) the encoding pydicom detected."""
     from pydicom.dataset import FileMetaDataset
@@ -486,7 +772,24 @@ def _transfer_syntax(ds):  # -> UID
     return uid
 
 
+def _padding_mask(arr: np.ndarray, ds) -> np.ndarray | None:
+    """Stored values that are Pixel Padding (PS3.3 C.7.5.1.1.2): background, not image."""
+    try:
+        value = ds.get("PixelPaddingValue")
+        if value is None:
+            return None
+        value = int(value)
+        limit = ds.get("PixelPaddingRangeLimit")
+        limit = value if limit is None else int(limit)
+    except (TypeError, ValueError):
+        return None
+    lo, hi = min(value, limit), max(value, limit)
+    mask = (arr == lo) if lo == hi else ((arr >= lo) & (arr <= hi))
+    return mask if mask.any() and not mask.all() else None
+
+
 def _dicom_monochrome_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_voi) -> np.ndarray:
+    padding = _padding_mask(arr, ds)
     # 1) modality LUT: stored values -> modality units (e.g. rescale slope/intercept)
     if "ModalityLUTSequence" in ds:
         values = np.asarray(apply_modality_lut(arr, ds))
@@ -497,6 +800,13 @@ def _dicom_monochrome_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_vo
             values = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
         else:
             values = arr
+    if padding is not None:
+        # Padding must not set the range (a padded background would squeeze the image into a few grey
+        # levels): it takes the image value that is shown darkest (lowest, or highest for MONOCHROME1).
+        image_values = values[~padding]
+        monochrome1 = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+        fill = image_values.max() if monochrome1 else image_values.min()
+        values = np.where(padding, fill, values).astype(values.dtype, copy=False)
     # 2) VOI: a VOI LUT if present, else the first window, else the real data range
     if ds.get("VOILUTSequence"):
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,11 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        """Parse and validate a card; anything malformed is a ModelIntegrityError with a one-line reason."""
+        if not isinstance(data, dict):
+            raise ModelIntegrityError(f"model card is malformed: expected a JSON object, got {type(data).__name__}")
         try:
-            return cls(
+            card = cls(
                 name=str(data["name"]),
                 version=str(data["version"]),
                 backbone=str(data["backbone"]),
@@ -136,15 +140,53 @@ class ModelCard:
                 threshold=float(data["threshold"]["value"]),
                 threshold_rule=str(data["threshold"]["rule"]),
                 gradcam_layer=str(data["gradcam"]["layer"]),
-                temperature=float(data.get("calibration", {}).get("temperature", 1.0)),
-                artifacts={str(k): str(v["sha256"]) for k, v in data["artifacts"].items()},
+                temperature=float((data.get("calibration") or {}).get("temperature", 1.0)),
+                artifacts=_artifacts(data["artifacts"]),
                 intended_use=str(data["intended_use"]),
                 raw=data,
                 subtype=SubtypeSpec.from_dict(data["subtype"]) if data.get("subtype") is not None else None,
                 refusal=RefusalSpec.from_dict(data["refusal"]) if data.get("refusal") is not None else None,
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ModelIntegrityError(f"model card is malformed: missing or invalid field {exc}") from exc
+        except ModelIntegrityError:
+            raise
+        except KeyError as exc:
+            raise ModelIntegrityError(f"model card is malformed: missing field {exc}") from None
+        except (TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+            raise ModelIntegrityError(f"model card is malformed: invalid field ({exc})") from None
+        card._validate()
+        return card
+
+    def _validate(self) -> None:
+        def bad(what: str) -> ModelIntegrityError:
+            return ModelIntegrityError(f"model card is malformed: {what}")
+
+        if not math.isfinite(self.threshold) or not 0.0 <= self.threshold <= 1.0:
+            raise bad(f"threshold must be a number between 0 and 1, got {self.threshold}")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise bad(f"calibration temperature must be a positive number, got {self.temperature}")
+        if not 8 <= self.input_size <= 4096:
+            raise bad(f"input_size must be between 8 and 4096 pixels, got {self.input_size}")
+        if self.class_names[0] == self.class_names[1] or not all(self.class_names):
+            raise bad(f"class_names must be two different names, got {list(self.class_names)}")
+        if TFLITE_FILENAME not in self.artifacts:
+            raise bad(f"artifacts must list {TFLITE_FILENAME} with its sha256")
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _artifacts(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ModelIntegrityError(
+            f"model card is malformed: artifacts must map file names to their sha256, got {type(value).__name__}"
+        )
+    artifacts = {}
+    for name, entry in value.items():
+        sha = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(sha, str) or not _SHA256_HEX.fullmatch(sha.lower()):
+            raise ModelIntegrityError(f"model card is malformed: artifact {name!r} has no valid sha256")
+        artifacts[str(name)] = sha.lower()
+    return artifacts
 
 
 def load_model_card(model_dir: Path) -> ModelCard:
@@ -152,10 +194,17 @@ def load_model_card(model_dir: Path) -> ModelCard:
     if not card_path.is_file():
         raise ModelIntegrityError(f"no {CARD_FILENAME} in {model_dir}: not a Pneumo Desktop model folder")
     try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelIntegrityError(f"cannot read {card_path}: {exc}") from exc
+        # NaN/Infinity are not JSON; Python would accept them and a NaN threshold labels nothing
+        data = json.loads(card_path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except OSError as exc:
+        raise ModelIntegrityError(f"cannot read {card_path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelIntegrityError(f"model card {card_path} is malformed: {exc}") from None
     return ModelCard.from_dict(data)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def verify_artifacts(model_dir: Path, card: ModelCard, names: tuple[str, ...] | None = None) -> None:

@@ -135,7 +135,7 @@ def test_plausible_geometry_is_kept(tmp_path: Path) -> None:
         assert load_image(path).grey.shape == (height, width)
 
 
-def test_implausible_geometry_is_an_error_row_not_a_score(tmp_path: Path) -> None:
+def test_implausible_geometry_is_an_error_row_not_a_score(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     write_png(folder / "dot.png", np.zeros((1, 1), np.uint8))
@@ -339,7 +339,7 @@ def test_the_read_cap_holds_on_bytes_read(tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
-def test_broken_links_get_a_row_and_linked_files_one_row(tmp_path: Path) -> None:
+def test_broken_links_get_a_row_and_linked_files_one_row(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     write_png(folder / "a.png", sample_grey(0, max_side=96))
@@ -384,7 +384,7 @@ def _remove_tree_iteratively(top: Path) -> None:
 
 
 @pytest.mark.skipif(not POSIX, reason="POSIX file names")
-def test_carriage_returns_in_names_are_quoted_and_resume_does_not_duplicate(tmp_path: Path) -> None:
+def test_carriage_returns_in_names_are_quoted_and_resume_does_not_duplicate(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     names = ["cr\rname.png", "lf\nname.png", "plain.png"]
@@ -402,7 +402,7 @@ def test_carriage_returns_in_names_are_quoted_and_resume_does_not_duplicate(tmp_
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="byte file names")
-def test_non_utf8_names_keep_the_csv_valid_utf8_and_resume_works(tmp_path: Path) -> None:
+def test_non_utf8_names_keep_the_csv_valid_utf8_and_resume_works(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     raw_name = b"r\xe9sum\xe9.png"  # Latin-1, as an old export tool writes it
@@ -420,7 +420,7 @@ def test_non_utf8_names_keep_the_csv_valid_utf8_and_resume_works(tmp_path: Path)
     assert (summary.resumed, summary.scored) == (2, 0)
 
 
-def test_resume_refuses_another_threshold_or_model(tmp_path: Path) -> None:
+def test_resume_refuses_another_threshold_or_model(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(3):
@@ -444,7 +444,7 @@ def test_resume_refuses_another_threshold_or_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["fresh", "resume"])
-def test_a_second_run_on_the_same_csv_is_refused(tmp_path: Path, mode: str) -> None:
+def test_a_second_run_on_the_same_csv_is_refused(fake_model, tmp_path: Path, mode: str) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(6):
@@ -470,7 +470,7 @@ def test_a_second_run_on_the_same_csv_is_refused(tmp_path: Path, mode: str) -> N
     assert sorted(Path(r["path"]).name for r in rows) == [f"{i}.png" for i in range(6)], "no row twice, none lost"
 
 
-def test_cli_second_run_exits_5_and_a_finished_csv_is_not_replaced(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cli_second_run_exits_5_and_a_finished_csv_is_not_replaced(fake_model, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     from filelock import FileLock
 
     image = write_png(tmp_path / "x.png", sample_grey(0, max_side=96))
@@ -511,7 +511,7 @@ def _failing_write(after_rows: int, error: int):
     return write
 
 
-def test_full_disk_leaves_whole_rows_only(tmp_path: Path, monkeypatch) -> None:
+def test_full_disk_leaves_whole_rows_only(fake_model, tmp_path: Path, monkeypatch) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(7):

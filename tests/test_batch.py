@@ -216,7 +216,7 @@ def test_error_cells_are_neutralised_in_the_file() -> None:
     row = batch.BatchRow(Path("/x.png"), None, "", 0.5, FAKE_SHA, "", "=cmd|' /C calc'!A0")
     line = batch._format_row(row)
     cells = next(csv.reader([line]))
-    assert cells[-1] == "'=cmd|' /C calc'!A0"
+    assert cells[CSV_COLUMNS.index("error")] == "'=cmd|' /C calc'!A0"
 
 
 # ------------------------------------------------------------------ cancel and resume

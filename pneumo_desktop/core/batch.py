@@ -11,6 +11,7 @@ Guarantees:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
@@ -30,7 +31,7 @@ from pneumo_desktop.core.overlay import render_overlay, write_png_atomic
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("path", "probability", "prediction", "threshold", "model_sha256", "image_sha256", "error")
+CSV_COLUMNS = ("path", "probability", "prediction", "threshold", "model_sha256", "image_sha256", "error", "threshold_source")
 FSYNC_EVERY = 16  # rows between fsyncs: bounds what a power cut can lose without an fsync per image
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _ENCODING = ("utf-8", "surrogateescape")  # file names that are not valid UTF-8 still round-trip
@@ -45,6 +46,7 @@ class BatchRow:
     model_sha256: str
     image_sha256: str
     error: str
+    threshold_source: str = ""  # site_profiles.ThresholdChoice.source: card, command-line, profile:<name>
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def _format_row(row: BatchRow) -> str:
             row.model_sha256,
             row.image_sha256,
             neutralise(" ".join(row.error.split())),  # one physical line per row
+            neutralise(row.threshold_source),  # a profile name is user text
         ]
     )
     return buffer.getvalue()
@@ -168,7 +171,7 @@ def read_results(output: Path | str) -> list[BatchRow]:
         for cells in reader:
             if len(cells) != len(CSV_COLUMNS):
                 continue
-            path, probability, prediction, threshold, model_sha, image_sha, error = cells
+            path, probability, prediction, threshold, model_sha, image_sha, error, threshold_source = cells
             try:
                 rows.append(
                     BatchRow(
@@ -179,6 +182,7 @@ def read_results(output: Path | str) -> list[BatchRow]:
                         model_sha256=model_sha,
                         image_sha256=image_sha,
                         error=unneutralise(error),
+                        threshold_source=unneutralise(threshold_source),
                     )
                 )
             except ValueError:
@@ -271,6 +275,7 @@ def score_paths(
     recursive: bool = False,
     resume: bool = False,
     threshold: float | None = None,
+    threshold_source: str | None = None,
     heatmaps_dir: Path | str | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
     cancel: threading.Event | None = None,
@@ -281,11 +286,16 @@ def score_paths(
 
     `model` is a PneumoniaModel (uses prepare(), run(), prediction(), sha256 and batch_size).
     `batch_size` defaults to the model's own, the size its runtime is allocated for.
+    Without `threshold`, the model's operating point (card or site profile) is used and named in each row;
+    a `threshold` given is named by `threshold_source` (default "explicit").
     """
     started = time.monotonic()
     output_csv = Path(output_csv)
     batch_size = batch_size or model.batch_size
-    cut = model.card.threshold if threshold is None else float(threshold)
+    if threshold is None:
+        cut, source = model.operating_point.value, model.operating_point.source
+    else:
+        cut, source = float(threshold), threshold_source or "explicit"
     if not 0.0 <= cut <= 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
     heatmaps = Path(heatmaps_dir) if heatmaps_dir is not None else None
@@ -325,7 +335,7 @@ def score_paths(
                 break
             items = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             refill()  # keep the decoders busy while this batch is inferred
-            rows = _score_items(items, model, cut, heatmaps, executor)
+            rows = [dataclasses.replace(r, threshold_source=source) for r in _score_items(items, model, cut, heatmaps, executor)]
             for row in rows:
                 writer.append(row)
                 done += 1

@@ -22,6 +22,7 @@ from pneumo_desktop.core.imaging import LoadedImage
 from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError
 from pneumo_desktop.core.preprocess import prepare_input
 from pneumo_desktop.core.resources import bundled_model_dir
+from pneumo_desktop.core.site_profiles import SOURCE_CARD, ThresholdChoice
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Prediction:
     model_name: str
     model_version: str
     model_sha256: str  # sha256 of model.tflite
+    threshold_source: str = SOURCE_CARD  # "card", "command-line", "profile:<name>" or "explicit" (a caller's value)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,8 @@ class PneumoniaModel:
         self.batch_size = max(1, int(batch_size))
         self._engine = engine
         self._lock = threading.Lock()
+        # The threshold used when a caller passes none: the card's, or a site profile's (use_operating_point).
+        self.operating_point = ThresholdChoice(card.threshold, SOURCE_CARD)
 
     @classmethod
     def load(cls, model_dir: Path | None = None, num_threads: int | None = None,
@@ -170,6 +174,11 @@ class PneumoniaModel:
     @property
     def input_size(self) -> int:
         return self.card.input_size
+
+    def use_operating_point(self, choice: ThresholdChoice) -> None:
+        """Make `choice` (from site_profiles.resolve_threshold) the default threshold of every prediction."""
+        self._threshold(choice.value)  # validates
+        self.operating_point = choice
 
     def describe(self) -> str:
         return f"{self.card.name} {self.card.version}"
@@ -207,21 +216,22 @@ class PneumoniaModel:
             model_name=self.card.name,
             model_version=self.card.version,
             model_sha256=self.sha256,
+            threshold_source=self.operating_point.source if threshold is None else "explicit",
         )
 
     # ---------------------------------------------------------------- public API
 
     def predict(self, images: Sequence[LoadedImage], threshold: float | None = None) -> list[Prediction]:
-        cut = self._threshold(threshold)
-        return [self.prediction(img.path, raw.probability[i], cut) for img, raw, i in self._run_in_batches(images)]
+        self._threshold(threshold)  # a bad threshold fails before any inference
+        return [self.prediction(img.path, raw.probability[i], threshold) for img, raw, i in self._run_in_batches(images)]
 
     def explain(self, image: LoadedImage, threshold: float | None = None) -> Explanation:
         return self.explain_many([image], threshold)[0]
 
     def explain_many(self, images: Sequence[LoadedImage], threshold: float | None = None) -> list[Explanation]:
-        cut = self._threshold(threshold)
+        self._threshold(threshold)
         return [
-            Explanation(prediction=self.prediction(img.path, raw.probability[i], cut), cam=raw.cam(i, img.height, img.width))
+            Explanation(prediction=self.prediction(img.path, raw.probability[i], threshold), cam=raw.cam(i, img.height, img.width))
             for img, raw, i in self._run_in_batches(images)
         ]
 
@@ -234,7 +244,7 @@ class PneumoniaModel:
                 yield img, raw, i
 
     def _threshold(self, threshold: float | None) -> float:
-        cut = self.card.threshold if threshold is None else float(threshold)
+        cut = self.operating_point.value if threshold is None else float(threshold)
         if not (0.0 <= cut <= 1.0) or math.isnan(cut):
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
         return cut

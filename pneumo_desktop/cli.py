@@ -79,7 +79,8 @@ def _score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recursive", action="store_true", help="also score images in sub-folders")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run: skip rows already in the CSV")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV (default: refuse)")
-    parser.add_argument("--threshold", type=_threshold, metavar="T", help="decision threshold (default: the model card's)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T", help=THRESHOLD_HELP)
+    parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
     parser.add_argument("--heatmaps", type=Path, metavar="DIR", help="also write a Grad-CAM overlay PNG per image")
     parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
@@ -96,9 +97,14 @@ def _predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heatmap", type=Path, metavar="OUT.png", help="write the Grad-CAM overlay as PNG")
     parser.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet", help="heat-map colours")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--threshold", type=_threshold, metavar="T", help="decision threshold (default: the model card's)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T", help=THRESHOLD_HELP)
+    parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
     parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
     return parser
+
+
+THRESHOLD_HELP = "decision threshold; overrides any site profile (default: the active site profile's, else the model card's)"
+PROFILE_HELP = "use this site profile's threshold (see 'pneumo-desktop profiles'; default: the active one)"
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
@@ -115,9 +121,11 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 def main(argv: Sequence[str] | None = None) -> int:
     multiprocessing.freeze_support()  # a frozen (PyInstaller) child process must not re-run the app
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("score", "predict"):
+    from pneumo_desktop.site_cli import SITE_COMMANDS  # evaluate, calibrate, profiles
+
+    if args and args[0] in ("score", "predict", *SITE_COMMANDS):
         _configure_logging()
-        command = _score if args[0] == "score" else _predict
+        command = {"score": _score, "predict": _predict, **SITE_COMMANDS}[args[0]]
         try:
             return command(args[1:])
         except UsageError as exc:
@@ -233,17 +241,20 @@ def _predict(argv: Sequence[str]) -> int:
     model = _load_model(parsed.model)
     if model is None:
         return EXIT_MODEL
+    from pneumo_desktop.site_cli import use_threshold
+
+    use_threshold(model, parsed.threshold, parsed.profile)
     try:
         image = load_image(parsed.file)
     except ImageLoadError as exc:
         print(f"{PROG}: cannot read {parsed.file}: {exc.reason}", file=sys.stderr)
         return EXIT_FAILED
     if parsed.heatmap is not None:
-        explanation = model.explain(image, parsed.threshold)
+        explanation = model.explain(image)
         pred = explanation.prediction
         write_png_atomic(parsed.heatmap, render_overlay(image.grey, explanation.cam, parsed.colormap))
     else:
-        pred = model.predict([image], parsed.threshold)[0]
+        pred = model.predict([image])[0]
     if parsed.json:
         print(
             json.dumps(
@@ -252,6 +263,7 @@ def _predict(argv: Sequence[str]) -> int:
                     "probability": pred.probability,
                     "prediction": pred.label,
                     "threshold": pred.threshold,
+                    "threshold_source": pred.threshold_source,
                     "model": {"name": pred.model_name, "version": pred.model_version, "sha256": pred.model_sha256},
                     "image": {"format": image.format, "width": image.width, "height": image.height, "bit_depth": image.bit_depth},
                     "heatmap": str(parsed.heatmap) if parsed.heatmap is not None else None,
@@ -261,7 +273,8 @@ def _predict(argv: Sequence[str]) -> int:
             )
         )
     else:
-        print(f"{pred.label}  probability of pneumonia {pred.probability:.4f} (threshold {pred.threshold:.4f})")
+        print(f"{pred.label}  probability of pneumonia {pred.probability:.4f} "
+              f"(threshold {pred.threshold:.4f} from the {model.operating_point.describe()})")
         print(f"file: {parsed.file} ({image.format}, {image.width}x{image.height}, {image.bit_depth}-bit)")
         print(f"model: {pred.model_name} {pred.model_version} (sha256 {pred.model_sha256[:12]}...)")
         if parsed.heatmap is not None:
@@ -306,6 +319,10 @@ def _score(argv: Sequence[str]) -> int:
     model = _load_model(parsed.model, parsed.batch_size)
     if model is None:
         return EXIT_MODEL
+    from pneumo_desktop.site_cli import use_threshold
+
+    choice = use_threshold(model, parsed.threshold, parsed.profile)
+    print(f"threshold {choice.value:.4f} from the {choice.describe()}", file=sys.stderr)
 
     bar = _ProgressBar(sys.stderr, enabled=not parsed.quiet)
     cancel = threading.Event()
@@ -317,7 +334,6 @@ def _score(argv: Sequence[str]) -> int:
                 model=model,
                 recursive=parsed.recursive,
                 resume=parsed.resume,
-                threshold=parsed.threshold,
                 heatmaps_dir=parsed.heatmaps,
                 progress=bar.update,
                 cancel=cancel,

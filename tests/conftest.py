@@ -28,6 +28,12 @@ def sample_paths() -> list[Path]:
     return paths
 
 
+@pytest.fixture(autouse=True)
+def _private_config_dir(tmp_path_factory, monkeypatch):
+    """Site profiles live in the user's config folder: tests get their own, never the real one."""
+    monkeypatch.setenv("PNEUMO_DESKTOP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A real exported model folder (tiny random backbone, input 64) built by the trainer's exporter."""

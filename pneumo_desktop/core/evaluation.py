@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import json
 import logging
@@ -27,7 +28,7 @@ from pneumo_desktop.core import metrics as mx
 from pneumo_desktop.core import plots
 from pneumo_desktop.core.batch import BatchProgress, BatchSummary, csv_path, score_paths, unneutralise
 from pneumo_desktop.core.imaging import find_images
-from pneumo_desktop.core.site_profiles import SiteProfile, ThresholdChoice
+from pneumo_desktop.core.site_profiles import APP_DIR_NAME, CONFIG_ENV, SiteProfile, ThresholdChoice, config_dir
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,19 @@ def check_scores_model(scores_csv: Path, model_sha256: str) -> None:
                     f"{scores_csv} holds scores of another model (sha256 {sha[:12]}...): "
                     "use another report folder or start afresh"
                 )
+
+
+def work_dir_for(source: Path) -> Path:
+    """Where the GUI keeps a labelled folder's resumable scores: the user's cache, one folder per data path."""
+    source = Path(source).resolve()
+    digest = hashlib.sha256(os.fsencode(source)).hexdigest()[:10]
+    if os.environ.get(CONFIG_ENV):
+        base = config_dir() / "cache"
+    else:
+        import platformdirs
+
+        base = Path(platformdirs.user_cache_dir(APP_DIR_NAME, appauthor=False))
+    return base / "evaluations" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', source.name)[:40]}-{digest}"
 
 
 def score_and_evaluate(

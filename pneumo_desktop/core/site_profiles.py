@@ -47,9 +47,14 @@ class ThresholdChoice:
 
     def describe(self) -> str:
         """For people: 'site profile "Ward A"', 'model card', 'command line'."""
-        if self.profile_name is not None:
-            return f'site profile "{self.profile_name}"'
-        return {SOURCE_CARD: "model card", SOURCE_COMMAND_LINE: "command line"}.get(self.source, self.source)
+        return describe_source(self.source)
+
+
+def describe_source(source: str) -> str:
+    """A threshold source (CSV column, Prediction.threshold_source) in words."""
+    if source.startswith(SOURCE_PROFILE_PREFIX):
+        return f'site profile "{source[len(SOURCE_PROFILE_PREFIX):]}"'
+    return {SOURCE_CARD: "model card", SOURCE_COMMAND_LINE: "command line", "explicit": "value given"}.get(source, source)
 
 
 @dataclass(frozen=True)

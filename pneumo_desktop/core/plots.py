@@ -56,6 +56,7 @@ class Chart:
         ImageDraw.Draw(rotated).text(((self.bottom - self.top) / 2, 10), ylabel, fill=TEXT, font=self.font, anchor="mm")
         self.image.paste(rotated.rotate(90, expand=True), (4, self.top))
         self._legend_y = self.top + 8
+        self._legend_x = self.left + 26
 
     def xy(self, x: float, y: float) -> tuple[float, float]:
         px = self.left + (self.right - self.left) * float(np.clip(x, 0, 1))
@@ -80,7 +81,7 @@ class Chart:
 
     def legend(self, text: str, colour=BLUE, corner: str = "right") -> None:  # noqa: ANN001
         width = self.draw.textlength(text, font=self.small)
-        x = self.right - width - 10 if corner == "right" else self.left + 26
+        x = self.right - width - 10 if corner == "right" else self._legend_x
         x_swatch = x - 18
         y = self._legend_y if corner == "left" else self.bottom - 18 - (self._legend_y - self.top - 8)
         self.draw.line((x_swatch, y + 7, x_swatch + 12, y + 7), fill=colour, width=3)
@@ -171,6 +172,9 @@ def tradeoff_plot(y: np.ndarray, p: np.ndarray, threshold: float, target_sensiti
     chart.line([threshold, threshold], [0, 1], RED, 2)
     chart.point(threshold, m.recall, RED)
     chart.point(threshold, m.specificity, RED)
+    # legend low in the middle: the curves run along the top and the sides
+    chart._legend_x = chart.left + 0.3 * (chart.right - chart.left)
+    chart._legend_y = chart.bottom - 18 * (4 if reference is not None else 3) - 8
     chart.legend("sensitivity", BLUE, corner="left")
     chart.legend("specificity", ORANGE, corner="left")
     chart.legend(f"chosen {threshold:.3f}", RED, corner="left")

@@ -230,14 +230,18 @@ class EvaluateDialog(_ScoringDialog):
         self.confusion_table = QTableWidget(2, 2)
         self.confusion_table.setHorizontalHeaderLabels(["predicted NORMAL", "predicted PNEUMONIA"])
         self.confusion_table.setVerticalHeaderLabels(["true NORMAL", "true PNEUMONIA"])
+        for table in (self.metrics_table, self.confusion_table):
+            table.horizontalHeader().setStretchLastSection(True)
+        self.confusion_table.setMaximumHeight(95)
         self.not_scored = QListWidget()
+        self.not_scored.setMaximumHeight(120)
         self.note = QLabel()
         self.note.setWordWrap(True)
         page = QWidget()
         grid = QVBoxLayout(page)
-        grid.addWidget(self.metrics_table, 3)
+        grid.addWidget(self.metrics_table, 1)
         grid.addWidget(QLabel("Confusion matrix"))
-        grid.addWidget(self.confusion_table, 2)
+        grid.addWidget(self.confusion_table)
         grid.addWidget(self.note)
         grid.addWidget(QLabel("Refused and unreadable files"))
         grid.addWidget(self.not_scored, 1)
@@ -262,6 +266,9 @@ class EvaluateDialog(_ScoringDialog):
         _fill_table(self.metrics_table, [
             (REPORTED_NAMES[n], f"{iv.value:.3f}", f"{iv.low:.3f} – {iv.high:.3f}") for n, iv in evaluation.intervals.items()
         ])
+        table = self.metrics_table  # tall enough for every metric without scrolling
+        table.setMinimumHeight(table.horizontalHeader().sizeHint().height()
+                               + sum(table.rowHeight(r) for r in range(table.rowCount())) + 2 * table.frameWidth())
         (tn, fp), (fn, tp) = evaluation.metrics.confusion
         _fill_table(self.confusion_table, [(str(tn), str(fp)), (str(fn), str(tp))])
         self.note.setText(

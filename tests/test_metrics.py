@@ -107,14 +107,22 @@ def test_bootstrap_intervals_are_reproducible_and_bracket_the_estimate():
         assert interval.low <= interval.value <= interval.high
         assert interval.high - interval.low < 0.3
     # an independent percentile bootstrap with the same draws gives the same AUC interval
-    rng = np.random.default_rng(mx.BOOTSTRAP_SEED)
     aucs = []
-    for _ in range(200):
-        index = rng.integers(0, len(y), len(y))
+    for r in range(200):
+        index = mx.resample_indices(mx.BOOTSTRAP_SEED, r, len(y))
         aucs.append(sk.roc_auc_score(y[index], p[index]))
     low, high = np.percentile(aucs, [2.5, 97.5])
     assert first["roc_auc"].low == pytest.approx(low, abs=TOL)
     assert first["roc_auc"].high == pytest.approx(high, abs=TOL)
+
+
+def test_resample_indices_are_uniform_and_distinct_per_resample():
+    draws = np.stack([mx.resample_indices(mx.BOOTSTRAP_SEED, r, 50) for r in range(400)])
+    assert draws.min() == 0 and draws.max() == 49
+    counts = np.bincount(draws.ravel(), minlength=50)
+    assert counts.min() > 0.8 * 400 and counts.max() < 1.2 * 400  # 400 expected per index
+    assert len({tuple(row) for row in draws}) == 400
+    np.testing.assert_array_equal(draws[7], mx.resample_indices(mx.BOOTSTRAP_SEED, 7, 50))
 
 
 def test_temperature_fit_matches_sklearn_logistic_scaling():
@@ -135,3 +143,18 @@ def test_trainer_keeps_its_public_names():
 
     assert ev.compute_metrics is mx.compute_metrics and ev.choose_threshold is mx.choose_threshold
     assert ev.Metrics is mx.Metrics and ev.roc_auc is mx.roc_auc
+
+
+def test_the_app_core_does_not_load_the_trainer_tensorflow_matplotlib_sklearn_qt_or_numpy_random():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import pneumo_desktop.core.metrics, pneumo_desktop.core.evaluation, pneumo_desktop.core.plots\n"
+        "import pneumo_desktop.core.site_profiles, pneumo_desktop.site_cli\n"
+        "bad = [m for m in ('trainer', 'tensorflow', 'keras', 'matplotlib', 'sklearn', 'PySide6', 'numpy.random') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == ""

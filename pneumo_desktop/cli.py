@@ -1,4 +1,5 @@
-"""`pneumo-desktop`: the GUI, and headless `score`, `predict`, `--version`, `--self-test`.
+"""`pneumo-desktop`: the GUI, and headless `score`, `predict`, `--version`, `--self-test` (and, in site_cli.py,
+`evaluate`, `calibrate`, `profiles`).
 
 Exit codes: 0 success; 1 a failure of the work itself (unreadable image, self-test wrong); 2 usage
 errors (missing input, unwritable output, bad threshold); 3 the model is missing or corrupt;
@@ -60,7 +61,8 @@ def _main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Chest X-ray pneumonia estimation with Grad-CAM. " + RESEARCH_USE_STATEMENT,
-        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help'. Without arguments the app opens.",
+        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help', '{PROG} evaluate --help', "
+               f"'{PROG} calibrate --help', '{PROG} profiles --help'. Without arguments the app opens.",
     )
     parser.add_argument("files", nargs="*", type=Path, help="images to open in the app")
     parser.add_argument("--version", action="store_true", help="print the app and model versions")

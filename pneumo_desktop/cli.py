@@ -1,4 +1,5 @@
-"""`pneumo-desktop`: the GUI, and headless `score`, `predict`, `--version`, `--self-test`.
+"""`pneumo-desktop`: the GUI, and headless `score`, `predict`, `--version`, `--self-test` (and, in site_cli.py,
+`evaluate`, `calibrate`, `profiles`).
 
 Exit codes (EXIT_STATUS_HELP, also in --help): 0 success; 1 a failure of the work itself (unreadable
 image, self-test wrong); 2 usage errors (missing input, unwritable output, bad threshold); 3 the model
@@ -79,7 +80,8 @@ def _main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Chest X-ray pneumonia estimation with Grad-CAM. " + RESEARCH_USE_STATEMENT,
-        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help'. Without arguments the app opens. "
+        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help', '{PROG} evaluate --help', "
+               f"'{PROG} calibrate --help', '{PROG} profiles --help'. Without arguments the app opens. "
         + EXIT_STATUS_HELP,
     )
     parser.add_argument("files", nargs="*", type=Path, help="images to open in the app")
@@ -101,7 +103,8 @@ def _score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recursive", action="store_true", help="also score images in sub-folders")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run: skip rows already in the CSV")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV (default: refuse)")
-    parser.add_argument("--threshold", type=_threshold, metavar="T", help="decision threshold (default: the model card's)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T", help=THRESHOLD_HELP)
+    parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
     parser.add_argument("--heatmaps", type=Path, metavar="DIR", help="also write a Grad-CAM overlay PNG per image")
     parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
@@ -119,10 +122,15 @@ def _predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heatmap", type=Path, metavar="OUT.png", help="write the Grad-CAM overlay as PNG")
     parser.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet", help="heat-map colours")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--threshold", type=_threshold, metavar="T", help="decision threshold (default: the model card's)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T", help=THRESHOLD_HELP)
+    parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
     parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--no-refuse", action="store_true", help=NO_REFUSE_HELP)
     return parser
+
+
+THRESHOLD_HELP = "decision threshold; overrides any site profile (default: the active site profile's, else the model card's)"
+PROFILE_HELP = "use this site profile's threshold (see 'pneumo-desktop profiles'; default: the active one)"
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
@@ -168,9 +176,11 @@ def _exit_status(exc: PneumoError) -> int:
 
 
 def _dispatch(args: list[str]) -> int:
-    if args and args[0] in ("score", "predict"):
+    from pneumo_desktop.site_cli import SITE_COMMANDS  # evaluate, calibrate, profiles
+
+    if args and args[0] in ("score", "predict", *SITE_COMMANDS):
         _configure_logging()
-        command = _score if args[0] == "score" else _predict
+        command = {"score": _score, "predict": _predict, **SITE_COMMANDS}[args[0]]
         return command(args[1:])
 
     parsed = _parse(_main_parser(), args)
@@ -284,6 +294,9 @@ def _predict(argv: Sequence[str]) -> int:
     model = _load_model(parsed.model)
     if model is None:
         return EXIT_MODEL
+    from pneumo_desktop.site_cli import use_threshold
+
+    use_threshold(model, parsed.threshold, parsed.profile)
     try:
         image = load_image(parsed.file)
     except ImageLoadError as exc:
@@ -291,12 +304,12 @@ def _predict(argv: Sequence[str]) -> int:
         return EXIT_FAILED
     refuse = not parsed.no_refuse
     if parsed.heatmap is not None:
-        explanation = model.explain(image, parsed.threshold, refuse=refuse)
+        explanation = model.explain(image, refuse=refuse)
         pred = explanation.prediction
         if explanation.cam is not None:
             write_png_atomic(parsed.heatmap, render_overlay(image.grey, explanation.cam, parsed.colormap))
     else:
-        pred = model.predict([image], parsed.threshold, refuse=refuse)[0]
+        pred = model.predict([image], refuse=refuse)[0]
     heatmap = parsed.heatmap if parsed.heatmap is not None and not pred.refused else None
     if parsed.json:
         print(
@@ -313,6 +326,7 @@ def _predict(argv: Sequence[str]) -> int:
                     "refusal_reason": pred.refusal_reason,
                     "p_viral": pred.p_viral,
                     "subtype": pred.subtype,
+                    "threshold_source": pred.threshold_source,
                     "model": {"name": pred.model_name, "version": pred.model_version, "sha256": pred.model_sha256},
                     "image": {"format": image.format, "width": image.width, "height": image.height, "bit_depth": image.bit_depth},
                     "heatmap": str(heatmap) if heatmap is not None else None,
@@ -326,7 +340,8 @@ def _predict(argv: Sequence[str]) -> int:
             print(f"REFUSED  {pred.refusal_reason}")
             print("no probability is given for this image; use --no-refuse to score it anyway")
         else:
-            print(f"{pred.label}  probability of pneumonia {pred.probability:.4f} (threshold {pred.threshold:.4f})")
+            print(f"{pred.label}  probability of pneumonia {pred.probability:.4f} "
+                  f"(threshold {pred.threshold:.4f} from the {model.operating_point.describe()})")
             if pred.overridden:
                 print(f"overridden: scored although it would be refused ({pred.refusal_reason})")
             if pred.subtype is not None:
@@ -395,6 +410,10 @@ def _score(argv: Sequence[str]) -> int:
     model = _load_model(parsed.model, parsed.batch_size)
     if model is None:
         return EXIT_MODEL
+    from pneumo_desktop.site_cli import use_threshold
+
+    choice = use_threshold(model, parsed.threshold, parsed.profile)
+    print(f"threshold {choice.value:.4f} from the {choice.describe()}", file=sys.stderr)
 
     bar = _ProgressBar(sys.stderr, enabled=not parsed.quiet)
     cancel = threading.Event()
@@ -406,7 +425,6 @@ def _score(argv: Sequence[str]) -> int:
                 model=model,
                 recursive=parsed.recursive,
                 resume=parsed.resume,
-                threshold=parsed.threshold,
                 heatmaps_dir=parsed.heatmaps,
                 progress=bar.update,
                 cancel=cancel,

@@ -36,6 +36,12 @@ def sample_paths() -> list[Path]:
 FAKE_SHA256 = "f" * 64  # what a fake card says model.tflite hashes to
 
 
+@pytest.fixture(autouse=True)
+def _private_config_dir(tmp_path_factory, monkeypatch):
+    """Site profiles live in the user's config folder: tests get their own, never the real one."""
+    monkeypatch.setenv("PNEUMO_DESKTOP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+
+
 @pytest.fixture(scope="session")
 def fake_card() -> Callable[..., ModelCard]:
     """Factory of a valid model card for tests that need no real model file.

@@ -1,160 +1,32 @@
-"""Metrics, operating point, calibration and plots. Pure numpy (+ matplotlib for the figures)."""
+"""Metrics, operating point, calibration (from pneumo_desktop.core.metrics) and matplotlib plots."""
 
 from __future__ import annotations
 
 import csv
-import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MIN_SENSITIVITY = 0.95
+# The metric maths lives in the app's core (one source for app and trainer); re-exported under the old names.
+from pneumo_desktop.core.metrics import (  # noqa: F401 - public names of this module
+    DEFAULT_MIN_SENSITIVITY,
+    Metrics,
+    _average_ranks,
+    _nll,
+    average_precision,
+    choose_threshold,
+    compute_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    roc_auc,
+    roc_curve,
+    sigmoid,
+    youden_threshold,
+)
+
 THRESHOLD_RULE = (
     "highest specificity among thresholds with sensitivity >= {s:.2f} (ties: the highest threshold)"
 )
-
-
-@dataclass(frozen=True)
-class Metrics:
-    n: int
-    positives: int
-    threshold: float
-    accuracy: float
-    precision: float
-    recall: float  # sensitivity
-    specificity: float
-    f1: float
-    roc_auc: float
-    pr_auc: float
-    ece: float
-    confusion: list[list[int]]  # [[TN, FP], [FN, TP]] (rows: true NORMAL, PNEUMONIA)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) with thresholds descending; predicting positive when p >= threshold."""
-    y = np.asarray(y).astype(bool)
-    order = np.argsort(-p, kind="mergesort")
-    p_sorted, y_sorted = p[order], y[order]
-    distinct = np.r_[np.flatnonzero(np.diff(p_sorted)), len(p_sorted) - 1]
-    tps = np.cumsum(y_sorted)[distinct]
-    fps = (distinct + 1) - tps
-    positives, negatives = max(y.sum(), 1), max((~y).sum(), 1)
-    tpr = np.r_[0.0, tps / positives]
-    fpr = np.r_[0.0, fps / negatives]
-    thresholds = np.r_[np.inf, p_sorted[distinct]]
-    return fpr, tpr, thresholds
-
-
-def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    y = np.asarray(y).astype(bool)
-    n_pos, n_neg = y.sum(), (~y).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(p)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    for end in np.r_[np.flatnonzero(np.diff(sorted_values)) + 1, len(values)]:
-        ranks[order[start:end]] = (start + end + 1) / 2.0  # 1-based average rank of the tie block
-        start = end
-    return ranks
-
-
-def average_precision(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under the precision-recall curve (step-wise, as average precision)."""
-    y = np.asarray(y).astype(bool)
-    if y.sum() == 0:
-        return float("nan")
-    _, tpr, thresholds = roc_curve(y, p)
-    predicted_pos = np.array([(p >= t).sum() for t in thresholds[1:]])
-    tp = tpr[1:] * y.sum()
-    precision = tp / np.maximum(predicted_pos, 1)
-    recall_steps = np.diff(np.r_[0.0, tpr[1:]])
-    return float(np.sum(recall_steps * precision))
-
-
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
-    y = np.asarray(y, dtype=np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            total += mask.mean() * abs(p[mask].mean() - y[mask].mean())
-    return float(total)
-
-
-def choose_threshold(y: np.ndarray, p: np.ndarray, min_sensitivity: float = DEFAULT_MIN_SENSITIVITY) -> float:
-    """Highest-specificity threshold whose sensitivity is >= min_sensitivity (ties: highest threshold)."""
-    fpr, tpr, thresholds = roc_curve(y, p)
-    ok = np.flatnonzero((tpr >= min_sensitivity) & np.isfinite(thresholds))
-    if len(ok) == 0:
-        return float(np.min(p))
-    best = ok[np.argmin(fpr[ok])]  # thresholds descend, so argmin picks the highest among equals
-    return float(thresholds[best])
-
-
-def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The threshold maximising sensitivity + specificity - 1 (ties: the highest threshold)."""
-    fpr, tpr, thresholds = roc_curve(y, p)
-    ok = np.flatnonzero(np.isfinite(thresholds))
-    best = ok[np.argmax(tpr[ok] - fpr[ok])]
-    return float(thresholds[best])
-
-
-def compute_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> Metrics:
-    y = np.asarray(y).astype(bool)
-    pred = p >= threshold
-    tp = int((pred & y).sum())
-    tn = int((~pred & ~y).sum())
-    fp = int((pred & ~y).sum())
-    fn = int((~pred & y).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    specificity = tn / (tn + fp) if tn + fp else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return Metrics(
-        n=int(len(y)), positives=int(y.sum()), threshold=float(threshold),
-        accuracy=(tp + tn) / max(len(y), 1), precision=precision, recall=recall, specificity=specificity, f1=f1,
-        roc_auc=roc_auc(y, p), pr_auc=average_precision(y, p), ece=expected_calibration_error(y, p),
-        confusion=[[tn, fp], [fn, tp]],
-    )
-
-
-def _nll(y: np.ndarray, logits: np.ndarray, temperature: float) -> float:
-    z = logits / temperature
-    # log(1 + exp(-|z|)) form: stable for large logits
-    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
-
-
-def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
-    """Temperature T > 0 minimising the validation negative log-likelihood of sigmoid(logit / T)."""
-    y = np.asarray(y, dtype=np.float64)
-    logits = np.asarray(logits, dtype=np.float64)
-    lo, hi = math.log(0.05), math.log(20.0)
-    for _ in range(100):  # golden-section search on log T (NLL is unimodal in T here)
-        a = hi - (hi - lo) / 1.618033988749895
-        b = lo + (hi - lo) / 1.618033988749895
-        if _nll(y, logits, math.exp(a)) < _nll(y, logits, math.exp(b)):
-            hi = b
-        else:
-            lo = a
-    return float(math.exp((lo + hi) / 2))
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 # ---- plots -------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
@@ -42,8 +43,8 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
     "path", "probability", "prediction", "threshold", "model_sha256", "image_sha256", "error",
-    # added for refusal (issue 12) and the subtype (issue 11); always at the end
-    "status", "ood_score", "ood_limit", "overridden", "refusal_reason", "p_viral", "subtype",
+    # added for refusal (issue 12), the subtype (issue 11) and site profiles (issue 13); always at the end
+    "status", "ood_score", "ood_limit", "overridden", "refusal_reason", "p_viral", "subtype", "threshold_source",
 )
 FSYNC_EVERY = 16  # rows between fsyncs: bounds what a power cut can lose without an fsync per image
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -67,6 +68,7 @@ class BatchRow:
     refusal_reason: str = ""
     p_viral: float | None = None
     subtype: str = ""
+    threshold_source: str = ""  # site_profiles.ThresholdChoice.source: card, command-line, profile:<name>
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ def _format_row(row: BatchRow) -> str:
             neutralise(" ".join(row.refusal_reason.split())),
             "" if row.p_viral is None else f"{row.p_viral:.6f}",
             row.subtype,
+            neutralise(row.threshold_source),  # a profile name is user text
         ]
     )
     return buffer.getvalue()[:-2] + "\n"
@@ -239,7 +242,7 @@ def read_results(output: Path | str) -> list[BatchRow]:
             if len(cells) != len(CSV_COLUMNS):
                 continue
             path, probability, prediction, threshold, model_sha, image_sha, error = cells[:7]
-            status, ood_score, ood_limit, overridden, reason, p_viral, subtype = cells[7:]
+            status, ood_score, ood_limit, overridden, reason, p_viral, subtype, threshold_source = cells[7:]
             try:
                 rows.append(
                     BatchRow(
@@ -257,6 +260,7 @@ def read_results(output: Path | str) -> list[BatchRow]:
                         refusal_reason=unneutralise(reason),
                         p_viral=_optional_float(p_viral),
                         subtype=subtype,
+                        threshold_source=unneutralise(threshold_source),
                     )
                 )
             except ValueError:
@@ -421,6 +425,7 @@ def score_paths(
     recursive: bool = False,
     resume: bool = False,
     threshold: float | None = None,
+    threshold_source: str | None = None,
     heatmaps_dir: Path | str | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
     cancel: threading.Event | None = None,
@@ -438,29 +443,34 @@ def score_paths(
     `output_csv` "-" (STDOUT) writes to standard output. With `overwrite=False` an existing non-empty
     CSV is refused (checked under the lock, so two fresh runs cannot both start on one file).
     Raises OutputLockedError (another run holds the CSV), OutputError (cannot write), ResultsFileError.
+    Without `threshold`, the model's operating point (card or site profile) is used and named in each row;
+    a `threshold` given is named by `threshold_source` (default "explicit").
     """
     if str(output_csv) == STDOUT:
         if resume:
             raise ResultsFileError("--resume needs an output file, not standard output")
-        return _score_paths_locked(inputs, None, model, recursive, False, threshold, heatmaps_dir, progress,
-                                   cancel, batch_size, workers, refuse)
+        return _score_paths_locked(inputs, None, model, recursive, False, threshold, threshold_source, heatmaps_dir,
+                                   progress, cancel, batch_size, workers, refuse)
     output_csv = Path(output_csv)
     with _OutputLock(output_csv):
         if not resume and not overwrite and output_csv.exists() and output_csv.stat().st_size > 0:
             raise ResultsFileError(
                 f"{output_csv} already exists: use --resume to continue it or --overwrite to replace it"
             )
-        return _score_paths_locked(inputs, output_csv, model, recursive, resume, threshold, heatmaps_dir,
-                                   progress, cancel, batch_size, workers, refuse)
+        return _score_paths_locked(inputs, output_csv, model, recursive, resume, threshold, threshold_source,
+                                   heatmaps_dir, progress, cancel, batch_size, workers, refuse)
 
 
 def _score_paths_locked(
-    inputs, output_csv: Path | None, model, recursive, resume, threshold, heatmaps_dir, progress, cancel,
-    batch_size, workers, refuse,
+    inputs, output_csv: Path | None, model, recursive, resume, threshold, threshold_source, heatmaps_dir, progress,
+    cancel, batch_size, workers, refuse,
 ) -> BatchSummary:
     started = time.monotonic()
     batch_size = batch_size or model.batch_size
-    cut = model.card.threshold if threshold is None else float(threshold)
+    if threshold is None:
+        cut, source = model.operating_point.value, model.operating_point.source
+    else:
+        cut, source = float(threshold), threshold_source or "explicit"
     if not 0.0 <= cut <= 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
     heatmaps = Path(heatmaps_dir) if heatmaps_dir is not None else None
@@ -506,7 +516,8 @@ def _score_paths_locked(
                 break
             items = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             refill()  # keep the decoders busy while this batch is inferred
-            rows = _score_items(items, model, cut, heatmaps, executor, refuse)
+            rows = [dataclasses.replace(r, threshold_source=source)
+                    for r in _score_items(items, model, cut, heatmaps, executor, refuse)]
             for row in rows:
                 writer.append(row)
                 done += 1

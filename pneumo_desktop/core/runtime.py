@@ -22,6 +22,7 @@ from pneumo_desktop.core.imaging import LoadedImage
 from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError
 from pneumo_desktop.core.preprocess import prepare_input
 from pneumo_desktop.core.resources import bundled_model_dir
+from pneumo_desktop.core.site_profiles import SOURCE_CARD, ThresholdChoice
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Prediction:
     overridden: bool = False  # scored although it would have been refused (refuse=False)
     p_viral: float | None = None  # P(viral | pneumonia): only for PNEUMONIA labels that are not refused
     subtype: str | None = None  # "bacterial" | "viral" at the subtype threshold, same condition
+    threshold_source: str = SOURCE_CARD  # "card", "command-line", "profile:<name>" or "explicit" (a caller's value)
 
     @property
     def refused(self) -> bool:
@@ -203,6 +205,8 @@ class PneumoniaModel:
         self.batch_size = max(1, int(batch_size))
         self._engine = engine
         self._lock = threading.Lock()
+        # The threshold used when a caller passes none: the card's, or a site profile's (use_operating_point).
+        self.operating_point = ThresholdChoice(card.threshold, SOURCE_CARD)
 
     @classmethod
     def load(cls, model_dir: Path | None = None, num_threads: int | None = None,
@@ -228,6 +232,11 @@ class PneumoniaModel:
     @property
     def input_size(self) -> int:
         return self.card.input_size
+
+    def use_operating_point(self, choice: ThresholdChoice) -> None:
+        """Make `choice` (from site_profiles.resolve_threshold) the default threshold of every prediction."""
+        self._threshold(choice.value)  # validates
+        self.operating_point = choice
 
     def describe(self) -> str:
         return f"{self.card.name} {self.card.version}"
@@ -282,7 +291,8 @@ class PneumoniaModel:
         """One image's result from its raw outputs: refusal first, then the label, then the subtype."""
         cut = self._threshold(threshold)
         card = self.card
-        base = dict(path=path, threshold=cut, model_name=card.name, model_version=card.version, model_sha256=self.sha256)
+        base = dict(path=path, threshold=cut, model_name=card.name, model_version=card.version, model_sha256=self.sha256,
+                    threshold_source=self.operating_point.source if threshold is None else "explicit")
         limit = card.refusal.limit if card.refusal is not None else None
         reason = None
         if card.refusal is not None and ood_score is not None and card.refusal.refuses(ood_score):
@@ -313,9 +323,9 @@ class PneumoniaModel:
 
     def predict(self, images: Sequence[LoadedImage], threshold: float | None = None, refuse: bool = True) -> list[Prediction]:
         """Predictions; with `refuse` (default) images over the card's refusal limit get no probability."""
-        cut = self._threshold(threshold)
+        self._threshold(threshold)  # a bad threshold fails before any inference
         return [
-            self.prediction(img.path, raw.probability[i], cut, refuse=refuse, **raw.extras(i))
+            self.prediction(img.path, raw.probability[i], threshold, refuse=refuse, **raw.extras(i))
             for img, raw, i in self._run_in_batches(images)
         ]
 
@@ -325,10 +335,10 @@ class PneumoniaModel:
     def explain_many(self, images: Sequence[LoadedImage], threshold: float | None = None,
                      refuse: bool = True) -> list[Explanation]:
         """Predictions with Grad-CAM maps; a refused image gets no map (cam None)."""
-        cut = self._threshold(threshold)
+        self._threshold(threshold)
         explanations = []
         for img, raw, i in self._run_in_batches(images):
-            prediction = self.prediction(img.path, raw.probability[i], cut, refuse=refuse, **raw.extras(i))
+            prediction = self.prediction(img.path, raw.probability[i], threshold, refuse=refuse, **raw.extras(i))
             cam = None if prediction.refused else raw.cam(i, img.height, img.width)
             explanations.append(Explanation(prediction=prediction, cam=cam))
         return explanations
@@ -342,7 +352,7 @@ class PneumoniaModel:
                 yield img, raw, i
 
     def _threshold(self, threshold: float | None) -> float:
-        cut = self.card.threshold if threshold is None else float(threshold)
+        cut = self.operating_point.value if threshold is None else float(threshold)
         if not (0.0 <= cut <= 1.0) or math.isnan(cut):
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
         return cut

@@ -42,6 +42,7 @@ from .file_list import FileListModel, FileListView, path_key
 from .icons import app_icon, glyph
 from .image_view import ImageView, array_to_qimage
 from .dialogs import AboutDialog, ResumeChoice, ask_resume, show_message
+from .evaluation_dialogs import apply_site_profile, install_site_actions
 from .options import OverlayOptions, WindowLevel, apply_window_level
 from .overlay_controls import DisplayControls, OverlayControls
 from .prediction_panel import PredictionPanel
@@ -258,6 +259,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.act_batch)
         file_menu.addAction(self.act_cancel_batch)
+        install_site_actions(self, file_menu)  # Evaluate Labelled Folder…, Calibrate to This Site…
         file_menu.addSeparator()
         file_menu.addAction(self.act_export_png)
         file_menu.addAction(self.act_export_pdf)
@@ -384,6 +386,7 @@ class MainWindow(QMainWindow):
         self._overrides.clear()  # overrides belong to the model that refused
         self.model_error = ""
         self.requester.set_model(model)
+        apply_site_profile(self, model)  # the active site profile's threshold, shown in the result panel
         card = model.card
         self.file_model.set_positive_label(card.positive_class)
         self.model_status_label.setText(f"Model: {card.name} v{card.version}")

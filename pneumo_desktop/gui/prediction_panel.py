@@ -92,6 +92,9 @@ class PredictionPanel(QGroupBox):
 
         self.threshold_value = QLabel("—")
         self.threshold_value.setObjectName("thresholdValue")
+        self.threshold_source_value = QLabel("—")  # model card or the site profile in use
+        self.threshold_source_value.setObjectName("thresholdSourceValue")
+        self.threshold_source_value.setWordWrap(True)
         self.model_value = QLabel("—")
         self.model_value.setObjectName("modelValue")
         self.model_value.setWordWrap(True)
@@ -145,6 +148,7 @@ class PredictionPanel(QGroupBox):
         form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
         form.addRow("P(pneumonia)", self.probability_value)
         form.addRow("Threshold", self.threshold_value)
+        form.addRow("Threshold from", self.threshold_source_value)
         form.addRow("Model", self.model_value)
 
         layout = QVBoxLayout(self)
@@ -199,6 +203,9 @@ class PredictionPanel(QGroupBox):
     def set_model_info(self, name: str, version: str) -> None:
         self.model_value.setText(f"{name} {version}".strip() if name else "—")
 
+    def set_threshold_source(self, text: str) -> None:
+        self.threshold_source_value.setText(text or "—")
+
     def set_prediction(self, prediction: "Prediction", positive_label: str = "PNEUMONIA") -> None:
         self.score_anyway_button.setText("Score anyway")
         self.status_value.setVisible(False)
@@ -231,3 +238,7 @@ class PredictionPanel(QGroupBox):
         )
         self.override_note.setVisible(prediction.overridden)
         self._show_subtype(prediction)
+        self.set_model_info(prediction.model_name, f"v{prediction.model_version}")
+        from ..core.site_profiles import describe_source
+
+        self.set_threshold_source(describe_source(prediction.threshold_source))

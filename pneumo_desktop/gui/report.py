@@ -13,6 +13,7 @@ from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainte
 
 from .. import RESEARCH_USE_STATEMENT, __version__
 from ..core.errors import PneumoError
+from ..core.site_profiles import describe_source
 from .file_list import format_probability
 from .model_info import DATA_ATTRIBUTION, card_rows, metric_summary
 
@@ -193,6 +194,7 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
             ("P(pneumonia)", format_probability(pred.probability) + ("  (overridden)" if pred.overridden else "")),
             ("Label at operating point", pred.label or "—"),
             ("Threshold", format_probability(pred.threshold)),
+            ("Threshold from", describe_source(pred.threshold_source)),
         ],
         key_w,
         size=10,

@@ -1,0 +1,495 @@
+"""Evaluate the model on a labelled folder, and calibrate a site's operating point from it. Qt-free.
+
+Labels come from NORMAL/ and PNEUMONIA/ sub-folders or from a CSV of `path,label`. Scoring goes through the
+batch scorer into its resumable CSV; the metrics are then computed from that CSV, so an interrupted run
+continues where it stopped. Files the scorer refused or could not read are counted and listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import html
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
+from pneumo_desktop.core import metrics as mx
+from pneumo_desktop.core import plots
+from pneumo_desktop.core.batch import BatchProgress, BatchSummary, csv_path, score_paths, unneutralise
+from pneumo_desktop.core.imaging import find_images
+from pneumo_desktop.core.site_profiles import APP_DIR_NAME, CONFIG_ENV, SiteProfile, ThresholdChoice, config_dir
+
+log = logging.getLogger(__name__)
+
+LABELS = ("NORMAL", "PNEUMONIA")
+SCORES_CSV = "scores.csv"
+STATUS_SCORED, STATUS_REFUSED, STATUS_ERROR = "scored", "refused", "error"
+SUBTYPE_PATTERN = re.compile(r"person\d+_(bacteria|virus)_\d+", re.IGNORECASE)
+CSV_HALF_UNIT = 5e-7  # half the last digit of the CSV's probability column (6 decimals)
+PLOT_FILES = {"roc": "roc.png", "pr": "pr.png", "calibration": "calibration.png", "histogram": "histogram.png"}
+REPORTED = ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc")
+REPORTED_NAMES = {"accuracy": "Accuracy", "precision": "Precision (PPV)", "sensitivity": "Sensitivity (recall)",
+                  "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC (AP)"}
+
+
+class LabelsError(Exception):
+    """The labelled folder or labels CSV cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    positive: bool  # True: PNEUMONIA
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _label_value(text: str) -> bool | None:
+    value = text.strip().upper()
+    if value in ("PNEUMONIA", "1", "POSITIVE"):
+        return True
+    if value in ("NORMAL", "0", "NEGATIVE"):
+        return False
+    return None
+
+
+def labels_from_folder(root: Path) -> list[LabelledImage]:
+    """Every file under root/NORMAL and root/PNEUMONIA (any case, recursively; non-images become error rows)."""
+    root = Path(root)
+    subfolders = {entry.name.upper(): Path(entry.path) for entry in os.scandir(root) if entry.is_dir()}
+    missing = [name for name in LABELS if name not in subfolders]
+    if missing:
+        raise LabelsError(
+            f"{root} has no {' or '.join(missing)} sub-folder: a labelled folder holds NORMAL/ and PNEUMONIA/ "
+            "(or pass a CSV of path,label)"
+        )
+    items = [LabelledImage(p, name == "PNEUMONIA") for name in LABELS for p in find_images([subfolders[name]], recursive=True)]
+    if not items:
+        raise LabelsError(f"no files in {subfolders['NORMAL']} or {subfolders['PNEUMONIA']}")
+    return items
+
+
+def labels_from_csv(table: Path) -> list[LabelledImage]:
+    """A CSV with `path` and `label` columns (NORMAL/PNEUMONIA or 0/1); relative paths are from the CSV's folder."""
+    table = Path(table)
+    items: list[LabelledImage] = []
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            fields = [f.strip().lower() for f in reader.fieldnames or []]
+            if "path" not in fields or "label" not in fields:
+                raise LabelsError(f"{table} needs a header with 'path' and 'label' columns, found {reader.fieldnames}")
+            for line, record in enumerate(reader, start=2):
+                record = {k.strip().lower(): (v or "") for k, v in record.items() if k is not None}
+                positive = _label_value(record["label"])
+                if positive is None:
+                    raise LabelsError(f"{table} line {line}: label {record['label']!r} is not NORMAL/PNEUMONIA or 0/1")
+                path = Path(record["path"].strip())
+                items.append(LabelledImage(path if path.is_absolute() else table.parent / path, positive))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(f"cannot read {table}: {exc}") from exc
+    if not items:
+        raise LabelsError(f"{table} lists no images")
+    return items
+
+
+def load_labels(source: Path) -> list[LabelledImage]:
+    source = Path(source)
+    if source.is_dir():
+        return labels_from_folder(source)
+    if source.is_file():
+        return labels_from_csv(source)
+    raise LabelsError(f"{source} does not exist")
+
+
+# --------------------------------------------------------------------------- scored rows
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    path: Path
+    positive: bool
+    probability: float | None
+    status: str  # scored / refused / error
+    reason: str = ""
+    p_viral: float | None = None
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and np.isfinite(value) else None
+
+
+def read_scored(scores_csv: Path, items: list[LabelledImage]) -> list[ScoredImage]:
+    """Join the results CSV to the labels by path. Reads columns by name, so added columns (status, p_viral) work.
+
+    A row is scored only if its status (when the column exists) is `scored`, it has no error and it has a
+    probability; a labelled file with no row at all is an error ("not scored").
+    """
+    rows: dict[str, dict[str, str]] = {}
+    with open(scores_csv, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        for record in csv.DictReader(handle):
+            path = unneutralise(record.get("path") or "")
+            rows[os.path.normcase(path)] = record
+    out = []
+    for item in items:
+        record = rows.get(os.path.normcase(csv_path(item.path)))
+        if record is None:
+            out.append(ScoredImage(item.path, item.positive, None, STATUS_ERROR, "not scored (no row in the results CSV)"))
+            continue
+        status = (record.get("status") or "").strip().lower()
+        error = unneutralise(record.get("error") or "").strip()
+        probability = _float_or_none(record.get("probability"))
+        if status == STATUS_REFUSED:
+            kind = STATUS_REFUSED
+        elif (status and status != STATUS_SCORED) or error or probability is None:
+            kind = STATUS_ERROR
+        else:
+            kind = STATUS_SCORED
+        reason = error or (record.get("refusal") or record.get("reason") or "").strip()
+        if kind == STATUS_ERROR and not reason:
+            reason = f"status {status!r}" if status else "no probability in the results CSV"
+        out.append(ScoredImage(item.path, item.positive, probability if kind == STATUS_SCORED else None, kind,
+                               reason, _float_or_none(record.get("p_viral"))))
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class SubtypeResult:
+    """Bacterial vs viral pneumonia (labels from personN_bacteria_M / personN_virus_M names), from p_viral."""
+
+    n_bacterial: int
+    n_viral: int
+    roc_auc: mx.Interval
+    accuracy_at_half: float  # viral when p_viral >= 0.5
+
+
+@dataclass
+class Evaluation:
+    source: Path
+    threshold: ThresholdChoice
+    model: dict[str, str]  # name, version, sha256
+    images: list[ScoredImage]
+    metrics: mx.Metrics
+    intervals: dict[str, mx.Interval]
+    subtype: SubtypeResult | None = None
+    resamples: int = mx.BOOTSTRAP_RESAMPLES
+    card_threshold: float | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def scored(self) -> list[ScoredImage]:
+        return [i for i in self.images if i.status == STATUS_SCORED]
+
+    @property
+    def refused(self) -> list[ScoredImage]:
+        return [i for i in self.images if i.status == STATUS_REFUSED]
+
+    @property
+    def errors(self) -> list[ScoredImage]:
+        return [i for i in self.images if i.status == STATUS_ERROR]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        scored = self.scored
+        return (np.array([i.positive for i in scored], dtype=bool),
+                np.array([i.probability for i in scored], dtype=np.float64))
+
+    def as_dict(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "source": str(self.source),
+            "model": self.model,
+            "threshold": {"value": self.threshold.value, "source": self.threshold.source,
+                          "description": self.threshold.describe(), "note": self.threshold.note},
+            "images": {"labelled": len(self.images), "scored": len(self.scored), "refused": len(self.refused),
+                       "errors": len(self.errors), "positives": m.positives, "negatives": m.n - m.positives},
+            "metrics": {name: {"value": iv.value, "ci95": [iv.low, iv.high]} for name, iv in self.intervals.items()},
+            "ece": m.ece,
+            "confusion": {"tn": m.confusion[0][0], "fp": m.confusion[0][1], "fn": m.confusion[1][0], "tp": m.confusion[1][1]},
+            "bootstrap": {"resamples": self.resamples, "seed": mx.BOOTSTRAP_SEED, "method": "percentile, images resampled"},
+            "refused": [{"path": str(i.path), "reason": i.reason} for i in self.refused],
+            "errors": [{"path": str(i.path), "reason": i.reason} for i in self.errors],
+            "bacterial_vs_viral": None if self.subtype is None else {
+                "bacterial": self.subtype.n_bacterial, "viral": self.subtype.n_viral,
+                "roc_auc": {"value": self.subtype.roc_auc.value, "ci95": [self.subtype.roc_auc.low, self.subtype.roc_auc.high]},
+                "accuracy_at_0.5": self.subtype.accuracy_at_half,
+            },
+            "app_version": __version__,
+        }
+
+    def table(self) -> str:
+        """The terminal summary."""
+        m = self.metrics
+        lines = [
+            f"{len(self.images)} labelled images: {len(self.scored)} scored "
+            f"({m.positives} PNEUMONIA, {m.n - m.positives} NORMAL), {len(self.refused)} refused, {len(self.errors)} errors",
+            f"threshold {self.threshold.value:.4f} from the {self.threshold.describe()}"
+            + (f" ({self.threshold.note})" if self.threshold.note else ""),
+            "",
+            f"{'metric':22s} {'value':>7s}   95% CI ({self.resamples} bootstrap resamples)",
+        ]
+        for name in REPORTED:
+            iv = self.intervals[name]
+            lines.append(f"{REPORTED_NAMES[name]:22s} {iv.value:7.3f}   [{iv.low:.3f}, {iv.high:.3f}]")
+        (tn, fp), (fn, tp) = m.confusion
+        lines += ["", f"{'':18s}predicted NORMAL  predicted PNEUMONIA",
+                  f"{'true NORMAL':18s}{tn:>16d}  {fp:>18d}", f"{'true PNEUMONIA':18s}{fn:>16d}  {tp:>18d}"]
+        if self.subtype is not None:
+            s = self.subtype
+            lines += ["", f"bacterial vs viral (p_viral; {s.n_bacterial} bacterial, {s.n_viral} viral by file name): "
+                          f"ROC-AUC {s.roc_auc.value:.3f} [{s.roc_auc.low:.3f}, {s.roc_auc.high:.3f}], "
+                          f"accuracy at 0.5 {s.accuracy_at_half:.3f}"]
+        for title, group in (("refused", self.refused), ("errors", self.errors)):
+            if group:
+                lines += ["", f"{title} ({len(group)}, not in the metrics):"]
+                lines += [f"  {i.path}: {i.reason}" for i in group]
+        return "\n".join(lines)
+
+
+def _subtype(images: list[ScoredImage], resamples: int) -> SubtypeResult | None:
+    pairs = []
+    for image in images:
+        match = SUBTYPE_PATTERN.search(image.path.name)
+        if image.status == STATUS_SCORED and image.positive and match and image.p_viral is not None:
+            pairs.append((match.group(1).lower() == "virus", image.p_viral))
+    if not pairs:
+        return None
+    y = np.array([v for v, _ in pairs], dtype=bool)
+    p = np.array([q for _, q in pairs], dtype=np.float64)
+    auc = mx.bootstrap_intervals(y, p, {"roc_auc": mx.roc_auc}, resamples=resamples)["roc_auc"]
+    return SubtypeResult(int((~y).sum()), int(y.sum()), auc, float(np.mean((p >= 0.5) == y)))
+
+
+def evaluate_scored(images: list[ScoredImage], threshold: ThresholdChoice, model: dict[str, str], source: Path,
+                    resamples: int = mx.BOOTSTRAP_RESAMPLES, card_threshold: float | None = None) -> Evaluation:
+    scored = [i for i in images if i.status == STATUS_SCORED]
+    if not scored:
+        raise LabelsError(f"none of the {len(images)} labelled files could be scored")
+    y = np.array([i.positive for i in scored], dtype=bool)
+    p = np.array([i.probability for i in scored], dtype=np.float64)
+    metrics = mx.compute_metrics(y, p, threshold.value)
+    intervals = mx.bootstrap_intervals(y, p, mx.operating_point_statistics(threshold.value), resamples=resamples)
+    return Evaluation(Path(source), threshold, model, images, metrics, intervals, _subtype(images, resamples),
+                      resamples, card_threshold)
+
+
+def _model_info(model) -> dict[str, str]:  # noqa: ANN001 - PneumoniaModel
+    return {"name": model.card.name, "version": model.card.version, "sha256": model.sha256}
+
+
+def check_scores_model(scores_csv: Path, model_sha256: str) -> None:
+    """A results CSV being resumed must come from the same model: mixing two models' scores is meaningless."""
+    if not scores_csv.is_file():
+        return
+    with open(scores_csv, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        for record in csv.DictReader(handle):
+            sha = (record.get("model_sha256") or "").strip()
+            if sha and sha != model_sha256:
+                raise LabelsError(
+                    f"{scores_csv} holds scores of another model (sha256 {sha[:12]}...): "
+                    "use another report folder or start afresh"
+                )
+
+
+def work_dir_for(source: Path) -> Path:
+    """Where the GUI keeps a labelled folder's resumable scores: the user's cache, one folder per data path."""
+    source = Path(source).resolve()
+    digest = hashlib.sha256(os.fsencode(source)).hexdigest()[:10]
+    if os.environ.get(CONFIG_ENV):
+        base = config_dir() / "cache"
+    else:
+        import platformdirs
+
+        base = Path(platformdirs.user_cache_dir(APP_DIR_NAME, appauthor=False))
+    return base / "evaluations" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', source.name)[:40]}-{digest}"
+
+
+def score_and_evaluate(
+    source: Path,
+    report_dir: Path,
+    model,  # noqa: ANN001 - PneumoniaModel
+    threshold: ThresholdChoice,
+    *,
+    fresh: bool = False,
+    progress: Callable[[BatchProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    resamples: int = mx.BOOTSTRAP_RESAMPLES,
+) -> tuple[BatchSummary, Evaluation | None]:
+    """Score the labelled files into report_dir/scores.csv (resuming it unless `fresh`), then evaluate.
+
+    Returns (summary, None) when cancelled: the CSV keeps every finished row for the next run.
+    """
+    items = load_labels(source)
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    scores_csv = report_dir / SCORES_CSV
+    resume = scores_csv.is_file() and not fresh
+    if resume:
+        check_scores_model(scores_csv, model.sha256)
+    summary = score_paths([i.path for i in items], scores_csv, model=model, resume=resume,
+                          threshold=threshold.value, threshold_source=threshold.source,
+                          progress=progress, cancel=cancel)
+    if summary.cancelled:
+        return summary, None
+    evaluation = evaluate_scored(read_scored(scores_csv, items), threshold, _model_info(model), Path(source),
+                                 resamples, model.card.threshold)
+    evaluation.files["scores"] = scores_csv
+    return summary, evaluation
+
+
+# --------------------------------------------------------------------------- report
+
+
+def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
+    y, p = evaluation.arrays()
+    t = evaluation.threshold.value
+    images = {
+        "roc": plots.roc_plot(y, p, t),
+        "pr": plots.pr_plot(y, p, t),
+        "calibration": plots.calibration_plot(y, p),
+        "histogram": plots.histogram_plot(y, p, t),
+    }
+    return {name: plots.png_bytes(image) for name, image in images.items()}
+
+
+def write_report(evaluation: Evaluation, report_dir: Path) -> dict[str, Path]:
+    """PNG plots, metrics.json and a one-file report.html (plots embedded) in report_dir."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    pngs = render_plots(evaluation)
+    written: dict[str, Path] = {}
+    for name, data in pngs.items():
+        written[name] = _write_atomic(report_dir / PLOT_FILES[name], data)
+    written["json"] = _write_atomic(report_dir / "metrics.json", json.dumps(evaluation.as_dict(), indent=2).encode())
+    written["html"] = _write_atomic(report_dir / "report.html", report_html(evaluation, pngs).encode("utf-8"))
+    evaluation.files.update(written)
+    return written
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def report_html(evaluation: Evaluation, pngs: dict[str, bytes]) -> str:
+    e = html.escape
+    d = evaluation.as_dict()
+    m = evaluation.metrics
+    rows = "".join(
+        f"<tr><td>{e(REPORTED_NAMES[n])}</td><td>{iv.value:.3f}</td><td>{iv.low:.3f} – {iv.high:.3f}</td></tr>"
+        for n, iv in evaluation.intervals.items()
+    )
+    (tn, fp), (fn, tp) = m.confusion
+    images = "".join(
+        f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
+        for name, data in pngs.items()
+    )
+    not_scored = ""
+    for title, group in (("Refused", evaluation.refused), ("Errors", evaluation.errors)):
+        if group:
+            items = "".join(f"<li><code>{e(str(i.path))}</code>: {e(i.reason)}</li>" for i in group)
+            not_scored += f"<h2>{title} ({len(group)}; not in the metrics)</h2><ul>{items}</ul>"
+    subtype = ""
+    if evaluation.subtype is not None:
+        s = evaluation.subtype
+        subtype = (f"<h2>Bacterial vs viral</h2><p>{s.n_bacterial} bacterial, {s.n_viral} viral (labels from file names), "
+                   f"p_viral ROC-AUC {s.roc_auc.value:.3f} (95% CI {s.roc_auc.low:.3f} – {s.roc_auc.high:.3f}), "
+                   f"accuracy at 0.5: {s.accuracy_at_half:.3f}</p>")
+    t = evaluation.threshold
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Pneumo Desktop evaluation: {e(str(evaluation.source))}</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#202124}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+figure{{display:inline-block;margin:4px}}img{{width:440px}}.note{{color:#7a4a00}}</style></head><body>
+<h1>Evaluation on a labelled folder</h1>
+<p class="note">{e(RESEARCH_USE_STATEMENT)}</p>
+<p>Data: <code>{e(str(evaluation.source))}</code><br>
+Model: {e(d['model']['name'])} {e(d['model']['version'])} (sha256 <code>{e(d['model']['sha256'])}</code>)<br>
+Threshold: <b>{t.value:.4f}</b> from the {e(t.describe())}{(' — ' + e(t.note)) if t.note else ''}<br>
+Images: {len(evaluation.images)} labelled, {len(evaluation.scored)} scored ({m.positives} PNEUMONIA,
+{m.n - m.positives} NORMAL), {len(evaluation.refused)} refused, {len(evaluation.errors)} errors</p>
+<h2>Metrics at the threshold</h2>
+<table><tr><th>metric</th><th>value</th><th>95% CI</th></tr>{rows}</table>
+<p>Intervals: percentile bootstrap, {evaluation.resamples} resamples of the images, seed {mx.BOOTSTRAP_SEED}.
+Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}.</p>
+<h2>Confusion matrix</h2>
+<table><tr><th></th><th>predicted NORMAL</th><th>predicted PNEUMONIA</th></tr>
+<tr><td>true NORMAL</td><td>{tn}</td><td>{fp}</td></tr><tr><td>true PNEUMONIA</td><td>{fn}</td><td>{tp}</td></tr></table>
+{subtype}
+<h2>Plots</h2>{images}
+{not_scored}
+<p><small>Pneumo Desktop {e(__version__)}</small></p>
+</body></html>
+"""
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibrate(
+    evaluation: Evaluation,
+    target_sensitivity: float,
+    name: str,
+) -> SiteProfile:
+    """A site profile whose threshold is the highest-specificity one with sensitivity >= target on these images."""
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"the target sensitivity must be in (0, 1], got {target_sensitivity}")
+    y, p = evaluation.arrays()
+    if y.all() or not y.any():
+        raise LabelsError("calibration needs scored images of both classes (NORMAL and PNEUMONIA)")
+    # scores.csv keeps probabilities to 6 decimals: half a unit lower keeps every image whose rounded score
+    # reached the chosen one on the same side when the model's unrounded probability is compared.
+    threshold = max(mx.choose_threshold(y, p, target_sensitivity) - CSV_HALF_UNIT, 0.0)
+    at_new = mx.compute_metrics(y, p, threshold)
+    figures: dict[str, Any] = {"at_threshold": _figures(at_new)}
+    if evaluation.card_threshold is not None:
+        figures["at_card_threshold"] = _figures(mx.compute_metrics(y, p, evaluation.card_threshold))
+    temperature = mx.fit_temperature(y, mx.logit(p))
+    figures["calibration"] = {
+        "ece": at_new.ece,
+        "ece_after_temperature": mx.expected_calibration_error(y, mx.sigmoid(mx.logit(p) / temperature)),
+        "note": "the fitted temperature is recorded, not applied: it changes probabilities, not the ranking or the labels",
+    }
+    return SiteProfile(
+        name=name.strip(),
+        model_sha256=evaluation.model["sha256"],
+        model_name=evaluation.model["name"],
+        model_version=evaluation.model["version"],
+        threshold=threshold,
+        rule={
+            "kind": "min_sensitivity",
+            "target": float(target_sensitivity),
+            "text": f"highest specificity among thresholds with sensitivity >= {target_sensitivity:.2f} on "
+                    f"{len(y)} labelled images of this site (ties: the highest threshold)",
+        },
+        image_count={"scored": int(len(y)), "positives": int(y.sum()), "negatives": int((~y).sum()),
+                     "refused": len(evaluation.refused), "errors": len(evaluation.errors)},
+        figures=figures,
+        data_folder=str(evaluation.source),
+        temperature=temperature,
+    )
+
+
+def _figures(m: mx.Metrics) -> dict[str, Any]:
+    return {"threshold": m.threshold, "sensitivity": m.recall, "specificity": m.specificity, "accuracy": m.accuracy,
+            "precision": m.precision, "f1": m.f1, "roc_auc": m.roc_auc, "pr_auc": m.pr_auc, "confusion": m.confusion}

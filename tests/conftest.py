@@ -43,26 +43,33 @@ def _private_config_dir(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def make_fake_card(
+    threshold: float = 0.5, threshold_rule: str = "test", sha256: str = FAKE_SHA256, **fields: Any
+) -> ModelCard:
+    """A valid model card for tests that need no real model file: `threshold`, `threshold_rule` and `sha256`
+    set the nested fields, any other keyword replaces a top-level field of the card's JSON."""
+    data: dict[str, Any] = {
+        "name": "fake", "version": "1", "backbone": "none", "input_size": 32,
+        "preprocessing": {"id": PREPROCESSING_ID}, "class_names": ["NORMAL", "PNEUMONIA"],
+        "threshold": {"value": threshold, "rule": threshold_rule}, "gradcam": {"layer": "x"},
+        "artifacts": {"model.tflite": {"sha256": sha256}}, "intended_use": "tests",
+    }
+    data.update(fields)
+    return ModelCard.from_dict(data)
+
+
+@pytest.fixture
 def fake_card() -> Callable[..., ModelCard]:
-    """Factory of a valid model card for tests that need no real model file.
+    """The make_fake_card factory, as a fixture."""
+    return make_fake_card
 
-    `fake_card(threshold=0.3, threshold_rule="...", sha256="...", name="x", metrics={...})`: the first three set
-    the nested fields, any other keyword replaces a top-level field of the card's JSON.
-    """
 
-    def make(
-        threshold: float = 0.5, threshold_rule: str = "test", sha256: str = FAKE_SHA256, **fields: Any
-    ) -> ModelCard:
-        data: dict[str, Any] = {
-            "name": "fake", "version": "1", "backbone": "none", "input_size": 32,
-            "preprocessing": {"id": PREPROCESSING_ID}, "class_names": ["NORMAL", "PNEUMONIA"],
-            "threshold": {"value": threshold, "rule": threshold_rule}, "gradcam": {"layer": "x"},
-            "artifacts": {"model.tflite": {"sha256": sha256}}, "intended_use": "tests",
-        }
-        data.update(fields)
-        return ModelCard.from_dict(data)
+@pytest.fixture
+def fake_model() -> Callable[..., Any]:
+    """`fake_model(folder, engine=None, threshold=0.5)`: a PneumoniaModel over test_batch's FakeEngine."""
+    from tests.test_batch import make_fake_model
 
-    return make
+    return make_fake_model
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,13 @@ import gc
 import hashlib
 import threading
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import make_fake_card
 from tests.imaging_helpers import sample_grey
 from pneumo_desktop.core import batch
 from pneumo_desktop.core.batch import (
@@ -53,15 +53,10 @@ class FakeEngine:
         }
 
 
-@pytest.fixture
-def fake_model(fake_card) -> Callable[..., PneumoniaModel]:
-    """`fake_model(folder, engine=None, threshold=0.5)`: a PneumoniaModel over FakeEngine (batch size 4)."""
-
-    def make(folder: Path, engine: FakeEngine | None = None, threshold: float = 0.5) -> PneumoniaModel:
-        card = fake_card(threshold=threshold, sha256=FAKE_SHA, input_size=SIZE)
-        return PneumoniaModel(folder, card, engine or FakeEngine(), batch_size=4)
-
-    return make
+def make_fake_model(folder: Path, engine: FakeEngine | None = None, threshold: float = 0.5) -> PneumoniaModel:
+    """A PneumoniaModel over FakeEngine (batch size 4); tests take it as the `fake_model` fixture (conftest)."""
+    card = make_fake_card(threshold=threshold, sha256=FAKE_SHA, input_size=SIZE)
+    return PneumoniaModel(folder, card, engine or FakeEngine(), batch_size=4)
 
 
 def expected_probability(path: Path) -> float:

@@ -20,11 +20,10 @@ from PIL import Image
 
 from pneumo_desktop import cli
 from pneumo_desktop.core import evaluation as ev
-from pneumo_desktop.core import metrics as mx
 from pneumo_desktop.core import site_profiles as sp
 from pneumo_desktop.core.batch import score_paths
 from tests.conftest import sample_label
-from tests.test_batch import FAKE_SHA, fake_model
+from tests.test_batch import FAKE_SHA, make_fake_model
 
 sk = pytest.importorskip("sklearn.metrics", reason="scikit-learn is a test-only dependency (pip install scikit-learn)")
 TOL = 1e-3
@@ -119,7 +118,7 @@ def test_bad_labels_are_refused_with_the_reason(tmp_path, sample_paths):
 
 def test_evaluate_matches_sklearn_and_lists_unreadable_files(tmp_path, sample_paths):
     root = labelled_folder(tmp_path / "data", sample_paths, junk=True)
-    model = fake_model(tmp_path)
+    model = make_fake_model(tmp_path)
     choice = sp.ThresholdChoice(0.45, sp.SOURCE_COMMAND_LINE)
     summary, result = ev.score_and_evaluate(root, tmp_path / "report", model, choice, resamples=300)
     assert summary.total == len(sample_paths) + 1
@@ -147,7 +146,7 @@ def test_evaluate_matches_sklearn_and_lists_unreadable_files(tmp_path, sample_pa
 
 def test_an_interrupted_evaluation_resumes_to_the_same_figures(tmp_path, sample_paths):
     root = labelled_folder(tmp_path / "data", sample_paths)
-    model = fake_model(tmp_path)
+    model = make_fake_model(tmp_path)
     choice = sp.ThresholdChoice(0.5, sp.SOURCE_CARD)
     cancel = threading.Event()
     seen = []
@@ -206,7 +205,7 @@ def test_refused_and_error_rows_are_counted_apart_and_subtypes_reported(tmp_path
 
 def test_calibrate_on_half_a_then_score_half_b_with_the_profile(tmp_path, sample_paths):
     half_a, half_b = halves(sample_paths)
-    model = fake_model(tmp_path)
+    model = make_fake_model(tmp_path)
     _, on_a = ev.score_and_evaluate(labelled_folder(tmp_path / "A", half_a), tmp_path / "ra", model,
                                     sp.ThresholdChoice(0.5, sp.SOURCE_CARD), resamples=100)
     profile = ev.calibrate(on_a, 0.95, "Ward A")
@@ -233,7 +232,7 @@ def test_calibrate_on_half_a_then_score_half_b_with_the_profile(tmp_path, sample
 
 
 def test_profile_for_another_model_is_refused(tmp_path, sample_paths):
-    model = fake_model(tmp_path)
+    model = make_fake_model(tmp_path)
     _, result = ev.score_and_evaluate(labelled_folder(tmp_path / "A", sample_paths), tmp_path / "r", model,
                                       sp.ThresholdChoice(0.5, sp.SOURCE_CARD), resamples=50)
     sp.save_profile(ev.calibrate(result, 0.9, "Old model"))

@@ -7,7 +7,6 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt import
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from pneumo_desktop.core.evaluation import work_dir_for  # noqa: E402
 from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog  # noqa: E402
 from pneumo_desktop.gui.main_window import MainWindow  # noqa: E402
 from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings  # noqa: E402
-from tests.test_batch import FAKE_SHA, FakeEngine, fake_model  # noqa: E402
+from tests.test_batch import FAKE_SHA, FakeEngine, make_fake_model  # noqa: E402
 from tests.test_evaluation import labelled_folder, scores_from_csv, sklearn_rule  # noqa: E402
 
 sk = pytest.importorskip("sklearn.metrics")
@@ -43,7 +42,7 @@ class SlowEngine(FakeEngine):
 @pytest.fixture()
 def window(qtbot, tmp_path):
     def make(engine=None) -> MainWindow:
-        model = fake_model(tmp_path / "model", engine)
+        model = make_fake_model(tmp_path / "model", engine)
         w = MainWindow(model=model, settings=SettingsStore(ini_qsettings(tmp_path / "settings.ini")))
         qtbot.addWidget(w)
         w.show()

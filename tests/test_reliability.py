@@ -44,7 +44,7 @@ from pneumo_desktop.core.imaging import (
 )
 from pneumo_desktop.core.model_card import ModelIntegrityError, load_model_card
 from tests.imaging_helpers import sample_grey, write_dicom
-from tests.test_batch import fake_model, read_csv
+from tests.test_batch import read_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POSIX = os.name == "posix"

@@ -79,7 +79,6 @@ def _stages_text(cfg: dict[str, Any]) -> str:
 
 def render_markdown(card: dict[str, Any]) -> str:
     """A human-readable model card from model_card.json (the JSON stays the source of truth)."""
-    v = card.get("metrics", {}).get("validation", {})
     cal = card.get("calibration", {})
     tr = card.get("training", {})
     cfg = tr.get("config", {})

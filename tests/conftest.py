@@ -42,7 +42,6 @@ def _private_config_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PNEUMO_DESKTOP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
 
 
-@pytest.fixture(scope="session")
 def make_fake_card(
     threshold: float = 0.5, threshold_rule: str = "test", sha256: str = FAKE_SHA256, **fields: Any
 ) -> ModelCard:

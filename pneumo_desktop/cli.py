@@ -356,7 +356,7 @@ def _score(argv: Sequence[str]) -> int:
                 heatmaps_dir=parsed.heatmaps,
                 progress=bar.update,
                 cancel=cancel,
-                overwrite=parsed.overwrite or not _is_regular_file(output),
+                overwrite=parsed.overwrite,
             )
         except ResultsFileError as exc:
             raise UsageError(str(exc)) from None

@@ -429,7 +429,7 @@ def _score(argv: Sequence[str]) -> int:
                 progress=bar.update,
                 cancel=cancel,
                 refuse=not parsed.no_refuse,
-                overwrite=parsed.overwrite or not _is_regular_file(output),
+                overwrite=parsed.overwrite,
             )
         except ResultsFileError as exc:
             raise UsageError(str(exc)) from None

@@ -453,7 +453,7 @@ def score_paths(
                                    progress, cancel, batch_size, workers, refuse)
     output_csv = Path(output_csv)
     with _OutputLock(output_csv):
-        if not resume and not overwrite and output_csv.exists() and output_csv.stat().st_size > 0:
+        if not resume and not overwrite and output_csv.is_file() and output_csv.stat().st_size > 0:
             raise ResultsFileError(
                 f"{output_csv} already exists: use --resume to continue it or --overwrite to replace it"
             )

@@ -37,9 +37,9 @@ MAX_ASPECT_RATIO = 4.0  # longer side / shorter side
 # We compare width*height with our own limit before decoding, so Pillow's warning (at ~89 Mpx) is
 # noise. Pillow still raises DecompressionBombError above twice its limit; that is mapped below.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-# pydicom (and Pillow) warn, pydicom also logs at WARNING, about every irregular element they repair or skip. For a file that
-# is read, that is noise; for one that is not, the file gets one specific error of ours instead. Global
-# filters because decoding runs on worker threads, where warnings.catch_warnings() is not safe.
+# pydicom and Pillow warn (pydicom also logs at WARNING) about every irregular element they repair or
+# skip. For a file that is read, that is noise; for one that is not, the file gets one specific error of
+# ours instead. Global filters because decoding runs on worker threads, where catch_warnings() is unsafe.
 warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 warnings.filterwarnings("ignore", module=r"PIL(\.|$)")  # e.g. "Corrupt EXIF data": same reasoning
 warnings.filterwarnings("ignore", module=re.escape(__name__) + "$")
@@ -212,7 +212,7 @@ def read_image_file(path: Path | str) -> bytes:
         st = path.stat()
     except FileNotFoundError:
         if path.is_symlink():
-            raise ImageLoadError(path, f"broken link: its target {os.readlink(path)} does not exist") from None
+            raise ImageLoadError(path, f"broken link: its target {_link_target(path)} does not exist") from None
         raise ImageLoadError(path, "file not found") from None
     except PermissionError:
         raise ImageLoadError(path, "permission denied: the file cannot be read") from None
@@ -248,6 +248,13 @@ def read_image_file(path: Path | str) -> bytes:
     finally:
         os.close(fd)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "(unreadable)"
 
 
 def _check_regular(path: Path, st: os.stat_result) -> None:
@@ -313,13 +320,13 @@ def check_geometry(image: LoadedImage) -> LoadedImage:
     if short < MIN_IMAGE_SIDE:
         raise ImplausibleGeometryError(
             image.path,
-            f"implausible image size {image.width}x{image.height} px for a chest X-ray "
+            f"implausible image size {image.width}x{image.height} px for a chest X-ray: too small "
             f"(each side must be at least {MIN_IMAGE_SIDE} px)",
         )
     if long > MAX_ASPECT_RATIO * short:
         raise ImplausibleGeometryError(
             image.path,
-            f"implausible image shape {image.width}x{image.height} px for a chest X-ray "
+            f"implausible image shape {image.width}x{image.height} px for a chest X-ray: too elongated "
             f"(aspect ratio {long / short:.1f}:1; the limit is {MAX_ASPECT_RATIO:g}:1)",
         )
     return image

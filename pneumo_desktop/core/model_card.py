@@ -199,7 +199,7 @@ def load_model_card(model_dir: Path) -> ModelCard:
     except OSError as exc:
         raise ModelIntegrityError(f"cannot read {card_path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ModelIntegrityError(f"model card {card_path} is malformed: {exc}") from None
+        raise ModelIntegrityError(f"cannot read {card_path}: the model card is malformed: {exc}") from None
     return ModelCard.from_dict(data)
 
 

@@ -60,6 +60,7 @@ class EvaluationRunner(QObject):
         super().__init__(parent)
         self._pool = pool
         self._cancel: threading.Event | None = None
+        self._task: FunctionTask | None = None
 
     @property
     def running(self) -> bool:
@@ -86,6 +87,7 @@ class EvaluationRunner(QObject):
             return evaluation
 
         task = FunctionTask(work)
+        self._task = task  # its signals object must outlive the run (a collected wrapper would take it along)
         task.signals.progress.connect(self._on_progress)
         task.signals.result.connect(self._on_result)
         task.signals.error.connect(self._on_error)

@@ -89,7 +89,7 @@ def test_evaluate_dialog_shows_metrics_plots_and_exports(window, qtbot, tmp_path
     dialog = open_evaluate_dialog(w, folder, resamples=100)
     wait_done(dialog)
     assert dialog.evaluation is not None, dialog.error
-    y, p = scores_from_csv(work_dir_for(folder) / "scores.csv")
+    y, p = scores_from_csv(work_dir_for(folder) / FAKE_SHA[:16] / "scores.csv")
     assert dialog.metrics_table.item(5, 0).text() == "ROC-AUC"
     assert float(dialog.metrics_table.item(5, 1).text()) == pytest.approx(sk.roc_auc_score(y, p), abs=1e-3)
     (tn, fp), (fn, tp) = sk.confusion_matrix(y, (p >= 0.5).astype(int))
@@ -120,7 +120,7 @@ def test_calibrate_dialog_saves_the_chosen_point_and_the_panel_shows_it(window, 
     dialog = open_calibrate_dialog(w, folder, resamples=50)
     wait_done(dialog)
     assert dialog.profile is not None, dialog.error
-    y, p = scores_from_csv(work_dir_for(folder) / "scores.csv")
+    y, p = scores_from_csv(work_dir_for(folder) / FAKE_SHA[:16] / "scores.csv")
     dialog.sensitivity.setValue(0.8)
     assert dialog.profile.threshold == pytest.approx(sklearn_rule(y, p, 0.8), abs=1e-6)
     assert not dialog.plot.pixmap().isNull()

@@ -82,7 +82,8 @@ class EvaluationRunner(QObject):
                     last[0] = p.done
                     report((p.done, p.total))
 
-            _, evaluation = score_and_evaluate(source, work_dir_for(source), model, choice, progress=on_progress,
+            work_dir = work_dir_for(source) / model.sha256[:16]  # one cache per model: never mix two models' scores
+            _, evaluation = score_and_evaluate(source, work_dir, model, choice, progress=on_progress,
                                                cancel=cancel, resamples=resamples or mx.BOOTSTRAP_RESAMPLES)
             return evaluation
 

@@ -127,7 +127,7 @@ def _run_scoring(parsed: argparse.Namespace, report_dir: Path, choose):  # noqa:
 
 
 def _evaluate(argv: Sequence[str]) -> int:
-    from pneumo_desktop.core.evaluation import write_report
+    from pneumo_desktop.core.evaluation import to_json, write_report
 
     parsed = _parse(_evaluate_parser(), argv)
     if isinstance(parsed, int):
@@ -137,7 +137,7 @@ def _evaluate(argv: Sequence[str]) -> int:
     if evaluation is None:
         return code
     files = write_report(evaluation, report_dir)
-    print(json.dumps(evaluation.as_dict(), indent=2) if parsed.json else evaluation.table())
+    print(to_json(evaluation.as_dict()) if parsed.json else evaluation.table())
     print(f"report: {files['html']} (plots, metrics.json and scores.csv beside it)", file=sys.stderr)
     return EXIT_OK
 

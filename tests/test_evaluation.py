@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import os
 import re
 import shutil
 import threading
@@ -77,11 +78,12 @@ def assert_metrics_match_sklearn(reported: dict, y: np.ndarray, p: np.ndarray, t
     }
     for name, value in expected.items():
         got = reported["metrics"][name]["value"]
-        if name == "precision" and np.isnan(got):
+        if name == "precision" and (got is None or np.isnan(got)):  # undefined without positive calls (JSON: null)
+            assert (pred == 0).all()
             got = 0.0
         assert got == pytest.approx(value, abs=TOL), name
         low, high = reported["metrics"][name]["ci95"]
-        assert low - 1e-9 <= value <= high + 1e-9 or np.isnan(low), name
+        assert low is None or np.isnan(low) or low - 1e-9 <= value <= high + 1e-9, name
     (tn, fp), (fn, tp) = sk.confusion_matrix(y, pred, labels=[0, 1])
     assert reported["confusion"] == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
 
@@ -162,6 +164,14 @@ def test_an_interrupted_evaluation_resumes_to_the_same_figures(tmp_path, sample_
     assert summary.resumed >= 4 and not summary.cancelled
     _, fresh = ev.score_and_evaluate(root, tmp_path / "r2", model, choice, resamples=200)
     assert resumed.as_dict()["metrics"] == fresh.as_dict()["metrics"]
+    # a labelled file changed after the scores were written: everything is scored again, nothing stale is kept
+    changed = next((root / "NORMAL").iterdir())
+    shutil.copy(next((root / "PNEUMONIA").iterdir()), changed)
+    later = (tmp_path / "r" / "scores.csv").stat().st_mtime + 10
+    os.utime(changed, (later, later))
+    summary, rescored = ev.score_and_evaluate(root, tmp_path / "r", model, choice, resamples=200)
+    assert summary.resumed == 0 and summary.scored == len(sample_paths)
+    assert rescored.as_dict()["metrics"] != fresh.as_dict()["metrics"]
 
 
 def test_refused_and_error_rows_are_counted_apart_and_subtypes_reported(tmp_path):

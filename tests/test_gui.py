@@ -533,10 +533,14 @@ def test_run_gui_opens_command_line_paths_and_installs_the_excepthook(qtbot, mon
             QTimer.singleShot(50, poll)
 
     QTimer.singleShot(0, poll)
-    QTimer.singleShot(WAIT_MS, QApplication.quit)  # safety net
+    safety_net = QTimer()  # stopped below: left running, it would quit the event loops of later tests
+    safety_net.setSingleShot(True)
+    safety_net.timeout.connect(QApplication.quit)
+    safety_net.start(WAIT_MS)
     try:
         assert gui_app.run_gui([normal_sample()]) == 0
     finally:
+        safety_net.stop()
         for handler in logging.getLogger().handlers[len(root_handlers):]:
             logging.getLogger().removeHandler(handler)
             handler.close()

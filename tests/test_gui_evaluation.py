@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt import
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -39,6 +40,28 @@ class SlowEngine(FakeEngine):
         return super().__call__(x)
 
 
+def pump_until(predicate, timeout_ms: int = WAIT_MS) -> None:
+    """Process events until predicate() holds. Not a nested event loop (waitSignal/waitUntil): after an earlier
+    test ran and quit the whole application (test_gui's run_gui test), nested loops return at once without
+    processing anything, while processEvents still delivers the workers' queued signals."""
+    from PySide6.QtCore import QEventLoop
+    from PySide6.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_ms} ms"
+        QApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        time.sleep(0.005)
+
+
+def wait_done(dialog) -> list:
+    """The scoringDone arguments, once the run is over."""
+    seen: list = []
+    dialog.scoringDone.connect(lambda value: seen.append(value))
+    pump_until(lambda: bool(seen))
+    return seen
+
+
 @pytest.fixture()
 def window(qtbot, tmp_path):
     def make(engine=None) -> MainWindow:
@@ -63,10 +86,9 @@ def test_evaluate_dialog_shows_metrics_plots_and_exports(window, qtbot, tmp_path
     w = window()
     folder = labelled_folder(tmp_path / "data", sample_paths, junk=True)
     dialog = open_evaluate_dialog(w, folder, resamples=100)
-    with qtbot.waitSignal(dialog.scoringDone, timeout=WAIT_MS):
-        pass
+    wait_done(dialog)
     assert dialog.evaluation is not None, dialog.error
-    y, p = scores_from_csv(work_dir_for(folder) / "scores.csv")
+    y, p = scores_from_csv(work_dir_for(folder) / FAKE_SHA[:16] / "scores.csv")
     assert dialog.metrics_table.item(5, 0).text() == "ROC-AUC"
     assert float(dialog.metrics_table.item(5, 1).text()) == pytest.approx(sk.roc_auc_score(y, p), abs=1e-3)
     (tn, fp), (fn, tp) = sk.confusion_matrix(y, (p >= 0.5).astype(int))
@@ -86,9 +108,8 @@ def test_evaluation_can_be_cancelled(window, qtbot, tmp_path, sample_paths):
     dialog = open_evaluate_dialog(w, labelled_folder(tmp_path / "data", sample_paths), resamples=50)
     dialog.cancel()
     engine.release.set()
-    with qtbot.waitSignal(dialog.scoringDone, timeout=WAIT_MS) as blocker:
-        pass
-    assert blocker.args == [None] and dialog.evaluation is None and "Cancelled" in dialog.status.text()
+    assert wait_done(dialog) == [None]
+    assert dialog.evaluation is None and "Cancelled" in dialog.status.text()
     dialog.close()
 
 
@@ -96,26 +117,28 @@ def test_calibrate_dialog_saves_the_chosen_point_and_the_panel_shows_it(window, 
     w = window()
     folder = labelled_folder(tmp_path / "site", sample_paths)
     dialog = open_calibrate_dialog(w, folder, resamples=50)
-    with qtbot.waitSignal(dialog.scoringDone, timeout=WAIT_MS):
-        pass
+    wait_done(dialog)
     assert dialog.profile is not None, dialog.error
-    y, p = scores_from_csv(work_dir_for(folder) / "scores.csv")
+    y, p = scores_from_csv(work_dir_for(folder) / FAKE_SHA[:16] / "scores.csv")
     dialog.sensitivity.setValue(0.8)
     assert dialog.profile.threshold == pytest.approx(sklearn_rule(y, p, 0.8), abs=1e-6)
     assert not dialog.plot.pixmap().isNull()
     assert dialog.figures.item(1, 0).text() == "This site"
     dialog.name.setText("Ward A")
-    with qtbot.waitSignal(dialog.profileSaved, timeout=WAIT_MS):
-        assert dialog.save()
+    saved_signal: list = []
+    dialog.profileSaved.connect(saved_signal.append)
+    assert dialog.save() and len(saved_signal) == 1
     saved = sp.load_profile("Ward A")
     assert saved.model_sha256 == FAKE_SHA and saved.rule["target"] == pytest.approx(0.8)
     assert sp.active_profile_name() == "Ward A"
     assert w.model.operating_point == sp.ThresholdChoice(saved.threshold, "profile:Ward A")
     assert w.prediction_panel.threshold_source_value.text() == 'site profile "Ward A"'
     # an image shown now is labelled at the site's threshold, and says so
-    with qtbot.waitSignal(w.predictionShown, timeout=WAIT_MS) as shown:
-        w.open_paths([sample_paths[0]])
-    prediction = shown.args[0].prediction
+    shown: list = []
+    w.predictionShown.connect(shown.append)
+    w.open_paths([sample_paths[0]])
+    pump_until(lambda: bool(shown))
+    prediction = shown[-1].prediction
     assert prediction.threshold == pytest.approx(saved.threshold) and prediction.threshold_source == "profile:Ward A"
     assert prediction.label == ("PNEUMONIA" if prediction.probability >= saved.threshold else "NORMAL")
     dialog.close()

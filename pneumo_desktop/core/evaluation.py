@@ -322,6 +322,18 @@ def work_dir_for(source: Path) -> Path:
     return base / "evaluations" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', source.name)[:40]}-{digest}"
 
 
+def _changed_since(items: list[LabelledImage], scores_csv: Path) -> bool:
+    """True if a labelled file was modified after the scores CSV was last written (its scores would be stale)."""
+    written = scores_csv.stat().st_mtime
+    for item in items:
+        try:
+            if item.path.stat().st_mtime > written:
+                return True
+        except OSError:
+            continue  # a missing file becomes an error row either way
+    return False
+
+
 def score_and_evaluate(
     source: Path,
     report_dir: Path,
@@ -342,6 +354,9 @@ def score_and_evaluate(
     report_dir.mkdir(parents=True, exist_ok=True)
     scores_csv = report_dir / SCORES_CSV
     resume = scores_csv.is_file() and not fresh
+    if resume and _changed_since(items, scores_csv):
+        log.warning("%s: labelled files changed since it was written; scoring everything again", scores_csv)
+        resume = False
     if resume:
         check_scores_model(scores_csv, model.sha256)
     summary = score_paths([i.path for i in items], scores_csv, model=model, resume=resume,
@@ -378,10 +393,24 @@ def write_report(evaluation: Evaluation, report_dir: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     for name, data in pngs.items():
         written[name] = _write_atomic(report_dir / PLOT_FILES[name], data)
-    written["json"] = _write_atomic(report_dir / "metrics.json", json.dumps(evaluation.as_dict(), indent=2).encode())
+    written["json"] = _write_atomic(report_dir / "metrics.json", to_json(evaluation.as_dict()).encode())
     written["html"] = _write_atomic(report_dir / "report.html", report_html(evaluation, pngs).encode("utf-8"))
     evaluation.files.update(written)
     return written
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # an undefined metric (e.g. precision with no positive calls): null, not JSON-invalid NaN
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(_finite_or_none(data), indent=2, allow_nan=False)
 
 
 def _write_atomic(path: Path, data: bytes) -> Path:

@@ -60,6 +60,7 @@ class EvaluationRunner(QObject):
         super().__init__(parent)
         self._pool = pool
         self._cancel: threading.Event | None = None
+        self._task: FunctionTask | None = None
 
     @property
     def running(self) -> bool:
@@ -81,11 +82,13 @@ class EvaluationRunner(QObject):
                     last[0] = p.done
                     report((p.done, p.total))
 
-            _, evaluation = score_and_evaluate(source, work_dir_for(source), model, choice, progress=on_progress,
+            work_dir = work_dir_for(source) / model.sha256[:16]  # one cache per model: never mix two models' scores
+            _, evaluation = score_and_evaluate(source, work_dir, model, choice, progress=on_progress,
                                                cancel=cancel, resamples=resamples or mx.BOOTSTRAP_RESAMPLES)
             return evaluation
 
         task = FunctionTask(work)
+        self._task = task  # its signals object must outlive the run (a collected wrapper would take it along)
         task.signals.progress.connect(self._on_progress)
         task.signals.result.connect(self._on_result)
         task.signals.error.connect(self._on_error)

@@ -413,7 +413,6 @@ def _score(argv: Sequence[str]) -> int:
     from pneumo_desktop.site_cli import use_threshold
 
     choice = use_threshold(model, parsed.threshold, parsed.profile)
-    print(f"threshold {choice.value:.4f} from the {choice.describe()}", file=sys.stderr)
 
     bar = _ProgressBar(sys.stderr, enabled=not parsed.quiet)
     cancel = threading.Event()
@@ -449,7 +448,8 @@ def _score(argv: Sequence[str]) -> int:
     print(
         f"{state}: {summary.scored} scored, {summary.errors} errors, {summary.refused} refused as not a chest X-ray, "
         f"{summary.resumed} already in the CSV, "
-        f"{summary.total} files, {summary.elapsed_s:.1f} s{speed} -> {summary.output}",
+        f"{summary.total} files, {summary.elapsed_s:.1f} s{speed}, threshold {choice.value:.4f} from the "
+        f"{choice.describe()} -> {summary.output}",
         file=sys.stderr,
     )
     if summary.cancelled:

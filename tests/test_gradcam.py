@@ -73,13 +73,15 @@ def _keras_gradcam(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
     import keras
     import tensorflow as tf
 
+    from trainer.model import HEAD_LAYERS
+
     card = mc.load_model_card(model_dir)
     model = keras.models.load_model(model_dir / mc.KERAS_FILENAME, compile=False)
     # card.gradcam_layer is "<outer layer>/<its last inner layer>"; the outer layer's output is the map.
     outer = card.gradcam_layer.split("/")[0]
-    names = [layer.name for layer in model.layers]
     feature_layer = model.get_layer(outer)
-    head = model.layers[names.index(outer) + 1 : names.index("logit") + 1]  # GAP ... logit, in order
+    # GAP ... logit by name: with a subtype head, model.layers interleaves its layers with these.
+    head = [model.get_layer(name) for name in HEAD_LAYERS]
     fmap = tf.constant(feature_layer(inputs, training=False))
     with tf.GradientTape() as tape:
         tape.watch(fmap)

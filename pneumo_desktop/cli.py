@@ -85,6 +85,7 @@ def _score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                         help="images per inference batch (default: the runtime's, 8)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--shard", metavar="K/N", help="score only part K of N of the files (see docs/SCALE_OUT.md)")
     return parser
 
 
@@ -115,9 +116,9 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 def main(argv: Sequence[str] | None = None) -> int:
     multiprocessing.freeze_support()  # a frozen (PyInstaller) child process must not re-run the app
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("score", "predict"):
+    if args and args[0] in ("score", "predict", "merge"):
         _configure_logging()
-        command = _score if args[0] == "score" else _predict
+        command = {"score": _score, "predict": _predict, "merge": _merge}[args[0]]
         try:
             return command(args[1:])
         except UsageError as exc:
@@ -306,16 +307,19 @@ def _score(argv: Sequence[str]) -> int:
     model = _load_model(parsed.model, parsed.batch_size)
     if model is None:
         return EXIT_MODEL
+    inputs, recursive = parsed.paths, parsed.recursive
+    if parsed.shard is not None:
+        inputs, recursive = _shard_inputs(parsed, model), False  # this shard's files, in the full listing's order
 
     bar = _ProgressBar(sys.stderr, enabled=not parsed.quiet)
     cancel = threading.Event()
     with _StopOnSignals(cancel):
         try:
             summary = score_paths(
-                parsed.paths,
+                inputs,
                 output,
                 model=model,
-                recursive=parsed.recursive,
+                recursive=recursive,
                 resume=parsed.resume,
                 threshold=parsed.threshold,
                 heatmaps_dir=parsed.heatmaps,
@@ -337,6 +341,62 @@ def _score(argv: Sequence[str]) -> int:
     if summary.cancelled:
         print(f"{PROG}: interrupted; rerun with --resume to finish", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _shard_inputs(parsed: argparse.Namespace, model) -> list[Path]:  # noqa: ANN001 - PneumoniaModel
+    """--shard K/N: plan this shard's part of the file set and write the CSV's manifest before any row."""
+    from pneumo_desktop.core import shard
+
+    try:
+        spec = shard.ShardSpec.parse(parsed.shard)
+    except ValueError as exc:
+        raise UsageError(f"--shard: {exc}") from None
+    try:
+        outputs = [parsed.output] + ([parsed.heatmaps] if parsed.heatmaps is not None else [])
+        shard.check_outputs_outside_inputs(parsed.paths, outputs)
+        plan = shard.plan_shard(parsed.paths, parsed.recursive, spec)
+        threshold = model.card.threshold if parsed.threshold is None else parsed.threshold
+        shard.write_manifest(parsed.output, plan, model.sha256, threshold, resume=parsed.resume)
+    except shard.ShardError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"shard {spec}: {len(plan.files)} of {plan.set_files} files", file=sys.stderr)
+    return plan.paths
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def _merge(argv: Sequence[str]) -> int:
+    from pneumo_desktop.core.shard import ShardError, merge_shards
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} merge",
+        description="Join the CSVs of 'score --shard K/N' runs into one, in the order one unsharded run writes; "
+        "refuses overlaps, gaps, mixed models and mixed thresholds.",
+    )
+    parser.add_argument("output", type=Path, metavar="OUT.csv")
+    parser.add_argument("shards", nargs="+", type=Path, metavar="SHARD.csv")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.csv (default: refuse)")
+    parsed = _parse(parser, argv)
+    if isinstance(parsed, int):
+        return parsed
+    missing = [str(p) for p in parsed.shards if not p.is_file()]
+    if missing:
+        raise UsageError(f"shard CSV not found: {', '.join(missing)}")
+    if any(os.path.realpath(p) == os.path.realpath(parsed.output) for p in parsed.shards):
+        raise UsageError(f"{parsed.output} is one of the shards: choose another output")
+    if not _writable_file_target(parsed.output):
+        raise UsageError(f"cannot write the results to {parsed.output}")
+    if parsed.output.exists() and not parsed.overwrite:
+        raise UsageError(f"{parsed.output} already exists: use --overwrite to replace it")
+    try:
+        summary = merge_shards(parsed.output, parsed.shards)
+    except ShardError as exc:
+        print(f"{PROG}: cannot merge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"merged {summary.shards} shards: {summary.rows} rows ({summary.errors} errors) -> {summary.output}",
+          file=sys.stderr)
     return EXIT_OK
 
 

@@ -69,31 +69,41 @@ def test_split_is_a_partition_independent_of_mount_point_and_listing(tmp_path: P
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the Slurm examples are bash scripts")
 def test_four_shard_processes_merge_to_the_single_run_row_for_row(tiny_model_dir: Path, sample_paths, tmp_path: Path) -> None:
+    """The Slurm example itself, without Slurm: 4 array tasks as 4 concurrent local processes, then its merge."""
     archive = make_archive(tmp_path / "archive", sample_paths)
-    out = tmp_path / "out"
-    out.mkdir()
-    single = out / "single.csv"
+    single = tmp_path / "single.csv"
     assert score([str(archive), "--recursive", "-o", str(single), "--model", str(tiny_model_dir)]) == 0
 
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    out = tmp_path / "scores"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PNEUMO_DESKTOP=f"{sys.executable} -m pneumo_desktop",
+               SLURM_ARRAY_TASK_COUNT="4", SLURM_ARRAY_TASK_MIN="0")
+    script = REPO_ROOT / "deploy" / "slurm" / "score_array.sbatch"
     children = [
-        subprocess.Popen([sys.executable, "-m", "pneumo_desktop", "score", str(archive), "--recursive", "-q",
-                          "--shard", f"{k}/4", "-o", str(out / f"part{k}.csv"), "--model", str(tiny_model_dir)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-        for k in range(1, 5)
+        subprocess.Popen(["bash", str(script), str(archive), str(out), "--model", str(tiny_model_dir)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         env=dict(env, SLURM_ARRAY_TASK_ID=str(task)))  # --array=0-3
+        for task in range(4)
     ]
     results = [child.communicate(timeout=300) for child in children]
     for child, (_, err) in zip(children, results):
         assert child.returncode == 0, err
-    sizes = [len(read_rows(out / f"part{k}.csv")) for k in range(1, 5)]
+    sizes = [len(read_rows(out / f"part-{k}-of-4.csv")) for k in range(1, 5)]
     assert sum(sizes) == 23 and all(sizes)
 
-    merged = out / "merged.csv"
-    shards = [str(out / f"part{k}.csv") for k in (3, 1, 4, 2)]  # any order on the command line
-    assert cli.main(["merge", str(merged), *shards]) == 0
+    merge_script = REPO_ROOT / "deploy" / "slurm" / "merge.sbatch"
+    done = subprocess.run(["bash", str(merge_script), str(out), "4"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    merged = out / "scores.csv"
     assert read_rows(merged) == read_rows(single)
     assert merged.read_bytes() == single.read_bytes()
+
+    # merge by hand, shards in any order on the command line: the same file
+    again = tmp_path / "again.csv"
+    assert cli.main(["merge", str(again), *(str(out / f"part-{k}-of-4.csv") for k in (3, 1, 4, 2))]) == 0
+    assert again.read_bytes() == single.read_bytes()
 
 
 # ------------------------------------------------------------------ refusals

@@ -59,19 +59,6 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
-def make_strategy(name: str):
-    import tensorflow as tf
-
-    strategies = {
-        "default": tf.distribute.get_strategy,
-        "mirrored": tf.distribute.MirroredStrategy,
-        "multiworker": tf.distribute.MultiWorkerMirroredStrategy,
-    }
-    if name not in strategies:
-        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(strategies)}")
-    return strategies[name]()
-
-
 class RunState:
     """Small JSON file recording finished steps, so a rerun skips them."""
 
@@ -116,11 +103,12 @@ def _run_stage(model, stage: int, epochs: int, lr: float, train_ds, val_ds, weig
     import keras
 
     run_dir = cfg.run_dir
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-    )
+    with model.distribute_strategy.scope():  # the optimizer and metrics live where the model's variables do
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss=keras.losses.BinaryCrossentropy(),
+            metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        )
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / f"backup_stage{stage}")),
         keras.callbacks.ModelCheckpoint(str(run_dir / f"stage{stage}_epoch{{epoch:02d}}.weights.h5"), save_weights_only=True),
@@ -146,6 +134,16 @@ def predict_logits(model, images_u8: np.ndarray, batch_size: int = 64) -> np.nda
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
+    from trainer.distribute import create_distribution, worker_view
+
+    # The strategy first: a multi-worker one sets up TensorFlow's collectives, which must precede any other op.
+    dist = create_distribution(cfg.strategy)
+    # Batch size and learning rates scaled for the replicas; a non-chief worker writes to a private copy.
+    with worker_view(cfg, dist) as view:
+        return _train(view, dist.strategy)
+
+
+def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # noqa: ANN001 - tf.distribute.Strategy
     import keras
 
     from trainer.backbones import BACKBONES, build_backbone
@@ -181,7 +179,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     val_ds = make_dataset(prepared.images[val_idx], labels[val_idx], cfg.batch_size, False)
 
     # 2. Model
-    strategy = make_strategy(cfg.strategy)
     with strategy.scope():
         backbone, weights_source = build_backbone(cfg.backbone, input_size, cfg.weights)
         model = build_classifier(backbone, HeadConfig(cfg.head_units, cfg.dropout), batchnorm_trains=cfg.from_scratch)

@@ -1,4 +1,5 @@
-"""score --shard K/N and merge: the deterministic split, 4 shards as 4 processes == one run, every refusal."""
+"""score --shard K/N and merge: the deterministic split, 4 shards as 4 processes == one run, every refusal,
+and the commands the Kubernetes manifests run."""
 
 from __future__ import annotations
 
@@ -208,3 +209,46 @@ def test_shard_usage_errors(tiny_model_dir: Path, sample_paths, tmp_path: Path, 
     assert cli.main(["merge", str(tmp_path / "p.csv"), str(tmp_path / "p.csv")]) == 2
     assert cli.main(["merge", str(tmp_path / "m.csv"), str(tmp_path / "none.csv")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _container_args(manifest: Path, kind: str = "Job") -> str:
+    yaml = pytest.importorskip("yaml")
+    job = next(d for d in yaml.safe_load_all(manifest.read_text()) if d["kind"] == kind)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "-c"]
+    return container["args"][0]
+
+
+def _run_container_shell(args: str, tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """Run a manifest's shell line with the commands it calls replaced by one that prints its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("pneumo-desktop", "pneumo-trainer"):
+        stub = bin_dir / name
+        stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nprintf "TF_CONFIG=%s\\n" "$TF_CONFIG"\n')
+        stub.chmod(0o755)
+    python = bin_dir / "python"  # the manifests run `python -m trainer.distribute`
+    if not python.exists():
+        python.symlink_to(sys.executable)
+    environ = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(REPO_ROOT), **env)
+    done = subprocess.run(["/bin/sh", "-c", args], capture_output=True, text=True, env=environ, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="POSIX shell")
+def test_kubernetes_manifests_build_the_right_commands(tmp_path: Path) -> None:
+    folder = REPO_ROOT / "deploy" / "kubernetes"
+    printed = _run_container_shell(_container_args(folder / "score-indexed-job.yaml"), tmp_path,
+                                   {"JOB_COMPLETION_INDEX": "2", "SHARDS": "8"})
+    assert printed[:-1] == ["score", "/archive", "--recursive", "--shard", "3/8", "--resume", "-q",
+                            "-o", "/results/part-3-of-8.csv"]
+    printed = _run_container_shell(_container_args(folder / "merge-job.yaml"), tmp_path, {"SHARDS": "3"})
+    assert printed[:-1] == ["merge", "--overwrite", "/results/scores.csv", "/results/part-1-of-3.csv",
+                            "/results/part-2-of-3.csv", "/results/part-3-of-3.csv"]
+    printed = _run_container_shell(_container_args(folder / "train-multiworker.yaml"), tmp_path,
+                                   {"JOB_COMPLETION_INDEX": "1", "WORKERS": "2"})
+    config = json.loads(printed[-1].split("=", 1)[1])
+    assert config == {"cluster": {"worker": ["pneumo-train-0.pneumo-train:12345", "pneumo-train-1.pneumo-train:12345"]},
+                      "task": {"type": "worker", "index": 1}}
+    assert printed[printed.index("--strategy") + 1] == "multiworker"

@@ -60,7 +60,8 @@ def _main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Chest X-ray pneumonia estimation with Grad-CAM. " + RESEARCH_USE_STATEMENT,
-        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help'. Without arguments the app opens.",
+        epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help', '{PROG} merge --help'. "
+        "Without arguments the app opens.",
     )
     parser.add_argument("files", nargs="*", type=Path, help="images to open in the app")
     parser.add_argument("--version", action="store_true", help="print the app and model versions")

@@ -122,7 +122,10 @@ def _free_ports(n: int) -> list[int]:
 def test_tf_config_roles() -> None:
     assert cluster_role({}) == ClusterRole("chief", 0, 1, True)
     workers = {"worker": ["a:1", "b:2", "c:3"]}
-    config = lambda kind, i, cluster=workers: {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": kind, "index": i}})}  # noqa: E731
+
+    def config(kind: str, index: int, cluster: dict = workers) -> dict[str, str]:
+        return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})}
+
     assert cluster_role(config("worker", 0)) == ClusterRole("worker", 0, 3, True)  # no chief: worker 0 is
     assert not cluster_role(config("worker", 2)).is_chief
     with_chief = {"chief": ["a:1"], "worker": ["b:2"]}
@@ -182,8 +185,9 @@ def test_multiworker_two_processes_chief_writes_and_a_killed_run_resumes(tmp_pat
         for i in range(2):
             log = tmp_path / f"{attempt}_worker{i}.log"
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-            children.append(_child(1, tmp_path / f"{attempt}_record{i}.json", _train_argv(data, run_dir, "multiworker", 8),
-                                   log, TF_CONFIG=tf_config, TMPDIR=str(scratch[i])))
+            argv = _train_argv(data, run_dir, "multiworker", 8)
+            children.append(_child(1, tmp_path / f"{attempt}_record{i}.json", argv, log, TF_CONFIG=tf_config,
+                                   TMPDIR=str(scratch[i])))
             logs.append(log)
         return children, logs
 

@@ -238,3 +238,15 @@ def test_tf_config_helper_for_slurm_and_kubernetes(capsys) -> None:
     assert (role.workers, role.is_chief) == (2, False)
     with pytest.raises(SystemExit):
         main(["--index", "2", "node01", "node02"])
+
+
+def test_default_strategy_is_one_replica_and_leaves_the_config_alone(tmp_path: Path) -> None:
+    from trainer.distribute import create_distribution, worker_view
+
+    dist = create_distribution("default")
+    assert dist.replicas == 1 and dist.is_chief
+    cfg = TrainConfig(data_root=tmp_path, run_dir=tmp_path / "run")
+    with worker_view(cfg, dist) as view:
+        assert view is cfg
+    with pytest.raises(ValueError, match="unknown strategy"):
+        create_distribution("horovod")

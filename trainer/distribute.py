@@ -97,7 +97,7 @@ def create_distribution(name: str) -> Distribution:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         _build_from_local_batch()
     replicas = int(strategy.num_replicas_in_sync)
-    devices = getattr(strategy.extended, "worker_devices", ())
+    devices = () if name == "default" else strategy.extended.worker_devices  # (the default one has none to list)
     log.info("strategy %s: %d replica(s) in sync, %d worker(s); this process is %s%s, devices %s", name, replicas,
              role.workers, role.name, " (chief)" if role.is_chief else "", ", ".join(devices) or "default")
     return Distribution(name, strategy, replicas, role)

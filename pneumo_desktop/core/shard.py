@@ -136,7 +136,11 @@ def check_outputs_outside_inputs(inputs: Sequence[Path | str], outputs: Sequence
     for out in outputs:
         real = os.path.realpath(out)
         for folder in folders:
-            if os.path.commonpath([real, folder]) == folder:
+            try:
+                inside = os.path.commonpath([real, folder]) == folder
+            except ValueError:  # different drives (Windows): not inside
+                inside = False
+            if inside:
                 raise ShardError(f"with --shard, write {out} outside the scored folder {folder} "
                                  "(the other shards would score it)")
 

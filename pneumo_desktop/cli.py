@@ -81,8 +81,8 @@ def _main_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Chest X-ray pneumonia estimation with Grad-CAM. " + RESEARCH_USE_STATEMENT,
         epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help', '{PROG} evaluate --help', "
-               f"'{PROG} calibrate --help', '{PROG} profiles --help'. Without arguments the app opens. "
-        + EXIT_STATUS_HELP,
+               f"'{PROG} calibrate --help', '{PROG} profiles --help', '{PROG} merge --help'. "
+               "Without arguments the app opens. " + EXIT_STATUS_HELP,
     )
     parser.add_argument("files", nargs="*", type=Path, help="images to open in the app")
     parser.add_argument("--version", action="store_true", help="print the app and model versions")
@@ -111,6 +111,7 @@ def _score_parser() -> argparse.ArgumentParser:
                         help="images per inference batch (default: the runtime's, 8)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-refuse", action="store_true", help=NO_REFUSE_HELP)
+    parser.add_argument("--shard", metavar="K/N", help="score only part K of N of the files (see docs/SCALE_OUT.md)")
     return parser
 
 
@@ -178,9 +179,9 @@ def _exit_status(exc: PneumoError) -> int:
 def _dispatch(args: list[str]) -> int:
     from pneumo_desktop.site_cli import SITE_COMMANDS  # evaluate, calibrate, profiles
 
-    if args and args[0] in ("score", "predict", *SITE_COMMANDS):
+    if args and args[0] in ("score", "predict", "merge", *SITE_COMMANDS):
         _configure_logging()
-        command = {"score": _score, "predict": _predict, **SITE_COMMANDS}[args[0]]
+        command = {"score": _score, "predict": _predict, "merge": _merge, **SITE_COMMANDS}[args[0]]
         return command(args[1:])
 
     parsed = _parse(_main_parser(), args)
@@ -413,16 +414,19 @@ def _score(argv: Sequence[str]) -> int:
     from pneumo_desktop.site_cli import use_threshold
 
     choice = use_threshold(model, parsed.threshold, parsed.profile)
+    inputs, recursive = parsed.paths, parsed.recursive
+    if parsed.shard is not None:
+        inputs, recursive = _shard_inputs(parsed, model), False  # this shard's files, in the full listing's order
 
     bar = _ProgressBar(sys.stderr, enabled=not parsed.quiet)
     cancel = threading.Event()
     with _StopOnSignals(cancel):
         try:
             summary = score_paths(
-                parsed.paths,
+                inputs,
                 output,
                 model=model,
-                recursive=parsed.recursive,
+                recursive=recursive,
                 resume=parsed.resume,
                 heatmaps_dir=parsed.heatmaps,
                 progress=bar.update,
@@ -455,6 +459,62 @@ def _score(argv: Sequence[str]) -> int:
     if summary.cancelled:
         print(f"{PROG}: interrupted; rerun with --resume to finish", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _shard_inputs(parsed: argparse.Namespace, model) -> list[Path]:  # noqa: ANN001 - PneumoniaModel
+    """--shard K/N: plan this shard's part of the file set and write the CSV's manifest before any row."""
+    from pneumo_desktop.core import shard
+
+    try:
+        spec = shard.ShardSpec.parse(parsed.shard)
+    except ValueError as exc:
+        raise UsageError(f"--shard: {exc}") from None
+    try:
+        outputs = [parsed.output] + ([parsed.heatmaps] if parsed.heatmaps is not None else [])
+        shard.check_outputs_outside_inputs(parsed.paths, outputs)
+        plan = shard.plan_shard(parsed.paths, parsed.recursive, spec)
+        # The threshold every shard must share: the one resolve_threshold chose (flag, profile or card).
+        shard.write_manifest(parsed.output, plan, model.sha256, model.operating_point.value, resume=parsed.resume)
+    except shard.ShardError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"shard {spec}: {len(plan.files)} of {plan.set_files} files", file=sys.stderr)
+    return plan.paths
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def _merge(argv: Sequence[str]) -> int:
+    from pneumo_desktop.core.shard import ShardError, merge_shards
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} merge",
+        description="Join the CSVs of 'score --shard K/N' runs into one, in the order one unsharded run writes; "
+        "refuses overlaps, gaps, mixed models and mixed thresholds.",
+    )
+    parser.add_argument("output", type=Path, metavar="OUT.csv")
+    parser.add_argument("shards", nargs="+", type=Path, metavar="SHARD.csv")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.csv (default: refuse)")
+    parsed = _parse(parser, argv)
+    if isinstance(parsed, int):
+        return parsed
+    missing = [str(p) for p in parsed.shards if not p.is_file()]
+    if missing:
+        raise UsageError(f"shard CSV not found: {', '.join(missing)}")
+    if any(os.path.realpath(p) == os.path.realpath(parsed.output) for p in parsed.shards):
+        raise UsageError(f"{parsed.output} is one of the shards: choose another output")
+    if not _writable_file_target(parsed.output):
+        raise UsageError(f"cannot write the results to {parsed.output}")
+    if parsed.output.exists() and not parsed.overwrite:
+        raise UsageError(f"{parsed.output} already exists: use --overwrite to replace it")
+    try:
+        summary = merge_shards(parsed.output, parsed.shards)
+    except ShardError as exc:
+        print(f"{PROG}: cannot merge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"merged {summary.shards} shards: {summary.rows} rows ({summary.errors} errors) -> {summary.output}",
+          file=sys.stderr)
     return EXIT_OK
 
 

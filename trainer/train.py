@@ -23,17 +23,6 @@ from trainer.split import class_weights, grouped_split
 log = logging.getLogger(__name__)
 
 
-def make_strategy(name: str):
-    import tensorflow as tf
-
-    strategies = {
-        "default": tf.distribute.get_strategy,
-        "mirrored": tf.distribute.MirroredStrategy,
-        "multiworker": tf.distribute.MultiWorkerMirroredStrategy,
-    }
-    if name not in strategies:
-        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(strategies)}")
-    return strategies[name]()
 
 
 class RunState:
@@ -254,7 +243,8 @@ def _run_stage(model, stage: int, epochs: int, lr: float, data: RunData, cfg: Tr
         loss_weights = {"probability": 1.0, "p_viral": cfg.subtype_loss_weight}
     else:
         loss, loss_weights = _weighted_bce(data.class_weights), None
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, loss_weights=loss_weights)
+    with model.distribute_strategy.scope():  # the optimizer lives where the model's variables do
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, loss_weights=loss_weights)
     train_ds = make_dataset(data.train.images, data.train.labels, cfg.batch_size, True, cfg.augment, cfg.seed,
                             subtype_labels=data.train.subtype if subtype else None)
     key = _selection_key(cfg)
@@ -273,11 +263,10 @@ def _run_stage(model, stage: int, epochs: int, lr: float, data: RunData, cfg: Tr
     return best_path, best_row, time.time() - started
 
 
-def build_model(cfg: TrainConfig, input_size: int):
+def build_model(cfg: TrainConfig, input_size: int, strategy):
     from trainer.backbones import build_backbone
     from trainer.model import HeadConfig, build_classifier
 
-    strategy = make_strategy(cfg.strategy)
     with strategy.scope():
         backbone, weights_source = build_backbone(cfg.backbone, input_size, cfg.weights)
         model = build_classifier(backbone, HeadConfig(cfg.head_units, cfg.dropout), batchnorm_trains=cfg.from_scratch,
@@ -466,6 +455,16 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """One run, top to bottom: data, model, stages, evaluation, export. Rerun the same command to resume."""
+    from trainer.distribute import create_distribution, worker_view
+
+    # The strategy first: a multi-worker one sets up TensorFlow's collectives, which must precede any other op.
+    dist = create_distribution(cfg.strategy)
+    # Batch size and learning rates scaled for the replicas; a non-chief worker writes to a private copy.
+    with worker_view(cfg, dist) as view:
+        return _train(view, dist.strategy)
+
+
+def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # noqa: ANN001 - tf.distribute.Strategy
     import keras
 
     from trainer.backbones import BACKBONES
@@ -481,7 +480,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     keras.utils.set_random_seed(cfg.seed)
 
     data = prepare_data(cfg, input_size, report_dir)
-    model, weights_source, strategy = build_model(cfg, input_size)
+    model, weights_source, strategy = build_model(cfg, input_size, strategy)
     stage_times = run_stages(model, strategy, data, cfg, state)
     evaluation = evaluate_run(model, data, cfg, report_dir, input_size)
     report = {

@@ -96,8 +96,8 @@ def test_file_list_model_rows_follow_results_and_errors(qtbot, tmp_path: Path) -
     model = FileListModel()
     paths = [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"]
     model.set_paths(paths)
-    assert model.rowCount() == 3 and model.columnCount() == 2
-    assert model.data(model.index(0, 1)) == "queued"
+    assert model.rowCount() == 3 and model.columnCount() == 3
+    assert model.data(model.index(0, 2)) == "not scored yet"
     # Rows are found whatever the spelling of the path (relative, with "..", ...).
     relative = Path(os.path.relpath(paths[1]))
     assert model.row_of(relative) == 1
@@ -105,12 +105,13 @@ def test_file_list_model_rows_follow_results_and_errors(qtbot, tmp_path: Path) -
     model.set_result(relative, 0.91234, "PNEUMONIA")
     model.set_result(paths[2], 0.1, "NORMAL")
     model.set_error(paths[0], "not an image: looks like text")
-    assert model.data(model.index(1, 1)) == f"{format_probability(0.91234)}  PNEUMONIA"
+    assert model.data(model.index(1, 1)) == format_probability(0.91234)
+    assert model.data(model.index(1, 2)) == "PNEUMONIA"
     assert model.entry(1).status is RowStatus.POSITIVE and model.entry(2).status is RowStatus.NORMAL
-    assert model.data(model.index(0, 1)) == "Error: not an image: looks like text"
+    assert model.data(model.index(0, 2)) == "Error: not an image: looks like text"
     assert "looks like text" in model.data(model.index(0, 0), 3)  # tooltip role
     counts = model.counts()
-    assert counts[RowStatus.ERROR] == 1 and counts[RowStatus.POSITIVE] == 1 and counts[RowStatus.QUEUED] == 0
+    assert counts[RowStatus.ERROR] == 1 and counts[RowStatus.POSITIVE] == 1 and counts[RowStatus.UNSCORED] == 0
     assert model.set_result(tmp_path / "unknown.png", 0.5, "NORMAL") == -1
     model.add_paths([paths[0], tmp_path / "d.png"])
     assert model.rowCount() == 4

@@ -115,9 +115,13 @@ def run_gui(paths: list[Path]) -> int:
 
     window = MainWindow()
     sys.excepthook = make_excepthook(lambda: window, log_path)
+    # Quit when the window closes, whatever else is open (a message box, a running batch's last signal).
+    window.closed.connect(app.quit, Qt.ConnectionType.QueuedConnection)
     window.show()
     if paths:
         QTimer.singleShot(0, lambda: window.open_paths([Path(p) for p in paths]))
+    else:
+        QTimer.singleShot(0, window.restore_session)
     log.info("Pneumo Desktop %s started", __version__)
     return int(app.exec())
 

@@ -261,11 +261,42 @@ class LatestImageRequester(QObject):
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RenderJob:
-    grey: np.ndarray  # the decoded image (never modified)
+    grey: np.ndarray  # the decoded image (never modified); identifies the image the job belongs to
     cam: np.ndarray | None  # Grad-CAM map, None before the prediction arrives
     window: WindowLevel
     options: OverlayOptions
     new_image: bool = False  # the view should fit the new image
+    source: np.ndarray | None = None  # what the window applies to: DICOM modality values, else `grey`
+    source_inverted: bool = False  # DICOM MONOCHROME1
+    cam_strength: float = 1.0  # the map is drawn at this fraction (see cam_strength())
+
+
+def cam_strength(probability: float) -> float:
+    """How strongly to draw a Grad-CAM map: its peak at the model's P(pneumonia).
+
+    Each map is normalised to its own maximum, so without this a NORMAL result (P 0.002) would show
+    its faint pneumonia evidence as a full-strength "strong influence" blob. Scaled by P, weak
+    evidence looks weak and mostly stays under the cut-off.
+    """
+    return float(min(max(probability, 0.0), 1.0))
+
+
+def render_job(job: RenderJob) -> RenderResult:
+    """Pure function of the job; QImage (unlike QPixmap) may be built outside the GUI thread."""
+    source = job.source if job.source is not None else job.grey
+    display = apply_window_level(source, job.window, job.source_inverted)
+    overlay = None
+    if job.cam is not None and job.options.enabled:
+        o = job.options
+        cam = job.cam if job.cam_strength >= 1.0 else job.cam * np.float32(job.cam_strength)
+        overlay = render_overlay(display, cam, o.colormap, o.opacity, o.cutoff)
+    return RenderResult(
+        job=job,
+        display_grey=display,
+        overlay_rgb=overlay,
+        display_image=array_to_qimage(display),
+        overlay_image=array_to_qimage(overlay) if overlay is not None else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -275,22 +306,6 @@ class RenderResult:
     overlay_rgb: np.ndarray | None  # None when the overlay is off or there is no map yet
     display_image: QImage
     overlay_image: QImage | None
-
-
-def render_job(job: RenderJob) -> RenderResult:
-    """Pure function of the job; QImage (unlike QPixmap) may be built outside the GUI thread."""
-    display = apply_window_level(job.grey, job.window)
-    overlay = None
-    if job.cam is not None and job.options.enabled:
-        o = job.options
-        overlay = render_overlay(display, job.cam, o.colormap, o.opacity, o.cutoff)
-    return RenderResult(
-        job=job,
-        display_grey=display,
-        overlay_rgb=overlay,
-        display_image=array_to_qimage(display),
-        overlay_image=array_to_qimage(overlay) if overlay is not None else None,
-    )
 
 
 class _RenderSignals(QObject):

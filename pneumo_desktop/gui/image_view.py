@@ -7,8 +7,8 @@ from the decoded image, so nothing here can change what the model sees.
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPaintEvent, QPixmap, QWheelEvent
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPaintEvent, QPixmap, QTransform, QWheelEvent
 from PySide6.QtWidgets import (
     QFrame,
     QGraphicsItem,
@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QGraphicsScene,
     QGraphicsSimpleTextItem,
     QGraphicsView,
+    QPushButton,
     QWidget,
 )
 
@@ -45,6 +46,9 @@ def array_to_qimage(array: np.ndarray) -> QImage:
 
 class ImageView(QGraphicsView):
     zoomChanged = Signal(float)
+    windowDragged = Signal(int, int)  # dx, dy in screen pixels since the last event (right-button drag)
+    pixelHovered = Signal(object)  # (x, y) image pixel under the cursor, or None
+    viewChanged = Signal()  # zoom or scroll changed (for a linked view)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -85,12 +89,26 @@ class ImageView(QGraphicsView):
         self.setAcceptDrops(False)  # drops go to the main window
         self.viewport().setAcceptDrops(False)
         self.setMinimumSize(320, 240)
+        self.setMouseTracking(True)
+        self._drag_origin: QPoint | None = None
+        self._rotation = 0  # quarter turns clockwise (display only)
+        self._flipped = False
+        self.shown_path: object = None  # the file the pixels on screen belong to (set by the window)
+        # One click from the empty state to a first result: shown while there is no image.
+        self.empty_button = QPushButton("Open the sample X-rays", self)
+        self.empty_button.setObjectName("openSamples")
+        self.empty_button.setVisible(False)
+        self.horizontalScrollBar().valueChanged.connect(lambda _v: emit(self.viewChanged))
+        self.verticalScrollBar().valueChanged.connect(lambda _v: emit(self.viewChanged))
         self._clear_items()
 
     # -- content --------------------------------------------------------------------------------
     @property
     def has_image(self) -> bool:
         return self._has_image
+
+    def placeholder(self) -> str:
+        return self._placeholder
 
     def set_placeholder(self, text: str) -> None:
         self._placeholder = text
@@ -99,6 +117,7 @@ class ImageView(QGraphicsView):
     def clear(self, placeholder: str | None = None) -> None:
         self._clear_items()
         self._has_image = False
+        self.shown_path = None
         if placeholder is not None:
             self._placeholder = placeholder
         self.viewport().update()
@@ -141,6 +160,7 @@ class ImageView(QGraphicsView):
         layout_changed = rect != self._scene.sceneRect()
         self._scene.setSceneRect(rect)
         self._has_image = True
+        self.empty_button.setVisible(False)
         if new_image or (layout_changed and self._fit_mode):
             self.fit()
         self.viewport().update()
@@ -153,18 +173,45 @@ class ImageView(QGraphicsView):
 
     # -- zoom -----------------------------------------------------------------------------------
     def zoom(self) -> float:
-        return self.transform().m11()
+        t = self.transform()
+        return float((t.m11() ** 2 + t.m12() ** 2) ** 0.5)
+
+    def set_orientation(self, quarter_turns: int, flipped: bool) -> None:
+        """Rotate (clockwise quarter turns) and/or mirror the display; the model is not affected."""
+        self._rotation, self._flipped = quarter_turns % 4, flipped
+        self._apply_transform(self.zoom() or 1.0)
+        if self._fit_mode:
+            self.fit()
+
+    def _apply_transform(self, zoom: float) -> None:
+        transform = QTransform()
+        transform.rotate(90 * self._rotation)
+        if self._flipped:
+            transform.scale(-1, 1)
+        transform.scale(zoom, zoom)
+        self.setTransform(transform)
+
+    def copy_view_of(self, other: "ImageView") -> None:
+        """Show the same zoom and region as `other` (linked side-by-side panes)."""
+        if self.transform() != other.transform():
+            self._fit_mode = other._fit_mode
+            self.setTransform(other.transform())
+        self.horizontalScrollBar().setValue(other.horizontalScrollBar().value())
+        self.verticalScrollBar().setValue(other.verticalScrollBar().value())
 
     def fit(self) -> None:
         self._fit_mode = True
         if self._has_image:
+            self._apply_transform(1.0)
             self.fitInView(self._scene.sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
             emit(self.zoomChanged, self.zoom())
+            emit(self.viewChanged)
 
     def actual_size(self) -> None:
         self._fit_mode = False
-        self.resetTransform()
+        self._apply_transform(1.0)
         emit(self.zoomChanged, self.zoom())
+        emit(self.viewChanged)
 
     def zoom_by(self, factor: float) -> None:
         current = self.zoom()
@@ -173,6 +220,46 @@ class ImageView(QGraphicsView):
             self._fit_mode = False
             self.scale(target / current, target / current)
             emit(self.zoomChanged, self.zoom())
+            emit(self.viewChanged)
+
+    # -- mouse: right-button drag is window/level (as in DICOM viewers); the cursor reads pixels --
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.RightButton and self._has_image:
+            self._drag_origin = event.position().toPoint()
+            event.accept()
+            return
+        super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        if self._drag_origin is not None:
+            point = event.position().toPoint()
+            delta = point - self._drag_origin
+            self._drag_origin = point
+            if delta.x() or delta.y():
+                emit(self.windowDragged, delta.x(), delta.y())
+            event.accept()
+            return
+        if self._has_image:
+            scene = self.mapToScene(event.position().toPoint())
+            pixmap = self._primary.pixmap()
+            x, y = int(scene.x()), int(scene.y())
+            # The second pane shows the same pixels: read them from the first.
+            if self._secondary.isVisible() and x >= pixmap.width() + PANE_GAP:
+                x -= int(pixmap.width() + PANE_GAP)
+            inside = 0 <= x < pixmap.width() and 0 <= y < pixmap.height() and scene.x() >= 0 and scene.y() >= 0
+            emit(self.pixelHovered, (x, y) if inside else None)
+        super().mouseMoveEvent(event)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.RightButton and self._drag_origin is not None:
+            self._drag_origin = None
+            event.accept()
+            return
+        super().mouseReleaseEvent(event)
+
+    def leaveEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+        emit(self.pixelHovered, None)
+        super().leaveEvent(event)
 
     def wheelEvent(self, event: QWheelEvent) -> None:
         if not self._has_image:
@@ -184,8 +271,18 @@ class ImageView(QGraphicsView):
 
     def resizeEvent(self, event) -> None:  # type: ignore[no-untyped-def]
         super().resizeEvent(event)
+        self._place_empty_button()
         if self._fit_mode:
             self.fit()
+
+    def show_empty_button(self, visible: bool) -> None:
+        self.empty_button.setVisible(visible and not self._has_image)
+        self._place_empty_button()
+
+    def _place_empty_button(self) -> None:
+        button = self.empty_button
+        button.adjustSize()
+        button.move((self.width() - button.width()) // 2, self.height() // 2 + 50)
 
     def paintEvent(self, event: QPaintEvent) -> None:
         super().paintEvent(event)

@@ -8,6 +8,7 @@ calls on the GUI thread. This module: generic task, model loading, batch scoring
 from __future__ import annotations
 
 import csv
+import re
 import logging
 import threading
 import traceback
@@ -41,12 +42,18 @@ def default_model_loader(model_dir: Path | None = None) -> ModelLoader:
     return load
 
 
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def describe_error(exc: BaseException) -> str:
-    """One sentence for a person: the core's errors carry `.reason`; others get their message."""
+    """One sentence for a person: the core's errors carry `.reason`; others get their message.
+
+    Library messages that quote Python object reprs ("cannot identify image file <_io.BytesIO object
+    at 0x...>") lose the repr: it means nothing to a person.
+    """
     reason = getattr(exc, "reason", None)
-    if reason:
-        return str(reason)
-    text = str(exc).strip()
+    text = str(reason) if reason else str(exc).strip()
+    text = _OBJECT_REPR.sub("", text).replace(" ()", "").strip()
     return text or type(exc).__name__
 
 

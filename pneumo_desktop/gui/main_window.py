@@ -237,6 +237,12 @@ class MainWindow(QMainWindow):
         right.setFrameShape(QFrame.Shape.NoFrame)
         right.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         right.setMinimumWidth(320)
+        # Clicks in the side panel leave the keyboard with the file list, so the arrow keys keep moving
+        # through the images after a slider drag; Tab still reaches every control.
+        right.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        for control in right_content.findChildren(QWidget):
+            if control.focusPolicy() & Qt.FocusPolicy.ClickFocus:
+                control.setFocusPolicy(Qt.FocusPolicy.TabFocus)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)

@@ -551,10 +551,19 @@ def test_run_gui_opens_command_line_paths_and_installs_the_excepthook(qtbot, mon
             QTimer.singleShot(50, poll)
 
     QTimer.singleShot(0, poll)
-    QTimer.singleShot(WAIT_MS, QApplication.quit)  # safety net
+    safety_net = QTimer()
+    safety_net.setSingleShot(True)
+    safety_net.timeout.connect(QApplication.quit)
+    safety_net.start(WAIT_MS)
     try:
         assert gui_app.run_gui([normal_sample()]) == 0
     finally:
+        safety_net.stop()
+        # Closing the last window posts a Quit event that arrives after exec() returned; left alone it
+        # marks the application as quitting and every later event loop (in later tests) returns at once.
+        # One short exec() consumes it and clears that state.
+        QTimer.singleShot(0, QApplication.quit)
+        QApplication.exec()
         for handler in logging.getLogger().handlers[len(root_handlers):]:
             logging.getLogger().removeHandler(handler)
             handler.close()

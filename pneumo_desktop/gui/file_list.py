@@ -14,7 +14,6 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidge
 
 from ..core.imaging import sniff_format
 from .icons import STATUS_COLOURS, RowStatus, status_icon
-from .qt_compat import emit
 
 # Files with these endings are listed without opening them (a damaged one becomes an error row);
 # any other file is listed only if its first bytes are those of a supported image (DICOM often has no ending).
@@ -327,4 +326,4 @@ class FileListView(QTableView):
     def _on_current_row_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         # Only emits a request; the main window hands it to the non-blocking requester.
         if current.isValid():
-            emit(self.currentPathChanged, self._source.entry(self.proxy.mapToSource(current).row()).path)
+            self.currentPathChanged.emit(self._source.entry(self.proxy.mapToSource(current).row()).path)

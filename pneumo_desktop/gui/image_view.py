@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .qt_compat import emit
 
 MIN_ZOOM = 0.02
 MAX_ZOOM = 32.0
@@ -98,8 +97,8 @@ class ImageView(QGraphicsView):
         self.empty_button = QPushButton("Open the sample X-rays", self)
         self.empty_button.setObjectName("openSamples")
         self.empty_button.setVisible(False)
-        self.horizontalScrollBar().valueChanged.connect(lambda _v: emit(self.viewChanged))
-        self.verticalScrollBar().valueChanged.connect(lambda _v: emit(self.viewChanged))
+        self.horizontalScrollBar().valueChanged.connect(lambda _v: self.viewChanged.emit())
+        self.verticalScrollBar().valueChanged.connect(lambda _v: self.viewChanged.emit())
         self._clear_items()
 
     # -- content --------------------------------------------------------------------------------
@@ -204,14 +203,14 @@ class ImageView(QGraphicsView):
         if self._has_image:
             self._apply_transform(1.0)
             self.fitInView(self._scene.sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
-            emit(self.zoomChanged, self.zoom())
-            emit(self.viewChanged)
+            self.zoomChanged.emit(self.zoom())
+            self.viewChanged.emit()
 
     def actual_size(self) -> None:
         self._fit_mode = False
         self._apply_transform(1.0)
-        emit(self.zoomChanged, self.zoom())
-        emit(self.viewChanged)
+        self.zoomChanged.emit(self.zoom())
+        self.viewChanged.emit()
 
     def zoom_by(self, factor: float) -> None:
         current = self.zoom()
@@ -219,8 +218,8 @@ class ImageView(QGraphicsView):
         if current > 0 and target != current:
             self._fit_mode = False
             self.scale(target / current, target / current)
-            emit(self.zoomChanged, self.zoom())
-            emit(self.viewChanged)
+            self.zoomChanged.emit(self.zoom())
+            self.viewChanged.emit()
 
     # -- mouse: right-button drag is window/level (as in DICOM viewers); the cursor reads pixels --
     def mousePressEvent(self, event: QMouseEvent) -> None:
@@ -236,7 +235,7 @@ class ImageView(QGraphicsView):
             delta = point - self._drag_origin
             self._drag_origin = point
             if delta.x() or delta.y():
-                emit(self.windowDragged, delta.x(), delta.y())
+                self.windowDragged.emit(delta.x(), delta.y())
             event.accept()
             return
         if self._has_image:
@@ -247,7 +246,7 @@ class ImageView(QGraphicsView):
             if self._secondary.isVisible() and x >= pixmap.width() + PANE_GAP:
                 x -= int(pixmap.width() + PANE_GAP)
             inside = 0 <= x < pixmap.width() and 0 <= y < pixmap.height() and scene.x() >= 0 and scene.y() >= 0
-            emit(self.pixelHovered, (x, y) if inside else None)
+            self.pixelHovered.emit((x, y) if inside else None)
         super().mouseMoveEvent(event)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
@@ -258,7 +257,7 @@ class ImageView(QGraphicsView):
         super().mouseReleaseEvent(event)
 
     def leaveEvent(self, event) -> None:  # type: ignore[no-untyped-def]
-        emit(self.pixelHovered, None)
+        self.pixelHovered.emit(None)
         super().leaveEvent(event)
 
     def wheelEvent(self, event: QWheelEvent) -> None:

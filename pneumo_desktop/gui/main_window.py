@@ -51,7 +51,6 @@ from .dialogs import AboutDialog, ResumeChoice, ask_resume, show_message
 from .options import OverlayOptions, WindowLevel, apply_window_level, full_range_window
 from .overlay_controls import DisplayControls, OverlayControls
 from .prediction_panel import PredictionPanel
-from .qt_compat import emit
 from .report import ExportError, ReportData, save_png, write_pdf_report
 from .settings import SettingsStore
 from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
@@ -471,7 +470,7 @@ class MainWindow(QMainWindow):
         self.model_status_label.setToolTip(f"{model.model_dir}\nthreshold {card.threshold:.3f} ({card.threshold_rule})")
         self.prediction_panel.set_model_info(card.name, f"v{card.version}")
         self._update_actions()
-        emit(self.modelReady, model)
+        self.modelReady.emit(model)
         # An image opened while the model was loading gets its prediction now.
         if self.state.path is not None:
             self._request(self.state.path)
@@ -494,7 +493,7 @@ class MainWindow(QMainWindow):
         if self.state.image is not None:
             self.prediction_panel.clear("No model loaded: predictions are off.")
         self._update_actions()
-        emit(self.modelFailed, message)
+        self.modelFailed.emit(message)
 
     def _choose_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open Model Folder", str(self._start_folder()))
@@ -687,7 +686,7 @@ class MainWindow(QMainWindow):
             f"{image.path.name}: {image.width} × {image.height} px, {image.format}, {image.bit_depth}-bit", 5000
         )
         self._update_actions()
-        emit(self.imageShown, image)
+        self.imageShown.emit(image)
 
     @Slot(object)
     def _on_explanation_ready(self, explanation: "Explanation") -> None:
@@ -700,7 +699,7 @@ class MainWindow(QMainWindow):
         if self.state.path is not None:
             self.file_model.set_result(self.state.path, prediction.probability, prediction.label)
         self._update_actions()
-        emit(self.predictionShown, explanation)
+        self.predictionShown.emit(explanation)
 
     @Slot(object, str)
     def _on_request_failed(self, path: object, message: str) -> None:
@@ -714,7 +713,7 @@ class MainWindow(QMainWindow):
         # The full message is in the view and the row; the status bar gets a short line that fits.
         self.statusBar().showMessage(f"{path.name} cannot be read (the reason is shown in the image area)", 10000)
         self._update_actions()
-        emit(self.fileFailed, path, message)
+        self.fileFailed.emit(path, message)
 
     # =========================================================================================
     # Display: window/level and overlay are re-blended from cached arrays, never re-inferred
@@ -768,7 +767,7 @@ class MainWindow(QMainWindow):
         if new_image:
             self.view.set_orientation(self._rotation, self._flipped)
         self.zoom_label.setText(f"Zoom {self.view.zoom() * 100:.0f}%")
-        emit(self.overlayRendered)
+        self.overlayRendered.emit()
 
     @Slot(object)
     def _on_render_failed(self, exc: object) -> None:
@@ -954,7 +953,7 @@ class MainWindow(QMainWindow):
         if self._closing:
             # Quit during a batch: the rows written so far stay in the CSV; no box for a window that is gone.
             log.info("batch stopped on quit: %d scored, CSV %s", outcome.summary.scored, outcome.summary.output)
-            emit(self.batchFinished, outcome)
+            self.batchFinished.emit(outcome)
             return
         s = outcome.summary
         parts = [f"{s.scored} scored", f"{s.errors} could not be read"]
@@ -965,7 +964,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(text, 15000)
         self._message("information", verdict, text, f"Results: {s.output}")
         self._update_actions()
-        emit(self.batchFinished, outcome)
+        self.batchFinished.emit(outcome)
 
     @Slot(object)
     def _on_batch_failed(self, exc: object) -> None:
@@ -973,12 +972,12 @@ class MainWindow(QMainWindow):
         log.error("batch failed: %r", exc)
         self._hide_batch_progress()
         if self._closing:
-            emit(self.batchFailed, message)
+            self.batchFailed.emit(message)
             return
         self.statusBar().showMessage(f"Scoring failed: {message}", 15000)
         self._message("critical", "Scoring failed", f"Scoring stopped: {message}", "Rows written before the error are kept; run it again and choose Resume.")
         self._update_actions()
-        emit(self.batchFailed, message)
+        self.batchFailed.emit(message)
 
     def _hide_batch_progress(self) -> None:
         self._drain_all_rows()
@@ -1135,7 +1134,7 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
         # Results that arrived while waiting are shown/logged now, before the window goes for good.
         QApplication.sendPostedEvents()
-        emit(self.closed)
+        self.closed.emit()
 
 
 def _html(text: str) -> str:

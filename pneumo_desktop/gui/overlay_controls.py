@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
 from ..core.overlay import COLORMAPS, colorbar
 from .image_view import array_to_qimage
 from .options import OverlayOptions, WindowLevel
-from .qt_compat import emit
 
 MAX_CUTOFF = 95  # percent; 100 would hide the whole map
 
@@ -163,7 +162,7 @@ class OverlayControls(QGroupBox):
         if self._updating:
             return
         self._refresh()
-        emit(self.changed, self.options())
+        self.changed.emit(self.options())
 
 
 def _to_pixmap(rgb: np.ndarray) -> QPixmap:
@@ -256,7 +255,7 @@ class DisplayControls(QGroupBox):
         finally:
             self._updating = False
         self._refresh()
-        emit(self.changed, self.window_level())
+        self.changed.emit(self.window_level())
 
     def adjust(self, d_level: int, d_width: int) -> None:
         """Nudge level and width (mouse drag on the image)."""
@@ -282,4 +281,4 @@ class DisplayControls(QGroupBox):
         if self._updating:
             return
         self._refresh()
-        emit(self.changed, self.window_level())
+        self.changed.emit(self.window_level())

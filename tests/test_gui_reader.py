@@ -340,7 +340,7 @@ def test_pixel_readout_rotation_and_session_restore(qtbot, make_window, tiny_mod
     window = make_window(model=tiny_model)
     open_and_predict(qtbot, window, path)
     window._on_pixel_hovered((5, 7))
-    assert window.pixel_label.text().startswith(f"x 5, y 7: {stored[7, 5]}")
+    assert window.pixel_label.text().startswith(f"x 5 y 7 = {stored[7, 5]}")
     window.act_rotate.trigger()
     assert window.view.transform().m12() != 0 and window.view.transform().m11() == pytest.approx(0, abs=1e-9)
     window.close()

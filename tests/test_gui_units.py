@@ -226,6 +226,26 @@ def test_run_in_background_calls_back_on_the_gui_thread(qtbot) -> None:
     qtbot.waitUntil(lambda: bool(errors), timeout=5000)
     assert isinstance(errors[0], ZeroDivisionError)
 
+    # Nothing is delivered to an owner that is gone (a window closed while its work finished).
+    from PySide6.QtCore import QObject
+
+    gate = threading.Event()
+    owner = QObject()
+    late: list = []
+    run_in_background(pool, lambda _p: gate.wait(10), on_result=late.append, on_done=lambda: late.append("done"), owner=owner)
+    owner.deleteLater()
+    qtbot.waitUntil(lambda: not hasattr_valid(owner), timeout=5000)
+    gate.set()
+    pool.waitForDone(5000)
+    qtbot.wait(50)
+    assert late == []
+
+
+def hasattr_valid(obj) -> bool:
+    import shiboken6
+
+    return shiboken6.isValid(obj)
+
 
 def test_latest_only_drops_waiting_requests_and_stale_results(qtbot) -> None:
     import threading

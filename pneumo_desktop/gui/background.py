@@ -41,31 +41,43 @@ class _Relay(QObject):
     done = Signal()
 
     def __init__(self, on_result: Callable[[Any], None], on_error: Callable[[BaseException], None],
-                 on_progress: Callable[[Any], None], on_done: Callable[[], None]) -> None:
+                 on_progress: Callable[[Any], None], on_done: Callable[[], None], owner: QObject | None) -> None:
         super().__init__()
         self._callbacks = (on_result, on_error, on_progress, on_done)
+        self._owner_alive = True
+        if owner is not None:
+            # Results that arrive after the owner (a window, a controller) is gone are not delivered.
+            owner.destroyed.connect(self._forget_owner)
         queued = Qt.ConnectionType.QueuedConnection
         self.result.connect(self._on_result, queued)
         self.error.connect(self._on_error, queued)
         self.progress.connect(self._on_progress, queued)
         self.done.connect(self._on_done, queued)
 
+    @Slot()
+    def _forget_owner(self) -> None:
+        self._owner_alive = False
+
     @Slot(object)
     def _on_result(self, value: object) -> None:
-        self._callbacks[0](value)
+        if self._owner_alive:
+            self._callbacks[0](value)
 
     @Slot(object)
     def _on_error(self, exc: object) -> None:
-        self._callbacks[1](exc)
+        if self._owner_alive:
+            self._callbacks[1](exc)
 
     @Slot(object)
     def _on_progress(self, value: object) -> None:
-        self._callbacks[2](value)
+        if self._owner_alive:
+            self._callbacks[2](value)
 
     @Slot()
     def _on_done(self) -> None:
         _LIVE.discard(self)
-        self._callbacks[3]()
+        if self._owner_alive:
+            self._callbacks[3]()
 
     def send(self, signal_name: str, *args: object) -> None:
         """Emit from the worker; quiet when the app is shutting down and the relay is already gone."""
@@ -108,13 +120,15 @@ def run_in_background(
     on_error: Callable[[BaseException], None] = _NOTHING,
     on_progress: Callable[[Any], None] = _NOTHING,
     on_done: Callable[[], None] = _NOTHING,
+    owner: QObject | None = None,
 ) -> None:
     """Run `work(progress)` in `pool`; call back on the GUI thread (must be called on the GUI thread).
 
     `progress(item)` may be called from the work any number of times; each item reaches `on_progress`.
-    Exactly one of `on_result(value)` / `on_error(exception)` follows, then `on_done()`.
+    Exactly one of `on_result(value)` / `on_error(exception)` follows, then `on_done()`. Once `owner`
+    is destroyed, no callback is called any more.
     """
-    relay = _Relay(on_result, on_error, on_progress, on_done)
+    relay = _Relay(on_result, on_error, on_progress, on_done, owner)
     _LIVE.add(relay)
     pool.start(_Job(work, relay))
 
@@ -177,6 +191,7 @@ class LatestOnly(QObject):
                 on_error=current_only(on_error),
                 on_progress=current_only(on_progress),
                 on_done=self._on_done,
+                owner=self,
             )
 
         if self._pending is not None:

@@ -236,6 +236,7 @@ class MainWindow(QMainWindow):
         right.setFrameShape(QFrame.Shape.NoFrame)
         right.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         right.setMinimumWidth(320)
+        self.right_panel = right
         # Clicks in the side panel leave the keyboard with the file list, so the arrow keys keep moving
         # through the images after a slider drag; Tab still reaches every control.
         right.setFocusPolicy(Qt.FocusPolicy.NoFocus)
@@ -251,7 +252,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
         self.splitter.setCollapsible(1, False)
-        self.splitter.setSizes([320, 620, 340])
+        self.splitter.setSizes([370, 570, 340])
         self.setCentralWidget(self.splitter)
 
     def _action(self, text: str, slot, shortcut: QKeySequence | str | None = None, icon: QIcon | None = None, checkable: bool = False, tip: str = "") -> QAction:  # type: ignore[no-untyped-def]
@@ -385,7 +386,7 @@ class MainWindow(QMainWindow):
         self.zoom_label.setMinimumWidth(70)
         self.pixel_label = QLabel("")
         self.pixel_label.setObjectName("pixelReadout")
-        self.pixel_label.setMinimumWidth(150)
+        self.pixel_label.setMinimumWidth(200)
         self.batch_progress = QProgressBar()
         self.batch_progress.setObjectName("batchProgress")
         self.batch_progress.setMaximumWidth(220)
@@ -811,8 +812,9 @@ class MainWindow(QMainWindow):
         self.display_controls.set_source(int(np.floor(low)), int(np.ceil(high)), default, presets, note)
         self.display_controls.set_window_level(WindowLevel(default.level, default.width, self._window_level.invert))
         self.display_controls.setToolTip(MODEL_INPUT_PIXELS)
-        rows = "".join(f"<tr><td><b>{name}</b>&nbsp;</td><td>{_html(value)}</td></tr>" for name, value in image.header)
-        self.header_text.setText(f"<table>{rows}</table>" if rows else "No header tags")
+        # One wrapped line per tag: a table would size the side panel to its longest keyword.
+        lines = "<br>".join(f"<b>{_html(name)}</b>: {_html(value)}" for name, value in image.header)
+        self.header_text.setText(lines or "No header tags")
         self.header_panel.show()
 
     @Slot(int, int)
@@ -833,8 +835,8 @@ class MainWindow(QMainWindow):
             return
         value = f"{image.grey[y, x]}"
         if image.raw is not None:
-            value = f"{image.raw[y, x]:g} (model input {image.grey[y, x]})"
-        self.pixel_label.setText(f"x {x}, y {y}: {value}")
+            value = f"{image.raw[y, x]:g} (model {image.grey[y, x]})"
+        self.pixel_label.setText(f"x {x} y {y} = {value}")
 
     def _orient(self, turns: int, flip: bool) -> None:
         self._rotation = (self._rotation + turns) % 4

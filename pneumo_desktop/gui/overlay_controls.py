@@ -192,6 +192,9 @@ class DisplayControls(QGroupBox):
         self.preset_combo = QComboBox()
         self.preset_combo.setObjectName("windowPresets")
         self.preset_combo.setToolTip("Windows stored in the file, and its full data range")
+        # Long preset names must not widen the side panel.
+        self.preset_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.preset_combo.setMinimumContentsLength(12)
         self.invert_box = QCheckBox("Invert")
         self.reset_button = QPushButton("Reset")
         self.reset_button.setToolTip("The image's own window (for DICOM: the first one stored in the file), not inverted")

@@ -23,7 +23,6 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 import pneumo_desktop.core.imaging as imaging  # noqa: E402
 from pneumo_desktop.core.batch import read_results  # noqa: E402
 from pneumo_desktop.gui.file_list import FileListModel  # noqa: E402
-from pneumo_desktop.gui.icons import RowStatus  # noqa: E402
 
 from .conftest import SAMPLES_DIR  # noqa: E402
 from .imaging_helpers import sample_grey, write_dicom  # noqa: E402

@@ -1,4 +1,4 @@
-"""Zoomable, pannable image view (wheel zoom, drag pan, fit, 1:1) with an optional second pane.
+"""Zoomable, pannable image view (wheel zoom, drag pan, fit, 1:1, rotate/flip); side by side is two linked views.
 
 The view only draws what it is given: window/level and the overlay are computed by the window
 from the decoded image, so nothing here can change what the model sees.
@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
 MIN_ZOOM = 0.02
 MAX_ZOOM = 32.0
 WHEEL_STEP = 1.25
-PANE_GAP = 16.0
 BACKGROUND = QColor("#16181b")
 
 
@@ -54,26 +53,23 @@ class ImageView(QGraphicsView):
         self._scene = QGraphicsScene(self)
         self.setScene(self._scene)
         self._primary = QGraphicsPixmapItem()
-        self._secondary = QGraphicsPixmapItem()
-        for item in (self._primary, self._secondary):
-            item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
-            item.setShapeMode(QGraphicsPixmapItem.ShapeMode.BoundingRectShape)
-            self._scene.addItem(item)
-        # Captions: light text on a dark translucent badge, readable over any part of a film.
-        self._badges = (QGraphicsRectItem(), QGraphicsRectItem())
-        self._captions = (QGraphicsSimpleTextItem(self._badges[0]), QGraphicsSimpleTextItem(self._badges[1]))
+        self._primary.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        self._primary.setShapeMode(QGraphicsPixmapItem.ShapeMode.BoundingRectShape)
+        self._scene.addItem(self._primary)
+        # Caption: light text on a dark translucent badge, readable over any part of a film.
+        self._badge = QGraphicsRectItem()
+        self._caption = QGraphicsSimpleTextItem(self._badge)
         caption_font = QFont()
         caption_font.setPointSize(10)
-        for badge, caption in zip(self._badges, self._captions):
-            badge.setBrush(QColor(0, 0, 0, 160))
-            badge.setPen(Qt.PenStyle.NoPen)
-            # Badges keep their on-screen size whatever the zoom.
-            badge.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
-            badge.setZValue(10)
-            caption.setBrush(QColor("#f1f3f4"))
-            caption.setFont(caption_font)
-            caption.setPos(6, 3)
-            self._scene.addItem(badge)
+        self._badge.setBrush(QColor(0, 0, 0, 160))
+        self._badge.setPen(Qt.PenStyle.NoPen)
+        # The badge keeps its on-screen size whatever the zoom.
+        self._badge.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
+        self._badge.setZValue(10)
+        self._caption.setBrush(QColor("#f1f3f4"))
+        self._caption.setFont(caption_font)
+        self._caption.setPos(6, 3)
+        self._scene.addItem(self._badge)
         self._has_image = False
         self._fit_mode = True
         self._placeholder = "Open a chest X-ray: File ▸ Open, or drop images or a folder here"
@@ -123,39 +119,19 @@ class ImageView(QGraphicsView):
 
     def _clear_items(self) -> None:
         self._primary.setPixmap(QPixmap())
-        self._secondary.setPixmap(QPixmap())
-        self._secondary.setVisible(False)
-        for badge in self._badges:
-            badge.setVisible(False)
+        self._badge.setVisible(False)
         self._scene.setSceneRect(QRectF(0, 0, 1, 1))
 
-    def set_images(
-        self,
-        primary: QImage,
-        secondary: QImage | None = None,
-        captions: tuple[str, str] | None = None,
-        new_image: bool = False,
-    ) -> None:
-        """Show one image, or two side by side. `new_image` re-fits; otherwise zoom/pan are kept."""
-        self._primary.setPixmap(QPixmap.fromImage(primary))
-        width = float(primary.width())
-        height = float(primary.height())
-        if secondary is not None:
-            self._secondary.setPixmap(QPixmap.fromImage(secondary))
-            self._secondary.setPos(width + PANE_GAP, 0)
-            self._secondary.setVisible(True)
-            rect = QRectF(0, 0, width * 2 + PANE_GAP, height)
-        else:
-            self._secondary.setVisible(False)
-            rect = QRectF(0, 0, width, height)
-        for i, (badge, caption) in enumerate(zip(self._badges, self._captions)):
-            visible = captions is not None and (i == 0 or secondary is not None)
-            badge.setVisible(visible)
-            if visible and captions is not None:
-                caption.setText(captions[i])
-                text = caption.boundingRect()
-                badge.setRect(QRectF(0, 0, text.width() + 12, text.height() + 6))
-                badge.setPos(QPointF(i * (width + PANE_GAP), 0))
+    def set_image(self, image: QImage, caption: str | None = None, new_image: bool = False) -> None:
+        """Show `image` (with an optional caption badge). `new_image` re-fits; otherwise zoom/pan are kept."""
+        self._primary.setPixmap(QPixmap.fromImage(image))
+        self._badge.setVisible(bool(caption))
+        if caption:
+            self._caption.setText(caption)
+            text = self._caption.boundingRect()
+            self._badge.setRect(QRectF(0, 0, text.width() + 12, text.height() + 6))
+            self._badge.setPos(QPointF(0, 0))
+        rect = QRectF(0, 0, float(image.width()), float(image.height()))
         layout_changed = rect != self._scene.sceneRect()
         self._scene.setSceneRect(rect)
         self._has_image = True
@@ -166,9 +142,6 @@ class ImageView(QGraphicsView):
 
     def primary_image(self) -> QImage:
         return self._primary.pixmap().toImage()
-
-    def secondary_image(self) -> QImage | None:
-        return self._secondary.pixmap().toImage() if self._secondary.isVisible() else None
 
     # -- zoom -----------------------------------------------------------------------------------
     def zoom(self) -> float:
@@ -242,9 +215,6 @@ class ImageView(QGraphicsView):
             scene = self.mapToScene(event.position().toPoint())
             pixmap = self._primary.pixmap()
             x, y = int(scene.x()), int(scene.y())
-            # The second pane shows the same pixels: read them from the first.
-            if self._secondary.isVisible() and x >= pixmap.width() + PANE_GAP:
-                x -= int(pixmap.width() + PANE_GAP)
             inside = 0 <= x < pixmap.width() and 0 <= y < pixmap.height() and scene.x() >= 0 and scene.y() >= 0
             self.pixelHovered.emit((x, y) if inside else None)
         super().mouseMoveEvent(event)

@@ -754,16 +754,16 @@ class MainWindow(QMainWindow):
         options = result.job.options
         new_image = result.job.new_image
         if options.side_by_side and result.overlay_image is not None:
-            self.view.set_images(result.display_image, None, ("Image", ""), new_image=new_image)
+            self.view.set_image(result.display_image, "Image", new_image=new_image)
             self.view2.show()
-            self.view2.set_images(result.overlay_image, None, ("Grad-CAM overlay", ""), new_image=new_image)
+            self.view2.set_image(result.overlay_image, "Grad-CAM overlay", new_image=new_image)
             self.view2.shown_path = state.path
             self.view2.set_orientation(self._rotation, self._flipped)
             self.view2.copy_view_of(self.view)
         else:
             self.view2.hide()
             shown = result.overlay_image if result.overlay_image is not None else result.display_image
-            self.view.set_images(shown, None, None, new_image=new_image)
+            self.view.set_image(shown, new_image=new_image)
         self.view.shown_path = state.path
         if new_image:
             self.view.set_orientation(self._rotation, self._flipped)

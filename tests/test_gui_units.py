@@ -98,6 +98,10 @@ def test_file_list_model_rows_follow_results_and_errors(qtbot, tmp_path: Path) -
     model.set_paths(paths)
     assert model.rowCount() == 3 and model.columnCount() == 3
     assert model.data(model.index(0, 2)) == "not scored yet"
+    model.mark_queued(True)  # a batch runs: rows without a result are queued, and say so
+    assert model.data(model.index(0, 2)) == "queued"
+    model.mark_queued(False)
+    assert model.data(model.index(0, 2)) == "not scored yet"
     # Rows are found whatever the spelling of the path (relative, with "..", ...).
     relative = Path(os.path.relpath(paths[1]))
     assert model.row_of(relative) == 1

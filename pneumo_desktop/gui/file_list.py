@@ -20,6 +20,7 @@ from .icons import STATUS_COLOURS, RowStatus, status_icon
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
 SNIFF_BYTES = 132  # enough for the DICOM preamble and "DICM"
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+STATUS_ROLE = Qt.ItemDataRole.UserRole + 2  # the row's RowStatus value, what the filter matches (in C++)
 
 
 def path_key(path: Path | str) -> str:
@@ -72,8 +73,6 @@ class FileEntry:
             return "scoring…"
         if self.probability is not None:
             return self.label
-        if self.status is RowStatus.QUEUED:
-            return "queued"
         return "not scored yet"
 
 
@@ -101,6 +100,7 @@ class FileListModel(QStandardItemModel):
         self._rows: dict[str, int] = {}
         self._positive_label = "PNEUMONIA"
         self.other_files: list[Path] = []  # non-images found beside the images: counted, not listed
+        self._queued = False  # a batch is running: unscored rows say "queued"
 
     # -- content --------------------------------------------------------------------------------
     def set_paths(self, paths: list[Path], roots: Iterable[Path] = ()) -> None:
@@ -152,12 +152,14 @@ class FileListModel(QStandardItemModel):
         name, probability, result = items
         # One setData call per cell and role set (each is a Python->Qt call on the GUI thread).
         name.setData(status_icon(entry.status), role.DecorationRole)
+        name.setData(entry.status.value, STATUS_ROLE)
         name.setData(tip, role.ToolTipRole)
         probability.setData(format_probability(entry.probability) if entry.probability is not None else "", role.DisplayRole)
         # Sorting by P puts unscored rows first and errors before them (ascending).
         probability.setData(entry.probability if entry.probability is not None else (-2.0 if entry.error else -1.0), SORT_ROLE)
-        result.setData(entry.result_text, role.DisplayRole)
-        result.setData(entry.result_text.lower(), SORT_ROLE)
+        text = "queued" if self._queued and entry.status is RowStatus.UNSCORED else entry.result_text
+        result.setData(text, role.DisplayRole)
+        result.setData(text.lower(), SORT_ROLE)
         result.setData(tip, role.ToolTipRole)
         result.setData(colour, role.ForegroundRole)
 
@@ -201,11 +203,22 @@ class FileListModel(QStandardItemModel):
                 self.set_result(path, probability, label)
 
     def mark_queued(self, queued: bool) -> None:
-        """Rows without a result say "queued" while a batch runs, "not scored yet" otherwise."""
-        old, new = (RowStatus.UNSCORED, RowStatus.QUEUED) if queued else (RowStatus.QUEUED, RowStatus.UNSCORED)
-        for entry in list(self._entries):
-            if entry.status is old or (not queued and entry.status is RowStatus.WORKING):
-                self._update(entry.path, status=new)
+        """Rows without a result say "queued" while a batch runs, "not scored yet" otherwise.
+
+        Only the text of those rows changes (one call per row, signals batched into one dataChanged):
+        a full row update each would make a 500-row batch start with a visible stall.
+        """
+        self._queued = queued
+        text = "queued" if queued else "not scored yet"
+        self.blockSignals(True)
+        try:
+            for row, entry in enumerate(self._entries):
+                if entry.status is RowStatus.UNSCORED:
+                    self.item(row, self.COLUMN_RESULT).setData(text, Qt.ItemDataRole.DisplayRole)
+        finally:
+            self.blockSignals(False)
+        if self.rowCount():
+            self.dataChanged.emit(self.index(0, self.COLUMN_RESULT), self.index(self.rowCount() - 1, self.COLUMN_RESULT))
 
     def counts(self) -> dict[RowStatus, int]:
         result = {status: 0 for status in RowStatus}
@@ -232,29 +245,28 @@ FILTERS: dict[str, frozenset[RowStatus] | None] = {
     "Above threshold": frozenset({RowStatus.POSITIVE}),
     "Below threshold": frozenset({RowStatus.NORMAL}),
     "Errors": frozenset({RowStatus.ERROR}),
-    "Not scored": frozenset({RowStatus.UNSCORED, RowStatus.QUEUED, RowStatus.WORKING}),
+    "Not scored": frozenset({RowStatus.UNSCORED}),
 }
 
 
 class FileListProxy(QSortFilterProxyModel):
-    """Sorts by name, P or result, and filters by status, without touching the source rows."""
+    """Sorts by name, P or result, and filters by status, without touching the source rows.
+
+    Sorting and filtering run in C++ (sort role, and a pattern on the status role): a Python
+    filterAcceptsRow would be called for every row on every update during a batch.
+    """
 
     def __init__(self, source: FileListModel) -> None:
         super().__init__()
         self.setSourceModel(source)
         self.setSortRole(SORT_ROLE)
-        self._shown: frozenset[RowStatus] | None = None
+        self.setFilterRole(STATUS_ROLE)
+        self.setFilterKeyColumn(FileListModel.COLUMN_NAME)
 
     def set_filter(self, name: str) -> None:
-        self._shown = FILTERS.get(name)
-        self.invalidateFilter()
-
-    def filterAcceptsRow(self, source_row: int, _parent: QModelIndex) -> bool:  # noqa: N802 - Qt override
-        if self._shown is None:
-            return True
-        source = self.sourceModel()
-        assert isinstance(source, FileListModel)
-        return source.entry(source_row).status in self._shown
+        shown = FILTERS.get(name)
+        pattern = "" if shown is None else "^(" + "|".join(sorted(status.value for status in shown)) + ")$"
+        self.setFilterRegularExpression(pattern)
 
 
 class FileListView(QTableView):

@@ -14,8 +14,8 @@ from ..core.resources import resources_dir
 
 
 class RowStatus(Enum):
-    UNSCORED = "unscored"  # listed, nothing asked of it yet
-    QUEUED = "queued"  # waiting in a running batch
+    UNSCORED = "unscored"  # listed, no result yet (the list says "queued" while a batch runs)
+    QUEUED = "queued"
     WORKING = "working"
     NORMAL = "normal"
     POSITIVE = "positive"

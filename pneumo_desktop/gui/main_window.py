@@ -939,10 +939,6 @@ class MainWindow(QMainWindow):
         if self._row_queue:
             self._row_timer.start()
 
-    def _drain_all_rows(self) -> None:
-        while self._row_queue:
-            self._drain_rows()
-
     def rows_pending(self) -> int:
         """List updates received from the batch but not shown yet."""
         return len(self._row_queue)
@@ -982,8 +978,7 @@ class MainWindow(QMainWindow):
         self.batchFailed.emit(message)
 
     def _hide_batch_progress(self) -> None:
-        self._drain_all_rows()
-        self.file_model.mark_queued(False)
+        self.file_model.mark_queued(False)  # rows still in the queue get their results on later turns
         self.batch_progress.hide()
         self.batch_cancel_button.hide()
 

@@ -1,4 +1,4 @@
-"""Screenshots of the real main window for the docs: docs/screenshots/single.png and batch.png.
+"""Screenshots of the real main window for the docs: docs/screenshots/single.png, dicom.png and batch.png.
 
 Runs the app under Xvfb with the xcb platform (the same code path as a desktop session) unless a
 DISPLAY is already set. Uses the bundled model when resources/model exists, else `--model DIR`, else
@@ -27,6 +27,7 @@ SAMPLES = REPO / "resources" / "samples"
 SINGLE_SAMPLE = "person1345_bacteria_3426.jpeg"
 BATCH_FILES = 120
 WINDOW_SIZE = (1280, 800)
+MAX_PNG_BYTES = 300_000  # docs stay small: a larger shot is reduced to a 256-colour palette
 
 log = logging.getLogger("screenshots")
 
@@ -87,12 +88,28 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     target = samples.index(SAMPLES / SINGLE_SAMPLE)
     window.file_list.select_row(target)
     wait(window.predictionShown)
+    while not window.rendering_idle():
+        qt_wait(20)
     settle()
     single = out / "single.png"
-    window.grab().save(str(single))
-    log.info("wrote %s", single)
+    save(window.grab(), single)
 
-    # 2. A folder mid-batch: copies of the samples, grabbed once ~40% are scored.
+    # 2. A 12-bit DICOM with its stored window, header panel and pixel readout.
+    dicom = make_dicom(SAMPLES / SINGLE_SAMPLE, scratch / "chest.dcm")
+    window.overlay_controls.enabled_box.setChecked(False)
+    window.open_paths([dicom])
+    wait(window.predictionShown)
+    while not window.rendering_idle():
+        qt_wait(20)
+    bar = window.right_panel.verticalScrollBar()
+    bar.setValue(bar.maximum())  # the DICOM header panel sits below the display controls
+    settle()
+    window._on_pixel_hovered((400, 500))  # what the status bar shows under the cursor
+    save(window.grab(), out / "dicom.png")
+    window.overlay_controls.enabled_box.setChecked(True)
+    bar.setValue(0)
+
+    # 3. A folder mid-batch, sorted by P(pneumonia): copies of the samples, grabbed once ~40% are scored.
     folder = scratch / "study_folder"
     link_copies(samples, folder, BATCH_FILES)
     done = [0]
@@ -102,11 +119,16 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     deadline = time.monotonic() + 300
     while done[0] < BATCH_FILES * 0.4 and window.batch.running and time.monotonic() < deadline:
         qt_wait(10)
-    # Scroll so that the list shows where scored rows meet queued ones.
-    window.file_list.scrollTo(window.file_model.index(min(done[0] + 10, BATCH_FILES - 1), 0))
+    from PySide6.QtCore import Qt
+
+    from pneumo_desktop.gui.file_list import FileListModel
+
+    window.file_list.sortByColumn(FileListModel.COLUMN_PROBABILITY, Qt.SortOrder.DescendingOrder)
+    window.file_list.scrollToTop()
+    settle()
     batch = out / "batch.png"
-    window.grab().save(str(batch))
-    log.info("wrote %s (%d of %d scored at the time)", batch, done[0], BATCH_FILES)
+    save(window.grab(), batch)
+    log.info("%d of %d scored at the time", done[0], BATCH_FILES)
     window.cancel_batch()
     if window.batch.running:
         wait(window.batchFinished)
@@ -114,6 +136,45 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     app.processEvents()
     log.info("model used: %s", model_note)
     return 0
+
+
+def save(pixmap, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Write a screenshot, reduced to a 256-colour palette PNG (Pillow) when it would be large."""
+    from PIL import Image
+
+    pixmap.save(str(path))
+    if path.stat().st_size > MAX_PNG_BYTES:
+        with Image.open(path) as shot:
+            reduced = shot.convert("RGB").quantize(256, dither=Image.Dither.FLOYDSTEINBERG)
+        reduced.save(path, optimize=True)
+    log.info("wrote %s (%d KB)", path, path.stat().st_size // 1024)
+
+
+def make_dicom(source: Path, path: Path) -> Path:
+    """A 12-bit DX DICOM made from a sample JPEG (values x16), with a stored window and a few header tags."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    grey = np.asarray(Image.open(source).convert("L"), dtype=np.uint16) * 16
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+    ds.PatientName, ds.PatientID, ds.PatientSex = "Sample^Anonymous", "SAMPLE-0001", "O"
+    ds.StudyDate, ds.StudyDescription, ds.SeriesDescription = "20260101", "Chest PA (sample)", "made from a sample JPEG"
+    ds.Rows, ds.Columns = grey.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = grey.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ def test_overlay_controls_reblend_without_rerunning_the_model(qtbot, make_window
 
     window.overlay_controls.side_by_side_box.setChecked(True)
     wait_rendered(qtbot, window)
-    assert window.view.secondary_image() is not None
+    assert window.view2.isVisible() and not window.view2.primary_image().isNull()
     assert window.act_side.isChecked()
 
     window.act_overlay.setChecked(False)  # toolbar toggle drives the same option
@@ -279,8 +279,9 @@ def test_bad_file_shows_its_error_in_its_row_and_the_status_bar(qtbot, make_wind
     assert Path(failed_path) == bad and message
     entry = window.file_model.entry(window.file_model.row_of(bad))
     assert entry.status is RowStatus.ERROR and entry.error == message
-    assert message in window.file_model.data(window.file_model.index(0, 1))
-    assert message in window.statusBar().currentMessage()
+    assert message in window.file_model.data(window.file_model.index(0, window.file_model.COLUMN_RESULT))
+    assert bad.name in window.statusBar().currentMessage()
+    assert message in window.view.placeholder()
     assert window.prediction_panel.label_value.text() == "—"
     assert not window.view.has_image
 
@@ -387,7 +388,12 @@ def test_exports_png_and_pdf(qtbot, make_window, tiny_model, tmp_path: Path) -> 
     assert window.export_overlay_png(png)
     image = QImage(str(png))
     grey = load_image(path).grey
-    assert (image.height(), image.width()) == grey.shape
+    # The overlay at full resolution, with a caption strip below it (label, P, colour bar).
+    assert image.width() == grey.shape[1] and image.height() > grey.shape[0]
+    pixels = qimage_array(image)
+    assert np.array_equal(pixels[: grey.shape[0]], window._export_arrays()[1])
+    caption = pixels[grey.shape[0] :]
+    assert len(np.unique(caption.reshape(-1, 3), axis=0)) > 20, "the caption strip holds text and a colour bar"
     pdf = tmp_path / "report.pdf"
     assert window.export_pdf_report(pdf)
     data = pdf.read_bytes()
@@ -541,6 +547,11 @@ def test_run_gui_opens_command_line_paths_and_installs_the_excepthook(qtbot, mon
         assert gui_app.run_gui([normal_sample()]) == 0
     finally:
         safety_net.stop()
+        # Closing the last window posts a Quit event that arrives after exec() returned; left alone it
+        # marks the application as quitting and every later event loop (in later tests) returns at once.
+        # One short exec() consumes it and clears that state.
+        QTimer.singleShot(0, QApplication.quit)
+        QApplication.exec()
         for handler in logging.getLogger().handlers[len(root_handlers):]:
             logging.getLogger().removeHandler(handler)
             handler.close()

@@ -18,7 +18,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QColor  # noqa: E402
 
-from pneumo_desktop.gui.file_list import format_probability  # noqa: E402
+from pneumo_desktop.gui.file_list import FileListModel, format_probability  # noqa: E402
 from pneumo_desktop.gui.icons import STATUS_COLOURS, RowStatus  # noqa: E402
 from pneumo_desktop.gui.main_window import MainWindow  # noqa: E402
 from pneumo_desktop.gui.prediction_panel import REFUSED_LABEL, SUBTYPE_CAVEAT  # noqa: E402
@@ -91,7 +91,7 @@ def test_a_photo_shows_the_refusal_state(qtbot, window: MainWindow, photo: Path,
     assert not panel.subtype_value.isVisible() and not panel.override_note.isVisible()
     entry = window.file_model.entry(window.file_model.row_of(photo))
     assert entry.status is RowStatus.REFUSED and entry.probability is None
-    assert window.file_model.data(window.file_model.index(0, 1)) == "refused"
+    assert window.file_model.data(window.file_model.index(0, FileListModel.COLUMN_RESULT)) == "refused"
     assert REASON in window.file_model.data(window.file_model.index(0, 0), Qt.ItemDataRole.ToolTipRole)
     # no Grad-CAM overlay, nothing to export as a result
     assert window.state.overlay_rgb is None
@@ -119,7 +119,7 @@ def test_score_anyway_shows_a_probability_marked_overridden(qtbot, window: MainW
     entry = window.file_model.entry(window.file_model.row_of(photo))
     assert entry.overridden and entry.probability == pytest.approx(prediction.probability)
     assert entry.status in (RowStatus.NORMAL, RowStatus.POSITIVE)
-    assert window.file_model.data(window.file_model.index(0, 1)).endswith("*")
+    assert window.file_model.data(window.file_model.index(0, FileListModel.COLUMN_RESULT)).endswith("*")
     # the overlay is drawn now, and the report can be made; it says overridden
     assert window.state.overlay_rgb is not None
     pdf = tmp_path / "overridden.pdf"

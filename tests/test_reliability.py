@@ -107,6 +107,19 @@ def test_dicom_pixel_padding_does_not_set_the_range(tmp_path: Path, stored12: np
     assert (padded[:40] == 0).all(), "padding is shown as the darkest image value"
 
 
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_dicom_display_values_do_not_let_padding_set_the_window_range(
+    tmp_path: Path, stored12: np.ndarray, photometric: str
+) -> None:
+    image = load_image(_padded_dicom(tmp_path / "padded.dcm", stored12, photometric))
+    inner = (stored12 // 2 + 1000).astype(np.float64)
+    assert image.raw is not None and image.raw_inverted == (photometric == "MONOCHROME1")
+    raw = np.asarray(image.raw, np.float64)
+    # the viewer's full-range window is the image's own range, not stretched down to the padding value 0
+    assert raw.min() == inner.min() and raw.max() == inner.max()
+    assert np.array_equal(raw[40:-40, 40:-40], inner)
+
+
 def test_padding_range_limit(tmp_path: Path, stored12: np.ndarray) -> None:
     import pydicom
 

@@ -102,14 +102,31 @@ class ImplausibleGeometryError(ImageLoadError):
     """Decoded fine, but no chest X-ray has this size or shape."""
 
 
+# Which pixels the model reads, in one place (the GUI and the docs quote it). Ordinary 8-bit images: the
+# decoded grey values as they are. DICOM (and data deeper than 8 bits): the file's own display transform,
+# i.e. modality LUT, then its VOI LUT or first stored window (else the real data range), MONOCHROME1 inverted,
+# scaled to 8 bits -- the rendering its producer chose, as the training JPEGs were exported renderings.
+# A display window chosen in the viewer never changes the model input.
+MODEL_INPUT_PIXELS = (
+    "8-bit images as decoded; DICOM through the file's own VOI LUT or first stored window "
+    "(else its full data range), scaled to 8 bits. Display windowing never changes the model input."
+)
+
+
 @dataclass(frozen=True)
 class LoadedImage:
     path: Path
-    grey: np.ndarray = field(repr=False)  # 2-D uint8 (H, W)
+    grey: np.ndarray = field(repr=False)  # 2-D uint8 (H, W): what the model reads (see MODEL_INPUT_PIXELS)
     format: str  # "PNG" | "JPEG" | "TIFF" | "BMP" | "DICOM"
     bit_depth: int  # bits of the stored data
     width: int
     height: int
+    # Display only: monochrome DICOM keeps its modality values (e.g. 12-bit, after rescale) for windowing in
+    # the image's own units, with its stored windows (centre, width), and whether high values are dark.
+    raw: np.ndarray | None = field(default=None, repr=False, compare=False)
+    windows: tuple[tuple[float, float], ...] = ()
+    raw_inverted: bool = False
+    header: tuple[tuple[str, str], ...] = ()  # (name, value) of a few DICOM tags, for display
 
 
 # --------------------------------------------------------------------------- format sniffing
@@ -521,10 +538,15 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _result(path: Path, grey: np.ndarray, fmt: str, bit_depth: int) -> LoadedImage:
+def _result(path: Path, grey: np.ndarray, fmt: str, bit_depth: int, **display: object) -> LoadedImage:
     grey = np.ascontiguousarray(grey, dtype=np.uint8)
     grey.setflags(write=False)  # shared between threads (viewer, model): nobody may mutate it
-    return LoadedImage(path=path, grey=grey, format=fmt, bit_depth=bit_depth, width=grey.shape[1], height=grey.shape[0])
+    raw = display.get("raw")
+    if isinstance(raw, np.ndarray):
+        raw.setflags(write=False)
+    return LoadedImage(
+        path=path, grey=grey, format=fmt, bit_depth=bit_depth, width=grey.shape[1], height=grey.shape[0], **display  # type: ignore[arg-type]
+    )
 
 
 # --------------------------------------------------------------------------- JPEG beyond 8-bit baseline
@@ -738,9 +760,12 @@ def _dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
     if photometric in _MONOCHROME:
         if arr.ndim != 2:
             raise DicomDecodeError(path, f"unexpected DICOM pixel array shape {arr.shape} for {photometric}")
-        grey = _dicom_monochrome_to_uint8(arr, ds, apply_modality_lut, apply_voi)
+        values = _modality_values(arr, ds, apply_modality_lut)
+        grey = _dicom_monochrome_to_uint8(values, ds, apply_voi)
         if photometric == "MONOCHROME1":
             grey = 255 - grey  # MONOCHROME1: minimum value is white; the app shows bone bright
+        display = _dicom_display(values, ds, photometric == "MONOCHROME1")
+        return _result(path, grey, "DICOM", bits_stored, **display)
     elif photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
         grey = cv2.cvtColor(scale_to_uint8(np.asarray(rgb)), cv2.COLOR_RGB2GRAY)
@@ -795,7 +820,11 @@ def _padding_mask(arr: np.ndarray, ds) -> np.ndarray | None:
     return mask if mask.any() and not mask.all() else None
 
 
-def _dicom_monochrome_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_voi) -> np.ndarray:
+def _modality_values(arr: np.ndarray, ds, apply_modality_lut) -> np.ndarray:
+    """Stored values -> modality units (modality LUT or rescale), Pixel Padding set to the darkest image value.
+
+    Both the model input (through the VOI below) and the viewer's windowing (LoadedImage.raw) start here.
+    """
     padding = _padding_mask(arr, ds)
     # 1) modality LUT: stored values -> modality units (e.g. rescale slope/intercept)
     if "ModalityLUTSequence" in ds:
@@ -814,6 +843,11 @@ def _dicom_monochrome_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_vo
         monochrome1 = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
         fill = image_values.max() if monochrome1 else image_values.min()
         values = np.where(padding, fill, values).astype(values.dtype, copy=False)
+    return values
+
+
+def _dicom_monochrome_to_uint8(values: np.ndarray, ds, apply_voi) -> np.ndarray:
+    """Modality values (see _modality_values) -> the 8-bit model input, through the file's own VOI."""
     # 2) VOI: a VOI LUT if present, else the first window, else the real data range
     if ds.get("VOILUTSequence"):
         try:
@@ -828,6 +862,36 @@ def _dicom_monochrome_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_vo
         if unit is not None:
             return np.rint(unit * 255.0).astype(np.uint8)
     return scale_to_uint8(values)
+
+
+_HEADER_TAGS = (
+    "PatientName", "PatientID", "PatientSex", "PatientAge", "StudyDate", "StudyDescription", "SeriesDescription",
+    "Modality", "BodyPartExamined", "ViewPosition", "Manufacturer", "InstitutionName", "PhotometricInterpretation",
+    "BitsStored", "PixelSpacing", "KVP", "ExposureInMuAs", "WindowCenter", "WindowWidth",
+)
+
+
+def _dicom_display(values: np.ndarray, ds, monochrome1: bool) -> dict[str, object]:
+    """What the viewer needs beyond the 8-bit model input: modality values, stored windows, a few tags."""
+    windows: list[tuple[float, float]] = []
+    centres, widths = ds.get("WindowCenter"), ds.get("WindowWidth")
+    for c, w in zip(_as_list(centres), _as_list(widths)):
+        try:
+            if float(w) >= 1:
+                windows.append((float(c), float(w)))
+        except (TypeError, ValueError):
+            continue
+    header = tuple((name, str(ds.get(name))) for name in _HEADER_TAGS if ds.get(name) not in (None, ""))
+    return {"raw": np.ascontiguousarray(values), "windows": tuple(windows), "raw_inverted": monochrome1, "header": header}
+
+
+def _as_list(value) -> list:  # type: ignore[type-arg]
+    if value is None or value == "":
+        return []
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
 
 
 def _first_window(ds) -> tuple[float, float] | None:

@@ -14,7 +14,6 @@ from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from .. import __version__
-from . import qt_compat  # noqa: F401 - measures/pins PySide6 refcount defects before heavy Qt use
 from .icons import app_icon
 from .settings import APPLICATION, ORGANIZATION
 
@@ -115,9 +114,14 @@ def run_gui(paths: list[Path]) -> int:
 
     window = MainWindow()
     sys.excepthook = make_excepthook(lambda: window, log_path)
+    # Quit when the window closes, whatever else is open (a message box, a running batch's last signal).
+    # Direct, not queued: a quit() delivered after exec() returned would stop every later event loop.
+    window.closed.connect(app.quit)
     window.show()
     if paths:
         QTimer.singleShot(0, lambda: window.open_paths([Path(p) for p in paths]))
+    else:
+        QTimer.singleShot(0, window.restore_session)
     log.info("Pneumo Desktop %s started", __version__)
     return int(app.exec())
 

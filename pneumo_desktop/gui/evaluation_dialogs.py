@@ -36,8 +36,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .qt_compat import emit
-from .workers import FunctionTask, describe_error
+from .background import run_in_background
+from .workers import describe_error
 
 if TYPE_CHECKING:
     from ..core.evaluation import Evaluation
@@ -60,7 +60,6 @@ class EvaluationRunner(QObject):
         super().__init__(parent)
         self._pool = pool
         self._cancel: threading.Event | None = None
-        self._task: FunctionTask | None = None
 
     @property
     def running(self) -> bool:
@@ -87,31 +86,24 @@ class EvaluationRunner(QObject):
                                                cancel=cancel, resamples=resamples or mx.BOOTSTRAP_RESAMPLES)
             return evaluation
 
-        task = FunctionTask(work)
-        self._task = task  # its signals object must outlive the run (a collected wrapper would take it along)
-        task.signals.progress.connect(self._on_progress)
-        task.signals.result.connect(self._on_result)
-        task.signals.error.connect(self._on_error)
-        self._pool.start(task)
+        run_in_background(self._pool, work, on_result=self._on_result, on_error=self._on_error,
+                          on_progress=self._on_progress, owner=self)
 
     def cancel(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
 
-    @Slot(object)
     def _on_progress(self, value: object) -> None:
         done, total = value  # type: ignore[misc]
-        emit(self.progress, done, total)
+        self.progress.emit(done, total)
 
-    @Slot(object)
     def _on_result(self, evaluation: object) -> None:
         self._cancel = None
-        emit(self.finished, evaluation)
+        self.finished.emit(evaluation)
 
-    @Slot(object)
-    def _on_error(self, exc: object) -> None:
+    def _on_error(self, exc: BaseException) -> None:
         self._cancel = None
-        emit(self.failed, describe_error(exc))  # type: ignore[arg-type]
+        self.failed.emit(describe_error(exc))
 
 
 def _pixmap(png: bytes) -> QPixmap:
@@ -199,7 +191,7 @@ class _ScoringDialog(QDialog):
             self.show_result(self.evaluation)
             self.body.setVisible(True)
             self.adjustSize()
-        emit(self.scoringDone, evaluation)
+        self.scoringDone.emit(evaluation)
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:
@@ -207,7 +199,7 @@ class _ScoringDialog(QDialog):
         self.progress_bar.setVisible(False)
         self.cancel_button.setVisible(False)
         self.status.setText(f"Could not evaluate: {message}")
-        emit(self.scoringDone, None)
+        self.scoringDone.emit(None)
 
     @staticmethod
     def _summary(e: "Evaluation") -> str:
@@ -395,7 +387,7 @@ class CalibrateDialog(_ScoringDialog):
             QMessageBox.warning(self, "Profile not saved", str(exc))
             return False
         self.status.setText(f'Saved site profile "{profile.name}" to {path}; it is now the active profile.')
-        emit(self.profileSaved, profile)
+        self.profileSaved.emit(profile)
         return True
 
 

@@ -14,6 +14,7 @@ from ..core.resources import resources_dir
 
 
 class RowStatus(Enum):
+    UNSCORED = "unscored"  # listed, no result yet (the list says "queued" while a batch runs)
     QUEUED = "queued"
     WORKING = "working"
     NORMAL = "normal"
@@ -24,6 +25,7 @@ class RowStatus(Enum):
 
 # Muted colours: a result is a model estimate, not an alarm.
 STATUS_COLOURS: dict[RowStatus, str] = {
+    RowStatus.UNSCORED: "#9aa0a6",
     RowStatus.QUEUED: "#9aa0a6",
     RowStatus.WORKING: "#4a90d9",
     RowStatus.NORMAL: "#3c9a5f",
@@ -41,7 +43,7 @@ def status_icon(status: RowStatus, size: int = 16) -> QIcon:
     painter.setRenderHint(QPainter.RenderHint.Antialiasing)
     colour = QColor(STATUS_COLOURS[status])
     rect = QRectF(2.5, 2.5, size - 5, size - 5)
-    if status is RowStatus.QUEUED:
+    if status in (RowStatus.QUEUED, RowStatus.UNSCORED):
         painter.setPen(QPen(colour, 1.6))
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.drawEllipse(rect)

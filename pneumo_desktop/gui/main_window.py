@@ -17,7 +17,11 @@ import numpy as np
 from PySide6.QtCore import QSettings, QSize, Qt, QThreadPool, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
+    QComboBox,
     QDialog,
+    QGroupBox,
+    QHBoxLayout,
     QFileDialog,
     QFrame,
     QLabel,
@@ -35,22 +39,24 @@ from PySide6.QtWidgets import (
 )
 
 from .. import RESEARCH_USE_STATEMENT
-from ..core.imaging import find_images
+from ..core.imaging import MODEL_INPUT_PIXELS, find_images
+from ..core.resources import samples_dir
+from .annotate import annotated_overlay
 from ..core.model_card import ModelIntegrityError
 from ..core.overlay import colorbar, render_overlay
-from .file_list import FileListModel, FileListView, path_key
+from .file_list import FILTERS, FileListModel, FileListView, path_key, split_images
 from .icons import app_icon, glyph
 from .image_view import ImageView, array_to_qimage
 from .dialogs import AboutDialog, ResumeChoice, ask_resume, show_message
 from .evaluation_dialogs import apply_site_profile, install_site_actions
-from .options import OverlayOptions, WindowLevel, apply_window_level
+from .options import OverlayOptions, WindowLevel, apply_window_level, full_range_window
 from .overlay_controls import DisplayControls, OverlayControls
 from .prediction_panel import PredictionPanel
-from .qt_compat import emit
 from .report import ExportError, ReportData, save_png, write_pdf_report
 from .settings import SettingsStore
-from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult
-from .workers import BatchController, BatchOutcome, FunctionTask, ModelLoadController, ModelLoader, default_model_loader, describe_error
+from .background import run_in_background
+from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
+from .workers import BatchController, BatchOutcome, ModelLoadController, ModelLoader, default_model_loader, describe_error
 
 if TYPE_CHECKING:
     from ..core.batch import BatchProgress
@@ -97,6 +103,7 @@ class MainWindow(QMainWindow):
     overlayRendered = Signal()
     batchFinished = Signal(object)  # BatchOutcome
     batchFailed = Signal(str)
+    closed = Signal()  # the window has closed: the app should quit (run_gui connects it)
 
     def __init__(
         self,
@@ -120,7 +127,10 @@ class MainWindow(QMainWindow):
         self._dialogs: list[QWidget] = []
         self._window_level = WindowLevel()
         self._overrides: dict[str, "Explanation"] = {}  # path key -> explanation scored anyway (refuse=False)
-        self._override_path: Path | None = None  # the image being scored anyway
+        self._closing = False
+        self._inputs: list[Path] = []  # what was opened (files and folders), for the session
+        self._rotation = 0  # display orientation, quarter turns clockwise
+        self._flipped = False
 
         self.requester = LatestImageRequester(self.pool, self)
         self.model_controller = ModelLoadController(self.pool, self)
@@ -169,15 +179,38 @@ class MainWindow(QMainWindow):
         self.file_header = QLabel("Images")
         self.file_header.setObjectName("fileHeader")
         self.file_header.setStyleSheet("font-weight: 600;")
+        self.filter_combo = QComboBox()
+        self.filter_combo.setObjectName("listFilter")
+        self.filter_combo.addItems(list(FILTERS))
+        self.filter_combo.setToolTip("Show only some rows (click a column header to sort)")
+        self.filter_combo.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+        self.other_files_label = QLabel("")
+        self.other_files_label.setObjectName("otherFiles")
+        self.other_files_label.setWordWrap(True)
+        self.other_files_label.setStyleSheet("color: #5f6368;")
+        self.other_files_label.hide()
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(8, 8, 4, 8)
-        left_layout.addWidget(self.file_header)
+        header_row = QHBoxLayout()
+        header_row.addWidget(self.file_header)
+        header_row.addStretch(1)
+        header_row.addWidget(self.filter_combo)
+        left_layout.addLayout(header_row)
         left_layout.addWidget(self.file_list)
+        left_layout.addWidget(self.other_files_label)
         left.setMinimumWidth(200)
 
+        # Side by side is two linked views (same zoom and region), not two halves of one canvas.
         self.view = ImageView()
         self.view.setObjectName("imageView")
+        self.view2 = ImageView()
+        self.view2.setObjectName("overlayView")
+        self.view2.hide()
+        self.view_area = QSplitter(Qt.Orientation.Horizontal)
+        self.view_area.setChildrenCollapsible(False)
+        self.view_area.addWidget(self.view)
+        self.view_area.addWidget(self.view2)
 
         self.prediction_panel = PredictionPanel()
         self.overlay_controls = OverlayControls(self.settings.overlay_options())
@@ -191,6 +224,15 @@ class MainWindow(QMainWindow):
         right_layout.addWidget(self.prediction_panel)
         right_layout.addWidget(self.overlay_controls)
         right_layout.addWidget(self.display_controls)
+        self.header_panel = QGroupBox("DICOM header")
+        self.header_panel.setObjectName("dicomHeader")
+        self.header_text = QLabel()
+        self.header_text.setObjectName("dicomHeaderText")
+        self.header_text.setWordWrap(True)
+        self.header_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        QVBoxLayout(self.header_panel).addWidget(self.header_text)
+        self.header_panel.hide()
+        right_layout.addWidget(self.header_panel)
         right_layout.addStretch(1)
         right = QScrollArea()
         right.setWidget(right_content)
@@ -198,16 +240,23 @@ class MainWindow(QMainWindow):
         right.setFrameShape(QFrame.Shape.NoFrame)
         right.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         right.setMinimumWidth(320)
+        self.right_panel = right
+        # Clicks in the side panel leave the keyboard with the file list, so the arrow keys keep moving
+        # through the images after a slider drag; Tab still reaches every control.
+        right.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        for control in right_content.findChildren(QWidget):
+            if control.focusPolicy() & Qt.FocusPolicy.ClickFocus:
+                control.setFocusPolicy(Qt.FocusPolicy.TabFocus)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)
-        self.splitter.addWidget(self.view)
+        self.splitter.addWidget(self.view_area)
         self.splitter.addWidget(right)
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
         self.splitter.setCollapsible(1, False)
-        self.splitter.setSizes([320, 620, 340])
+        self.splitter.setSizes([370, 570, 340])
         self.setCentralWidget(self.splitter)
 
     def _action(self, text: str, slot, shortcut: QKeySequence | str | None = None, icon: QIcon | None = None, checkable: bool = False, tip: str = "") -> QAction:  # type: ignore[no-untyped-def]
@@ -237,6 +286,21 @@ class MainWindow(QMainWindow):
         self.act_fit = self._action("&Fit to Window", self.view.fit, "Ctrl+0", glyph("fit"), tip="Fit the image to the window")
         self.act_actual = self._action("&Actual Size (1:1)", self.view.actual_size, "Ctrl+1", glyph("one_to_one"), tip="One image pixel per screen pixel")
         self.act_zoom_in = self._action("Zoom &In", lambda: self.view.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn)
+        # Ctrl+= as well: on most keyboards "+" needs Shift, and "=" is the key people press.
+        self.act_zoom_in.setShortcuts([QKeySequence(QKeySequence.StandardKey.ZoomIn), QKeySequence("Ctrl+="), QKeySequence("Ctrl++")])
+        self.act_recursive = self._action("Include &Subfolders", self.settings.set_include_subfolders, checkable=True, tip="Folders are opened and scored with their subfolders (e.g. test/NORMAL, test/PNEUMONIA)")
+        self.act_recursive.setChecked(self.settings.include_subfolders())
+        self.act_samples = self._action("Open &Sample X-rays", self.open_samples, tip="The sample chest X-rays that come with the app")
+        self.act_next = self._action("&Next Image", lambda: self.file_list.step(1), "N", tip="Next image in the list (from anywhere)")
+        self.act_next.setShortcuts([QKeySequence("N"), QKeySequence("Ctrl+Down")])
+        self.act_previous = self._action("&Previous Image", lambda: self.file_list.step(-1), "P", tip="Previous image in the list (from anywhere)")
+        self.act_previous.setShortcuts([QKeySequence("P"), QKeySequence("Ctrl+Up")])
+        self.act_rotate = self._action("&Rotate 90° Clockwise", lambda: self._orient(1, False), "Ctrl+]", tip="Rotate the display (the model is not affected)")
+        self.act_rotate_back = self._action("Rotate 90° &Anticlockwise", lambda: self._orient(-1, False), "Ctrl+[")
+        self.act_flip = self._action("&Flip Horizontally", lambda: self._orient(0, True), "Ctrl+Shift+H", tip="Mirror the display (the model is not affected)")
+        self.act_full_screen = self._action("F&ull Screen", self._on_full_screen, QKeySequence.StandardKey.FullScreen, checkable=True)
+        self.act_full_screen.setShortcuts([QKeySequence("F11"), QKeySequence(QKeySequence.StandardKey.FullScreen)])
+        self.act_shortcuts = self._action("&Keyboard Shortcuts", self.show_shortcuts, "F1")
         self.act_zoom_out = self._action("Zoom &Out", lambda: self.view.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut)
         self.act_invert = self._action("&Invert", self._on_invert_action, "Ctrl+I", glyph("invert"), checkable=True, tip="Invert the display (the model is not affected)")
         self.act_reset_wl = self._action("&Reset Window/Level", self.display_controls.reset, "Ctrl+R")
@@ -253,6 +317,7 @@ class MainWindow(QMainWindow):
         file_menu = menu.addMenu("&File")
         file_menu.addAction(self.act_open)
         file_menu.addAction(self.act_open_folder)
+        file_menu.addAction(self.act_recursive)
         self.recent_menu = QMenu("Open &Recent", self)
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addMenu(self.recent_menu)
@@ -276,10 +341,19 @@ class MainWindow(QMainWindow):
         for action in (self.act_invert, self.act_reset_wl):
             view_menu.addAction(action)
         view_menu.addSeparator()
+        for action in (self.act_rotate, self.act_rotate_back, self.act_flip, self.act_full_screen):
+            view_menu.addAction(action)
+        view_menu.addSeparator()
+        view_menu.addAction(self.act_next)
+        view_menu.addAction(self.act_previous)
+        view_menu.addSeparator()
         view_menu.addAction(self.act_overlay)
         view_menu.addAction(self.act_side)
 
         help_menu = menu.addMenu("&Help")
+        help_menu.addAction(self.act_samples)
+        help_menu.addAction(self.act_shortcuts)
+        help_menu.addSeparator()
         help_menu.addAction(self.act_about)
         help_menu.addAction(self.act_about_qt)
 
@@ -315,6 +389,9 @@ class MainWindow(QMainWindow):
         bar = self.statusBar()
         self.zoom_label = QLabel("")
         self.zoom_label.setMinimumWidth(70)
+        self.pixel_label = QLabel("")
+        self.pixel_label.setObjectName("pixelReadout")
+        self.pixel_label.setMinimumWidth(200)
         self.batch_progress = QProgressBar()
         self.batch_progress.setObjectName("batchProgress")
         self.batch_progress.setMaximumWidth(220)
@@ -331,6 +408,7 @@ class MainWindow(QMainWindow):
         self.research_label.setStyleSheet("color: #7a4a00; padding: 0 6px;")
         bar.addPermanentWidget(self.batch_progress)
         bar.addPermanentWidget(self.batch_cancel_button)
+        bar.addPermanentWidget(self.pixel_label)
         bar.addPermanentWidget(self.zoom_label)
         bar.addPermanentWidget(self.model_status_label)
         bar.addPermanentWidget(self.research_label)
@@ -352,7 +430,15 @@ class MainWindow(QMainWindow):
         self.renderer.failed.connect(self._on_render_failed)
         self.overlay_controls.changed.connect(self._on_overlay_changed)
         self.display_controls.changed.connect(self._on_window_level_changed)
-        self.view.zoomChanged.connect(lambda z: self.zoom_label.setText(f"Zoom {z * 100:.0f}%"))
+        self.view.zoomChanged.connect(lambda z: self.zoom_label.setText(f"Zoom {z * 100:.0f}%" if self.view.has_image else ""))
+        self.view.viewChanged.connect(lambda: self.view2.copy_view_of(self.view) if self.view2.isVisible() else None)
+        self.view2.viewChanged.connect(lambda: self.view.copy_view_of(self.view2) if self.view2.isVisible() else None)
+        for view in (self.view, self.view2):
+            view.windowDragged.connect(self._on_window_dragged)
+            view.pixelHovered.connect(self._on_pixel_hovered)
+        self.view.empty_button.clicked.connect(self.open_samples)
+        self.filter_combo.currentTextChanged.connect(self.file_list.proxy.set_filter)
+        self.view.show_empty_button(samples_dir().is_dir())
 
     def _restore_settings(self) -> None:
         geometry = self.settings.geometry()
@@ -393,7 +479,7 @@ class MainWindow(QMainWindow):
         self.model_status_label.setToolTip(f"{model.model_dir}\nthreshold {card.threshold:.3f} ({card.threshold_rule})")
         self.prediction_panel.set_model_info(card.name, f"v{card.version}")
         self._update_actions()
-        emit(self.modelReady, model)
+        self.modelReady.emit(model)
         # An image opened while the model was loading gets its prediction now.
         if self.state.path is not None:
             self._request(self.state.path)
@@ -416,7 +502,7 @@ class MainWindow(QMainWindow):
         if self.state.image is not None:
             self.prediction_panel.clear("No model loaded: predictions are off.")
         self._update_actions()
-        emit(self.modelFailed, message)
+        self.modelFailed.emit(message)
 
     def _choose_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open Model Folder", str(self._start_folder()))
@@ -426,42 +512,92 @@ class MainWindow(QMainWindow):
     # =========================================================================================
     # Opening files
     # =========================================================================================
-    def open_paths(self, paths: Sequence[Path | str], exclude: Sequence[Path] = ()) -> int:
-        """Open files and/or folders (menus, drops, recent files, command line). Returns rows."""
+    def open_paths(self, paths: Sequence[Path | str], exclude: Sequence[Path] = (), *, add: bool = False) -> int:
+        """Open files and/or folders (menus, drops, recent files, command line). Returns the rows listed.
+
+        `add` appends to the list (drops) instead of replacing it. Folders include their subfolders
+        when File ▸ Include Subfolders is on (the default). Files that are not images are counted
+        under the list, never listed.
+        """
         inputs = [Path(p) for p in paths]
         if not inputs:
             return 0
         missing = [p for p in inputs if not p.exists()]
         excluded = {path_key(p) for p in exclude}
+        recursive = self.act_recursive.isChecked()
         try:
-            files = find_images([p for p in inputs if p.exists()])
-            files = [f for f in files if path_key(f) not in excluded] if excluded else files
+            found = find_images([p for p in inputs if p.exists()], recursive=recursive)
+            found = [f for f in found if path_key(f) not in excluded] if excluded else found
+            files, others = split_images(found)
         except OSError as exc:
             self._message("warning", "Cannot open", f"Could not list {', '.join(map(str, inputs))}: {exc}")
             return 0
-        self.requester.cancel()
-        self.state = DisplayState()
-        self._row_queue.clear()
-        self.file_model.set_paths(files)
+        roots = [p for p in inputs if p.is_dir()]
+        if add and self.file_model.rowCount():
+            added = self.file_model.add_paths(files, roots)
+            self.file_model.other_files.extend(others)
+            self._inputs.extend(inputs)
+        else:
+            self.requester.cancel()
+            self.state = DisplayState()
+            self._row_queue.clear()
+            self.file_model.set_paths(files, roots)
+            self.file_model.other_files = list(others)
+            self._inputs = list(inputs)
+            added = files
         for path in inputs:
             if path.exists():
                 self.settings.add_recent(path)
         first = inputs[0]
         self.settings.set_last_folder(first if first.is_dir() else first.parent)
         self._update_file_header()
+        self.view.show_empty_button(False)
         if missing:
             self.statusBar().showMessage(f"Not found: {', '.join(str(p) for p in missing)}", 8000)
-        if files:
-            self.file_list.select_row(0)
+        if added:
+            if add and self.file_list.current_path() is not None:
+                self.file_list.select_path(added[0])
+            else:
+                self.file_list.select_row(0)
             self.file_list.setFocus()
             where = inputs[0] if len(inputs) == 1 else f"{len(inputs)} locations"
             if not missing:
-                self.statusBar().showMessage(f"Opened {len(files)} file(s) from {where}", 5000)
-        else:
-            self.view.clear("No files to show in " + ", ".join(p.name for p in inputs))
+                self.statusBar().showMessage(f"Opened {len(added)} image(s) from {where}", 5000)
+        elif not add:
+            self.view.clear(self._nothing_found_text(inputs, others, recursive))
             self.prediction_panel.clear("No image")
         self._update_actions()
-        return len(files)
+        return len(added)
+
+    @staticmethod
+    def _nothing_found_text(inputs: list[Path], others: list[Path], recursive: bool) -> str:
+        names = ", ".join(p.name for p in inputs)
+        text = f"No images in {names}"
+        if others:
+            text += f" ({len(others)} other file(s), not images)"
+        has_subfolders = any(p.is_dir() and any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir()) for p in inputs)
+        if has_subfolders and not recursive:
+            text += ".\n\nThe images may be in its subfolders: turn on File ▸ Include Subfolders and open it again."
+        return text
+
+    def open_samples(self) -> int:
+        """Open the sample X-rays that ship with the app (one click from the empty window)."""
+        folder = samples_dir()
+        if not folder.is_dir():
+            self._message("warning", "No samples", f"The sample folder is missing: {folder}")
+            return 0
+        return self.open_paths([folder])
+
+    def restore_session(self) -> int:
+        """Open what was open when the window last closed (only what still exists)."""
+        inputs, current = self.settings.session()
+        inputs = [p for p in inputs if p.exists()]
+        if not inputs:
+            return 0
+        rows = self.open_paths(inputs)
+        if current is not None:
+            self.file_list.select_path(current)
+        return rows
 
     def _start_folder(self) -> Path:
         folder = self.settings.last_folder()
@@ -511,11 +647,16 @@ class MainWindow(QMainWindow):
         if paths:
             event.acceptProposedAction()
             # Open after the drop returns so the source application is not kept waiting.
-            QTimer.singleShot(0, lambda: self.open_paths(paths))
+            QTimer.singleShot(0, lambda: self.open_paths(paths, add=True))
 
     def _update_file_header(self) -> None:
         n = self.file_model.rowCount()
         self.file_header.setText(f"Images ({n})" if n else "Images")
+        others = self.file_model.other_files
+        self.other_files_label.setVisible(bool(others))
+        if others:
+            self.other_files_label.setText(f"{len(others)} other file(s) are not images and are not listed")
+            self.other_files_label.setToolTip("\n".join(str(p) for p in others[:40]) + ("\n…" if len(others) > 40 else ""))
 
     # =========================================================================================
     # Showing one image: decode + explain in a worker, latest request wins
@@ -528,14 +669,21 @@ class MainWindow(QMainWindow):
         self.state = DisplayState(path=path)
         self.setWindowTitle(f"{path.name} — {APP_TITLE}")
         self.prediction_panel.clear("Reading image…")
+        # Never leave the previous picture under the new name: a busy note until the new one is drawn.
+        for view in (self.view, self.view2):
+            view.clear(f"Reading {path.name}…")
+        self.zoom_label.setText("")
+        self.overlay_controls.set_meaning("")
         self.renderer.cancel()
         self.requester.request(path)  # returns at once; the result arrives by signal
         self._update_actions()
 
     @Slot(object)
     def _on_image_ready(self, image: "LoadedImage") -> None:
+        previous = self.state.image
         self.state.image = image
         self.state.explanation = None
+        self._set_display_source(image, previous)
         self._render(new_image=True)
         if self.model is not None:
             self.prediction_panel.clear("Analysing…")
@@ -547,7 +695,7 @@ class MainWindow(QMainWindow):
             f"{image.path.name}: {image.width} × {image.height} px, {image.format}, {image.bit_depth}-bit", 5000
         )
         self._update_actions()
-        emit(self.imageShown, image)
+        self.imageShown.emit(image)
 
     @Slot(object)
     def _on_explanation_ready(self, explanation: "Explanation") -> None:
@@ -559,6 +707,9 @@ class MainWindow(QMainWindow):
         self._render()
         positive = self.model.card.positive_class if self.model is not None else "PNEUMONIA"
         self.prediction_panel.set_prediction(prediction, positive)
+        self.overlay_controls.set_meaning(
+            REFUSED_MEANING if prediction.refused else overlay_meaning(prediction.label, prediction.probability, positive)
+        )
         if self.state.path is not None:
             if prediction.refused:
                 self.file_model.set_refused(self.state.path, prediction.refusal_reason or "")
@@ -566,45 +717,56 @@ class MainWindow(QMainWindow):
                 self.file_model.set_result(self.state.path, prediction.probability, prediction.label,
                                            prediction.refusal_reason if prediction.overridden else "")
         self._update_actions()
-        emit(self.predictionShown, explanation)
+        self.predictionShown.emit(explanation)
 
     def score_anyway(self) -> None:
         """Score the refused image on screen regardless (refuse=False); the result is marked overridden."""
         state, model = self.state, self.model
         if model is None or state.image is None or state.path is None:
             return
-        image, self._override_path = state.image, state.path
+        image, path = state.image, state.path
         self.prediction_panel.set_busy_override()
-        task = FunctionTask(lambda _progress: model.explain(image, refuse=False))
-        # bound slots of this window: Qt queues them onto the GUI thread
-        task.signals.result.connect(self._on_override_ready)
-        task.signals.error.connect(self._on_override_failed)
-        self.pool.start(task)
+        # Not through the requester (newest request wins): a user's explicit choice is never dropped.
+        # The result is kept for the image either way and shown if it is still on screen.
+        run_in_background(
+            self.pool,
+            lambda _progress: model.explain(image, refuse=False),
+            on_result=lambda explanation: self._on_override_ready(path, model, explanation),
+            on_error=lambda exc: self._on_override_failed(path, exc),
+            owner=self,
+        )
 
-    @Slot(object)
-    def _on_override_ready(self, explanation: "Explanation") -> None:
-        path = self._override_path
-        if path is None:
-            return
+    def _on_override_ready(self, path: Path, model: "PneumoniaModel", explanation: "Explanation") -> None:
+        if model is not self.model:
+            return  # the model changed meanwhile: overrides belong to the model that refused
         self._overrides[path_key(path)] = explanation
-        if self.state.path is not None and path_key(self.state.path) == path_key(path):
+        if self._on_screen(path):
             self._on_explanation_ready(explanation)
 
-    @Slot(object)
-    def _on_override_failed(self, exc: object) -> None:
-        if self._override_path is not None:
-            self._on_request_failed(self._override_path, describe_error(exc))  # type: ignore[arg-type]
+    def _on_override_failed(self, path: Path, exc: BaseException) -> None:
+        message = describe_error(exc)
+        log.warning("scoring %s anyway failed: %s", path, message)
+        if self._on_screen(path):
+            self._on_request_failed(path, message)
+        else:  # the row stays refused; the failure is said where the user looks now
+            self.statusBar().showMessage(f"Could not score {path.name} anyway: {message}", 10000)
+
+    def _on_screen(self, path: Path) -> bool:
+        return self.state.path is not None and path_key(self.state.path) == path_key(path)
 
     @Slot(object, str)
     def _on_request_failed(self, path: object, message: str) -> None:
         path = Path(str(path))
         self.file_model.set_error(path, message)
         self.state = DisplayState(path=path)
-        self.view.clear(f"Cannot show {path.name}\n\n{message}")
+        for view in (self.view, self.view2):
+            view.clear(f"Cannot show {path.name}\n\n{message}")
+        self.zoom_label.setText("")
         self.prediction_panel.clear(f"Could not read this file: {message}")
-        self.statusBar().showMessage(f"{path.name}: {message}", 10000)
+        # The full message is in the view and the row; the status bar gets a short line that fits.
+        self.statusBar().showMessage(f"{path.name} cannot be read (the reason is shown in the image area)", 10000)
         self._update_actions()
-        emit(self.fileFailed, path, message)
+        self.fileFailed.emit(path, message)
 
     # =========================================================================================
     # Display: window/level and overlay are re-blended from cached arrays, never re-inferred
@@ -624,9 +786,15 @@ class MainWindow(QMainWindow):
         state = self.state
         if state.image is None:
             return
-        cam = state.explanation.cam if state.explanation is not None else None
+        cam = state.explanation.cam if state.explanation is not None else None  # None for a refused image
+        probability = state.explanation.prediction.probability if state.explanation is not None else None
+        strength = cam_strength(probability) if probability is not None else 1.0
+        image = state.image
         self.renderer.request(
-            RenderJob(state.image.grey, cam, self._window_level, self.overlay_controls.options(), new_image)
+            RenderJob(
+                image.grey, cam, self._window_level, self.overlay_controls.options(), new_image,
+                source=image.raw, source_inverted=image.raw_inverted, cam_strength=strength,
+            )
         )
 
     @Slot(object)
@@ -637,14 +805,23 @@ class MainWindow(QMainWindow):
         state.display_grey = result.display_grey
         state.overlay_rgb = result.overlay_rgb
         options = result.job.options
+        new_image = result.job.new_image
         if options.side_by_side and result.overlay_image is not None:
-            self.view.set_images(
-                result.display_image, result.overlay_image, ("Image", "Grad-CAM overlay"), new_image=result.job.new_image
-            )
+            self.view.set_image(result.display_image, "Image", new_image=new_image)
+            self.view2.show()
+            self.view2.set_image(result.overlay_image, "Grad-CAM overlay", new_image=new_image)
+            self.view2.shown_path = state.path
+            self.view2.set_orientation(self._rotation, self._flipped)
+            self.view2.copy_view_of(self.view)
         else:
+            self.view2.hide()
             shown = result.overlay_image if result.overlay_image is not None else result.display_image
-            self.view.set_images(shown, None, None, new_image=result.job.new_image)
-        emit(self.overlayRendered)
+            self.view.set_image(shown, new_image=new_image)
+        self.view.shown_path = state.path
+        if new_image:
+            self.view.set_orientation(self._rotation, self._flipped)
+        self.zoom_label.setText(f"Zoom {self.view.zoom() * 100:.0f}%")
+        self.overlayRendered.emit()
 
     @Slot(object)
     def _on_render_failed(self, exc: object) -> None:
@@ -666,6 +843,79 @@ class MainWindow(QMainWindow):
         self.act_invert.setChecked(window.invert)
         self.act_invert.blockSignals(False)
         self._schedule_render()
+
+    def _set_display_source(self, image: "LoadedImage", previous: "LoadedImage | None") -> None:
+        """Window/level in this image's own units; DICOM starts at the window its model input used."""
+        if image.raw is None:
+            self.header_panel.hide()
+            if previous is None or previous.raw is not None:  # units changed: back to the full grey range
+                self.display_controls.set_source(0, 255, WindowLevel(), [], "")
+                self.display_controls.set_window_level(WindowLevel(invert=self._window_level.invert))
+            return
+        low, high = float(image.raw.min()), float(image.raw.max())
+        full = full_range_window(low, high)
+        presets = [(f"File window {i + 1} (C {c:g}, W {w:g})", WindowLevel(round(c), max(round(w), 2))) for i, (c, w) in enumerate(image.windows)]
+        presets.append((f"Full range ({low:g} to {high:g})", full))
+        default = presets[0][1] if image.windows else full
+        if image.windows:
+            c, w = image.windows[0]
+            note = f"The model reads this file through its stored window (C {c:g}, W {w:g})."
+        else:
+            note = "The model reads this file's full data range."
+        self.display_controls.set_source(int(np.floor(low)), int(np.ceil(high)), default, presets, note)
+        self.display_controls.set_window_level(WindowLevel(default.level, default.width, self._window_level.invert))
+        self.display_controls.setToolTip(MODEL_INPUT_PIXELS)
+        # One wrapped line per tag: a table would size the side panel to its longest keyword.
+        lines = "<br>".join(f"<b>{_html(name)}</b>: {_html(value)}" for name, value in image.header)
+        self.header_text.setText(lines or "No header tags")
+        self.header_panel.show()
+
+    @Slot(int, int)
+    def _on_window_dragged(self, dx: int, dy: int) -> None:
+        """Right-button drag on the image: horizontal = width, vertical = level (as in DICOM viewers)."""
+        step = self.display_controls.value_step()
+        self.display_controls.adjust(dy * step, dx * step)
+
+    @Slot(object)
+    def _on_pixel_hovered(self, point: object) -> None:
+        image = self.state.image
+        if point is None or image is None:
+            self.pixel_label.setText("")
+            return
+        x, y = point  # type: ignore[misc]
+        if not (0 <= x < image.width and 0 <= y < image.height):
+            self.pixel_label.setText("")
+            return
+        value = f"{image.grey[y, x]}"
+        if image.raw is not None:
+            value = f"{image.raw[y, x]:g} (model {image.grey[y, x]})"
+        self.pixel_label.setText(f"x {x} y {y} = {value}")
+
+    def _orient(self, turns: int, flip: bool) -> None:
+        self._rotation = (self._rotation + turns) % 4
+        self._flipped = self._flipped != flip
+        for view in (self.view, self.view2):
+            view.set_orientation(self._rotation, self._flipped)
+
+    def _on_full_screen(self, checked: bool) -> None:
+        self.showFullScreen() if checked else self.showNormal()
+
+    def shortcut_rows(self) -> list[tuple[str, str]]:
+        """(action, keys) for every action with a shortcut, as the Help list shows them."""
+        rows = []
+        for action in self.findChildren(QAction):
+            keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts())
+            if keys:
+                rows.append((action.text().replace("&", "").rstrip("…"), keys))
+        rows += [("Window/level", "right-button drag on the image"), ("Zoom", "mouse wheel"), ("Pan", "left-button drag")]
+        return sorted(set(rows))
+
+    def show_shortcuts(self) -> QDialog:
+        rows = "".join(f"<tr><td>{_html(name)}&nbsp;&nbsp;</td><td><b>{_html(keys)}</b></td></tr>" for name, keys in self.shortcut_rows())
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard Shortcuts", f"<table>{rows}</table>", QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        return self._keep(box)
 
     def _on_invert_action(self, checked: bool) -> None:
         self.display_controls.invert_box.setChecked(checked)
@@ -695,17 +945,19 @@ class MainWindow(QMainWindow):
             # The output CSV is never an input (score_paths skips it too). No resolve() per file:
             # a syscall per file on the GUI thread adds up in a folder of thousands.
             output_key = path_key(output_csv)
-            files = [f for f in find_images(inputs) if path_key(f) != output_key]
+            found = find_images(inputs, recursive=self.act_recursive.isChecked())
+            files = split_images(f for f in found if path_key(f) != output_key)[0]
         except OSError as exc:
             self._message("warning", "Cannot score", f"Could not list the folder: {exc}")
             return False
         if sorted(map(path_key, files)) != sorted(map(path_key, self.file_model.paths())):
             self.open_paths(inputs, exclude=[Path(output_csv)])
         try:
-            self.batch.start(inputs, Path(output_csv), self.model, resume=resume)
+            self.batch.start(inputs, Path(output_csv), self.model, resume=resume, recursive=self.act_recursive.isChecked())
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self._message("critical", "Cannot start scoring", describe_error(exc))
             return False
+        self.file_model.mark_queued(True)
         self.batch_progress.setRange(0, 0)  # busy until the first result says how many
         self.batch_progress.show()
         self.batch_cancel_button.setEnabled(True)
@@ -749,6 +1001,11 @@ class MainWindow(QMainWindow):
         # Rows read back from the CSV (resumed ones included); rows already shown are skipped cheaply.
         self._queue_rows([(r.path, r.probability, r.prediction, r.error, r.refusal_reason) for r in outcome.rows])
         self._hide_batch_progress()
+        if self._closing:
+            # Quit during a batch: the rows written so far stay in the CSV; no box for a window that is gone.
+            log.info("batch stopped on quit: %d scored, CSV %s", outcome.summary.scored, outcome.summary.output)
+            self.batchFinished.emit(outcome)
+            return
         s = outcome.summary
         parts = [f"{s.scored} scored", f"{s.errors} could not be read"]
         if s.refused:
@@ -760,19 +1017,23 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(text, 15000)
         self._message("information", verdict, text, f"Results: {s.output}")
         self._update_actions()
-        emit(self.batchFinished, outcome)
+        self.batchFinished.emit(outcome)
 
     @Slot(object)
     def _on_batch_failed(self, exc: object) -> None:
         message = describe_error(exc)  # type: ignore[arg-type]
         log.error("batch failed: %r", exc)
         self._hide_batch_progress()
+        if self._closing:
+            self.batchFailed.emit(message)
+            return
         self.statusBar().showMessage(f"Scoring failed: {message}", 15000)
         self._message("critical", "Scoring failed", f"Scoring stopped: {message}", "Rows written before the error are kept; run it again and choose Resume.")
         self._update_actions()
-        emit(self.batchFailed, message)
+        self.batchFailed.emit(message)
 
     def _hide_batch_progress(self) -> None:
+        self.file_model.mark_queued(False)  # rows still in the queue get their results on later turns
         self.batch_progress.hide()
         self.batch_cancel_button.hide()
 
@@ -806,8 +1067,11 @@ class MainWindow(QMainWindow):
         if state.image is None or state.explanation is None or state.explanation.cam is None:
             return None  # nothing yet, or a refused image (no map, not a result)
         options = self.overlay_controls.options()
-        grey = apply_window_level(state.image.grey, self._window_level)
-        rgb = render_overlay(grey, state.explanation.cam, options.colormap, options.opacity, options.cutoff)
+        image = state.image
+        source = image.raw if image.raw is not None else image.grey
+        grey = apply_window_level(source, self._window_level, image.raw_inverted)
+        cam = state.explanation.cam * np.float32(cam_strength(state.explanation.prediction.probability))
+        rgb = render_overlay(grey, cam, options.colormap, options.opacity, options.cutoff)
         return grey, rgb
 
     def _refused_on_screen(self) -> bool:
@@ -826,8 +1090,13 @@ class MainWindow(QMainWindow):
         if arrays is None:
             self.statusBar().showMessage("Nothing to export yet: wait for the prediction", 5000)
             return False
+        assert self.state.explanation is not None
+        prediction = self.state.explanation.prediction
+        options = self.overlay_controls.options()
+        bar = array_to_qimage(colorbar(options.colormap, length=256, thickness=16, vertical=False))
+        note = f"Drawn at {cam_strength(prediction.probability):.0%} strength (P(pneumonia))."
         try:
-            save_png(array_to_qimage(arrays[1]), Path(path))
+            save_png(annotated_overlay(array_to_qimage(arrays[1]), bar, prediction, note), Path(path))
         except ExportError as exc:
             self._message("warning", "Export failed", str(exc))
             return False
@@ -910,12 +1179,17 @@ class MainWindow(QMainWindow):
         self.act_export_png.setEnabled(has_prediction)
         self.act_export_pdf.setEnabled(has_prediction)
         has_image = self.state.image is not None
-        for action in (self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out):
+        for action in (self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out, self.act_rotate, self.act_rotate_back, self.act_flip):
             action.setEnabled(has_image)
+        has_rows = self.file_model.rowCount() > 0
+        self.act_next.setEnabled(has_rows)
+        self.act_previous.setEnabled(has_rows)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._closing = True
         self.batch.cancel()
         self.requester.cancel()
+        self.settings.set_session(self._inputs, self.file_list.current_path())
         self.settings.save_window(self.saveGeometry(), self.saveState(), self.splitter.saveState())
         self.settings.set_overlay_options(self.overlay_controls.options())
         self.settings.sync()
@@ -923,3 +1197,27 @@ class MainWindow(QMainWindow):
         self.batch_pool.waitForDone(30_000)
         self.pool.waitForDone(30_000)
         super().closeEvent(event)
+        # Results that arrived while waiting are shown/logged now, before the window goes for good.
+        QApplication.sendPostedEvents()
+        self.closed.emit()
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+REFUSED_MEANING = "Refused: no Grad-CAM map is drawn for an image the model does not read as a chest X-ray."
+
+
+def overlay_meaning(label: str, probability: float, positive_label: str) -> str:
+    """What the overlay colours mean for this result, in words."""
+    strength = cam_strength(probability)
+    if label == positive_label:
+        return (
+            f"{label}: colours mark the regions that most raised P(pneumonia); the map is drawn at "
+            f"{strength:.0%} strength (its P)."
+        )
+    return (
+        f"{label}: the model found little evidence of pneumonia. The map of that weak evidence is drawn at "
+        f"{strength:.0%} strength (its P), so little or nothing is coloured; a colour here is not a finding."
+    )

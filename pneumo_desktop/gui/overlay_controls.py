@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
 from ..core.overlay import COLORMAPS, colorbar
 from .image_view import array_to_qimage
 from .options import OverlayOptions, WindowLevel
-from .qt_compat import emit
 
 MAX_CUTOFF = 95  # percent; 100 would hide the whole map
 
@@ -35,6 +34,8 @@ def _slider(minimum: int, maximum: int, value: int) -> QSlider:
     slider.setValue(value)
     slider.setSingleStep(1)
     slider.setPageStep(10)
+    # Focus by Tab only: a mouse drag leaves the keyboard with the file list (arrow keys keep moving through it).
+    slider.setFocusPolicy(Qt.FocusPolicy.TabFocus)
     return slider
 
 
@@ -89,7 +90,7 @@ class OverlayControls(QGroupBox):
         bar_ends = QHBoxLayout()
         bar_ends.addWidget(_small(QLabel("weak")))
         bar_ends.addStretch(1)
-        bar_ends.addWidget(_small(QLabel("strong influence")))
+        bar_ends.addWidget(_small(QLabel("strong evidence for pneumonia")))
 
         grid = _slider_grid([("Opacity", self.opacity_slider, self.opacity_value),
                              ("Cut-off", self.cutoff_slider, self.cutoff_value)])
@@ -107,6 +108,11 @@ class OverlayControls(QGroupBox):
         layout.addWidget(self.colorbar_label)
         layout.addLayout(bar_ends)
         layout.addWidget(self.side_by_side_box)
+        self.meaning = _small(QLabel())
+        self.meaning.setObjectName("overlayMeaning")
+        self.meaning.setWordWrap(True)
+        self.meaning.setVisible(False)
+        layout.addWidget(self.meaning)
         layout.addWidget(note)
 
         self.set_options(options or OverlayOptions())
@@ -115,6 +121,11 @@ class OverlayControls(QGroupBox):
         self.opacity_slider.valueChanged.connect(self._emit)
         self.cutoff_slider.valueChanged.connect(self._emit)
         self.colormap_combo.currentTextChanged.connect(self._emit)
+
+    def set_meaning(self, text: str) -> None:
+        """What the colours mean for the result on screen (empty: hidden)."""
+        self.meaning.setText(text)
+        self.meaning.setVisible(bool(text))
 
     def options(self) -> OverlayOptions:
         return OverlayOptions(
@@ -151,7 +162,7 @@ class OverlayControls(QGroupBox):
         if self._updating:
             return
         self._refresh()
-        emit(self.changed, self.options())
+        self.changed.emit(self.options())
 
 
 def _to_pixmap(rgb: np.ndarray) -> QPixmap:
@@ -159,7 +170,7 @@ def _to_pixmap(rgb: np.ndarray) -> QPixmap:
 
 
 class DisplayControls(QGroupBox):
-    """Window/level and invert: display only."""
+    """Window/level (in the image's own units: grey values, or DICOM modality values) and invert: display only."""
 
     changed = Signal(object)  # WindowLevel
 
@@ -167,6 +178,8 @@ class DisplayControls(QGroupBox):
         super().__init__("Display", parent)
         self.setObjectName("displayControls")
         self._updating = False
+        self._default = WindowLevel()
+        self._presets: list[tuple[str, WindowLevel]] = []
         self.level_slider = _slider(0, 255, 128)
         self.level_slider.setObjectName("levelSlider")
         self.width_slider = _slider(2, 256, 256)
@@ -174,30 +187,64 @@ class DisplayControls(QGroupBox):
         self.level_value = QLabel()
         self.width_value = QLabel()
         for value_label in (self.level_value, self.width_value):
-            value_label.setMinimumWidth(36)
+            value_label.setMinimumWidth(44)
             value_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.preset_combo = QComboBox()
+        self.preset_combo.setObjectName("windowPresets")
+        self.preset_combo.setToolTip("Windows stored in the file, and its full data range")
+        # Long preset names must not widen the side panel.
+        self.preset_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.preset_combo.setMinimumContentsLength(12)
         self.invert_box = QCheckBox("Invert")
         self.reset_button = QPushButton("Reset")
-        self.reset_button.setToolTip("Full grey range, not inverted")
+        self.reset_button.setToolTip("The image's own window (for DICOM: the first one stored in the file), not inverted")
 
         grid = _slider_grid([("Level", self.level_slider, self.level_value),
                              ("Window", self.width_slider, self.width_value)])
+        self.preset_label = QLabel("Preset")
+        grid.addWidget(self.preset_label, 2, 0)
+        grid.addWidget(self.preset_combo, 2, 1, 1, 2)
         row = QHBoxLayout()
         row.addWidget(self.invert_box)
         row.addStretch(1)
         row.addWidget(self.reset_button)
-        note = _small(QLabel("Changes the display only; the model always reads the original image."))
-        note.setWordWrap(True)
+        self.note = _small(QLabel())
+        self.note.setObjectName("modelInputNote")
+        self.note.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(grid)
         layout.addLayout(row)
-        layout.addWidget(note)
+        layout.addWidget(self.note)
+        self.set_source(0, 255, WindowLevel(), [], "")
 
-        self._refresh()
         self.level_slider.valueChanged.connect(self._emit)
         self.width_slider.valueChanged.connect(self._emit)
         self.invert_box.toggled.connect(self._emit)
         self.reset_button.clicked.connect(self.reset)
+        self.preset_combo.activated.connect(self._on_preset)
+
+    def set_source(self, low: int, high: int, default: WindowLevel, presets: list[tuple[str, WindowLevel]], model_note: str) -> None:
+        """The value range of the image on screen (sliders span it), its default window and presets."""
+        self._default = default
+        self._presets = presets
+        self._updating = True
+        try:
+            span = max(high - low + 1, 2)
+            self.level_slider.setRange(low, max(high, low + 1))
+            self.width_slider.setRange(2, max(span * 2, 256 if span <= 256 else span))
+            step = max(span // 100, 1)
+            for slider in (self.level_slider, self.width_slider):
+                slider.setSingleStep(step)
+                slider.setPageStep(step * 10)
+            self.preset_combo.clear()
+            for name, _window in presets:
+                self.preset_combo.addItem(name)
+        finally:
+            self._updating = False
+        for widget in (self.preset_combo, self.preset_label):
+            widget.setVisible(bool(presets))
+        only_display = "Window/level changes the display only; the model input never changes."
+        self.note.setText(f"{model_note} {only_display}" if model_note else only_display)
 
     def window_level(self) -> WindowLevel:
         return WindowLevel(self.level_slider.value(), self.width_slider.value(), self.invert_box.isChecked())
@@ -211,10 +258,23 @@ class DisplayControls(QGroupBox):
         finally:
             self._updating = False
         self._refresh()
-        emit(self.changed, self.window_level())
+        self.changed.emit(self.window_level())
+
+    def adjust(self, d_level: int, d_width: int) -> None:
+        """Nudge level and width (mouse drag on the image)."""
+        current = self.window_level()
+        self.set_window_level(WindowLevel(current.level + d_level, max(current.width + d_width, 2), current.invert))
+
+    def value_step(self) -> int:
+        return self.level_slider.singleStep()
 
     def reset(self) -> None:
-        self.set_window_level(WindowLevel())
+        self.set_window_level(self._default)
+
+    def _on_preset(self, index: int) -> None:
+        if 0 <= index < len(self._presets):
+            preset = self._presets[index][1]
+            self.set_window_level(WindowLevel(preset.level, preset.width, self.invert_box.isChecked()))
 
     def _refresh(self) -> None:
         self.level_value.setText(str(self.level_slider.value()))
@@ -224,4 +284,4 @@ class DisplayControls(QGroupBox):
         if self._updating:
             return
         self._refresh()
-        emit(self.changed, self.window_level())
+        self.changed.emit(self.window_level())

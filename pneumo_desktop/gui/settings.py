@@ -23,6 +23,9 @@ _GEOMETRY = "window/geometry"
 _STATE = "window/state"
 _SPLITTER = "window/splitter"
 _OVERLAY = "overlay/"
+_SUBFOLDERS = "paths/include_subfolders"
+_SESSION_INPUTS = "session/inputs"
+_SESSION_CURRENT = "session/current"
 
 
 def default_qsettings() -> QSettings:
@@ -112,3 +115,21 @@ class SettingsStore:
 
     def sync(self) -> None:
         self.qsettings.sync()
+
+    # -- folders and the last session -----------------------------------------------------------
+    def include_subfolders(self) -> bool:
+        """Folders are searched with their subfolders (the usual test/NORMAL, test/PNEUMONIA layout); on by default."""
+        return bool(self.qsettings.value(_SUBFOLDERS, True, type=bool))
+
+    def set_include_subfolders(self, value: bool) -> None:
+        self.qsettings.setValue(_SUBFOLDERS, bool(value))
+
+    def session(self) -> tuple[list[Path], Path | None]:
+        """What was open when the window last closed: the opened files/folders and the current image."""
+        inputs = [Path(p) for p in _as_list(self.qsettings.value(_SESSION_INPUTS))]
+        current = self.qsettings.value(_SESSION_CURRENT)
+        return inputs, (Path(str(current)) if current else None)
+
+    def set_session(self, inputs: list[Path], current: Path | None) -> None:
+        self.qsettings.setValue(_SESSION_INPUTS, [str(Path(p).absolute()) for p in inputs])
+        self.qsettings.setValue(_SESSION_CURRENT, str(current.absolute()) if current else "")

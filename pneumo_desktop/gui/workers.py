@@ -1,29 +1,22 @@
-"""Background work: everything slow runs in a QThreadPool, results come back by queued signals.
-
-Rule for thread safety: worker signals are only ever connected to slots of QObjects that live in
-the GUI thread (the controllers here and in display_workers.py), so Qt delivers them as queued
-calls on the GUI thread. This module: generic task, model loading, batch scoring.
-"""
+"""Model loading and batch scoring in the background (through background.run_in_background)."""
 
 from __future__ import annotations
 
-import csv
+import re
 import logging
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from ..core.errors import PneumoError
-from .qt_compat import emit
+from .background import run_in_background
 
 if TYPE_CHECKING:  # only for annotations: the runtime is imported lazily, in a worker
-    from ..core.batch import BatchProgress, BatchSummary
+    from ..core.batch import BatchProgress, BatchRow, BatchSummary
     from ..core.runtime import PneumoniaModel
 
 log = logging.getLogger(__name__)
@@ -42,40 +35,18 @@ def default_model_loader(model_dir: Path | None = None) -> ModelLoader:
     return load
 
 
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def describe_error(exc: BaseException) -> str:
-    """One sentence for a person: the project's errors (PneumoError) carry `.reason`; others get their message."""
-    if isinstance(exc, PneumoError) and exc.reason:
-        return exc.reason
-    text = str(exc).strip()
+    """One sentence for a person: the project's errors (PneumoError) carry `.reason`; others get their message.
+
+    Library messages that quote Python object reprs ("cannot identify image file <_io.BytesIO object
+    at 0x...>") lose the repr: it means nothing to a person.
+    """
+    text = exc.reason if isinstance(exc, PneumoError) and exc.reason else str(exc).strip()
+    text = _OBJECT_REPR.sub("", text).replace(" ()", "").strip()
     return text or type(exc).__name__
-
-
-class TaskSignals(QObject):
-    result = Signal(object)
-    error = Signal(object)  # the exception instance
-    progress = Signal(object)
-    finished = Signal()
-
-
-class FunctionTask(QRunnable):
-    """Runs `fn(report_progress)` in the pool; emits result or error, then finished."""
-
-    def __init__(self, fn: Callable[[Callable[[Any], None]], Any]) -> None:
-        super().__init__()
-        self.fn = fn
-        self.signals = TaskSignals()
-        self.setAutoDelete(True)
-
-    def run(self) -> None:
-        try:
-            value = self.fn(partial(emit, self.signals.progress))
-        except BaseException as exc:  # noqa: BLE001 - a worker must never take the app down
-            log.debug("task failed: %s", "".join(traceback.format_exception(exc)))
-            emit(self.signals.error, exc)
-        else:
-            emit(self.signals.result, value)
-        finally:
-            emit(self.signals.finished)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,64 +67,35 @@ class ModelLoadController(QObject):
 
     def start(self, loader: ModelLoader) -> None:
         self._busy = True
-        task = FunctionTask(lambda _progress: loader())
-        task.signals.result.connect(self._on_result)
-        task.signals.error.connect(self._on_error)
-        self._pool.start(task)
+        run_in_background(self._pool, lambda _progress: loader(), on_result=self._on_result, on_error=self._on_error, owner=self)
 
-    @Slot(object)
     def _on_result(self, model: object) -> None:
         self._busy = False
-        emit(self.loaded, model)
+        self.loaded.emit(model)
 
-    @Slot(object)
-    def _on_error(self, exc: object) -> None:
+    def _on_error(self, exc: BaseException) -> None:
         self._busy = False
-        emit(self.failed, exc)
+        self.failed.emit(exc)
 
 
 # ---------------------------------------------------------------------------------------------
 # Batch scoring to CSV
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CsvResult:
-    """One row of the batch CSV, as read back after the run (includes resumed rows)."""
-
-    path: Path
-    probability: float | None
-    prediction: str
-    error: str
-    refusal_reason: str = ""  # set for refused rows (and overridden ones)
-
-
-@dataclass(frozen=True)
 class BatchOutcome:
     summary: "BatchSummary"
-    rows: list[CsvResult]
+    rows: "list[BatchRow]"  # every row of the CSV after the run (resumed ones included)
 
 
-def read_batch_csv(csv_path: Path) -> list[CsvResult]:
-    rows: list[CsvResult] = []
+def read_rows_back(csv_path: Path) -> "list[BatchRow]":
+    """The CSV's rows through core.batch.read_results (formula quoting undone); [] if it cannot be read."""
+    from ..core.batch import ResultsFileError, read_results
+
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            for record in csv.DictReader(handle):
-                prob_text = (record.get("probability") or "").strip()
-                try:
-                    probability = float(prob_text) if prob_text else None
-                except ValueError:
-                    probability = None
-                rows.append(
-                    CsvResult(
-                        path=Path(record.get("path") or ""),
-                        probability=probability,
-                        prediction=(record.get("prediction") or "").strip(),
-                        error=(record.get("error") or "").strip(),
-                        refusal_reason=(record.get("refusal_reason") or "").strip(),
-                    )
-                )
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        return read_results(csv_path)
+    except (OSError, UnicodeDecodeError, ResultsFileError) as exc:
         log.warning("cannot read back %s: %s", csv_path, exc)
-    return rows
+        return []
 
 
 class BatchController(QObject):
@@ -195,7 +137,7 @@ class BatchController(QObject):
         inputs = [Path(p) for p in inputs]
         output_csv = Path(output_csv)
 
-        def work(wake: Callable[[Any], None]) -> BatchOutcome:
+        def work(wake: Callable[[Any], None]) -> BatchOutcome:  # runs in the batch pool
             from ..core.batch import score_paths
 
             def report(progress: BatchProgress) -> None:  # runs in the worker thread
@@ -215,22 +157,19 @@ class BatchController(QObject):
                 cancel=cancel,
             )
             # Read the CSV back so rows resumed from an earlier run show up in the list too.
-            return BatchOutcome(summary, read_batch_csv(output_csv))
+            return BatchOutcome(summary, read_rows_back(output_csv))
 
-        task = FunctionTask(work)
         self._buffer = []
         self._wake_pending = False
-        task.signals.progress.connect(self._on_progress)
-        task.signals.result.connect(self._on_result)
-        task.signals.error.connect(self._on_error)
-        self._pool.start(task)
-        emit(self.started, output_csv)
+        run_in_background(
+            self._pool, work, on_result=self._on_result, on_error=self._on_error, on_progress=self._on_progress, owner=self
+        )
+        self.started.emit(output_csv)
 
     def cancel(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
 
-    @Slot(object)
     def _on_progress(self, _wake: object = None) -> None:
         with self._buffer_lock:
             items, self._buffer = self._buffer, []
@@ -238,17 +177,15 @@ class BatchController(QObject):
         if not items:
             return
         for item in items:
-            emit(self.progress, item)
-        emit(self.progressMany, items)
+            self.progress.emit(item)
+        self.progressMany.emit(items)
 
-    @Slot(object)
     def _on_result(self, outcome: object) -> None:
         self._on_progress()  # whatever arrived after the last wake-up
         self._cancel = None
-        emit(self.finished, outcome)
+        self.finished.emit(outcome)
 
-    @Slot(object)
-    def _on_error(self, exc: object) -> None:
+    def _on_error(self, exc: BaseException) -> None:
         self._on_progress()
         self._cancel = None
-        emit(self.failed, exc)
+        self.failed.emit(exc)

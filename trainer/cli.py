@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--doc", type=Path, help="write the comparison table (markdown) here")
     comp.add_argument("--card", type=Path, help="model folder whose card records the comparison")
 
+    samples = sub.add_parser("record-samples",
+                             help="record the samples' reference probabilities (Keras) in a model folder's card")
+    samples.add_argument("model", type=Path)
+    samples.add_argument("--samples", type=Path, default=Path("resources/samples"))
+
     card = sub.add_parser("card", help="render MODEL_CARD.md from a model folder's model_card.json")
     card.add_argument("model", type=Path)
 
@@ -92,6 +97,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_record_samples(args: argparse.Namespace) -> int:
+    from trainer.export import record_sample_reference
+
+    reference = record_sample_reference(args.model, args.samples)
+    print(f"recorded {len(reference['images'])} sample probabilities in {args.model / 'model_card.json'}")
+    return 0
+
+
 def _cmd_card(args: argparse.Namespace) -> int:
     from trainer.card import render_markdown
 
@@ -124,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_tensorflow()
     handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
-                "compare": _cmd_compare, "card": _cmd_card}
+                "compare": _cmd_compare, "card": _cmd_card, "record-samples": _cmd_record_samples}
     # Every error is one line on stderr and an exit status; -v also logs its traceback.
     try:
         return handlers[args.command](args)

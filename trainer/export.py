@@ -131,3 +131,40 @@ def export_model_folder(
         return card
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+SAMPLE_TOLERANCE = 1e-3  # |p| between the Keras reference and the app's LiteRT run on a decoded sample
+
+
+def sample_reference(model: keras.Model, samples_dir: Path, input_size: int, temperature: float,
+                     threshold: float) -> dict[str, Any]:
+    """P(pneumonia) of every sample image computed with the Keras model (not LiteRT) through the app's own
+    loader and preprocessing: what `pneumo-desktop --self-test` must reproduce on a user's machine."""
+    from pneumo_desktop.core.imaging import ImageLoadError, find_images, load_image
+    from pneumo_desktop.core.preprocess import prepare_input
+
+    logit_model = keras.Model(model.inputs, model.get_layer("logit").output)
+    images: dict[str, Any] = {}
+    for path in find_images([samples_dir]):
+        try:
+            grey = load_image(path).grey
+        except ImageLoadError:
+            continue  # not an image (ATTRIBUTION.md)
+        x = prepare_input(grey, input_size)[None].astype(np.float32)
+        logit = float(np.asarray(logit_model.predict(x, verbose=0)).ravel()[0])
+        p = float(1 / (1 + np.exp(-logit / temperature)))
+        images[path.name] = {"probability": p, "label": "PNEUMONIA" if p >= threshold else "NORMAL"}
+    return {"method": "Keras model (model.keras) through the app's loader and preprocessing, at export",
+            "tolerance": SAMPLE_TOLERANCE, "images": images}
+
+
+def record_sample_reference(model_dir: Path, samples_dir: Path) -> dict[str, Any]:
+    """Add (or refresh) the card's sample_reference from the folder's own model.keras; artefacts untouched."""
+    card_path = Path(model_dir) / mc.CARD_FILENAME
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    model = keras.models.load_model(Path(model_dir) / mc.KERAS_FILENAME, compile=False)
+    card["sample_reference"] = sample_reference(
+        model, samples_dir, int(card["input_size"]), float(card.get("calibration", {}).get("temperature", 1.0)),
+        float(card["threshold"]["value"]))
+    _write_json_atomic(card_path, card)
+    return card["sample_reference"]

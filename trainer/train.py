@@ -449,6 +449,12 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
     )
     parity = np.repeat(data.val.images[:8][..., None].astype(np.float32), 3, axis=3)
     export_model_folder(model, Path(cfg.export_dir), card, parity, evaluation["temperature"], stats)
+    from pneumo_desktop.core.resources import samples_dir
+
+    if samples_dir().is_dir():  # what --self-test reproduces on a user's machine
+        from trainer.export import record_sample_reference
+
+        record_sample_reference(Path(cfg.export_dir), samples_dir())
     _copy_report(report_dir, Path(cfg.export_dir) / "report")
     log.info("exported to %s", cfg.export_dir)
 

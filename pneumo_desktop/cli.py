@@ -256,7 +256,7 @@ def _self_test(model_dir: Path | None) -> int:
             image = load_image(path)
         except UnsupportedFormatError:
             continue  # not an image (e.g. ATTRIBUTION.md)
-        except Exception as exc:  # noqa: BLE001 - report every sample, whatever goes wrong
+        except Exception as exc:  # report every sample, whatever goes wrong
             checked += 1
             wrong += 1
             print(f"FAIL  {path.name}: cannot read: {exc}")
@@ -462,7 +462,7 @@ def _score(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _shard_inputs(parsed: argparse.Namespace, model) -> list[Path]:  # noqa: ANN001 - PneumoniaModel
+def _shard_inputs(parsed: argparse.Namespace, model) -> list[Path]:  # PneumoniaModel
     """--shard K/N: plan this shard's part of the file set and write the CSV's manifest before any row."""
     from pneumo_desktop.core import shard
 
@@ -525,13 +525,13 @@ class _StopOnSignals:
         self._cancel = cancel
         self._previous: dict[int, object] = {}
 
-    def _handler(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def _handler(self, signum, frame) -> None:  # signal handler signature
         if self._cancel.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self._cancel.set()
         print(f"\n{PROG}: stopping after the current batch (Ctrl+C again to abort)", file=sys.stderr)
 
-    def __enter__(self) -> "_StopOnSignals":
+    def __enter__(self) -> _StopOnSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handler)

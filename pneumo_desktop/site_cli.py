@@ -29,7 +29,7 @@ from pneumo_desktop.cli import (
 )
 
 
-def use_threshold(model, threshold: float | None, profile: str | None):  # noqa: ANN001, ANN201 - PneumoniaModel, ThresholdChoice
+def use_threshold(model, threshold: float | None, profile: str | None):  # PneumoniaModel, ThresholdChoice
     """Resolve the threshold (command line > --profile > active profile > card) and make it the model's default."""
     from pneumo_desktop.core.site_profiles import ProfileError, resolve_threshold
 
@@ -97,7 +97,7 @@ def _profiles_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_scoring(parsed: argparse.Namespace, report_dir: Path, choose):  # noqa: ANN001, ANN202
+def _run_scoring(parsed: argparse.Namespace, report_dir: Path, choose):
     from pneumo_desktop.core.evaluation import LabelsError, score_and_evaluate
     from pneumo_desktop.core.metrics import BOOTSTRAP_RESAMPLES
 

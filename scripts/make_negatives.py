@@ -112,7 +112,7 @@ def _skimage_images(names: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
             continue
         try:
             yield name, loader()
-        except Exception as exc:  # noqa: BLE001 - some data images need a download; skip those
+        except Exception as exc:  # some data images need a download; skip those
             log.info("skipping skimage.data.%s: %s", name, exc)
 
 

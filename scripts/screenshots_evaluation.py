@@ -72,7 +72,7 @@ def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> in
     window.show()
     wait_exposed(window)
 
-    def wait(signal, timeout_ms: int = 600_000) -> None:  # noqa: ANN001
+    def wait(signal, timeout_ms: int = 600_000) -> None:
         loop = QEventLoop()
         signal.connect(loop.quit)
         QTimer.singleShot(timeout_ms, loop.quit)

@@ -128,5 +128,5 @@ def dataset_dir() -> Path:
 _RUNS_THE_APP_LOOP = ("test_run_gui_opens_command_line_paths_and_installs_the_excepthook",)
 
 
-def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ANN001 - pytest hook
+def pytest_collection_modifyitems(session, config, items) -> None:  # pytest hook
     items.sort(key=lambda item: item.name in _RUNS_THE_APP_LOOP)  # stable: everything else keeps its order

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_fake_card
-from tests.imaging_helpers import sample_grey
 from pneumo_desktop.core import batch
 from pneumo_desktop.core.batch import (
     CSV_COLUMNS,
@@ -28,6 +26,8 @@ from pneumo_desktop.core.batch import (
 from pneumo_desktop.core.imaging import load_image
 from pneumo_desktop.core.preprocess import prepare_input
 from pneumo_desktop.core.runtime import PneumoniaModel
+from tests.conftest import make_fake_card
+from tests.imaging_helpers import sample_grey
 
 FAKE_SHA = "f" * 64
 SIZE = 32

@@ -18,24 +18,24 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage  # noqa: E402
-from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
+from PySide6.QtWidgets import QApplication, QMessageBox
 
-from pneumo_desktop.core.batch import CSV_COLUMNS  # noqa: E402
-from pneumo_desktop.core.imaging import load_image  # noqa: E402
-from pneumo_desktop.core.model_card import ModelIntegrityError  # noqa: E402
-from pneumo_desktop.core.runtime import PneumoniaModel  # noqa: E402
-from pneumo_desktop.gui.app import make_excepthook  # noqa: E402
-from pneumo_desktop.gui.file_list import format_probability  # noqa: E402
-from pneumo_desktop.gui.icons import RowStatus  # noqa: E402
-from pneumo_desktop.gui.main_window import MainWindow  # noqa: E402
-from pneumo_desktop.gui.options import OverlayOptions, WindowLevel  # noqa: E402
-from pneumo_desktop.gui.prediction_panel import PANEL_TITLE  # noqa: E402
-from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings  # noqa: E402
-from pneumo_desktop.gui.workers import default_model_loader  # noqa: E402
+from pneumo_desktop.core.batch import CSV_COLUMNS
+from pneumo_desktop.core.imaging import load_image
+from pneumo_desktop.core.model_card import ModelIntegrityError
+from pneumo_desktop.core.runtime import PneumoniaModel
+from pneumo_desktop.gui.app import make_excepthook
+from pneumo_desktop.gui.file_list import format_probability
+from pneumo_desktop.gui.icons import RowStatus
+from pneumo_desktop.gui.main_window import MainWindow
+from pneumo_desktop.gui.options import OverlayOptions, WindowLevel
+from pneumo_desktop.gui.prediction_panel import PANEL_TITLE
+from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
+from pneumo_desktop.gui.workers import default_model_loader
 
-from .conftest import SAMPLES_DIR, sample_label  # noqa: E402
+from .conftest import SAMPLES_DIR, sample_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WAIT_MS = 60_000  # generous: the CI machine also trains models

@@ -14,13 +14,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from pneumo_desktop.core import site_profiles as sp  # noqa: E402
-from pneumo_desktop.core.evaluation import work_dir_for  # noqa: E402
-from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog  # noqa: E402
-from pneumo_desktop.gui.main_window import MainWindow  # noqa: E402
-from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings  # noqa: E402
-from tests.test_batch import FAKE_SHA, FakeEngine, make_fake_model  # noqa: E402
-from tests.test_evaluation import labelled_folder, scores_from_csv, sklearn_rule  # noqa: E402
+from pneumo_desktop.core import site_profiles as sp
+from pneumo_desktop.core.evaluation import work_dir_for
+from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog
+from pneumo_desktop.gui.main_window import MainWindow
+from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
+from tests.test_batch import FAKE_SHA, FakeEngine, make_fake_model
+from tests.test_evaluation import labelled_folder, scores_from_csv, sklearn_rule
 
 sk = pytest.importorskip("sklearn.metrics")
 WAIT_MS = 60_000

@@ -16,18 +16,18 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication
 
-import pneumo_desktop.core.imaging as imaging  # noqa: E402
-from pneumo_desktop.core.batch import read_results  # noqa: E402
-from pneumo_desktop.gui.file_list import FileListModel  # noqa: E402
+import pneumo_desktop.core.imaging as imaging
+from pneumo_desktop.core.batch import read_results
+from pneumo_desktop.gui.file_list import FileListModel
 
-from .conftest import SAMPLES_DIR  # noqa: E402
-from .imaging_helpers import sample_grey, write_dicom  # noqa: E402
-from . import test_gui as _gui  # noqa: E402
-from .test_gui import (  # noqa: E402
+from . import test_gui as _gui
+from .conftest import SAMPLES_DIR
+from .imaging_helpers import sample_grey, write_dicom
+from .test_gui import (
     WAIT_MS,
     SpyModel,
     normal_sample,

@@ -15,18 +15,25 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
-from PySide6.QtGui import QColor  # noqa: E402
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QColor
 
-from pneumo_desktop.gui.file_list import FileListModel, format_probability  # noqa: E402
-from pneumo_desktop.gui.icons import STATUS_COLOURS, RowStatus  # noqa: E402
-from pneumo_desktop.gui.main_window import MainWindow  # noqa: E402
-from pneumo_desktop.gui.prediction_panel import REFUSED_LABEL, SUBTYPE_CAVEAT  # noqa: E402
-from pneumo_desktop.gui.report import ExportError, check_presentable  # noqa: E402
-from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings  # noqa: E402
+from pneumo_desktop.gui.file_list import FileListModel, format_probability
+from pneumo_desktop.gui.icons import STATUS_COLOURS, RowStatus
+from pneumo_desktop.gui.main_window import MainWindow
+from pneumo_desktop.gui.prediction_panel import REFUSED_LABEL, SUBTYPE_CAVEAT
+from pneumo_desktop.gui.report import ExportError, check_presentable
+from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
 
-from .conftest import SAMPLES_DIR  # noqa: E402
-from .refusal_fakes import REASON, FakeV2Engine, expected_p_viral, expected_probability, fake_model, make_negatives_module  # noqa: E402
+from .conftest import SAMPLES_DIR
+from .refusal_fakes import (
+    REASON,
+    FakeV2Engine,
+    expected_p_viral,
+    expected_probability,
+    fake_model,
+    make_negatives_module,
+)
 
 WAIT_MS = 60_000
 THRESHOLD = 0.45

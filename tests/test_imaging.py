@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.imaging_helpers import minmax_u8, png_header_only, sample_grey, sample_paths, write_dicom
 from pneumo_desktop.core import imaging
 from pneumo_desktop.core.imaging import (
     CorruptImageError,
@@ -24,6 +23,7 @@ from pneumo_desktop.core.imaging import (
     find_images,
     load_image,
 )
+from tests.imaging_helpers import minmax_u8, png_header_only, sample_grey, sample_paths, write_dicom
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ def test_predictions_are_thread_safe(model, images) -> None:
             order = images[k:] + images[:k]  # different batch contents in every thread
             got = [p.probability for p in model.predict(order)]
             results[k] = got[len(images) - k :] + got[: len(images) - k]
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]

@@ -7,9 +7,9 @@ from is recorded (path + sha256) so the model card can say which initialisation 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 from keras import layers
@@ -27,7 +27,7 @@ class BackboneSpec:
     finetune_from: str
     feature_layer: str
     weights_help: str
-    build: Callable[[int, "Path | None"], keras.Model]
+    build: Callable[[int, Path | None], keras.Model]
     # Layers whose pooled activations feed the out-of-distribution score (shallow to deep).
     ood_layers: tuple[str, ...] = ()
 
@@ -52,7 +52,7 @@ def _build_densenet121(input_size: int, weights: Path | None) -> keras.Model:
         # Online machines: Keras downloads the ImageNet weights; offline this raises a clear error below.
         try:
             base = keras.applications.DenseNet121(include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3))
-        except Exception as exc:  # noqa: BLE001 - download errors come in many types
+        except Exception as exc:  # download errors come in many types
             raise RuntimeError(
                 "DenseNet121 ImageNet weights could not be downloaded (offline?). Pass --weights PATH to a local "
                 "densenet121 'notop' .h5 weights file, or --weights none for random initialisation."

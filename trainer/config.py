@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import asdict, dataclass, field
-import tomllib
 import types
 import typing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class AugmentConfig:
     gamma: float = 1.0  # exponent drawn log-uniformly from [1/gamma, gamma] (1.0 = off)
 
     @classmethod
-    def disabled(cls) -> "AugmentConfig":
+    def disabled(cls) -> AugmentConfig:
         return cls(False, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
 
     def as_dict(self) -> dict[str, float | bool]:
@@ -102,7 +103,7 @@ _ALIASES = {"data_root": "--data", "export_dir": "--export", "model_name": "--na
 
 
 def _base_type(annotation: Any) -> type:
-    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing) | {"Path": Path})  # noqa: S307 - our own annotations
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing) | {"Path": Path})  # our own annotations
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data import PreparedSplit, list_split, load_or_prepare, manifest_sha256, write_integrity_report
 from trainer.config import TrainConfig
+from trainer.data import PreparedSplit, list_split, load_or_prepare, manifest_sha256, write_integrity_report
 from trainer.split import class_weights, grouped_split
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Split:
     subtype: np.ndarray
     names: list[str]
 
-    def take(self, index) -> "Split":
+    def take(self, index) -> Split:
         return Split(self.images[index], self.labels[index], self.subtype[index], [self.names[i] for i in index])
 
 
@@ -464,7 +464,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return _train(view, dist.strategy)
 
 
-def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # noqa: ANN001 - tf.distribute.Strategy
+def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # tf.distribute.Strategy
     import keras
 
     from trainer.backbones import BACKBONES
@@ -513,7 +513,7 @@ def _evaluate_official_val(model, root: Path, input_size: int, temperature: floa
 
     try:
         samples = list_split(root, "val")
-    except Exception:  # noqa: BLE001 - the folder is optional
+    except Exception:  # the folder is optional
         return None
     prepared = load_or_prepare(samples, input_size, run_dir.parent / "cache", "val")
     if len(prepared.samples) == 0:

@@ -338,7 +338,7 @@ class _OutputLock:
         self._lock = FileLock(self._path, timeout=0)
         self._output = output
 
-    def __enter__(self) -> "_OutputLock":
+    def __enter__(self) -> _OutputLock:
         try:
             self._lock.acquire()
         except Timeout:
@@ -396,7 +396,7 @@ def _load(path: Path, prepare: Callable[[np.ndarray], np.ndarray], keep_grey: bo
             item.grey = image.grey
     except ImageLoadError as exc:
         item.error = exc.reason
-    except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch of thousands
+    except Exception as exc:  # one bad file must not stop a batch of thousands
         log.warning("%s: unexpected error while reading the image: %s: %s", path, type(exc).__name__, exc)
         log.debug("traceback", exc_info=True)
         item.error = f"unexpected error while reading the image: {type(exc).__name__}: {exc}"
@@ -576,13 +576,13 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
         try:
             raw = model.run(np.stack([items[i].model_input for i in ready]))
             outputs = {i: (raw, k) for k, i in enumerate(ready)}
-        except Exception as exc:  # noqa: BLE001 - isolate the image the model cannot score
+        except Exception as exc:  # isolate the image the model cannot score
             log.warning("batch inference failed (%s); retrying image by image", exc)
             outputs = {}
             for i in ready:
                 try:
                     outputs[i] = (model.run(items[i].model_input[None]), 0)
-                except Exception as single_exc:  # noqa: BLE001
+                except Exception as single_exc:
                     items[i].error = f"the model could not score this image: {single_exc}"
             if not outputs:
                 raise  # nothing in the batch could be scored: the model itself is broken

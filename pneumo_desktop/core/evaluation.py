@@ -291,7 +291,7 @@ def evaluate_scored(images: list[ScoredImage], threshold: ThresholdChoice, model
                       resamples, card_threshold)
 
 
-def _model_info(model) -> dict[str, str]:  # noqa: ANN001 - PneumoniaModel
+def _model_info(model) -> dict[str, str]:  # PneumoniaModel
     return {"name": model.card.name, "version": model.card.version, "sha256": model.sha256}
 
 
@@ -337,7 +337,7 @@ def _changed_since(items: list[LabelledImage], scores_csv: Path) -> bool:
 def score_and_evaluate(
     source: Path,
     report_dir: Path,
-    model,  # noqa: ANN001 - PneumoniaModel
+    model,  # PneumoniaModel
     threshold: ThresholdChoice,
     *,
     fresh: bool = False,
@@ -511,7 +511,7 @@ def calibrate(
             "text": f"highest specificity among thresholds with sensitivity >= {target_sensitivity:.2f} on "
                     f"{len(y)} labelled images of this site (ties: the highest threshold)",
         },
-        image_count={"scored": int(len(y)), "positives": int(y.sum()), "negatives": int((~y).sum()),
+        image_count={"scored": len(y), "positives": int(y.sum()), "negatives": int((~y).sum()),
                      "refused": len(evaluation.refused), "errors": len(evaluation.errors)},
         figures=figures,
         data_folder=str(evaluation.source),

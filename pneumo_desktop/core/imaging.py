@@ -428,7 +428,7 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
         im = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError:
         raise ImageTooLargeError(path, f"image is too large to open safely (more than {max_pixels:,} pixels)") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
+    except Exception as exc:  # Pillow raises many types for bad headers
         raise CorruptImageError(path, f"damaged {fmt} file: the header cannot be read ({exc})") from None
     with im:
         width, height = im.size
@@ -440,7 +440,7 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
             )
         try:
             orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+        except Exception:  # a broken EXIF block must not lose the image
             orientation = 1
         try:
             im.load()
@@ -451,7 +451,7 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
             raise ImageTooLargeError(path, "image is too large to decode safely") from None
         except MemoryError:
             raise ImageTooLargeError(path, "not enough memory to decode this image") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             msg = str(exc)
             if "truncated" in msg or isinstance(exc, EOFError) or "broken data stream" in msg:
                 raise CorruptImageError(
@@ -670,7 +670,7 @@ def _decode_dicom(data: bytes, path: Path, max_pixels: int, force: bool) -> Load
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
     except InvalidDicomError as exc:
         raise DicomDecodeError(path, f"damaged DICOM file: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on truncated files
+    except Exception as exc:  # pydicom raises many types on truncated files
         raise DicomDecodeError(path, f"damaged or truncated DICOM file: {exc or type(exc).__name__}") from None
     if not any(tag in ds for tag in _PIXEL_TAGS):
         # pydicom drops an element cut by the end of the file: tell truncation apart from a report
@@ -694,7 +694,7 @@ def _try_parse_raw_dicom(data: bytes):  # -> Dataset | None
                 return None
             for _elem in ds:  # converts every raw element: garbage fails here
                 pass
-    except Exception:  # noqa: BLE001 - "parses cleanly" or not at all
+    except Exception:  # "parses cleanly" or not at all
         return None
     if "PixelData" not in ds and "SOPClassUID" not in ds and "Modality" not in ds:
         return None
@@ -749,7 +749,7 @@ def _dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
         raise
     except MemoryError:
         raise ImageTooLargeError(path, "not enough memory to decode this DICOM image") from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+    except Exception as exc:  # decoders raise many types
         reason = str(exc) or type(exc).__name__
         if tsyntax is not None and tsyntax.is_compressed and _truncated_fragments(ds, frames):
             reason = "the compressed pixel data ends early (the file is truncated)"
@@ -783,7 +783,7 @@ def _truncated_fragments(ds, frames: int) -> bool:
     try:
         for _frame in generate_frames(ds.PixelData, number_of_frames=frames):
             pass
-    except Exception:  # noqa: BLE001 - any failure to walk the items means they are cut
+    except Exception:  # any failure to walk the items means they are cut
         return True
     return False
 
@@ -852,7 +852,7 @@ def _dicom_monochrome_to_uint8(values: np.ndarray, ds, apply_voi) -> np.ndarray:
     if ds.get("VOILUTSequence"):
         try:
             return scale_to_uint8(np.asarray(apply_voi(np.asarray(values).astype(np.int64), ds, 0)))
-        except Exception as exc:  # noqa: BLE001 - a broken optional LUT must not lose the image
+        except Exception as exc:  # a broken optional LUT must not lose the image
             log.warning("ignoring unusable VOI LUT: %s", exc)
     window = _first_window(ds)
     if window is not None:

@@ -63,7 +63,7 @@ class Chart:
         py = self.bottom - (self.bottom - self.top) * float(np.clip(y / self.ymax, 0, 1))
         return px, py
 
-    def line(self, xs: Sequence[float], ys: Sequence[float], colour=BLUE, width: int = 2, dashed: bool = False) -> None:  # noqa: ANN001
+    def line(self, xs: Sequence[float], ys: Sequence[float], colour=BLUE, width: int = 2, dashed: bool = False) -> None:
         points = [self.xy(x, y) for x, y in zip(xs, ys)]
         if dashed:
             for a, b in zip(points[::2], points[1::2]):
@@ -75,11 +75,11 @@ class Chart:
         steps = np.linspace(0, 1, 41)
         self.line(steps, steps * self.ymax if self.ymax != 1 else steps, GREY, 1, dashed=True)
 
-    def point(self, x: float, y: float, colour=RED, radius: int = 5) -> None:  # noqa: ANN001
+    def point(self, x: float, y: float, colour=RED, radius: int = 5) -> None:
         px, py = self.xy(x, y)
         self.draw.ellipse((px - radius, py - radius, px + radius, py + radius), fill=colour, outline=TEXT)
 
-    def legend(self, text: str, colour=BLUE, corner: str = "right") -> None:  # noqa: ANN001
+    def legend(self, text: str, colour=BLUE, corner: str = "right") -> None:
         width = self.draw.textlength(text, font=self.small)
         x = self.right - width - 10 if corner == "right" else self._legend_x
         x_swatch = x - 18
@@ -88,7 +88,7 @@ class Chart:
         self.draw.text((x, y), text, fill=TEXT, font=self.small)
         self._legend_y += 18
 
-    def bars(self, edges: np.ndarray, heights: np.ndarray, colour, offset: float = 0.0, share: float = 1.0) -> None:  # noqa: ANN001
+    def bars(self, edges: np.ndarray, heights: np.ndarray, colour, offset: float = 0.0, share: float = 1.0) -> None:
         for lo, hi, h in zip(edges[:-1], edges[1:], heights):
             if h <= 0:
                 continue

@@ -210,7 +210,7 @@ class PneumoniaModel:
 
     @classmethod
     def load(cls, model_dir: Path | None = None, num_threads: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE) -> "PneumoniaModel":
+             batch_size: int = DEFAULT_BATCH_SIZE) -> PneumoniaModel:
         """Load a model folder (default: the bundled model) after checking model.tflite against its card."""
         model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
         if not model_dir.is_dir():

@@ -76,7 +76,7 @@ class SiteProfile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SiteProfile":
+    def from_dict(cls, data: dict[str, Any]) -> SiteProfile:
         try:
             profile = cls(
                 name=str(data["name"]), model_sha256=str(data["model_sha256"]), model_name=str(data["model_name"]),

@@ -79,7 +79,7 @@ def make_excepthook(parent: Callable[[], QWidget | None], log_path: Path | None 
             box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
             box.finished.connect(lambda _r: _reset())
             box.open()
-        except Exception:  # noqa: BLE001 - the hook itself must never raise
+        except Exception:  # the hook itself must never raise
             log.exception("could not show the error dialog")
             showing = False
 

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, QThreadPool, Qt, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThreadPool, Signal, Slot
 from PySide6.QtGui import QAction, QPixmap
 from PySide6.QtWidgets import (
     QDialog,
@@ -65,11 +65,11 @@ class EvaluationRunner(QObject):
     def running(self) -> bool:
         return self._cancel is not None
 
-    def start(self, source: Path, model: "PneumoniaModel", choice: "ThresholdChoice", resamples: int | None = None) -> None:
+    def start(self, source: Path, model: PneumoniaModel, choice: ThresholdChoice, resamples: int | None = None) -> None:
         cancel = threading.Event()
         self._cancel = cancel
 
-        def work(report: Any) -> "Evaluation | None":
+        def work(report: Any) -> Evaluation | None:
             from ..core import metrics as mx
             from ..core.evaluation import score_and_evaluate, work_dir_for
 
@@ -129,12 +129,12 @@ class _ScoringDialog(QDialog):
 
     scoringDone = Signal(object)  # Evaluation or None
 
-    def __init__(self, title: str, source: Path, model: "PneumoniaModel", pool: QThreadPool, parent: QWidget | None = None) -> None:
+    def __init__(self, title: str, source: Path, model: PneumoniaModel, pool: QThreadPool, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle(title)
         self.source = Path(source)
         self.model = model
-        self.evaluation: "Evaluation | None" = None
+        self.evaluation: Evaluation | None = None
         self.error = ""
         self.runner = EvaluationRunner(pool, self)
         self.runner.progress.connect(self._on_progress)
@@ -164,7 +164,7 @@ class _ScoringDialog(QDialog):
         layout.addWidget(self.body, 1)
         layout.addWidget(self.buttons)
 
-    def start(self, choice: "ThresholdChoice", resamples: int | None = None) -> None:
+    def start(self, choice: ThresholdChoice, resamples: int | None = None) -> None:
         self.heading.setText(f"<b>{self.source}</b><br>threshold {choice.value:.4f} from the {choice.describe()}")
         self.runner.start(self.source, self.model, choice, resamples)
 
@@ -202,12 +202,12 @@ class _ScoringDialog(QDialog):
         self.scoringDone.emit(None)
 
     @staticmethod
-    def _summary(e: "Evaluation") -> str:
+    def _summary(e: Evaluation) -> str:
         m = e.metrics
         return (f"{len(e.images)} labelled files: {len(e.scored)} scored ({m.positives} PNEUMONIA, "
                 f"{m.n - m.positives} NORMAL), {len(e.refused)} refused, {len(e.errors)} errors (listed, not in the metrics).")
 
-    def show_result(self, evaluation: "Evaluation") -> None:  # pragma: no cover - overridden
+    def show_result(self, evaluation: Evaluation) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def reject(self) -> None:
@@ -216,7 +216,7 @@ class _ScoringDialog(QDialog):
 
 
 class EvaluateDialog(_ScoringDialog):
-    def __init__(self, source: Path, model: "PneumoniaModel", pool: QThreadPool, parent: QWidget | None = None) -> None:
+    def __init__(self, source: Path, model: PneumoniaModel, pool: QThreadPool, parent: QWidget | None = None) -> None:
         super().__init__("Evaluate Labelled Folder", source, model, pool, parent)
         self.tabs = QTabWidget()
         self.metrics_table = QTableWidget(0, 3)
@@ -255,7 +255,7 @@ class EvaluateDialog(_ScoringDialog):
         self.export_button.clicked.connect(self._choose_export)
         self.resize(640, 620)
 
-    def show_result(self, evaluation: "Evaluation") -> None:
+    def show_result(self, evaluation: Evaluation) -> None:
         from ..core.evaluation import REPORTED_NAMES, render_plots
 
         _fill_table(self.metrics_table, [
@@ -307,9 +307,9 @@ class EvaluateDialog(_ScoringDialog):
 class CalibrateDialog(_ScoringDialog):
     profileSaved = Signal(object)  # SiteProfile
 
-    def __init__(self, source: Path, model: "PneumoniaModel", pool: QThreadPool, parent: QWidget | None = None) -> None:
+    def __init__(self, source: Path, model: PneumoniaModel, pool: QThreadPool, parent: QWidget | None = None) -> None:
         super().__init__("Calibrate to This Site", source, model, pool, parent)
-        self.profile: "SiteProfile | None" = None
+        self.profile: SiteProfile | None = None
         self.plot = QLabel()
         self.plot.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.sensitivity = QDoubleSpinBox()
@@ -345,7 +345,7 @@ class CalibrateDialog(_ScoringDialog):
         # Calibration uses the probabilities: score at the card's threshold, whatever profile is active.
         self.start(ThresholdChoice(self.model.card.threshold, SOURCE_CARD), resamples)
 
-    def show_result(self, evaluation: "Evaluation") -> None:
+    def show_result(self, evaluation: Evaluation) -> None:
         self._update()
 
     def _update(self) -> None:
@@ -406,7 +406,7 @@ def install_site_actions(window: Any, menu: QMenu) -> None:
     menu.addAction(window.act_calibrate)
 
 
-def apply_site_profile(window: Any, model: "PneumoniaModel") -> "ThresholdChoice":
+def apply_site_profile(window: Any, model: PneumoniaModel) -> ThresholdChoice:
     """Use the active site profile's threshold (if it is for this model) and show where the threshold comes from."""
     from ..core.site_profiles import resolve_threshold
 

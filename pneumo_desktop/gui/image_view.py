@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-
 MIN_ZOOM = 0.02
 MAX_ZOOM = 32.0
 WHEEL_STEP = 1.25
@@ -163,7 +162,7 @@ class ImageView(QGraphicsView):
         transform.scale(zoom, zoom)
         self.setTransform(transform)
 
-    def copy_view_of(self, other: "ImageView") -> None:
+    def copy_view_of(self, other: ImageView) -> None:
         """Show the same zoom and region as `other` (linked side-by-side panes)."""
         if self.transform() != other.transform():
             self._fit_mode = other._fit_mode

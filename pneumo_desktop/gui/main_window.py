@@ -20,10 +20,10 @@ from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
     QDialog,
-    QGroupBox,
-    QHBoxLayout,
     QFileDialog,
     QFrame,
+    QGroupBox,
+    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMenu,
@@ -40,23 +40,30 @@ from PySide6.QtWidgets import (
 
 from .. import RESEARCH_USE_STATEMENT
 from ..core.imaging import MODEL_INPUT_PIXELS, find_images
-from ..core.resources import samples_dir
-from .annotate import annotated_overlay
 from ..core.model_card import ModelIntegrityError
 from ..core.overlay import colorbar, render_overlay
+from ..core.resources import samples_dir
+from .annotate import annotated_overlay
+from .background import run_in_background
+from .dialogs import AboutDialog, ResumeChoice, ask_resume, show_message
+from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
+from .evaluation_dialogs import apply_site_profile, install_site_actions
 from .file_list import FILTERS, FileListModel, FileListView, path_key, split_images
 from .icons import app_icon, glyph
 from .image_view import ImageView, array_to_qimage
-from .dialogs import AboutDialog, ResumeChoice, ask_resume, show_message
-from .evaluation_dialogs import apply_site_profile, install_site_actions
 from .options import OverlayOptions, WindowLevel, apply_window_level, full_range_window
 from .overlay_controls import DisplayControls, OverlayControls
 from .prediction_panel import PredictionPanel
 from .report import ExportError, ReportData, save_png, write_pdf_report
 from .settings import SettingsStore
-from .background import run_in_background
-from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
-from .workers import BatchController, BatchOutcome, ModelLoadController, ModelLoader, default_model_loader, describe_error
+from .workers import (
+    BatchController,
+    BatchOutcome,
+    ModelLoadController,
+    ModelLoader,
+    default_model_loader,
+    describe_error,
+)
 
 if TYPE_CHECKING:
     from ..core.batch import BatchProgress
@@ -88,8 +95,8 @@ class DisplayState:
     """What is on screen now; everything the re-blend needs is cached here."""
 
     path: Path | None = None
-    image: "LoadedImage | None" = None
-    explanation: "Explanation | None" = None
+    image: LoadedImage | None = None
+    explanation: Explanation | None = None
     display_grey: np.ndarray | None = None  # window/level applied (display only)
     overlay_rgb: np.ndarray | None = None
 
@@ -108,7 +115,7 @@ class MainWindow(QMainWindow):
     def __init__(
         self,
         *,
-        model: "PneumoniaModel | None" = None,
+        model: PneumoniaModel | None = None,
         model_loader: ModelLoader | None = None,
         settings: SettingsStore | QSettings | None = None,
         pool: QThreadPool | None = None,
@@ -126,7 +133,7 @@ class MainWindow(QMainWindow):
         self.last_message: tuple[str, str, str] | None = None  # (kind, title, text): for tests and logs
         self._dialogs: list[QWidget] = []
         self._window_level = WindowLevel()
-        self._overrides: dict[str, "Explanation"] = {}  # path key -> explanation scored anyway (refuse=False)
+        self._overrides: dict[str, Explanation] = {}  # path key -> explanation scored anyway (refuse=False)
         self._closing = False
         self._inputs: list[Path] = []  # what was opened (files and folders), for the session
         self._rotation = 0  # display orientation, quarter turns clockwise
@@ -467,7 +474,7 @@ class MainWindow(QMainWindow):
         self._set_model(model)  # type: ignore[arg-type]
         self.statusBar().showMessage("Model ready", 4000)
 
-    def _set_model(self, model: "PneumoniaModel") -> None:
+    def _set_model(self, model: PneumoniaModel) -> None:
         self.model = model
         self._overrides.clear()  # overrides belong to the model that refused
         self.model_error = ""
@@ -679,7 +686,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     @Slot(object)
-    def _on_image_ready(self, image: "LoadedImage") -> None:
+    def _on_image_ready(self, image: LoadedImage) -> None:
         previous = self.state.image
         self.state.image = image
         self.state.explanation = None
@@ -698,7 +705,7 @@ class MainWindow(QMainWindow):
         self.imageShown.emit(image)
 
     @Slot(object)
-    def _on_explanation_ready(self, explanation: "Explanation") -> None:
+    def _on_explanation_ready(self, explanation: Explanation) -> None:
         if explanation.prediction.refused and self.state.path is not None:
             # an image the user already chose to score anyway stays scored when revisited
             explanation = self._overrides.get(path_key(self.state.path), explanation)
@@ -736,7 +743,7 @@ class MainWindow(QMainWindow):
             owner=self,
         )
 
-    def _on_override_ready(self, path: Path, model: "PneumoniaModel", explanation: "Explanation") -> None:
+    def _on_override_ready(self, path: Path, model: PneumoniaModel, explanation: Explanation) -> None:
         if model is not self.model:
             return  # the model changed meanwhile: overrides belong to the model that refused
         self._overrides[path_key(path)] = explanation
@@ -844,7 +851,7 @@ class MainWindow(QMainWindow):
         self.act_invert.blockSignals(False)
         self._schedule_render()
 
-    def _set_display_source(self, image: "LoadedImage", previous: "LoadedImage | None") -> None:
+    def _set_display_source(self, image: LoadedImage, previous: LoadedImage | None) -> None:
         """Window/level in this image's own units; DICOM starts at the window its model input used."""
         if image.raw is None:
             self.header_panel.hide()
@@ -954,7 +961,7 @@ class MainWindow(QMainWindow):
             self.open_paths(inputs, exclude=[Path(output_csv)])
         try:
             self.batch.start(inputs, Path(output_csv), self.model, resume=resume, recursive=self.act_recursive.isChecked())
-        except Exception as exc:  # noqa: BLE001 - shown to the user
+        except Exception as exc:  # shown to the user
             self._message("critical", "Cannot start scoring", describe_error(exc))
             return False
         self.file_model.mark_queued(True)
@@ -973,7 +980,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Cancelling… (finishing the current image)")
 
     @Slot(object)
-    def _on_batch_progress(self, items: "list[BatchProgress]") -> None:
+    def _on_batch_progress(self, items: list[BatchProgress]) -> None:
         last = items[-1]
         self.batch_progress.setRange(0, max(last.total, 1))
         self.batch_progress.setValue(last.done)

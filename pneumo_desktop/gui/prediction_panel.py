@@ -186,7 +186,7 @@ class PredictionPanel(QGroupBox):
         self.score_anyway_button.setVisible(button)
         self.score_anyway_button.setEnabled(button)
 
-    def _show_subtype(self, prediction: "Prediction | None") -> None:
+    def _show_subtype(self, prediction: Prediction | None) -> None:
         shown = prediction is not None and prediction.subtype is not None and prediction.p_viral is not None
         if shown:
             self.subtype_value.setText(
@@ -206,7 +206,7 @@ class PredictionPanel(QGroupBox):
     def set_threshold_source(self, text: str) -> None:
         self.threshold_source_value.setText(text or "—")
 
-    def set_prediction(self, prediction: "Prediction", positive_label: str = "PNEUMONIA") -> None:
+    def set_prediction(self, prediction: Prediction, positive_label: str = "PNEUMONIA") -> None:
         self.score_anyway_button.setText("Score anyway")
         self.status_value.setVisible(False)
         self.set_model_info(prediction.model_name, f"v{prediction.model_version}")

@@ -42,8 +42,8 @@ class ReportData:
     image: QImage  # the image as displayed (window/level applied)
     overlay: QImage  # Grad-CAM overlay at the chosen opacity/colormap/cut-off
     colorbar: QImage | None
-    prediction: "Prediction"
-    card: "ModelCard | None"
+    prediction: Prediction
+    card: ModelCard | None
     image_info: str = ""
     display_note: str = ""
     created: datetime = field(default_factory=lambda: datetime.now().astimezone())
@@ -101,7 +101,7 @@ def _draw_image(painter: QPainter, image: QImage, box: QRectF) -> QRectF:
     return target
 
 
-def check_presentable(prediction: "Prediction") -> None:
+def check_presentable(prediction: Prediction) -> None:
     """A refused image has no result: a report must never present one as if it had."""
     if prediction.refused or prediction.probability is None:
         raise ExportError(

@@ -124,7 +124,7 @@ def photos(rng: np.random.Generator, count: int, max_side: int) -> Iterator[tupl
 def documents(rng: np.random.Generator, count: int, max_side: int) -> Iterator[tuple[str, Image.Image]]:
     for name, array in _skimage_images(SKIMAGE_DOCUMENTS):
         yield f"skimage.data.{name}", _fit(_pil(array), max_side)
-    for i in range(max(count - len(SKIMAGE_DOCUMENTS), 1)):
+    for _ in range(max(count - len(SKIMAGE_DOCUMENTS), 1)):
         width, height = 850, 1100  # a letter page at ~100 dpi
         page = Image.new("L", (width, height), int(rng.integers(235, 256)))
         draw = ImageDraw.Draw(page)
@@ -145,7 +145,7 @@ def documents(rng: np.random.Generator, count: int, max_side: int) -> Iterator[t
 
 
 def screenshots(rng: np.random.Generator, count: int, max_side: int) -> Iterator[tuple[str, Image.Image]]:
-    for i in range(max(count, 1)):
+    for _ in range(max(count, 1)):
         width, height = 1280, 800
         dark = rng.random() < 0.4
         background = (40, 42, 46) if dark else (246, 247, 249)
@@ -170,7 +170,7 @@ def screenshots(rng: np.random.Generator, count: int, max_side: int) -> Iterator
 def other_modalities(rng: np.random.Generator, count: int, max_side: int) -> Iterator[tuple[str, Image.Image]]:
     for name, array in _skimage_images(SKIMAGE_MODALITIES):
         yield f"skimage.data.{name}", _fit(_pil(array), max_side)
-    for name, array in _skimage_images(("shepp_logan_phantom",)):
+    for _, array in _skimage_images(("shepp_logan_phantom",)):
         from skimage.transform import radon  # a CT sinogram: another kind of X-ray picture
 
         theta = np.linspace(0.0, 180.0, 180, endpoint=False)

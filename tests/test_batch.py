@@ -358,8 +358,8 @@ def test_memory_stays_flat_over_many_images(fake_model, tmp_path: Path) -> None:
         files = all_files[:n]
         # The file list itself is O(n) by design (it is what gets scored); only what the scorer keeps
         # beyond it per image counts. Measured the way score_paths builds it (listing + todo list).
-        listing = traced_peak(lambda: [list(batch.find_images(files, False)) for _ in range(2)])
-        run = traced_peak(lambda: score_paths(files, tmp_path / f"r{n}.csv", model=model))
+        listing = traced_peak(lambda files=files: [list(batch.find_images(files, False)) for _ in range(2)])
+        run = traced_peak(lambda files=files, n=n: score_paths(files, tmp_path / f"r{n}.csv", model=model))
         growth[n] = run - listing
     # 4x the images must not mean 4x the memory: nothing per image is kept
     assert growth[400] < growth[100] * 1.5, growth

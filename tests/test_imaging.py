@@ -223,7 +223,7 @@ def test_compressed_dicom_without_a_decoder_says_unsupported_encoding(tmp_path: 
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64 + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
-    with pytest.raises(UnsupportedEncodingError, match="unsupported encoding High-Throughput JPEG 2000.* no decoder"):
+    with pytest.raises(UnsupportedEncodingError, match=r"unsupported encoding High-Throughput JPEG 2000.* no decoder"):
         load_image(path)
 
 

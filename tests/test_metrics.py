@@ -72,7 +72,7 @@ def test_operating_point_metrics_match_sklearn(y, p, threshold):
 @pytest.mark.parametrize(("y", "p"), CASES)
 def test_calibration_bins_and_ece_match_sklearn(y, p):
     bins = 10
-    mean_p, observed, counts = mx.calibration_bins(y, p, bins)
+    mean_p, observed, _ = mx.calibration_bins(y, p, bins)
     sk_true, sk_pred = sk_calibration.calibration_curve(y, p, n_bins=bins, strategy="uniform")
     np.testing.assert_allclose(mean_p, sk_pred, atol=TOL)
     np.testing.assert_allclose(observed, sk_true, atol=TOL)

@@ -181,7 +181,7 @@ def test_a_non_finite_ood_score_is_refused(tmp_path: Path, xrays: list[Path]) ->
 
 def test_a_card_refusal_without_the_output_is_a_clear_runtime_error(tmp_path: Path, xrays: list[Path]) -> None:
     broken = fake_model(tmp_path, FakeV2Engine(with_v2_outputs=False), v2=True)
-    with pytest.raises(RuntimeError, match="p_viral|ood_score"):
+    with pytest.raises(RuntimeError, match=r"p_viral|ood_score"):
         broken.predict([load_image(xrays[0])])
 
 

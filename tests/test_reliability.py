@@ -406,7 +406,7 @@ def test_carriage_returns_in_names_are_quoted_and_resume_does_not_duplicate(fake
     model = fake_model(tmp_path)
     score_paths([folder], out, model=model)
     assert b'cr\rname.png"' in out.read_bytes()  # quoted
-    header, rows = read_csv(out)
+    _, rows = read_csv(out)
     assert sorted(Path(r["path"]).name for r in rows) == sorted(names)
     summary = score_paths([folder], out, model=model, resume=True)
     assert (summary.resumed, summary.scored) == (3, 0)
@@ -441,7 +441,7 @@ def test_resume_refuses_another_threshold_or_model(fake_model, tmp_path: Path) -
     model = fake_model(tmp_path)
     score_paths([folder / "0.png"], out, model=model, threshold=0.5)
     before = out.read_bytes()
-    with pytest.raises(ResultsFileError, match="threshold 0.5, this run uses 0.7"):
+    with pytest.raises(ResultsFileError, match=r"threshold 0\.5, this run uses 0\.7"):
         score_paths([folder], out, model=model, resume=True, threshold=0.7)
     other = fake_model(tmp_path)
     object.__setattr__(other.card, "artifacts", {"model.tflite": "e" * 64})

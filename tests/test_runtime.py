@@ -134,7 +134,7 @@ def test_missing_model_folder(tmp_path: Path) -> None:
 
 
 def test_folder_without_card(tmp_path: Path) -> None:
-    with pytest.raises(ModelIntegrityError, match="model_card.json"):
+    with pytest.raises(ModelIntegrityError, match=r"model_card\.json"):
         PneumoniaModel.load(tmp_path)
 
 

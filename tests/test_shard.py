@@ -139,7 +139,7 @@ def merge(out: Path, *parts: int | str, capsys=None) -> tuple[int, str]:
 
 
 def test_merge_refuses_gaps_and_overlaps(shards, capsys) -> None:
-    archive, out, args = shards
+    _, out, args = shards
     assert merge(out, 1, 2, 3, capsys=capsys)[0] == 0
     assert len(read_rows(out / "merged.csv")) == 11
 

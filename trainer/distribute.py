@@ -180,8 +180,8 @@ def _build_from_local_batch() -> None:
         if self._distribute_strategy is None:
             return
         if iterator is not None:
+            local = self.distribute_strategy.experimental_local_results
             for _, _, it in iterator:
-                local = self.distribute_strategy.experimental_local_results
                 data_batch = tree.map_structure(
                     lambda x: local(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
                 break

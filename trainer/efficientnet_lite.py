@@ -129,7 +129,7 @@ def load_torch_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) ->
         used.update(names)
         filled += 1
     leftover = {k for k in state_dict if not k.endswith("num_batches_tracked")} - used
-    leftover -= {"_fc.weight", "_fc.bias"} if not any(l.name == "predictions" for l in model.layers) else set()
+    leftover -= {"_fc.weight", "_fc.bias"} if not any(layer.name == "predictions" for layer in model.layers) else set()
     if leftover:
         raise ValueError(f"weights not used by the Keras model: {sorted(leftover)[:5]}...")
     return filled

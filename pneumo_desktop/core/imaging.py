@@ -607,7 +607,7 @@ def _decode_jpeg_gdcm(data: bytes, path: Path, max_pixels: int) -> LoadedImage:
     frame = _jpeg_frame_header(data)
     assert frame is not None
     lossless = frame.marker in _SOF_LOSSLESS
-    uid, name = _JPEG_LOSSLESS_SYNTAX if lossless else _JPEG_EXTENDED_SYNTAX
+    uid, _ = _JPEG_LOSSLESS_SYNTAX if lossless else _JPEG_EXTENDED_SYNTAX
     kind = f"{frame.precision}-bit {'lossless ' if lossless else ''}JPEG"
     if frame.components != 1:
         raise UnsupportedEncodingError(path, f"unsupported encoding: {kind} with {frame.components} colour components")

@@ -101,7 +101,9 @@ def _score_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="CSV",
                         help="results CSV ('-': write the CSV to standard output)")
     parser.add_argument("--recursive", action="store_true", help="also score images in sub-folders")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run: skip rows already in the CSV")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run: skip rows already in the CSV"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV (default: refuse)")
     parser.add_argument("--threshold", type=_threshold, metavar="T", help=THRESHOLD_HELP)
     parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
@@ -130,7 +132,9 @@ def _predict_parser() -> argparse.ArgumentParser:
     return parser
 
 
-THRESHOLD_HELP = "decision threshold; overrides any site profile (default: the active site profile's, else the model card's)"
+THRESHOLD_HELP = (
+    "decision threshold; overrides any site profile (default: the active site profile's, else the model card's)"
+)
 PROFILE_HELP = "use this site profile's threshold (see 'pneumo-desktop profiles'; default: the active one)"
 
 
@@ -329,7 +333,12 @@ def _predict(argv: Sequence[str]) -> int:
                     "subtype": pred.subtype,
                     "threshold_source": pred.threshold_source,
                     "model": {"name": pred.model_name, "version": pred.model_version, "sha256": pred.model_sha256},
-                    "image": {"format": image.format, "width": image.width, "height": image.height, "bit_depth": image.bit_depth},
+                    "image": {
+                        "format": image.format,
+                        "width": image.width,
+                        "height": image.height,
+                        "bit_depth": image.bit_depth,
+                    },
                     "heatmap": str(heatmap) if heatmap is not None else None,
                     "notice": RESEARCH_USE_STATEMENT,
                 },

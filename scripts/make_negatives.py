@@ -264,7 +264,9 @@ def generate(out_dir: Path, xrays: Sequence[Path] = (), *, seed: int = 0, per_ki
     for kind in FAR_KINDS:
         if kind not in wanted:
             continue
-        for index, (source, image) in enumerate(FAR_GENERATORS[kind](rng_for(all_kinds.index(kind)), per_kind, max_side)):
+        for index, (source, image) in enumerate(
+            FAR_GENERATORS[kind](rng_for(all_kinds.index(kind)), per_kind, max_side)
+        ):
             save(kind, "far", source, image, index)
 
     near_wanted = [k for k in NEAR_KINDS if k in wanted]

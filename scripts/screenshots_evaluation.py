@@ -67,7 +67,9 @@ def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> in
     from pneumo_desktop.gui.workers import default_model_loader
 
     app = create_application()
-    window = MainWindow(model_loader=default_model_loader(model_dir), settings=SettingsStore(ini_qsettings(scratch / "s.ini")))
+    window = MainWindow(
+        model_loader=default_model_loader(model_dir), settings=SettingsStore(ini_qsettings(scratch / "s.ini"))
+    )
     window.resize(1100, 760)
     window.show()
     wait_exposed(window)

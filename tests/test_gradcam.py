@@ -121,5 +121,7 @@ def test_runtime_gradcam_matches_gradient_tape_on_tiny_model(tiny_model_dir: Pat
 
 
 @pytest.mark.slow
-def test_runtime_gradcam_matches_gradient_tape_on_bundled_model(bundled_model_dir: Path, sample_paths: list[Path]) -> None:
+def test_runtime_gradcam_matches_gradient_tape_on_bundled_model(
+    bundled_model_dir: Path, sample_paths: list[Path]
+) -> None:
     _check_parity(bundled_model_dir, sample_paths)

@@ -92,7 +92,9 @@ def test_evaluate_dialog_shows_metrics_plots_and_exports(window, qtbot, tmp_path
     assert dialog.metrics_table.item(5, 0).text() == "ROC-AUC"
     assert float(dialog.metrics_table.item(5, 1).text()) == pytest.approx(sk.roc_auc_score(y, p), abs=1e-3)
     (tn, fp), (fn, tp) = sk.confusion_matrix(y, (p >= 0.5).astype(int))
-    assert [dialog.confusion_table.item(r, c).text() for r in (0, 1) for c in (0, 1)] == [str(v) for v in (tn, fp, fn, tp)]
+    assert [dialog.confusion_table.item(r, c).text() for r in (0, 1) for c in (0, 1)] == [
+        str(v) for v in (tn, fp, fn, tp)
+    ]
     assert "notes.txt" in dialog.not_scored.item(0).text()
     assert all(not label.pixmap().isNull() for label in dialog.plot_labels.values())
     html = dialog.export(tmp_path / "export")

@@ -110,7 +110,9 @@ def test_a_photo_shows_the_refusal_state(qtbot, window: MainWindow, photo: Path,
         check_presentable(explanation.prediction)
 
 
-def test_score_anyway_shows_a_probability_marked_overridden(qtbot, window: MainWindow, photo: Path, tmp_path: Path) -> None:
+def test_score_anyway_shows_a_probability_marked_overridden(
+    qtbot, window: MainWindow, photo: Path, tmp_path: Path
+) -> None:
     show(qtbot, window, photo)
     panel = window.prediction_panel
     with qtbot.waitSignal(window.predictionShown, timeout=WAIT_MS) as blocker:

@@ -107,8 +107,12 @@ def test_malformed_sections_are_integrity_errors(section: dict) -> None:
 def test_a_card_promising_outputs_the_graph_lacks_is_refused(tmp_path: Path) -> None:
     card = ModelCard.from_dict(card_dict())
     with pytest.raises(ModelIntegrityError, match="ood_score"):
-        runtime._check_optional_outputs(tmp_path, card, frozenset({"probability", "feature_map", "cam_weights", "p_viral"}))
-    runtime._check_optional_outputs(tmp_path, card, frozenset({"probability", "feature_map", "cam_weights", "p_viral", "ood_score"}))
+        runtime._check_optional_outputs(
+            tmp_path, card, frozenset({"probability", "feature_map", "cam_weights", "p_viral"})
+        )
+    runtime._check_optional_outputs(
+        tmp_path, card, frozenset({"probability", "feature_map", "cam_weights", "p_viral", "ood_score"})
+    )
 
 
 # ------------------------------------------------------------------ runtime
@@ -204,7 +208,9 @@ def mixed_inputs(tmp_path: Path, negatives: Path, xrays: list[Path]) -> tuple[Pa
     return folder, expected
 
 
-def test_csv_has_status_ood_and_subtype_on_every_row(model: PneumoniaModel, negatives: Path, xrays, tmp_path: Path) -> None:
+def test_csv_has_status_ood_and_subtype_on_every_row(
+    model: PneumoniaModel, negatives: Path, xrays, tmp_path: Path
+) -> None:
     folder, expected = mixed_inputs(tmp_path, negatives, xrays)
     heat = tmp_path / "heat"
     out = tmp_path / "out.csv"
@@ -239,7 +245,9 @@ def test_csv_has_status_ood_and_subtype_on_every_row(model: PneumoniaModel, nega
     assert {r.subtype for r in back.values()} >= {"viral", "bacterial", ""}
 
 
-def test_csv_without_refusal_marks_negatives_overridden(model: PneumoniaModel, negatives: Path, xrays, tmp_path: Path) -> None:
+def test_csv_without_refusal_marks_negatives_overridden(
+    model: PneumoniaModel, negatives: Path, xrays, tmp_path: Path
+) -> None:
     folder, expected = mixed_inputs(tmp_path, negatives, xrays)
     out = tmp_path / "out.csv"
     summary = score_paths([folder], out, model=model, refuse=False)
@@ -377,13 +385,21 @@ def test_real_model_without_the_sections_scores_everything(tiny_model_dir: Path,
     assert model.card.refusal is None and model.card.subtype is None
     for pred in model.predict([load_image(p) for p in sample_paths[:4]]):
         assert pred.status == "scored" and pred.probability is not None
-        assert (pred.ood_score, pred.ood_limit, pred.p_viral, pred.subtype, pred.overridden) == (None, None, None, None, False)
+        assert (pred.ood_score, pred.ood_limit, pred.p_viral, pred.subtype, pred.overridden) == (
+            None,
+            None,
+            None,
+            None,
+            False,
+        )
 
 
 def test_real_model_with_a_refusal_section_needs_the_output(tiny_model_dir: Path, sample_paths, tmp_path: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    outputs = Interpreter(model_path=str(tiny_model_dir / "model.tflite")).get_signature_list()["serving_default"]["outputs"]
+    outputs = Interpreter(model_path=str(tiny_model_dir / "model.tflite")).get_signature_list()["serving_default"][
+        "outputs"
+    ]
     folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "v2_card"))
     card = json.loads((folder / "model_card.json").read_text())
     card["refusal"] = {"limit": -1e9, "method": "test: refuse everything", "rule": "test"}

@@ -482,7 +482,9 @@ def test_a_second_run_on_the_same_csv_is_refused(fake_model, tmp_path: Path, mod
     assert sorted(Path(r["path"]).name for r in rows) == [f"{i}.png" for i in range(6)], "no row twice, none lost"
 
 
-def test_cli_second_run_exits_5_and_a_finished_csv_is_not_replaced(fake_model, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cli_second_run_exits_5_and_a_finished_csv_is_not_replaced(
+    fake_model, tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
     from filelock import FileLock
 
     image = write_png(tmp_path / "x.png", sample_grey(0, max_side=96))
@@ -633,8 +635,22 @@ def test_score_on_a_hostile_folder_prints_no_traceback_and_gives_every_entry_a_r
     (folder / "cut_rle.dcm").write_bytes(rle[: len(rle) // 2])
     out = tmp_path / "r.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "pneumo_desktop", "score", str(folder), "-o", str(out), "--model", str(tiny_model_dir), "-q"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "pneumo_desktop",
+            "score",
+            str(folder),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr
@@ -647,7 +663,11 @@ def test_score_on_a_hostile_folder_prints_no_traceback_and_gives_every_entry_a_r
     assert "broken link" in rows["broken.dcm"]["error"]
     assert "implausible image size 1x1 px" in rows["dot.png"]["error"]
     assert "truncated" in rows["cut_rle.dcm"]["error"]
-    assert rows["good.png"]["error"] == "" and rows["cr\rname.png"]["error"] == "" and rows["latin\\xe9.png"]["error"] == ""
+    assert (
+        rows["good.png"]["error"] == ""
+        and rows["cr\rname.png"]["error"] == ""
+        and rows["latin\\xe9.png"]["error"] == ""
+    )
     assert rows["odd_window.dcm"]["error"] == ""
     assert all("0x" not in r["error"] for r in rows.values())
 

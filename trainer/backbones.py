@@ -51,7 +51,9 @@ def _build_densenet121(input_size: int, weights: Path | None) -> keras.Model:
     if weights is None:
         # Online machines: Keras downloads the ImageNet weights; offline this raises a clear error below.
         try:
-            base = keras.applications.DenseNet121(include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3))
+            base = keras.applications.DenseNet121(
+                include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3)
+            )
         except Exception as exc:  # download errors come in many types
             raise RuntimeError(
                 "DenseNet121 ImageNet weights could not be downloaded (offline?). Pass --weights PATH to a local "
@@ -72,7 +74,9 @@ def _build_densenet121(input_size: int, weights: Path | None) -> keras.Model:
 
 
 def _build_xception(input_size: int, weights: Path | None) -> keras.Model:
-    base = keras.applications.Xception(include_top=False, weights=None if weights is not None else "imagenet", input_shape=(input_size, input_size, 3))
+    base = keras.applications.Xception(
+        include_top=False, weights=None if weights is not None else "imagenet", input_shape=(input_size, input_size, 3)
+    )
     if weights is not None and str(weights) != "none":
         path = Path(weights)
         if path.suffix == ".keras":
@@ -89,7 +93,9 @@ def _build_efficientnet_lite0(input_size: int, weights: Path | None) -> keras.Mo
     from trainer.torch_legacy import load_legacy_state_dict
 
     if weights is None:
-        raise RuntimeError("EfficientNet-Lite0 has no Keras download; pass --weights efficientnet-lite0-*.pth (or 'none')")
+        raise RuntimeError(
+            "EfficientNet-Lite0 has no Keras download; pass --weights efficientnet-lite0-*.pth (or 'none')"
+        )
     model = build_efficientnet_lite0((input_size, input_size, 3), name="backbone")
     if str(weights) != "none":
         load_torch_weights(model, load_legacy_state_dict(Path(weights)))

@@ -103,7 +103,9 @@ _ALIASES = {"data_root": "--data", "export_dir": "--export", "model_name": "--na
 
 
 def _base_type(annotation: Any) -> type:
-    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing) | {"Path": Path})  # our own annotations
+    hint = (
+        annotation if not isinstance(annotation, str) else eval(annotation, vars(typing) | {"Path": Path})
+    )  # our own annotations
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
@@ -123,7 +125,9 @@ def _converter(kind: type):
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field (and per AugmentConfig field, prefixed --augment-); default None = not given."""
-    parser.add_argument("--recipe", type=Path, help="TOML recipe (trainer/recipes/*.toml); options given here override it")
+    parser.add_argument(
+        "--recipe", type=Path, help="TOML recipe (trainer/recipes/*.toml); options given here override it"
+    )
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in _NOT_OPTIONS:

@@ -20,7 +20,9 @@ def fetch_dataset(out_dir: Path) -> Path:
     try:
         from kaggle.api.kaggle_api_extended import KaggleApi  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise RuntimeError("fetching needs the 'kaggle' package (pip install kaggle) and Kaggle API credentials") from exc
+        raise RuntimeError(
+            "fetching needs the 'kaggle' package (pip install kaggle) and Kaggle API credentials"
+        ) from exc
     api = KaggleApi()
     try:
         api.authenticate()

@@ -205,7 +205,9 @@ def repair_and_read(output: Path) -> set[str]:
         if not in_quotes:
             good_end = position
     if good_end < len(data):
-        log.warning("%s: removing a partial last row (%d bytes) left by an interrupted run", output, len(data) - good_end)
+        log.warning(
+            "%s: removing a partial last row (%d bytes) left by an interrupted run", output, len(data) - good_end
+        )
         with open(output, "r+b") as handle:
             handle.truncate(good_end)
             handle.flush()
@@ -611,5 +613,7 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
                 )
             )
         else:
-            rows.append(BatchRow(item.path, None, "", cut, model.sha256, item.image_sha256, item.error, status=STATUS_ERROR))
+            rows.append(
+                BatchRow(item.path, None, "", cut, model.sha256, item.image_sha256, item.error, status=STATUS_ERROR)
+            )
     return rows

@@ -75,7 +75,11 @@ def labels_from_folder(root: Path) -> list[LabelledImage]:
             f"{root} has no {' or '.join(missing)} sub-folder: a labelled folder holds NORMAL/ and PNEUMONIA/ "
             "(or pass a CSV of path,label)"
         )
-    items = [LabelledImage(p, name == "PNEUMONIA") for name in LABELS for p in find_images([subfolders[name]], recursive=True)]
+    items = [
+        LabelledImage(p, name == "PNEUMONIA")
+        for name in LABELS
+        for p in find_images([subfolders[name]], recursive=True)
+    ]
     if not items:
         raise LabelsError(f"no files in {subfolders['NORMAL']} or {subfolders['PNEUMONIA']}")
     return items
@@ -150,7 +154,9 @@ def read_scored(scores_csv: Path, items: list[LabelledImage]) -> list[ScoredImag
     for item in items:
         record = rows.get(os.path.normcase(csv_path(item.path)))
         if record is None:
-            out.append(ScoredImage(item.path, item.positive, None, STATUS_ERROR, "not scored (no row in the results CSV)"))
+            out.append(
+                ScoredImage(item.path, item.positive, None, STATUS_ERROR, "not scored (no row in the results CSV)")
+            )
             continue
         status = (record.get("status") or "").strip().lower()
         error = unneutralise(record.get("error") or "").strip()
@@ -441,9 +447,11 @@ def report_html(evaluation: Evaluation, pngs: dict[str, bytes]) -> str:
     subtype = ""
     if evaluation.subtype is not None:
         s = evaluation.subtype
-        subtype = (f"<h2>Bacterial vs viral</h2><p>{s.n_bacterial} bacterial, {s.n_viral} viral (labels from file names), "
-                   f"p_viral ROC-AUC {s.roc_auc.value:.3f} (95% CI {s.roc_auc.low:.3f} – {s.roc_auc.high:.3f}), "
-                   f"accuracy at 0.5: {s.accuracy_at_half:.3f}</p>")
+        subtype = (
+            f"<h2>Bacterial vs viral</h2><p>{s.n_bacterial} bacterial, {s.n_viral} viral (labels from file names), "
+            f"p_viral ROC-AUC {s.roc_auc.value:.3f} (95% CI {s.roc_auc.low:.3f} – {s.roc_auc.high:.3f}), "
+            f"accuracy at 0.5: {s.accuracy_at_half:.3f}</p>"
+        )
     t = evaluation.threshold
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Pneumo Desktop evaluation: {e(str(evaluation.source))}</title>

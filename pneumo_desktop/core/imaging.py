@@ -882,7 +882,12 @@ def _dicom_display(values: np.ndarray, ds, monochrome1: bool) -> dict[str, objec
         except (TypeError, ValueError):
             continue
     header = tuple((name, str(ds.get(name))) for name in _HEADER_TAGS if ds.get(name) not in (None, ""))
-    return {"raw": np.ascontiguousarray(values), "windows": tuple(windows), "raw_inverted": monochrome1, "header": header}
+    return {
+        "raw": np.ascontiguousarray(values),
+        "windows": tuple(windows),
+        "raw_inverted": monochrome1,
+        "header": header,
+    }
 
 
 def _as_list(value) -> list:  # type: ignore[type-arg]

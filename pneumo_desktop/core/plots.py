@@ -31,7 +31,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 class Chart:
     """A 0..1 x 0..1 plot area with ticks, labels and a title."""
 
-    def __init__(self, title: str, xlabel: str, ylabel: str, ymax: float = 1.0, width: int = WIDTH, height: int = HEIGHT) -> None:
+    def __init__(
+        self, title: str, xlabel: str, ylabel: str, ymax: float = 1.0, width: int = WIDTH, height: int = HEIGHT
+    ) -> None:
         self.image = Image.new("RGB", (width, height), "white")
         self.draw = ImageDraw.Draw(self.image)
         self.left, self.top = MARGIN_LEFT, MARGIN_TOP

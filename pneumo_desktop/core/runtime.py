@@ -163,7 +163,9 @@ class LiteRTEngine:
             )
         for name in (mc.OUTPUT_P_VIRAL, mc.OUTPUT_OOD_SCORE):
             if name in out and np.asarray(out[name]).size != 1:
-                raise ModelIntegrityError(f"{tflite_path} returns output {name} of shape {np.asarray(out[name]).shape}, expected (1, 1)")
+                raise ModelIntegrityError(
+                    f"{tflite_path} returns output {name} of shape {np.asarray(out[name]).shape}, expected (1, 1)"
+                )
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         count = batch.shape[0]
@@ -291,8 +293,14 @@ class PneumoniaModel:
         """One image's result from its raw outputs: refusal first, then the label, then the subtype."""
         cut = self._threshold(threshold)
         card = self.card
-        base = dict(path=path, threshold=cut, model_name=card.name, model_version=card.version, model_sha256=self.sha256,
-                    threshold_source=self.operating_point.source if threshold is None else "explicit")
+        base = dict(
+            path=path,
+            threshold=cut,
+            model_name=card.name,
+            model_version=card.version,
+            model_sha256=self.sha256,
+            threshold_source=self.operating_point.source if threshold is None else "explicit",
+        )
         limit = card.refusal.limit if card.refusal is not None else None
         reason = None
         if card.refusal is not None and ood_score is not None and card.refusal.refuses(ood_score):
@@ -321,7 +329,9 @@ class PneumoniaModel:
 
     # ---------------------------------------------------------------- public API
 
-    def predict(self, images: Sequence[LoadedImage], threshold: float | None = None, refuse: bool = True) -> list[Prediction]:
+    def predict(
+        self, images: Sequence[LoadedImage], threshold: float | None = None, refuse: bool = True
+    ) -> list[Prediction]:
         """Predictions; with `refuse` (default) images over the card's refusal limit get no probability."""
         self._threshold(threshold)  # a bad threshold fails before any inference
         return [

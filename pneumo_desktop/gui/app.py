@@ -66,7 +66,9 @@ def make_excepthook(parent: Callable[[], QWidget | None], log_path: Path | None 
             return  # one dialog at a time: an error storm must not bury the window in boxes
         showing = True
         try:
-            where = f"Details were written to the log file:\n{log_path}" if log_path else "Details were written to the log."
+            where = (
+                f"Details were written to the log file:\n{log_path}" if log_path else "Details were written to the log."
+            )
             box = QMessageBox(
                 QMessageBox.Icon.Critical,
                 "Unexpected error",

@@ -129,7 +129,9 @@ class _ScoringDialog(QDialog):
 
     scoringDone = Signal(object)  # Evaluation or None
 
-    def __init__(self, title: str, source: Path, model: PneumoniaModel, pool: QThreadPool, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, title: str, source: Path, model: PneumoniaModel, pool: QThreadPool, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle(title)
         self.source = Path(source)
@@ -204,8 +206,10 @@ class _ScoringDialog(QDialog):
     @staticmethod
     def _summary(e: Evaluation) -> str:
         m = e.metrics
-        return (f"{len(e.images)} labelled files: {len(e.scored)} scored ({m.positives} PNEUMONIA, "
-                f"{m.n - m.positives} NORMAL), {len(e.refused)} refused, {len(e.errors)} errors (listed, not in the metrics).")
+        return (
+            f"{len(e.images)} labelled files: {len(e.scored)} scored ({m.positives} PNEUMONIA, "
+            f"{m.n - m.positives} NORMAL), {len(e.refused)} refused, {len(e.errors)} errors (listed, not in the metrics)."
+        )
 
     def show_result(self, evaluation: Evaluation) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -258,9 +262,13 @@ class EvaluateDialog(_ScoringDialog):
     def show_result(self, evaluation: Evaluation) -> None:
         from ..core.evaluation import REPORTED_NAMES, render_plots
 
-        _fill_table(self.metrics_table, [
-            (REPORTED_NAMES[n], f"{iv.value:.3f}", f"{iv.low:.3f} – {iv.high:.3f}") for n, iv in evaluation.intervals.items()
-        ])
+        _fill_table(
+            self.metrics_table,
+            [
+                (REPORTED_NAMES[n], f"{iv.value:.3f}", f"{iv.low:.3f} – {iv.high:.3f}")
+                for n, iv in evaluation.intervals.items()
+            ],
+        )
         table = self.metrics_table  # tall enough for every metric without scrolling
         table.setMinimumHeight(table.horizontalHeader().sizeHint().height()
                                + sum(table.rowHeight(r) for r in range(table.rowCount())) + 2 * table.frameWidth())
@@ -362,14 +370,24 @@ class CalibrateDialog(_ScoringDialog):
             self.save_button.setEnabled(False)
             return
         y, p = self.evaluation.arrays()
-        image = plots.tradeoff_plot(y, p, self.profile.threshold, self.sensitivity.value(), self.evaluation.card_threshold)
+        image = plots.tradeoff_plot(
+            y, p, self.profile.threshold, self.sensitivity.value(), self.evaluation.card_threshold
+        )
         self.plot.setPixmap(_pixmap(plots.png_bytes(image)))
         self.rule.setText(f"Rule: {self.profile.rule['text']}.")
         rows = []
         for label, key in (("Model card", "at_card_threshold"), ("This site", "at_threshold")):
             f = self.profile.figures.get(key)
             if f is not None:
-                rows.append((label, f"{f['threshold']:.4f}", f"{f['sensitivity']:.3f}", f"{f['specificity']:.3f}", f"{f['accuracy']:.3f}"))
+                rows.append(
+                    (
+                        label,
+                        f"{f['threshold']:.4f}",
+                        f"{f['sensitivity']:.3f}",
+                        f"{f['specificity']:.3f}",
+                        f"{f['accuracy']:.3f}",
+                    )
+                )
         _fill_table(self.figures, rows)
         self.save_button.setEnabled(True)
 

@@ -135,5 +135,7 @@ def about_html(card: ModelCard | None, model_error: str = "") -> str:
     parts.append(f"<p>{html.escape(DATA_ATTRIBUTION)}</p>")
     if card is not None and card.raw.get("data_attribution"):
         parts.append(f"<p style='color:#5f6368'>{html.escape(str(card.raw['data_attribution']))}</p>")
-    parts.append("<p style='color:#5f6368'>Licensed under the Apache License 2.0. Built with Qt for Python (PySide6).</p>")
+    parts.append(
+        "<p style='color:#5f6368'>Licensed under the Apache License 2.0. Built with Qt for Python (PySide6).</p>"
+    )
     return "".join(parts)

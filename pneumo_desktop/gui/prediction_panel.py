@@ -52,7 +52,9 @@ class ProbabilityBar(QWidget):
         painter.setBrush(self.palette().mid().color().lighter(130))
         painter.drawRoundedRect(track, 6, 6)
         if self._probability is not None:
-            filled = QRectF(track.left(), track.top(), track.width() * max(0.0, min(1.0, self._probability)), track.height())
+            filled = QRectF(
+                track.left(), track.top(), track.width() * max(0.0, min(1.0, self._probability)), track.height()
+            )
             painter.setBrush(self._colour)
             painter.drawRoundedRect(filled, 6, 6)
         if self._threshold is not None:
@@ -123,7 +125,9 @@ class PredictionPanel(QGroupBox):
         self.refusal_value.setStyleSheet(f"color: {refused_colour};")
         self.score_anyway_button = QPushButton("Score anyway")
         self.score_anyway_button.setObjectName("scoreAnywayButton")
-        self.score_anyway_button.setToolTip("Score this image although the model says it does not look like a frontal chest X-ray")
+        self.score_anyway_button.setToolTip(
+            "Score this image although the model says it does not look like a frontal chest X-ray"
+        )
         self.score_anyway_button.clicked.connect(self.scoreAnywayRequested)
         self.override_note = QLabel("")
         self.override_note.setObjectName("overrideNote")

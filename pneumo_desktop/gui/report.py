@@ -64,7 +64,9 @@ class _Page:
         self.p.setFont(font)
         self.p.setPen(QColor(colour))
 
-    def text(self, text: str, size: float = 9.5, bold: bool = False, colour: str = "#202124", gap: float = 0.35) -> None:
+    def text(
+        self, text: str, size: float = 9.5, bold: bool = False, colour: str = "#202124", gap: float = 0.35
+    ) -> None:
         self.font(size, bold, colour)
         rect = QRectF(0, self.y, self.width, 10_000)
         flags = int(Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap)
@@ -117,7 +119,12 @@ def write_pdf_report(data: ReportData, path: Path) -> None:
     writer = QPdfWriter(str(path))
     writer.setResolution(200)
     writer.setPageLayout(
-        QPageLayout(QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait, QMarginsF(15, 14, 15, 14), QPageLayout.Unit.Millimeter)
+        QPageLayout(
+            QPageSize(QPageSize.PageSizeId.A4),
+            QPageLayout.Orientation.Portrait,
+            QMarginsF(15, 14, 15, 14),
+            QPageLayout.Unit.Millimeter,
+        )
     )
     writer.setTitle(f"Pneumo Desktop report: {data.file_path.name}")
     writer.setCreator(f"Pneumo Desktop {__version__}")
@@ -173,15 +180,23 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
     page.y = max(left.bottom(), right.bottom()) + 8
     page.font(8.5, colour="#5f6368")
     caption_h = painter.fontMetrics().height() * 1.3
-    painter.drawText(QRectF(left.left(), page.y, left.width(), caption_h), int(Qt.AlignmentFlag.AlignHCenter), "Image (as displayed)")
-    painter.drawText(QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignHCenter), "Grad-CAM overlay")
+    painter.drawText(
+        QRectF(left.left(), page.y, left.width(), caption_h), int(Qt.AlignmentFlag.AlignHCenter), "Image (as displayed)"
+    )
+    painter.drawText(
+        QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignHCenter), "Grad-CAM overlay"
+    )
     page.y += caption_h
     if data.colorbar is not None:
         bar = QRectF(right.left(), page.y, right.width(), caption_h * 0.55)
         painter.drawImage(bar, data.colorbar)
         page.y = bar.bottom() + 4
-        painter.drawText(QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignLeft), "weak")
-        painter.drawText(QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignRight), "strong influence")
+        painter.drawText(
+            QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignLeft), "weak"
+        )
+        painter.drawText(
+            QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignRight), "strong influence"
+        )
         page.y += caption_h
     if data.display_note:
         page.text(data.display_note, size=8, colour="#5f6368")

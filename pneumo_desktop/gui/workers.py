@@ -67,7 +67,9 @@ class ModelLoadController(QObject):
 
     def start(self, loader: ModelLoader) -> None:
         self._busy = True
-        run_in_background(self._pool, lambda _progress: loader(), on_result=self._on_result, on_error=self._on_error, owner=self)
+        run_in_background(
+            self._pool, lambda _progress: loader(), on_result=self._on_result, on_error=self._on_error, owner=self
+        )
 
     def _on_result(self, model: object) -> None:
         self._busy = False
@@ -162,7 +164,12 @@ class BatchController(QObject):
         self._buffer = []
         self._wake_pending = False
         run_in_background(
-            self._pool, work, on_result=self._on_result, on_error=self._on_error, on_progress=self._on_progress, owner=self
+            self._pool,
+            work,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_progress=self._on_progress,
+            owner=self,
         )
         self.started.emit(output_csv)
 

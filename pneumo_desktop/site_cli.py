@@ -199,10 +199,12 @@ def _calibrate(argv: Sequence[str]) -> int:
     print(f"{'':14s}{'threshold':>10s} {'sensitivity':>12s} {'specificity':>12s} {'accuracy':>9s}")
     if old is not None:
         print(
-            f"{'model card':14s}{old['threshold']:10.4f} {old['sensitivity']:12.3f} {old['specificity']:12.3f} {old['accuracy']:9.3f}"
+            f"{'model card':14s}{old['threshold']:10.4f} {old['sensitivity']:12.3f} "
+            f"{old['specificity']:12.3f} {old['accuracy']:9.3f}"
         )
     print(
-        f"{'this site':14s}{new['threshold']:10.4f} {new['sensitivity']:12.3f} {new['specificity']:12.3f} {new['accuracy']:9.3f}"
+        f"{'this site':14s}{new['threshold']:10.4f} {new['sensitivity']:12.3f} "
+        f"{new['specificity']:12.3f} {new['accuracy']:9.3f}"
     )
     print(f"on {profile.image_count['scored']} images ({profile.image_count['positives']} PNEUMONIA); "
           f"{profile.image_count['refused']} refused and {profile.image_count['errors']} errors left out")

@@ -1,4 +1,4 @@
-"""Screenshots of the evaluation and calibration dialogs: docs/screenshots/evaluate.png, evaluate_roc.png, calibrate.png.
+"""Screenshots of the evaluation and calibration dialogs: docs/screenshots/{evaluate,evaluate_roc,calibrate}.png.
 
 Runs the real main window under Xvfb (xcb) like scripts/screenshots.py. The labelled folder is --data, else the
 development test half (../shared/data/test_half_a) when present, else the bundled samples sorted by name.

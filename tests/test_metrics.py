@@ -1,4 +1,4 @@
-"""core.metrics against scikit-learn (an independent implementation; a test-only dependency) on random and tied scores."""
+"""core.metrics against scikit-learn (an independent implementation; test-only) on random and tied scores."""
 
 from __future__ import annotations
 
@@ -153,7 +153,8 @@ def test_the_app_core_does_not_load_the_trainer_tensorflow_matplotlib_sklearn_qt
         "import sys\n"
         "import pneumo_desktop.core.metrics, pneumo_desktop.core.evaluation, pneumo_desktop.core.plots\n"
         "import pneumo_desktop.core.site_profiles, pneumo_desktop.site_cli\n"
-        "bad = [m for m in ('trainer', 'tensorflow', 'keras', 'matplotlib', 'sklearn', 'PySide6', 'numpy.random') if m in sys.modules]\n"
+        "bad = [m for m in ('trainer', 'tensorflow', 'keras', 'matplotlib', 'sklearn', 'PySide6', 'numpy.random')\n"
+        "       if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

@@ -118,11 +118,15 @@ def _build_tiny(input_size: int, weights: Path | None) -> keras.Model:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "densenet121": BackboneSpec("densenet121", 224, "conv5_block1_0_bn", "relu",
-                                "Keras DenseNet121 ImageNet 'notop' .h5 (downloaded by Keras when online)", _build_densenet121),
+                                "Keras DenseNet121 ImageNet 'notop' .h5 (downloaded by Keras when online)",
+                                _build_densenet121),
     "xception": BackboneSpec("xception", 224, "block13_sepconv1_act", "block14_sepconv2_act",
-                             "Keras Xception ImageNet 'notop' .h5, or a .keras model holding an ImageNet 'xception' layer", _build_xception),
+                             "Keras Xception ImageNet 'notop' .h5, "
+                             "or a .keras model holding an ImageNet 'xception' layer",
+                             _build_xception),
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, "block11_expand_conv", "top_activation",
-                                       "PyTorch efficientnet-lite0 ImageNet state_dict (.pth, legacy format)", _build_efficientnet_lite0,
+                                       "PyTorch efficientnet-lite0 ImageNet state_dict (.pth, legacy format)",
+                                       _build_efficientnet_lite0,
                                        ("block4_add", "block10_add", "top_activation")),
     "tiny": BackboneSpec("tiny", 64, "conv2", "top_activation", "none (random initialisation; tests only)", _build_tiny,
                        ("relu0", "relu1", "top_activation")),

@@ -96,7 +96,8 @@ _NOT_OPTIONS = {"command", "recipe", "augment"}
 _HELP = {
     "data_root": "dataset ROOT with train/ (val/) inside", "run_dir": "logs, checkpoints, report (rerun to resume)",
     "weights": "local ImageNet weights file; 'none' = random initialisation (default: Keras download, online only)",
-    "dev_root": "development folder with NORMAL/ and PNEUMONIA/: epoch selection, temperature, operating point; never trained on",
+    "dev_root": "development folder with NORMAL/ and PNEUMONIA/: epoch selection, temperature, operating point; "
+    "never trained on",
     "export_dir": "model folder to write (e.g. resources/model)",
 }
 _ALIASES = {"data_root": "--data", "export_dir": "--export", "model_name": "--name", "model_version": "--version"}

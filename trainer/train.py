@@ -251,7 +251,9 @@ def _run_stage(model, stage: int, epochs: int, lr: float, data: RunData, cfg: Tr
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / f"backup_stage{stage}")),
         _epoch_scorer(model, data),  # before the logger and the checkpoint rule: they read its figures
-        keras.callbacks.ModelCheckpoint(str(run_dir / f"stage{stage}_epoch{{epoch:02d}}.weights.h5"), save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / f"stage{stage}_epoch{{epoch:02d}}.weights.h5"), save_weights_only=True
+        ),
         keras.callbacks.CSVLogger(str(run_dir / f"log_stage{stage}.csv"), append=True),
         keras.callbacks.EarlyStopping(monitor=key, mode="max", patience=cfg.patience),
     ]
@@ -259,7 +261,9 @@ def _run_stage(model, stage: int, epochs: int, lr: float, data: RunData, cfg: Tr
     model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=2)
     best_path, best_row = _best_epoch_weights(run_dir, stage, key)
     model.load_weights(best_path)
-    log.info("stage %d: best epoch %s (%s %.4f), %.0f s", stage, best_path.name, key, best_row[key], time.time() - started)
+    log.info(
+        "stage %d: best epoch %s (%s %.4f), %.0f s", stage, best_path.name, key, best_row[key], time.time() - started
+    )
     return best_path, best_row, time.time() - started
 
 
@@ -356,7 +360,8 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
         ev.plot_roc(split.labels, p, threshold, report_dir / f"roc_{tag}.png", f"{cfg.backbone} ({name})")
         ev.plot_confusion(metrics, report_dir / f"confusion_{tag}.png", f"{cfg.backbone} ({name})")
         ev.plot_calibration(split.labels, p, report_dir / f"calibration_{tag}.png", f"{cfg.backbone} ({name})")
-        figures[name] = {"metrics": metrics.as_dict(), "ece_before": ev.expected_calibration_error(split.labels, ev.sigmoid(logits)),
+        figures[name] = {"metrics": metrics.as_dict(),
+                         "ece_before": ev.expected_calibration_error(split.labels, ev.sigmoid(logits)),
                          "subtype": _subtype_report(split, viral, subtype_threshold)}
         log.info("%s: %s", name, metrics)
     ev.plot_training_curves([Path(cfg.run_dir) / "log_stage1.csv", Path(cfg.run_dir) / "log_stage2.csv"],
@@ -364,7 +369,9 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
     return {
         "temperature": temperature, "threshold": threshold, "fitted_on": fit_on, "figures": figures,
         "subtype_threshold": subtype_threshold,
-        "official_val_16": _evaluate_official_val(model, Path(cfg.data_root), input_size, temperature, threshold, Path(cfg.run_dir)),
+        "official_val_16": _evaluate_official_val(
+            model, Path(cfg.data_root), input_size, temperature, threshold, Path(cfg.run_dir)
+        ),
     }
 
 
@@ -405,18 +412,25 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
 
     spec = BACKBONES[cfg.backbone]
     if cfg.ood and not spec.ood_layers:
-        log.warning("backbone %s names no layers for the out-of-distribution score: exported without refusal", cfg.backbone)
-    stats, limit, shares = fit_refusal(model, data, cfg, input_size) if cfg.ood and spec.ood_layers else (None, None, {})
+        log.warning(
+            "backbone %s names no layers for the out-of-distribution score: exported without refusal", cfg.backbone
+        )
+    stats, limit, shares = (
+        fit_refusal(model, data, cfg, input_size) if cfg.ood and spec.ood_layers else (None, None, {})
+    )
     extra: dict[str, Any] = {
         "metrics": {name: f["metrics"] for name, f in evaluation["figures"].items()}
         | {"official_val_16": evaluation["official_val_16"]},
-        "calibration": {"method": f"temperature scaling fitted on {evaluation['fitted_on']}" if cfg.calibrate else "none",
+        "calibration": {"method": f"temperature scaling fitted on {evaluation['fitted_on']}"
+                        if cfg.calibrate else "none",
                         "temperature": evaluation["temperature"],
                         "ece_before": evaluation["figures"].get(evaluation["fitted_on"], {}).get("ece_before"),
-                        "ece_after": evaluation["figures"].get(evaluation["fitted_on"], {}).get("metrics", {}).get("ece")},
+                        "ece_after": evaluation["figures"].get(evaluation["fitted_on"], {})
+                        .get("metrics", {}).get("ece")},
         "initial_weights": asdict(weights_source),
         "training": {
-            "data_root": str(cfg.data_root), "data_manifest_sha256": manifest_sha256(data.prepared.samples, Path(cfg.data_root)),
+            "data_root": str(cfg.data_root),
+            "data_manifest_sha256": manifest_sha256(data.prepared.samples, Path(cfg.data_root)),
             "images": len(data.prepared.samples), "excluded": len(data.prepared.rejected),
             "split": data.split_info, "class_weights": data.class_weights, "seed": cfg.seed,
             "config": cfg.to_json(), "stage_seconds": stage_times, "command": cfg.command,

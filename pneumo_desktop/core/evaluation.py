@@ -229,13 +229,16 @@ class Evaluation:
                        "errors": len(self.errors), "positives": m.positives, "negatives": m.n - m.positives},
             "metrics": {name: {"value": iv.value, "ci95": [iv.low, iv.high]} for name, iv in self.intervals.items()},
             "ece": m.ece,
-            "confusion": {"tn": m.confusion[0][0], "fp": m.confusion[0][1], "fn": m.confusion[1][0], "tp": m.confusion[1][1]},
-            "bootstrap": {"resamples": self.resamples, "seed": mx.BOOTSTRAP_SEED, "method": "percentile, images resampled"},
+            "confusion": {"tn": m.confusion[0][0], "fp": m.confusion[0][1],
+                          "fn": m.confusion[1][0], "tp": m.confusion[1][1]},
+            "bootstrap": {"resamples": self.resamples, "seed": mx.BOOTSTRAP_SEED,
+                          "method": "percentile, images resampled"},
             "refused": [{"path": str(i.path), "reason": i.reason} for i in self.refused],
             "errors": [{"path": str(i.path), "reason": i.reason} for i in self.errors],
             "bacterial_vs_viral": None if self.subtype is None else {
                 "bacterial": self.subtype.n_bacterial, "viral": self.subtype.n_viral,
-                "roc_auc": {"value": self.subtype.roc_auc.value, "ci95": [self.subtype.roc_auc.low, self.subtype.roc_auc.high]},
+                "roc_auc": {"value": self.subtype.roc_auc.value,
+                            "ci95": [self.subtype.roc_auc.low, self.subtype.roc_auc.high]},
                 "accuracy_at_0.5": self.subtype.accuracy_at_half,
             },
             "app_version": __version__,
@@ -246,7 +249,8 @@ class Evaluation:
         m = self.metrics
         lines = [
             f"{len(self.images)} labelled images: {len(self.scored)} scored "
-            f"({m.positives} PNEUMONIA, {m.n - m.positives} NORMAL), {len(self.refused)} refused, {len(self.errors)} errors",
+            f"({m.positives} PNEUMONIA, {m.n - m.positives} NORMAL), {len(self.refused)} refused, "
+            f"{len(self.errors)} errors",
             f"threshold {self.threshold.value:.4f} from the {self.threshold.describe()}"
             + (f" ({self.threshold.note})" if self.threshold.note else ""),
             "",
@@ -471,7 +475,8 @@ Images: {len(evaluation.images)} labelled, {len(evaluation.scored)} scored ({m.p
 Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}.</p>
 <h2>Confusion matrix</h2>
 <table><tr><th></th><th>predicted NORMAL</th><th>predicted PNEUMONIA</th></tr>
-<tr><td>true NORMAL</td><td>{tn}</td><td>{fp}</td></tr><tr><td>true PNEUMONIA</td><td>{fn}</td><td>{tp}</td></tr></table>
+<tr><td>true NORMAL</td><td>{tn}</td><td>{fp}</td></tr>\
+<tr><td>true PNEUMONIA</td><td>{fn}</td><td>{tp}</td></tr></table>
 {subtype}
 <h2>Plots</h2>{images}
 {not_scored}
@@ -505,7 +510,8 @@ def calibrate(
     figures["calibration"] = {
         "ece": at_new.ece,
         "ece_after_temperature": mx.expected_calibration_error(y, mx.sigmoid(mx.logit(p) / temperature)),
-        "note": "the fitted temperature is recorded, not applied: it changes probabilities, not the ranking or the labels",
+        "note": "the fitted temperature is recorded, not applied: "
+        "it changes probabilities, not the ranking or the labels",
     }
     return SiteProfile(
         name=name.strip(),

@@ -208,7 +208,8 @@ class _ScoringDialog(QDialog):
         m = e.metrics
         return (
             f"{len(e.images)} labelled files: {len(e.scored)} scored ({m.positives} PNEUMONIA, "
-            f"{m.n - m.positives} NORMAL), {len(e.refused)} refused, {len(e.errors)} errors (listed, not in the metrics)."
+            f"{m.n - m.positives} NORMAL), {len(e.refused)} refused, {len(e.errors)} errors "
+            "(listed, not in the metrics)."
         )
 
     def show_result(self, evaluation: Evaluation) -> None:  # pragma: no cover - overridden

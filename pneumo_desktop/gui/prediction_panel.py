@@ -194,7 +194,8 @@ class PredictionPanel(QGroupBox):
         shown = prediction is not None and prediction.subtype is not None and prediction.p_viral is not None
         if shown:
             self.subtype_value.setText(
-                f"Secondary: subtype {prediction.subtype} · P(viral | pneumonia) {format_probability(prediction.p_viral)}"
+                f"Secondary: subtype {prediction.subtype} · "
+                f"P(viral | pneumonia) {format_probability(prediction.p_viral)}"
             )
         self.subtype_value.setVisible(shown)
         self.subtype_caveat.setVisible(shown)

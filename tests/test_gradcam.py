@@ -104,6 +104,7 @@ def _check_parity(model_dir: Path, paths: list[Path]) -> None:
     informative = 0
     for img, ref in zip(images, reference):
         cam = model.explain(img).cam
+        assert cam is not None
         assert cam.shape == (img.height, img.width)
         ref_big = cv2.resize(ref.astype(np.float32), (img.width, img.height), interpolation=cv2.INTER_LINEAR)
         if ref.max() == 0:

@@ -93,6 +93,7 @@ def test_explain_returns_cam_at_original_resolution(model, images) -> None:
     for img in images[:3]:
         exp = model.explain(img)
         assert isinstance(exp, Explanation)
+        assert exp.cam is not None
         assert exp.cam.shape == (img.height, img.width) and exp.cam.dtype == np.float32
         assert exp.cam.min() >= 0.0 and exp.cam.max() <= 1.0
         assert exp.prediction == model.predict([img])[0]
@@ -209,4 +210,4 @@ def test_bundled_model_loads_by_default_and_scores_samples(bundled_model_dir: Pa
     model = PneumoniaModel.load()
     assert model.model_dir.resolve() == bundled_model_dir.resolve()
     preds = model.predict(images)
-    assert all(0.0 <= p.probability <= 1.0 for p in preds)
+    assert all(p.probability is not None and 0.0 <= p.probability <= 1.0 for p in preds)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+# tomllib is Python 3.11+; mypy checks as 3.10 (requires-python) and the trainer has no 3.10 fallback yet
+import tomllib  # type: ignore[import-not-found]
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         kind = _base_type(hints[f.name])
         flag = _ALIASES.get(f.name, "--" + f.name.replace("_", "-"))
         default = f.default if f.default is not dataclasses.MISSING else None
-        flag_style = {"nargs": "?", "const": True} if kind is bool else {}  # `--from-scratch` alone means true
+        # `--from-scratch` alone means true
+        flag_style: dict[str, Any] = {"nargs": "?", "const": True} if kind is bool else {}
         parser.add_argument(flag, dest=f.name, type=_converter(kind), default=None, **flag_style,
                             help=_HELP.get(f.name, "") + (f" (default: {default})" if default is not None else ""))
     for f in dataclasses.fields(AugmentConfig):

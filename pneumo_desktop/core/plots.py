@@ -58,14 +58,17 @@ class Chart:
         ImageDraw.Draw(rotated).text(((self.bottom - self.top) / 2, 10), ylabel, fill=TEXT, font=self.font, anchor="mm")
         self.image.paste(rotated.rotate(90, expand=True), (4, self.top))
         self._legend_y = self.top + 8
-        self._legend_x = self.left + 26
+        self._legend_x: float = self.left + 26  # plots may move it to a fraction of the width
 
     def xy(self, x: float, y: float) -> tuple[float, float]:
         px = self.left + (self.right - self.left) * float(np.clip(x, 0, 1))
         py = self.bottom - (self.bottom - self.top) * float(np.clip(y / self.ymax, 0, 1))
         return px, py
 
-    def line(self, xs: Sequence[float], ys: Sequence[float], colour=BLUE, width: int = 2, dashed: bool = False) -> None:
+    def line(
+        self, xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray, colour=BLUE, width: int = 2,
+        dashed: bool = False,
+    ) -> None:
         points = [self.xy(x, y) for x, y in zip(xs, ys)]
         if dashed:
             for a, b in zip(points[::2], points[1::2]):

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,8 +137,11 @@ class LiteRTEngine:
             _, self._batch_runner = self._open()
             self._batch_runner(**{mc.INPUT_NAME: np.zeros((self.batch_size, input_size, input_size, 3), np.float32)})
 
-    def _open(self) -> tuple[dict, Callable[..., dict[str, np.ndarray]] | None]:
-        """A new interpreter: its signature list and its runner for the contract's signature (None if absent)."""
+    def _open(self) -> tuple[dict[str, Any], Any]:
+        """A new interpreter: its signature list and its runner for the contract's signature (None if absent).
+
+        The runner is ai_edge_litert's SignatureRunner (untyped): called with the input by name, it returns the
+        outputs by name; it also answers get_input_details()."""
         from ai_edge_litert.interpreter import Interpreter
 
         try:
@@ -293,7 +297,7 @@ class PneumoniaModel:
         """One image's result from its raw outputs: refusal first, then the label, then the subtype."""
         cut = self._threshold(threshold)
         card = self.card
-        base = dict(
+        base: dict[str, Any] = dict(
             path=path,
             threshold=cut,
             model_name=card.name,

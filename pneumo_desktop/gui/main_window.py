@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 from PySide6.QtCore import QSettings, QSize, Qt, QThreadPool, QTimer, Signal, Slot
@@ -71,6 +71,8 @@ if TYPE_CHECKING:
     from ..core.runtime import Explanation, PneumoniaModel
 
 log = logging.getLogger(__name__)
+
+_Dialog = TypeVar("_Dialog", bound=QDialog)
 
 APP_TITLE = "Pneumo Desktop"
 DEFAULT_SIZE = QSize(1280, 800)
@@ -269,12 +271,12 @@ class MainWindow(QMainWindow):
     def _action(
         self,
         text: str,
-        slot,
-        shortcut: QKeySequence | str | None = None,
+        slot: Callable[..., object],
+        shortcut: QKeySequence | QKeySequence.StandardKey | str | None = None,
         icon: QIcon | None = None,
         checkable: bool = False,
         tip: str = "",
-    ) -> QAction:  # type: ignore[no-untyped-def]
+    ) -> QAction:
         action = QAction(text, self)
         if icon is not None:
             action.setIcon(icon)
@@ -745,7 +747,7 @@ class MainWindow(QMainWindow):
         else:
             event.ignore()
 
-    def dragMoveEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+    def dragMoveEvent(self, event) -> None:
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
 
@@ -816,17 +818,19 @@ class MainWindow(QMainWindow):
         self._render()
         positive = self.model.card.positive_class if self.model is not None else "PNEUMONIA"
         self.prediction_panel.set_prediction(prediction, positive)
+        # (a prediction that is not refused has a probability and a label: the casts below say so to mypy)
         self.overlay_controls.set_meaning(
             REFUSED_MEANING
             if prediction.refused
-            else overlay_meaning(prediction.label, prediction.probability, positive)
+            else overlay_meaning(cast(str, prediction.label), cast(float, prediction.probability), positive)
         )
         if self.state.path is not None:
             if prediction.refused:
                 self.file_model.set_refused(self.state.path, prediction.refusal_reason or "")
             else:
-                self.file_model.set_result(self.state.path, prediction.probability, prediction.label,
-                                           prediction.refusal_reason if prediction.overridden else "")
+                self.file_model.set_result(self.state.path, cast(float, prediction.probability),
+                                           cast(str, prediction.label),
+                                           (prediction.refusal_reason or "") if prediction.overridden else "")
         self._update_actions()
         self.predictionShown.emit(explanation)
 
@@ -996,7 +1000,7 @@ class MainWindow(QMainWindow):
         if point is None or image is None:
             self.pixel_label.setText("")
             return
-        x, y = point  # type: ignore[misc]
+        x, y = cast(tuple[int, int], point)  # ImageView.pixelHovered sends (x, y) or None
         if not (0 <= x < image.width and 0 <= y < image.height):
             self.pixel_label.setText("")
             return
@@ -1210,7 +1214,9 @@ class MainWindow(QMainWindow):
         image = state.image
         source = image.raw if image.raw is not None else image.grey
         grey = apply_window_level(source, self._window_level, image.raw_inverted)
-        cam = state.explanation.cam * np.float32(cam_strength(state.explanation.prediction.probability))
+        # a map exists only for a scored (not refused) image, so the probability is there
+        probability = cast(float, state.explanation.prediction.probability)
+        cam = state.explanation.cam * np.float32(cam_strength(probability))
         rgb = render_overlay(grey, cam, options.colormap, options.opacity, options.cutoff)
         return grey, rgb
 
@@ -1234,7 +1240,7 @@ class MainWindow(QMainWindow):
         prediction = self.state.explanation.prediction
         options = self.overlay_controls.options()
         bar = array_to_qimage(colorbar(options.colormap, length=256, thickness=16, vertical=False))
-        note = f"Drawn at {cam_strength(prediction.probability):.0%} strength (P(pneumonia))."
+        note = f"Drawn at {cam_strength(cast(float, prediction.probability)):.0%} strength (P(pneumonia))."
         try:
             save_png(annotated_overlay(array_to_qimage(arrays[1]), bar, prediction, note), Path(path))
         except ExportError as exc:
@@ -1309,7 +1315,7 @@ class MainWindow(QMainWindow):
         dialog.open()
         return self._keep(dialog)
 
-    def _keep(self, dialog: QDialog) -> QDialog:
+    def _keep(self, dialog: _Dialog) -> _Dialog:
         """Hold a Python reference to an open non-modal dialog until it closes."""
         self._dialogs.append(dialog)
         dialog.finished.connect(lambda _result, d=dialog: self._dialogs.remove(d) if d in self._dialogs else None)

@@ -82,7 +82,7 @@ def _fit(image: Image.Image, max_side: int) -> Image.Image:
     return image
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "Arial.ttf"):
         try:
             return ImageFont.truetype(name, size)

@@ -188,7 +188,7 @@ def _build_from_local_batch() -> None:
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
-    maybe_symbolic_build._pneumo_local_batch = True
+    maybe_symbolic_build._pneumo_local_batch = True  # type: ignore[attr-defined]  # a marker on the function: patch once
     TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
 
     # Same Keras path, next step: each step's logs (scalar losses and metrics) are averaged over the workers

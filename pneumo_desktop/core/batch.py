@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -410,6 +411,12 @@ def heatmap_name(path: Path, image_sha256: str) -> str:
     return f"{path.stem}_{image_sha256[:8]}.png"
 
 
+def _heatmap_job(folder: Path, item: _Item, raw: Any, k: int) -> Path:
+    """On a worker thread: the Grad-CAM map of image k of a batch's raw outputs, written as a PNG."""
+    assert item.grey is not None
+    return _write_heatmap(folder, item, raw.cam(k, *item.grey.shape))
+
+
 def _write_heatmap(folder: Path, item: _Item, cam: np.ndarray) -> Path:
     assert item.grey is not None
     target = folder / heatmap_name(item.path, item.image_sha256)
@@ -576,14 +583,14 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
     cams: dict[int, Future[Path]] = {}
     if ready:
         try:
-            raw = model.run(np.stack([items[i].model_input for i in ready]))
+            raw = model.run(np.stack([cast(np.ndarray, items[i].model_input) for i in ready]))  # set: no error
             outputs = {i: (raw, k) for k, i in enumerate(ready)}
         except Exception as exc:  # isolate the image the model cannot score
             log.warning("batch inference failed (%s); retrying image by image", exc)
             outputs = {}
             for i in ready:
                 try:
-                    outputs[i] = (model.run(items[i].model_input[None]), 0)
+                    outputs[i] = (model.run(cast(np.ndarray, items[i].model_input)[None]), 0)
                 except Exception as single_exc:
                     items[i].error = f"the model could not score this image: {single_exc}"
             if not outputs:
@@ -593,9 +600,7 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
             predictions[i] = prediction
             if heatmaps is not None and not prediction.refused:
                 item = items[i]
-                cams[i] = executor.submit(
-                    lambda raw=raw, k=k, item=item: _write_heatmap(heatmaps, item, raw.cam(k, *item.grey.shape))
-                )
+                cams[i] = executor.submit(_heatmap_job, heatmaps, item, raw, k)
     for future in cams.values():
         try:
             future.result()  # a heat map that cannot be written (disk full, ...) stops the run

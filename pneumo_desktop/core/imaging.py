@@ -468,7 +468,8 @@ _WHITE_IS_ZERO = 0
 
 def _tiff_white_is_zero(im: Image.Image) -> bool:
     try:
-        return int(im.tag_v2.get(_TIFF_PHOTOMETRIC, -1)) == _WHITE_IS_ZERO
+        # only a TIFF image has tag_v2: any other raises AttributeError (handled below)
+        return int(im.tag_v2.get(_TIFF_PHOTOMETRIC, -1)) == _WHITE_IS_ZERO  # type: ignore[attr-defined]
     except (AttributeError, TypeError, ValueError):
         return False
 
@@ -890,7 +891,7 @@ def _dicom_display(values: np.ndarray, ds, monochrome1: bool) -> dict[str, objec
     }
 
 
-def _as_list(value) -> list:  # type: ignore[type-arg]
+def _as_list(value) -> list:
     if value is None or value == "":
         return []
     try:

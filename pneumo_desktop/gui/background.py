@@ -64,7 +64,7 @@ class _Relay(QObject):
             self._callbacks[0](value)
 
     @Slot(object)
-    def _on_error(self, exc: object) -> None:
+    def _on_error(self, exc: BaseException) -> None:
         if self._owner_alive:
             self._callbacks[1](exc)
 

@@ -225,7 +225,7 @@ class ImageView(QGraphicsView):
             return
         super().mouseReleaseEvent(event)
 
-    def leaveEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+    def leaveEvent(self, event) -> None:
         self.pixelHovered.emit(None)
         super().leaveEvent(event)
 
@@ -237,7 +237,7 @@ class ImageView(QGraphicsView):
             self.zoom_by(WHEEL_STEP**steps)
         event.accept()
 
-    def resizeEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+    def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         self._place_empty_button()
         if self._fit_mode:

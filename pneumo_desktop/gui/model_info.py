@@ -66,7 +66,7 @@ def metric_summary(metrics: Any) -> list[tuple[str, str]]:
     for group, values in metrics.items():
         if not isinstance(values, Mapping):
             continue
-        parts = []
+        parts: list[str] = []
         for key, label in _SUMMARY_KEYS:
             value = values.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and label not in " ".join(parts):

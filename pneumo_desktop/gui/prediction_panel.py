@@ -191,8 +191,9 @@ class PredictionPanel(QGroupBox):
         self.score_anyway_button.setEnabled(button)
 
     def _show_subtype(self, prediction: Prediction | None) -> None:
-        shown = prediction is not None and prediction.subtype is not None and prediction.p_viral is not None
-        if shown:
+        shown = False
+        if prediction is not None and prediction.subtype is not None and prediction.p_viral is not None:
+            shown = True
             self.subtype_value.setText(
                 f"Secondary: subtype {prediction.subtype} · "
                 f"P(viral | pneumonia) {format_probability(prediction.p_viral)}"

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from PySide6.QtCore import QMarginsF, QRectF, QSizeF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
@@ -32,7 +32,7 @@ class ExportError(PneumoError):
 
 def save_png(image: QImage, path: Path) -> None:
     path = Path(path)
-    if not image.save(str(path), "PNG"):
+    if not image.save(str(path), "PNG"):  # type: ignore[call-overload]  # the stubs want bytes; Qt takes a str
         raise ExportError(f"could not write {path} (check the folder exists and is writable)")
 
 
@@ -206,7 +206,11 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
     page.text("Model output", size=12, bold=True, gap=0.2)
     page.rows(
         [
-            ("P(pneumonia)", format_probability(pred.probability) + ("  (overridden)" if pred.overridden else "")),
+            # a refused image is never exported, so there is a probability
+            (
+                "P(pneumonia)",
+                format_probability(cast(float, pred.probability)) + ("  (overridden)" if pred.overridden else ""),
+            ),
             ("Label at operating point", pred.label or "—"),
             ("Threshold", format_probability(pred.threshold)),
             ("Threshold from", describe_source(pred.threshold_source)),

@@ -343,6 +343,7 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
     dev_logits, dev_viral = predict_outputs(model, data.dev.images) if data.dev is not None else (None, None)
     fit_on = "test half A (development)" if data.dev is not None else "validation"
     fit_y, fit_logits = (data.dev.labels, dev_logits) if data.dev is not None else (data.val.labels, val_logits)
+    assert fit_logits is not None  # the development set, when there is one, was scored above
     temperature = ev.fit_temperature(fit_y, fit_logits) if cfg.calibrate else 1.0
     threshold = ev.choose_threshold(fit_y, ev.sigmoid(fit_logits / temperature), cfg.min_sensitivity)
     fit_viral_split, fit_viral = (data.dev, dev_viral) if data.dev is not None else (data.val, val_viral)
@@ -354,6 +355,7 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
                                         ("test half A (development)", data.dev, dev_logits, dev_viral)):
         if split is None:
             continue
+        assert logits is not None  # every split that is there was scored above
         p = ev.sigmoid(logits / temperature)
         metrics = ev.compute_metrics(split.labels, p, threshold)
         tag = "val" if name == "validation" else "dev"
@@ -462,6 +464,7 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
         gradcam_layer=f"backbone/{spec.feature_layer}", extra=extra,
     )
     parity = np.repeat(data.val.images[:8][..., None].astype(np.float32), 3, axis=3)
+    assert cfg.export_dir is not None  # _train exports only when it is set
     export_model_folder(model, Path(cfg.export_dir), card, parity, evaluation["temperature"], stats)
     _copy_report(report_dir, Path(cfg.export_dir) / "report")
     log.info("exported to %s", cfg.export_dir)

@@ -147,9 +147,9 @@ def read_scored(scores_csv: Path, items: list[LabelledImage]) -> list[ScoredImag
     """
     rows: dict[str, dict[str, str]] = {}
     with open(scores_csv, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        for record in csv.DictReader(handle):
-            path = unneutralise(record.get("path") or "")
-            rows[os.path.normcase(path)] = record
+        for entry in csv.DictReader(handle):
+            path = unneutralise(entry.get("path") or "")
+            rows[os.path.normcase(path)] = entry
     out = []
     for item in items:
         record = rows.get(os.path.normcase(csv_path(item.path)))

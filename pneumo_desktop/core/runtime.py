@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -81,6 +81,13 @@ class Explanation:
     cam: np.ndarray | None = field(repr=False)
 
 
+class Extras(TypedDict):
+    """The optional outputs of one image, as keyword arguments of PneumoniaModel.prediction()."""
+
+    p_viral: float | None
+    ood_score: float | None
+
+
 @dataclass(frozen=True)
 class RawOutputs:
     """The model's outputs for one batch."""
@@ -94,7 +101,7 @@ class RawOutputs:
     def cam(self, index: int, height: int, width: int) -> np.ndarray:
         return gradcam(self.feature_map[index], self.cam_weights[index], height, width)
 
-    def extras(self, index: int) -> dict[str, float | None]:
+    def extras(self, index: int) -> Extras:
         """The optional outputs of one image, as keyword arguments of PneumoniaModel.prediction()."""
         return {
             "p_viral": None if self.p_viral is None else float(self.p_viral[index]),

@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
 from pneumo_desktop.core.errors import PneumoError
@@ -532,7 +532,7 @@ class _StopOnSignals:
 
     def __init__(self, cancel: threading.Event) -> None:
         self._cancel = cancel
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # what signal.signal() returned: a handler, SIG_DFL/SIG_IGN or None
 
     def _handler(self, signum, frame) -> None:  # signal handler signature
         if self._cancel.is_set() and signum == signal.SIGINT:

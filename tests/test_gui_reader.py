@@ -272,7 +272,8 @@ def test_keys_move_through_the_list_after_a_slider_drag_and_from_anywhere(qtbot,
     qtbot.mouseClick(slider, Qt.MouseButton.LeftButton, pos=QPoint(slider.width() // 4, slider.height() // 2))
     assert not slider.hasFocus()
     value = slider.value()
-    assert QApplication.focusWidget() is window.file_list
+    file_list = window.file_list  # (`focusWidget() is window.file_list` would make mypy retype window.file_list)
+    assert QApplication.focusWidget() is file_list
     qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Down)
     assert slider.value() == value
     assert window.file_list.currentIndex().row() == 1

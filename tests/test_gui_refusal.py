@@ -205,6 +205,7 @@ def test_batch_rows_show_refusals_in_the_list(qtbot, window: MainWindow, negativ
     for path in xrays:
         assert model.entry(model.row_of(folder / path.name)).status in (RowStatus.NORMAL, RowStatus.POSITIVE)
     assert model.counts()[RowStatus.REFUSED] == 4
+    assert window.last_message is not None
     assert "4 refused as not a chest X-ray" in window.last_message[2]
 
 

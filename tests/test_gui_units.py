@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -322,7 +323,7 @@ def test_latest_only_drops_waiting_requests_and_stale_results(qtbot) -> None:
 
     latest.request(job(1, wait=True), on_result=results.append, on_dropped=lambda: dropped.append(1))
     for n in (2, 3, 4):
-        latest.request(job(n), on_result=results.append, on_dropped=lambda n=n: dropped.append(n))
+        latest.request(job(n), on_result=results.append, on_dropped=functools.partial(dropped.append, n))
     assert latest.busy
     gate.set()
     qtbot.waitUntil(lambda: not latest.busy, timeout=5000)

@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,7 +149,7 @@ def test_xrays_are_scored_with_a_subtype_only_for_pneumonia(model: PneumoniaMode
         assert pred.probability == pytest.approx(expected_probability(path), abs=1e-6)
         labels.add(pred.label)
         if pred.label == "PNEUMONIA":
-            assert pred.p_viral == pytest.approx(expected_p_viral(path), abs=1e-6)
+            assert pred.p_viral is not None and pred.p_viral == pytest.approx(expected_p_viral(path), abs=1e-6)
             assert pred.subtype == ("viral" if pred.p_viral >= 0.5 else "bacterial")
         else:
             assert pred.p_viral is None and pred.subtype is None
@@ -180,7 +181,7 @@ def test_a_non_finite_ood_score_is_refused(tmp_path: Path, xrays: list[Path]) ->
         return out
 
     pred = fake_model(tmp_path, nan_engine).predict([load_image(xrays[0])])[0]
-    assert pred.refused and "out-of-distribution score nan" in pred.refusal_reason
+    assert pred.refused and "out-of-distribution score nan" in (pred.refusal_reason or "")
 
 
 def test_a_card_refusal_without_the_output_is_a_clear_runtime_error(tmp_path: Path, xrays: list[Path]) -> None:
@@ -309,7 +310,7 @@ def test_cli_predict_json_and_text_for_a_refused_photo(cli_model, negatives: Pat
 
 
 def test_cli_predict_json_carries_the_subtype(cli_model, xrays, capsys) -> None:
-    by_label = {}
+    by_label: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path in xrays:
         assert cli.main(["predict", str(path), "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
@@ -359,6 +360,7 @@ def test_measure_refusal_reports_shares_per_kind_and_folder(model: PneumoniaMode
     import sys
 
     spec = importlib.util.spec_from_file_location("measure_refusal", REPO / "bench" / "measure_refusal.py")
+    assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     sys.modules["measure_refusal"] = bench
     spec.loader.exec_module(bench)

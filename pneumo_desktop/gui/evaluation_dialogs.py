@@ -11,7 +11,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from PySide6.QtCore import QObject, Qt, QThreadPool, Signal, Slot
 from PySide6.QtGui import QAction, QPixmap
@@ -94,7 +94,7 @@ class EvaluationRunner(QObject):
             self._cancel.set()
 
     def _on_progress(self, value: object) -> None:
-        done, total = value  # type: ignore[misc]
+        done, total = cast(tuple[int, int], value)  # score_and_evaluate reports (done, total)
         self.progress.emit(done, total)
 
     def _on_result(self, evaluation: object) -> None:
@@ -181,16 +181,16 @@ class _ScoringDialog(QDialog):
         self.status.setText(f"Scoring {done} of {total} files…")
 
     @Slot(object)
-    def _on_finished(self, evaluation: object) -> None:
+    def _on_finished(self, evaluation: Evaluation | None) -> None:
         self.cancel_button.setEnabled(False)
         self.progress_bar.setVisible(False)
         self.cancel_button.setVisible(False)
         if evaluation is None:
             self.status.setText("Cancelled. The scores so far are kept: run it again to continue where it stopped.")
         else:
-            self.evaluation = evaluation  # type: ignore[assignment]
-            self.status.setText(self._summary(self.evaluation))
-            self.show_result(self.evaluation)
+            self.evaluation = evaluation
+            self.status.setText(self._summary(evaluation))
+            self.show_result(evaluation)
             self.body.setVisible(True)
             self.adjustSize()
         self.scoringDone.emit(evaluation)
@@ -376,7 +376,7 @@ class CalibrateDialog(_ScoringDialog):
         )
         self.plot.setPixmap(_pixmap(plots.png_bytes(image)))
         self.rule.setText(f"Rule: {self.profile.rule['text']}.")
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for label, key in (("Model card", "at_card_threshold"), ("This site", "at_threshold")):
             f = self.profile.figures.get(key)
             if f is not None:

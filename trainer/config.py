@@ -105,9 +105,8 @@ _ALIASES = {"data_root": "--data", "export_dir": "--export", "model_name": "--na
 
 
 def _base_type(annotation: Any) -> type:
-    hint = (
-        annotation if not isinstance(annotation, str) else eval(annotation, vars(typing) | {"Path": Path})
-    )  # our own annotations
+    # eval: these are our own annotations (TrainConfig's), never outside input
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing) | {"Path": Path})
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint

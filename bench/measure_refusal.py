@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from make_negatives import FAR_KINDS, NEAR_KINDS, read_labels  # noqa: E402
+
 from pneumo_desktop.core.imaging import ImageLoadError, find_images, load_image  # noqa: E402
 from pneumo_desktop.core.runtime import PneumoniaModel  # noqa: E402
 

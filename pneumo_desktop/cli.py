@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
 from pneumo_desktop.core.errors import PneumoError
@@ -101,7 +101,9 @@ def _score_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="CSV",
                         help="results CSV ('-': write the CSV to standard output)")
     parser.add_argument("--recursive", action="store_true", help="also score images in sub-folders")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run: skip rows already in the CSV")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run: skip rows already in the CSV"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV (default: refuse)")
     parser.add_argument("--threshold", type=_threshold, metavar="T", help=THRESHOLD_HELP)
     parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
@@ -130,7 +132,9 @@ def _predict_parser() -> argparse.ArgumentParser:
     return parser
 
 
-THRESHOLD_HELP = "decision threshold; overrides any site profile (default: the active site profile's, else the model card's)"
+THRESHOLD_HELP = (
+    "decision threshold; overrides any site profile (default: the active site profile's, else the model card's)"
+)
 PROFILE_HELP = "use this site profile's threshold (see 'pneumo-desktop profiles'; default: the active one)"
 
 
@@ -261,7 +265,7 @@ def _self_test(model_dir: Path | None) -> int:
             image = load_image(path)
         except UnsupportedFormatError:
             continue  # not an image (e.g. ATTRIBUTION.md)
-        except Exception as exc:  # noqa: BLE001 - report every sample, whatever goes wrong
+        except Exception as exc:  # report every sample, whatever goes wrong
             checked += 1
             wrong += 1
             print(f"FAIL  {path.name}: cannot read: {exc}")
@@ -346,7 +350,12 @@ def _predict(argv: Sequence[str]) -> int:
                     "subtype": pred.subtype,
                     "threshold_source": pred.threshold_source,
                     "model": {"name": pred.model_name, "version": pred.model_version, "sha256": pred.model_sha256},
-                    "image": {"format": image.format, "width": image.width, "height": image.height, "bit_depth": image.bit_depth},
+                    "image": {
+                        "format": image.format,
+                        "width": image.width,
+                        "height": image.height,
+                        "bit_depth": image.bit_depth,
+                    },
                     "heatmap": str(heatmap) if heatmap is not None else None,
                     "notice": RESEARCH_USE_STATEMENT,
                 },
@@ -479,7 +488,7 @@ def _score(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _shard_inputs(parsed: argparse.Namespace, model) -> list[Path]:  # noqa: ANN001 - PneumoniaModel
+def _shard_inputs(parsed: argparse.Namespace, model) -> list[Path]:  # PneumoniaModel
     """--shard K/N: plan this shard's part of the file set and write the CSV's manifest before any row."""
     from pneumo_desktop.core import shard
 
@@ -540,15 +549,15 @@ class _StopOnSignals:
 
     def __init__(self, cancel: threading.Event) -> None:
         self._cancel = cancel
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # what signal.signal() returned: a handler, SIG_DFL/SIG_IGN or None
 
-    def _handler(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def _handler(self, signum, frame) -> None:  # signal handler signature
         if self._cancel.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self._cancel.set()
         print(f"\n{PROG}: stopping after the current batch (Ctrl+C again to abort)", file=sys.stderr)
 
-    def __enter__(self) -> "_StopOnSignals":
+    def __enter__(self) -> _StopOnSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handler)

@@ -29,7 +29,7 @@ from pneumo_desktop.cli import (
 )
 
 
-def use_threshold(model, threshold: float | None, profile: str | None):  # noqa: ANN001, ANN201 - PneumoniaModel, ThresholdChoice
+def use_threshold(model, threshold: float | None, profile: str | None):  # PneumoniaModel, ThresholdChoice
     """Resolve the threshold (command line > --profile > active profile > card) and make it the model's default."""
     from pneumo_desktop.core.site_profiles import ProfileError, resolve_threshold
 
@@ -54,8 +54,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, metavar="DIR",
                         help="labelled folder with NORMAL/ and PNEUMONIA/ sub-folders, or a CSV of path,label")
     parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
-    parser.add_argument("--fresh", action="store_true", help="score everything again (default: resume REPORT_DIR/scores.csv)")
-    parser.add_argument("--resamples", type=_positive_int, default=None, metavar="N", help="bootstrap resamples (default 1000)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="score everything again (default: resume REPORT_DIR/scores.csv)"
+    )
+    parser.add_argument(
+        "--resamples", type=_positive_int, default=None, metavar="N", help="bootstrap resamples (default 1000)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -81,23 +85,32 @@ def _calibrate_parser() -> argparse.ArgumentParser:
                     ">= the target) and save it as a site profile for this model.",
     )
     _common(parser)
-    parser.add_argument("--sensitivity", type=_sensitivity, required=True, metavar="S", help="minimum sensitivity, e.g. 0.95")
+    parser.add_argument(
+        "--sensitivity", type=_sensitivity, required=True, metavar="S", help="minimum sensitivity, e.g. 0.95"
+    )
     parser.add_argument("--name", help="profile name (default: the folder's name)")
-    parser.add_argument("-o", "--output", type=Path, metavar="REPORT_DIR",
-                        help="folder for the scores and the report at the new threshold (default: ./calibration-<name>)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="REPORT_DIR",
+        help="folder for the scores and the report at the new threshold (default: ./calibration-<name>)",
+    )
     parser.add_argument("--no-activate", action="store_true", help="save the profile without making it the active one")
     return parser
 
 
 def _profiles_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{PROG} profiles", description="List, show or choose the active site profile.")
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} profiles", description="List, show or choose the active site profile."
+    )
     parser.add_argument("action", nargs="?", choices=("list", "show", "use", "off"), default="list",
                         help="list (default); show NAME; use NAME (make it active); off (back to the model card)")
     parser.add_argument("name", nargs="?", metavar="NAME")
     return parser
 
 
-def _run_scoring(parsed: argparse.Namespace, report_dir: Path, choose):  # noqa: ANN001, ANN202
+def _run_scoring(parsed: argparse.Namespace, report_dir: Path, choose):
     from pneumo_desktop.core.evaluation import LabelsError, score_and_evaluate
     from pneumo_desktop.core.metrics import BOOTSTRAP_RESAMPLES
 
@@ -120,8 +133,11 @@ def _run_scoring(parsed: argparse.Namespace, report_dir: Path, choose):  # noqa:
         finally:
             bar.close()
     if evaluation is None:
-        print(f"{PROG}: interrupted after {summary.scored + summary.errors + summary.resumed} of {summary.total} files; "
-              "run the same command again to continue", file=sys.stderr)
+        print(
+            f"{PROG}: interrupted after {summary.scored + summary.errors + summary.resumed} of {summary.total} files; "
+            "run the same command again to continue",
+            file=sys.stderr,
+        )
         return None, EXIT_INTERRUPTED
     return evaluation, EXIT_OK
 
@@ -133,7 +149,9 @@ def _evaluate(argv: Sequence[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     report_dir = parsed.output or Path.cwd() / f"evaluation-{parsed.data.resolve().name or 'data'}"
-    evaluation, code = _run_scoring(parsed, report_dir, lambda model: use_threshold(model, parsed.threshold, parsed.profile))
+    evaluation, code = _run_scoring(
+        parsed, report_dir, lambda model: use_threshold(model, parsed.threshold, parsed.profile)
+    )
     if evaluation is None:
         return code
     files = write_report(evaluation, report_dir)
@@ -162,7 +180,9 @@ def _calibrate(argv: Sequence[str]) -> int:
         raise UsageError(str(exc)) from None
     report_dir = parsed.output or Path.cwd() / f"calibration-{profile_file_name(name)[:-5]}"
     # Scored at the card's threshold: the probabilities, not the labels, are what calibration uses.
-    evaluation, code = _run_scoring(parsed, report_dir, lambda model: ThresholdChoice(model.card.threshold, SOURCE_CARD))
+    evaluation, code = _run_scoring(
+        parsed, report_dir, lambda model: ThresholdChoice(model.card.threshold, SOURCE_CARD)
+    )
     if evaluation is None:
         return code
     try:
@@ -178,8 +198,14 @@ def _calibrate(argv: Sequence[str]) -> int:
     print(f"rule: {profile.rule['text']}")
     print(f"{'':14s}{'threshold':>10s} {'sensitivity':>12s} {'specificity':>12s} {'accuracy':>9s}")
     if old is not None:
-        print(f"{'model card':14s}{old['threshold']:10.4f} {old['sensitivity']:12.3f} {old['specificity']:12.3f} {old['accuracy']:9.3f}")
-    print(f"{'this site':14s}{new['threshold']:10.4f} {new['sensitivity']:12.3f} {new['specificity']:12.3f} {new['accuracy']:9.3f}")
+        print(
+            f"{'model card':14s}{old['threshold']:10.4f} {old['sensitivity']:12.3f} "
+            f"{old['specificity']:12.3f} {old['accuracy']:9.3f}"
+        )
+    print(
+        f"{'this site':14s}{new['threshold']:10.4f} {new['sensitivity']:12.3f} "
+        f"{new['specificity']:12.3f} {new['accuracy']:9.3f}"
+    )
     print(f"on {profile.image_count['scored']} images ({profile.image_count['positives']} PNEUMONIA); "
           f"{profile.image_count['refused']} refused and {profile.image_count['errors']} errors left out")
     print(f"report at the new threshold: {files['html']}", file=sys.stderr)

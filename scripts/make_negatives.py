@@ -82,7 +82,7 @@ def _fit(image: Image.Image, max_side: int) -> Image.Image:
     return image
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "Arial.ttf"):
         try:
             return ImageFont.truetype(name, size)
@@ -112,7 +112,7 @@ def _skimage_images(names: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
             continue
         try:
             yield name, loader()
-        except Exception as exc:  # noqa: BLE001 - some data images need a download; skip those
+        except Exception as exc:  # some data images need a download; skip those
             log.info("skipping skimage.data.%s: %s", name, exc)
 
 
@@ -124,7 +124,7 @@ def photos(rng: np.random.Generator, count: int, max_side: int) -> Iterator[tupl
 def documents(rng: np.random.Generator, count: int, max_side: int) -> Iterator[tuple[str, Image.Image]]:
     for name, array in _skimage_images(SKIMAGE_DOCUMENTS):
         yield f"skimage.data.{name}", _fit(_pil(array), max_side)
-    for i in range(max(count - len(SKIMAGE_DOCUMENTS), 1)):
+    for _ in range(max(count - len(SKIMAGE_DOCUMENTS), 1)):
         width, height = 850, 1100  # a letter page at ~100 dpi
         page = Image.new("L", (width, height), int(rng.integers(235, 256)))
         draw = ImageDraw.Draw(page)
@@ -145,7 +145,7 @@ def documents(rng: np.random.Generator, count: int, max_side: int) -> Iterator[t
 
 
 def screenshots(rng: np.random.Generator, count: int, max_side: int) -> Iterator[tuple[str, Image.Image]]:
-    for i in range(max(count, 1)):
+    for _ in range(max(count, 1)):
         width, height = 1280, 800
         dark = rng.random() < 0.4
         background = (40, 42, 46) if dark else (246, 247, 249)
@@ -170,7 +170,7 @@ def screenshots(rng: np.random.Generator, count: int, max_side: int) -> Iterator
 def other_modalities(rng: np.random.Generator, count: int, max_side: int) -> Iterator[tuple[str, Image.Image]]:
     for name, array in _skimage_images(SKIMAGE_MODALITIES):
         yield f"skimage.data.{name}", _fit(_pil(array), max_side)
-    for name, array in _skimage_images(("shepp_logan_phantom",)):
+    for _, array in _skimage_images(("shepp_logan_phantom",)):
         from skimage.transform import radon  # a CT sinogram: another kind of X-ray picture
 
         theta = np.linspace(0.0, 180.0, 180, endpoint=False)
@@ -264,7 +264,9 @@ def generate(out_dir: Path, xrays: Sequence[Path] = (), *, seed: int = 0, per_ki
     for kind in FAR_KINDS:
         if kind not in wanted:
             continue
-        for index, (source, image) in enumerate(FAR_GENERATORS[kind](rng_for(all_kinds.index(kind)), per_kind, max_side)):
+        for index, (source, image) in enumerate(
+            FAR_GENERATORS[kind](rng_for(all_kinds.index(kind)), per_kind, max_side)
+        ):
             save(kind, "far", source, image, index)
 
     near_wanted = [k for k in NEAR_KINDS if k in wanted]

@@ -138,7 +138,7 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     return 0
 
 
-def save(pixmap, path: Path) -> None:  # type: ignore[no-untyped-def]
+def save(pixmap, path: Path) -> None:
     """Write a screenshot, reduced to a 256-colour palette PNG (Pillow) when it would be large."""
     from PIL import Image
 
@@ -155,11 +155,11 @@ def make_dicom(source: Path, path: Path) -> Path:
     import numpy as np
     from PIL import Image
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     grey = np.asarray(Image.open(source).convert("L"), dtype=np.uint16) * 16
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray, for presentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

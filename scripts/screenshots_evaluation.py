@@ -1,4 +1,4 @@
-"""Screenshots of the evaluation and calibration dialogs: docs/screenshots/evaluate.png, evaluate_roc.png, calibrate.png.
+"""Screenshots of the evaluation and calibration dialogs: docs/screenshots/{evaluate,evaluate_roc,calibrate}.png.
 
 Runs the real main window under Xvfb (xcb) like scripts/screenshots.py. The labelled folder is --data, else the
 development test half (../shared/data/test_half_a) when present, else the bundled samples sorted by name.
@@ -67,12 +67,14 @@ def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> in
     from pneumo_desktop.gui.workers import default_model_loader
 
     app = create_application()
-    window = MainWindow(model_loader=default_model_loader(model_dir), settings=SettingsStore(ini_qsettings(scratch / "s.ini")))
+    window = MainWindow(
+        model_loader=default_model_loader(model_dir), settings=SettingsStore(ini_qsettings(scratch / "s.ini"))
+    )
     window.resize(1100, 760)
     window.show()
     wait_exposed(window)
 
-    def wait(signal, timeout_ms: int = 600_000) -> None:  # noqa: ANN001
+    def wait(signal, timeout_ms: int = 600_000) -> None:
         loop = QEventLoop()
         signal.connect(loop.quit)
         QTimer.singleShot(timeout_ms, loop.quit)

@@ -95,12 +95,23 @@ def tiny_model_dir(tmp_path_factory, sample_paths) -> Path:
     sample_scores = score_numpy(stats, pooled_feature_model(model, layers).predict(samples, verbose=0))
     out = tmp_path_factory.mktemp("tiny_model")
     card = build_card(
-        name="tiny-test-model", version="0.0.1", backbone="tiny", input_size=64, threshold=0.5,
-        threshold_rule="fixed 0.5 (test model)", gradcam_layer="backbone/top_activation",
+        name="tiny-test-model",
+        version="0.0.1",
+        backbone="tiny",
+        input_size=64,
+        threshold=0.5,
+        threshold_rule="fixed 0.5 (test model)",
+        gradcam_layer="backbone/top_activation",
         extra={
-            "subtype": {"classes": ["bacterial", "viral"], "threshold": {"value": 0.5, "rule": "fixed 0.5 (test model)"}},
-            "refusal": {"limit": float(sample_scores.max() * 1.5), "method": "test model: fitted on the samples",
-                        "rule": "1.5x the largest sample score"},
+            "subtype": {
+                "classes": ["bacterial", "viral"],
+                "threshold": {"value": 0.5, "rule": "fixed 0.5 (test model)"},
+            },
+            "refusal": {
+                "limit": float(sample_scores.max() * 1.5),
+                "method": "test model: fitted on the samples",
+                "rule": "1.5x the largest sample score",
+            },
         },
     )
     rng = np.random.default_rng(0)
@@ -128,5 +139,5 @@ def dataset_dir() -> Path:
 _RUNS_THE_APP_LOOP = ("test_run_gui_opens_command_line_paths_and_installs_the_excepthook",)
 
 
-def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ANN001 - pytest hook
+def pytest_collection_modifyitems(session, config, items) -> None:  # pytest hook
     items.sort(key=lambda item: item.name in _RUNS_THE_APP_LOOP)  # stable: everything else keeps its order

@@ -22,7 +22,7 @@ def sample_grey(index: int = 0, max_side: int | None = None) -> np.ndarray:
     im = Image.open(sample_paths()[index]).convert("L")
     if max_side is not None and max(im.size) > max_side:
         scale = max_side / max(im.size)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8).copy()
 
 
@@ -48,12 +48,12 @@ def write_dicom(
     file_meta: bool = True,
 ) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_SOP_CLASS
+    meta.MediaStorageSOPClassUID = UID(DX_SOP_CLASS)
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = UID(transfer_syntax) if transfer_syntax else ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = DX_SOP_CLASS

@@ -20,7 +20,7 @@ import numpy as np
 from pneumo_desktop.core.imaging import load_image
 from pneumo_desktop.core.model_card import ModelCard
 from pneumo_desktop.core.preprocess import prepare_input
-from pneumo_desktop.core.runtime import PneumoniaModel
+from pneumo_desktop.core.runtime import Engine, PneumoniaModel
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -87,7 +87,7 @@ def card_dict(threshold: float = 0.5, v2: bool = True) -> dict:
     return data
 
 
-def fake_model(folder: Path, engine: FakeV2Engine, threshold: float = 0.5, v2: bool = True) -> PneumoniaModel:
+def fake_model(folder: Path, engine: Engine, threshold: float = 0.5, v2: bool = True) -> PneumoniaModel:
     return PneumoniaModel(folder, ModelCard.from_dict(card_dict(threshold, v2)), engine, batch_size=4)
 
 

@@ -89,7 +89,9 @@ def test_python_dash_m_runs_the_cli() -> None:
 # ------------------------------------------------------------------ score
 
 
-def test_score_writes_the_csv_and_a_summary(tiny_model_dir: Path, sample_paths: list[Path], tmp_path: Path, capsys) -> None:
+def test_score_writes_the_csv_and_a_summary(
+    tiny_model_dir: Path, sample_paths: list[Path], tmp_path: Path, capsys
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for p in sample_paths[:5]:
@@ -265,7 +267,11 @@ def test_self_test_passes_when_every_label_is_right(
                 "feature_map": np.ones((len(x), 2, 2, 1), np.float32), "cam_weights": np.ones((len(x), 1), np.float32)}
 
     card = fake_card(name="oracle", input_size=size)
-    monkeypatch.setattr(runtime.PneumoniaModel, "load", classmethod(lambda cls, d=None, n=None, batch_size=8: cls(tmp_path, card, engine)))
+    monkeypatch.setattr(
+        runtime.PneumoniaModel,
+        "load",
+        classmethod(lambda cls, d=None, n=None, batch_size=8: cls(tmp_path, card, engine)),
+    )
     assert cli.main(["--self-test"]) == 0
     out = capsys.readouterr().out
     assert f"self-test passed: {len(sample_paths)} of {len(sample_paths)}" in out and "FAIL" not in out

@@ -98,7 +98,9 @@ def test_labels_from_subfolders_and_from_a_csv(tmp_path, sample_paths):
         (p.name, sample_label(p) == "PNEUMONIA") for p in sample_paths
     )
     table = tmp_path / "labels.csv"
-    table.write_text("path,label\n" + "".join(f"data/{sample_label(p)}/{p.name},{sample_label(p)}\n" for p in sample_paths))
+    table.write_text(
+        "path,label\n" + "".join(f"data/{sample_label(p)}/{p.name},{sample_label(p)}\n" for p in sample_paths)
+    )
     from_csv = ev.load_labels(table)
     assert [(i.path.resolve(), i.positive) for i in from_csv] == [
         ((root / sample_label(p) / p.name).resolve(), sample_label(p) == "PNEUMONIA") for p in sample_paths
@@ -195,8 +197,13 @@ def test_refused_and_error_rows_are_counted_apart_and_subtypes_reported(tmp_path
             writer.writerow([str(item.path), probability.get(name, ""), "", 0.5, FAKE_SHA, "", error, status,
                              p_viral.get(name, ""), "card"])
     images = ev.read_scored(table, items)
-    result = ev.evaluate_scored(images, sp.ThresholdChoice(0.5, sp.SOURCE_CARD), {"name": "m", "version": "1", "sha256": FAKE_SHA},
-                                tmp_path, resamples=100)
+    result = ev.evaluate_scored(
+        images,
+        sp.ThresholdChoice(0.5, sp.SOURCE_CARD),
+        {"name": "m", "version": "1", "sha256": FAKE_SHA},
+        tmp_path,
+        resamples=100,
+    )
     assert [(i.path.name, i.reason) for i in result.refused] == [("refused.png", "not a chest X-ray")]
     assert [(i.path.name, i.reason) for i in result.errors] == [("broken.png", "cannot decode")]
     assert result.metrics.n == 7
@@ -237,7 +244,9 @@ def test_calibrate_on_half_a_then_score_half_b_with_the_profile(tmp_path, sample
     y_b, p_b = scores_from_csv(out)
     expected_labels = np.where(p_b >= independent, "PNEUMONIA", "NORMAL")
     assert [r["prediction"] for r in rows] == list(expected_labels)
-    _, on_b = ev.score_and_evaluate(labelled_folder(tmp_path / "B", half_b), tmp_path / "rb", model, choice, resamples=100)
+    _, on_b = ev.score_and_evaluate(
+        labelled_folder(tmp_path / "B", half_b), tmp_path / "rb", model, choice, resamples=100
+    )
     assert_metrics_match_sklearn(on_b.as_dict(), y_b, p_b, independent)
 
 
@@ -272,8 +281,25 @@ def test_cli_evaluate_calibrate_and_score_with_the_profile(tiny_model_dir, sampl
     y, p = scores_from_csv(tmp_path / "eva" / "scores.csv")
     assert_metrics_match_sklearn(json.loads((tmp_path / "eva" / "metrics.json").read_text()), y, p, 0.5)
 
-    assert cli.main(["calibrate", str(folder_a), "--sensitivity", "0.95", "--name", "Ward A", "-o", str(tmp_path / "cal"),
-                     "-q", "--resamples", "50", *model]) == 0
+    assert (
+        cli.main(
+            [
+                "calibrate",
+                str(folder_a),
+                "--sensitivity",
+                "0.95",
+                "--name",
+                "Ward A",
+                "-o",
+                str(tmp_path / "cal"),
+                "-q",
+                "--resamples",
+                "50",
+                *model,
+            ]
+        )
+        == 0
+    )
     assert 'site profile "Ward A" saved' in capsys.readouterr().out
     independent = sklearn_rule(y, p, 0.95)
     assert sp.load_profile("Ward A").threshold == pytest.approx(independent, abs=1e-6)

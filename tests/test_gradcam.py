@@ -104,6 +104,7 @@ def _check_parity(model_dir: Path, paths: list[Path]) -> None:
     informative = 0
     for img, ref in zip(images, reference):
         cam = model.explain(img).cam
+        assert cam is not None
         assert cam.shape == (img.height, img.width)
         ref_big = cv2.resize(ref.astype(np.float32), (img.width, img.height), interpolation=cv2.INTER_LINEAR)
         if ref.max() == 0:
@@ -121,5 +122,7 @@ def test_runtime_gradcam_matches_gradient_tape_on_tiny_model(tiny_model_dir: Pat
 
 
 @pytest.mark.slow
-def test_runtime_gradcam_matches_gradient_tape_on_bundled_model(bundled_model_dir: Path, sample_paths: list[Path]) -> None:
+def test_runtime_gradcam_matches_gradient_tape_on_bundled_model(
+    bundled_model_dir: Path, sample_paths: list[Path]
+) -> None:
     _check_parity(bundled_model_dir, sample_paths)

@@ -18,24 +18,24 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage  # noqa: E402
-from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
+from PySide6.QtWidgets import QApplication, QMessageBox
 
-from pneumo_desktop.core.batch import CSV_COLUMNS  # noqa: E402
-from pneumo_desktop.core.imaging import load_image  # noqa: E402
-from pneumo_desktop.core.model_card import ModelIntegrityError  # noqa: E402
-from pneumo_desktop.core.runtime import PneumoniaModel  # noqa: E402
-from pneumo_desktop.gui.app import make_excepthook  # noqa: E402
-from pneumo_desktop.gui.file_list import format_probability  # noqa: E402
-from pneumo_desktop.gui.icons import RowStatus  # noqa: E402
-from pneumo_desktop.gui.main_window import MainWindow  # noqa: E402
-from pneumo_desktop.gui.options import OverlayOptions, WindowLevel  # noqa: E402
-from pneumo_desktop.gui.prediction_panel import PANEL_TITLE  # noqa: E402
-from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings  # noqa: E402
-from pneumo_desktop.gui.workers import default_model_loader  # noqa: E402
+from pneumo_desktop.core.batch import CSV_COLUMNS
+from pneumo_desktop.core.imaging import load_image
+from pneumo_desktop.core.model_card import ModelIntegrityError
+from pneumo_desktop.core.runtime import PneumoniaModel
+from pneumo_desktop.gui.app import make_excepthook
+from pneumo_desktop.gui.file_list import format_probability
+from pneumo_desktop.gui.icons import RowStatus
+from pneumo_desktop.gui.main_window import MainWindow
+from pneumo_desktop.gui.options import OverlayOptions, WindowLevel
+from pneumo_desktop.gui.prediction_panel import PANEL_TITLE
+from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
+from pneumo_desktop.gui.workers import default_model_loader
 
-from .conftest import SAMPLES_DIR, sample_label  # noqa: E402
+from .conftest import SAMPLES_DIR, sample_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WAIT_MS = 60_000  # generous: the CI machine also trains models
@@ -291,7 +291,9 @@ def test_bad_file_shows_its_error_in_its_row_and_the_status_bar(qtbot, make_wind
     assert window.file_model.entry(1).status in (RowStatus.NORMAL, RowStatus.POSITIVE)
 
 
-def test_selection_changes_never_block_and_stale_requests_are_dropped(qtbot, make_window, tiny_model, tmp_path: Path) -> None:
+def test_selection_changes_never_block_and_stale_requests_are_dropped(
+    qtbot, make_window, tiny_model, tmp_path: Path
+) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
     for i, sample in enumerate(sorted(SAMPLES_DIR.glob("*.jpeg"))[:8]):
@@ -312,7 +314,9 @@ def test_selection_changes_never_block_and_stale_requests_are_dropped(qtbot, mak
     last = window.file_list.current_path()
     assert last == window.file_model.entry(5).path
 
-    with qtbot.waitSignal(window.predictionShown, timeout=WAIT_MS, check_params_cb=lambda e: Path(e.prediction.path) == last):
+    with qtbot.waitSignal(
+        window.predictionShown, timeout=WAIT_MS, check_params_cb=lambda e: Path(e.prediction.path) == last
+    ):
         pass
     assert window.state.path == last
     assert window.prediction_panel.label_value.text() != "—"
@@ -324,7 +328,9 @@ def test_selection_changes_never_block_and_stale_requests_are_dropped(qtbot, mak
     assert len(spy.explained) <= 2
 
 
-def test_batch_cancel_leaves_a_valid_csv_and_resume_completes_it(qtbot, make_window, tiny_model, tmp_path: Path) -> None:
+def test_batch_cancel_leaves_a_valid_csv_and_resume_completes_it(
+    qtbot, make_window, tiny_model, tmp_path: Path
+) -> None:
     folder = tmp_path / "batch"
     folder.mkdir()
     samples = sorted(SAMPLES_DIR.glob("*.jpeg"))
@@ -343,7 +349,10 @@ def test_batch_cancel_leaves_a_valid_csv_and_resume_completes_it(qtbot, make_win
     # The list follows the results as they arrive (a few rows per event-loop turn).
     first = progress[0].row
     qtbot.waitUntil(
-        lambda: window.file_model.entry(window.file_model.row_of(first.path)).status in (RowStatus.NORMAL, RowStatus.POSITIVE),
+        lambda: (
+            window.file_model.entry(window.file_model.row_of(first.path)).status
+            in (RowStatus.NORMAL, RowStatus.POSITIVE)
+        ),
         timeout=5000,
     )
     assert window.batch.running, "the list updated while the batch was still running"
@@ -401,7 +410,9 @@ def test_exports_png_and_pdf(qtbot, make_window, tiny_model, tmp_path: Path) -> 
     assert data.count(b"/Type /Page\n") + data.count(b"/Type /Page ") + data.count(b"/Type/Page") >= 1
 
 
-def test_missing_or_corrupt_model_shows_a_dialog_and_the_app_keeps_working(qtbot, make_window, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_missing_or_corrupt_model_shows_a_dialog_and_the_app_keeps_working(
+    qtbot, make_window, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken_model"
     shutil.copytree(tiny_model_dir, broken)
     with open(broken / "model.tflite", "r+b") as handle:
@@ -458,7 +469,9 @@ def test_drop_and_recent_files_open_images(qtbot, make_window, tiny_model) -> No
 
 def test_settings_persist_across_windows(qtbot, make_window, tiny_model, settings: SettingsStore) -> None:
     window = make_window(model=tiny_model)
-    window.overlay_controls.set_options(OverlayOptions(enabled=True, opacity=0.7, colormap="magma", cutoff=0.3, side_by_side=True))
+    window.overlay_controls.set_options(
+        OverlayOptions(enabled=True, opacity=0.7, colormap="magma", cutoff=0.3, side_by_side=True)
+    )
     window.overlay_controls.opacity_slider.setValue(71)  # a user change is saved
     window.open_paths([SAMPLES_DIR])
     window.close()
@@ -480,7 +493,14 @@ def test_about_box_shows_the_model_card_and_data_attribution(qtbot, make_window,
 
     text = dialog.findChild(QTextBrowser, "aboutText").toPlainText()
     card = tiny_model.card
-    for expected in (card.name, card.version, card.backbone, f"{card.input_size} × {card.input_size}", f"{card.threshold:.3f}", card.threshold_rule):
+    for expected in (
+        card.name,
+        card.version,
+        card.backbone,
+        f"{card.input_size} × {card.input_size}",
+        f"{card.threshold:.3f}",
+        card.threshold_rule,
+    ):
         assert expected in text
     assert "Kermany" in text and "Cell 172(5):1122-1131, 2018" in text and "CC BY 4.0" in text
     assert "Research use only" in text
@@ -523,7 +543,9 @@ def test_run_gui_opens_command_line_paths_and_installs_the_excepthook(qtbot, mon
     from pneumo_desktop.gui import main_window
 
     QStandardPaths.setTestModeEnabled(True)  # the log file goes to a test location
-    monkeypatch.setattr(main_window, "default_model_loader", lambda model_dir=None: default_model_loader(tiny_model_dir))
+    monkeypatch.setattr(
+        main_window, "default_model_loader", lambda model_dir=None: default_model_loader(tiny_model_dir)
+    )
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     root_handlers = list(logging.getLogger().handlers)
     seen: dict = {}

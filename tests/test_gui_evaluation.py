@@ -14,13 +14,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from pneumo_desktop.core import site_profiles as sp  # noqa: E402
-from pneumo_desktop.core.evaluation import work_dir_for  # noqa: E402
-from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog  # noqa: E402
-from pneumo_desktop.gui.main_window import MainWindow  # noqa: E402
-from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings  # noqa: E402
-from tests.test_batch import FAKE_SHA, FakeEngine, make_fake_model  # noqa: E402
-from tests.test_evaluation import labelled_folder, scores_from_csv, sklearn_rule  # noqa: E402
+from pneumo_desktop.core import site_profiles as sp
+from pneumo_desktop.core.evaluation import work_dir_for
+from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog
+from pneumo_desktop.gui.main_window import MainWindow
+from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
+from tests.test_batch import FAKE_SHA, FakeEngine, make_fake_model
+from tests.test_evaluation import labelled_folder, scores_from_csv, sklearn_rule
 
 sk = pytest.importorskip("sklearn.metrics")
 WAIT_MS = 60_000
@@ -92,7 +92,9 @@ def test_evaluate_dialog_shows_metrics_plots_and_exports(window, qtbot, tmp_path
     assert dialog.metrics_table.item(5, 0).text() == "ROC-AUC"
     assert float(dialog.metrics_table.item(5, 1).text()) == pytest.approx(sk.roc_auc_score(y, p), abs=1e-3)
     (tn, fp), (fn, tp) = sk.confusion_matrix(y, (p >= 0.5).astype(int))
-    assert [dialog.confusion_table.item(r, c).text() for r in (0, 1) for c in (0, 1)] == [str(v) for v in (tn, fp, fn, tp)]
+    assert [dialog.confusion_table.item(r, c).text() for r in (0, 1) for c in (0, 1)] == [
+        str(v) for v in (tn, fp, fn, tp)
+    ]
     assert "notes.txt" in dialog.not_scored.item(0).text()
     assert all(not label.pixmap().isNull() for label in dialog.plot_labels.values())
     html = dialog.export(tmp_path / "export")

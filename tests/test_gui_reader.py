@@ -16,18 +16,18 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication
 
-import pneumo_desktop.core.imaging as imaging  # noqa: E402
-from pneumo_desktop.core.batch import read_results  # noqa: E402
-from pneumo_desktop.gui.file_list import FileListModel  # noqa: E402
+import pneumo_desktop.core.imaging as imaging
+from pneumo_desktop.core.batch import read_results
+from pneumo_desktop.gui.file_list import FileListModel
 
-from .conftest import SAMPLES_DIR  # noqa: E402
-from .imaging_helpers import sample_grey, write_dicom  # noqa: E402
-from . import test_gui as _gui  # noqa: E402
-from .test_gui import (  # noqa: E402
+from . import test_gui as _gui
+from .conftest import SAMPLES_DIR
+from .imaging_helpers import sample_grey, write_dicom
+from .test_gui import (
     WAIT_MS,
     SpyModel,
     normal_sample,
@@ -75,7 +75,9 @@ def dataset_folder(root: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------- item 1
-def test_quit_during_a_batch_cancels_it_keeps_the_rows_and_leaves_no_window(qtbot, make_window, tiny_model, tmp_path: Path) -> None:
+def test_quit_during_a_batch_cancels_it_keeps_the_rows_and_leaves_no_window(
+    qtbot, make_window, tiny_model, tmp_path: Path
+) -> None:
     folder = tmp_path / "batch"
     folder.mkdir()
     samples = sorted(SAMPLES_DIR.glob("*.jpeg"))
@@ -99,7 +101,9 @@ def test_quit_during_a_batch_cancels_it_keeps_the_rows_and_leaves_no_window(qtbo
 
 
 # ------------------------------------------------------------------------------------- item 2
-def test_a_dataset_shaped_folder_is_listed_and_scored_with_its_subfolders(qtbot, make_window, tiny_model, tmp_path: Path) -> None:
+def test_a_dataset_shaped_folder_is_listed_and_scored_with_its_subfolders(
+    qtbot, make_window, tiny_model, tmp_path: Path
+) -> None:
     test = dataset_folder(tmp_path)
     window = make_window(model=tiny_model)
     assert window.act_recursive.isChecked(), "subfolders are included by default"
@@ -144,7 +148,9 @@ def test_dicom_with_a_narrow_stored_window_can_be_widened_and_the_model_reads_wh
     assert controls.window_level().level == 1200 and controls.window_level().width == 600
     assert controls.width_slider.maximum() >= 4081
     clipped = qimage_array(window.view.primary_image())[..., 0]
-    full = [i for i in range(controls.preset_combo.count()) if controls.preset_combo.itemText(i).startswith("Full range")]
+    full = [
+        i for i in range(controls.preset_combo.count()) if controls.preset_combo.itemText(i).startswith("Full range")
+    ]
     controls.preset_combo.activated.emit(full[0])
     wait_rendered(qtbot, window)
     widened = qimage_array(window.view.primary_image())[..., 0]
@@ -163,7 +169,9 @@ def test_dicom_with_a_narrow_stored_window_can_be_widened_and_the_model_reads_wh
 
 
 # ------------------------------------------------------------------------------------- item 4
-def test_switching_to_a_slow_image_never_leaves_the_previous_picture_on_screen(qtbot, make_window, tiny_model, tmp_path: Path, monkeypatch) -> None:
+def test_switching_to_a_slow_image_never_leaves_the_previous_picture_on_screen(
+    qtbot, make_window, tiny_model, tmp_path: Path, monkeypatch
+) -> None:
     folder = tmp_path / "two"
     folder.mkdir()
     first, slow = folder / "a.jpeg", folder / "b.jpeg"
@@ -219,7 +227,9 @@ def test_a_normal_result_does_not_draw_its_map_at_full_strength(qtbot, make_wind
 
 
 # ------------------------------------------------------------------------------------- item 6
-def test_folder_list_counts_non_images_says_not_scored_yet_and_sorts(qtbot, make_window, tiny_model, tmp_path: Path) -> None:
+def test_folder_list_counts_non_images_says_not_scored_yet_and_sorts(
+    qtbot, make_window, tiny_model, tmp_path: Path
+) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
     (folder / "ATTRIBUTION.md").write_text("# Attribution\n")
@@ -262,7 +272,8 @@ def test_keys_move_through_the_list_after_a_slider_drag_and_from_anywhere(qtbot,
     qtbot.mouseClick(slider, Qt.MouseButton.LeftButton, pos=QPoint(slider.width() // 4, slider.height() // 2))
     assert not slider.hasFocus()
     value = slider.value()
-    assert QApplication.focusWidget() is window.file_list
+    file_list = window.file_list  # (`focusWidget() is window.file_list` would make mypy retype window.file_list)
+    assert QApplication.focusWidget() is file_list
     qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Down)
     assert slider.value() == value
     assert window.file_list.currentIndex().row() == 1
@@ -301,7 +312,9 @@ def test_a_drop_adds_to_the_list(qtbot, make_window, tiny_model) -> None:
     assert window.file_model.paths() == [normal_sample(), pneumonia_sample()]
 
 
-def test_corrupt_png_message_is_for_a_person_and_zoom_is_cleared(qtbot, make_window, tiny_model, tmp_path: Path) -> None:
+def test_corrupt_png_message_is_for_a_person_and_zoom_is_cleared(
+    qtbot, make_window, tiny_model, tmp_path: Path
+) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     window = make_window(model=tiny_model)

@@ -15,18 +15,25 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
-from PySide6.QtGui import QColor  # noqa: E402
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QColor
 
-from pneumo_desktop.gui.file_list import FileListModel, format_probability  # noqa: E402
-from pneumo_desktop.gui.icons import STATUS_COLOURS, RowStatus  # noqa: E402
-from pneumo_desktop.gui.main_window import MainWindow  # noqa: E402
-from pneumo_desktop.gui.prediction_panel import REFUSED_LABEL, SUBTYPE_CAVEAT  # noqa: E402
-from pneumo_desktop.gui.report import ExportError, check_presentable  # noqa: E402
-from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings  # noqa: E402
+from pneumo_desktop.gui.file_list import FileListModel, format_probability
+from pneumo_desktop.gui.icons import STATUS_COLOURS, RowStatus
+from pneumo_desktop.gui.main_window import MainWindow
+from pneumo_desktop.gui.prediction_panel import REFUSED_LABEL, SUBTYPE_CAVEAT
+from pneumo_desktop.gui.report import ExportError, check_presentable
+from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
 
-from .conftest import SAMPLES_DIR  # noqa: E402
-from .refusal_fakes import REASON, FakeV2Engine, expected_p_viral, expected_probability, fake_model, make_negatives_module  # noqa: E402
+from .conftest import SAMPLES_DIR
+from .refusal_fakes import (
+    REASON,
+    FakeV2Engine,
+    expected_p_viral,
+    expected_probability,
+    fake_model,
+    make_negatives_module,
+)
 
 WAIT_MS = 60_000
 THRESHOLD = 0.45
@@ -103,7 +110,9 @@ def test_a_photo_shows_the_refusal_state(qtbot, window: MainWindow, photo: Path,
         check_presentable(explanation.prediction)
 
 
-def test_score_anyway_shows_a_probability_marked_overridden(qtbot, window: MainWindow, photo: Path, tmp_path: Path) -> None:
+def test_score_anyway_shows_a_probability_marked_overridden(
+    qtbot, window: MainWindow, photo: Path, tmp_path: Path
+) -> None:
     show(qtbot, window, photo)
     panel = window.prediction_panel
     with qtbot.waitSignal(window.predictionShown, timeout=WAIT_MS) as blocker:
@@ -196,6 +205,7 @@ def test_batch_rows_show_refusals_in_the_list(qtbot, window: MainWindow, negativ
     for path in xrays:
         assert model.entry(model.row_of(folder / path.name)).status in (RowStatus.NORMAL, RowStatus.POSITIVE)
     assert model.counts()[RowStatus.REFUSED] == 4
+    assert window.last_message is not None
     assert "4 refused as not a chest X-ray" in window.last_message[2]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -14,14 +15,14 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from pneumo_desktop.core.model_card import ModelCard  # noqa: E402
-from pneumo_desktop.gui.file_list import FileListModel, format_probability  # noqa: E402
-from pneumo_desktop.gui.icons import RowStatus, glyph, status_icon  # noqa: E402
-from pneumo_desktop.gui.model_info import about_html, metric_rows  # noqa: E402
-from pneumo_desktop.gui.options import OverlayOptions, WindowLevel, apply_window_level  # noqa: E402
-from pneumo_desktop.gui.settings import MAX_RECENT, SettingsStore, ini_qsettings  # noqa: E402
-from pneumo_desktop.gui.display_workers import ResultCache  # noqa: E402
-from pneumo_desktop.gui.workers import describe_error, read_rows_back  # noqa: E402
+from pneumo_desktop.core.model_card import ModelCard
+from pneumo_desktop.gui.display_workers import ResultCache
+from pneumo_desktop.gui.file_list import FileListModel, format_probability
+from pneumo_desktop.gui.icons import RowStatus, glyph, status_icon
+from pneumo_desktop.gui.model_info import about_html, metric_rows
+from pneumo_desktop.gui.options import OverlayOptions, WindowLevel, apply_window_level
+from pneumo_desktop.gui.settings import MAX_RECENT, SettingsStore, ini_qsettings
+from pneumo_desktop.gui.workers import describe_error, read_rows_back
 
 
 @pytest.fixture
@@ -168,7 +169,16 @@ def test_metric_rows_flatten_nested_scalars_and_skip_curves() -> None:
 
 def test_about_html_lists_the_card_metrics_and_attribution(card) -> None:
     text = about_html(card(metrics={"test": {"roc_auc": 0.9512}}))
-    for expected in ("demo", "1.2.3", "efficientnet-lite0", "224 × 224", "0.432", "max Youden J on validation", "test / roc_auc", "0.951"):
+    for expected in (
+        "demo",
+        "1.2.3",
+        "efficientnet-lite0",
+        "224 × 224",
+        "0.432",
+        "max Youden J on validation",
+        "test / roc_auc",
+        "0.951",
+    ):
         assert expected in text
     assert "Kermany" in text and "Cell 172(5):1122-1131, 2018" in text and "CC BY 4.0" in text
     assert "no validation metrics" in about_html(card())
@@ -271,7 +281,9 @@ def test_run_in_background_calls_back_on_the_gui_thread(qtbot) -> None:
     gate = threading.Event()
     owner = QObject()
     late: list = []
-    run_in_background(pool, lambda _p: gate.wait(10), on_result=late.append, on_done=lambda: late.append("done"), owner=owner)
+    run_in_background(
+        pool, lambda _p: gate.wait(10), on_result=late.append, on_done=lambda: late.append("done"), owner=owner
+    )
     owner.deleteLater()
     qtbot.waitUntil(lambda: not hasattr_valid(owner), timeout=5000)
     gate.set()
@@ -311,7 +323,7 @@ def test_latest_only_drops_waiting_requests_and_stale_results(qtbot) -> None:
 
     latest.request(job(1, wait=True), on_result=results.append, on_dropped=lambda: dropped.append(1))
     for n in (2, 3, 4):
-        latest.request(job(n), on_result=results.append, on_dropped=lambda n=n: dropped.append(n))
+        latest.request(job(n), on_result=results.append, on_dropped=functools.partial(dropped.append, n))
     assert latest.busy
     gate.set()
     qtbot.waitUntil(lambda: not latest.busy, timeout=5000)
@@ -323,5 +335,10 @@ def test_latest_only_drops_waiting_requests_and_stale_results(qtbot) -> None:
 def test_metric_summary_picks_the_headline_numbers() -> None:
     from pneumo_desktop.gui.model_info import metric_summary
 
-    rows = metric_summary({"validation": {"n": 785, "roc_auc": 0.99923, "recall": 0.95, "specificity": 1.0, "confusion": [[1, 2]]}, "x": 3})
+    rows = metric_summary(
+        {
+            "validation": {"n": 785, "roc_auc": 0.99923, "recall": 0.95, "specificity": 1.0, "confusion": [[1, 2]]},
+            "x": 3,
+        }
+    )
     assert rows == [("validation", "n 785 · ROC AUC 0.999 · sensitivity 0.950 · specificity 1.000")]

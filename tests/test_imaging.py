@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.imaging_helpers import minmax_u8, png_header_only, sample_grey, sample_paths, write_dicom
 from pneumo_desktop.core import imaging
 from pneumo_desktop.core.imaging import (
     CorruptImageError,
@@ -24,6 +23,7 @@ from pneumo_desktop.core.imaging import (
     find_images,
     load_image,
 )
+from tests.imaging_helpers import minmax_u8, png_header_only, sample_grey, sample_paths, write_dicom
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_compressed_dicom_without_a_decoder_says_unsupported_encoding(tmp_path: 
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64 + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
-    with pytest.raises(UnsupportedEncodingError, match="unsupported encoding High-Throughput JPEG 2000.* no decoder"):
+    with pytest.raises(UnsupportedEncodingError, match=r"unsupported encoding High-Throughput JPEG 2000.* no decoder"):
         load_image(path)
 
 

@@ -1,4 +1,4 @@
-"""core.metrics against scikit-learn (an independent implementation; a test-only dependency) on random and tied scores."""
+"""core.metrics against scikit-learn (an independent implementation; test-only) on random and tied scores."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_operating_point_metrics_match_sklearn(y, p, threshold):
 @pytest.mark.parametrize(("y", "p"), CASES)
 def test_calibration_bins_and_ece_match_sklearn(y, p):
     bins = 10
-    mean_p, observed, counts = mx.calibration_bins(y, p, bins)
+    mean_p, observed, _ = mx.calibration_bins(y, p, bins)
     sk_true, sk_pred = sk_calibration.calibration_curve(y, p, n_bins=bins, strategy="uniform")
     np.testing.assert_allclose(mean_p, sk_pred, atol=TOL)
     np.testing.assert_allclose(observed, sk_true, atol=TOL)
@@ -153,7 +153,8 @@ def test_the_app_core_does_not_load_the_trainer_tensorflow_matplotlib_sklearn_qt
         "import sys\n"
         "import pneumo_desktop.core.metrics, pneumo_desktop.core.evaluation, pneumo_desktop.core.plots\n"
         "import pneumo_desktop.core.site_profiles, pneumo_desktop.site_cli\n"
-        "bad = [m for m in ('trainer', 'tensorflow', 'keras', 'matplotlib', 'sklearn', 'PySide6', 'numpy.random') if m in sys.modules]\n"
+        "bad = [m for m in ('trainer', 'tensorflow', 'keras', 'matplotlib', 'sklearn', 'PySide6', 'numpy.random')\n"
+        "       if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.imaging_helpers import sample_grey
 from pneumo_desktop.core.overlay import COLORMAPS, colorbar, colorize, render_overlay
+from tests.imaging_helpers import sample_grey
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,8 +108,12 @@ def test_malformed_sections_are_integrity_errors(section: dict) -> None:
 def test_a_card_promising_outputs_the_graph_lacks_is_refused(tmp_path: Path) -> None:
     card = ModelCard.from_dict(card_dict())
     with pytest.raises(ModelIntegrityError, match="ood_score"):
-        runtime._check_optional_outputs(tmp_path, card, frozenset({"probability", "feature_map", "cam_weights", "p_viral"}))
-    runtime._check_optional_outputs(tmp_path, card, frozenset({"probability", "feature_map", "cam_weights", "p_viral", "ood_score"}))
+        runtime._check_optional_outputs(
+            tmp_path, card, frozenset({"probability", "feature_map", "cam_weights", "p_viral"})
+        )
+    runtime._check_optional_outputs(
+        tmp_path, card, frozenset({"probability", "feature_map", "cam_weights", "p_viral", "ood_score"})
+    )
 
 
 # ------------------------------------------------------------------ runtime
@@ -144,7 +149,7 @@ def test_xrays_are_scored_with_a_subtype_only_for_pneumonia(model: PneumoniaMode
         assert pred.probability == pytest.approx(expected_probability(path), abs=1e-6)
         labels.add(pred.label)
         if pred.label == "PNEUMONIA":
-            assert pred.p_viral == pytest.approx(expected_p_viral(path), abs=1e-6)
+            assert pred.p_viral is not None and pred.p_viral == pytest.approx(expected_p_viral(path), abs=1e-6)
             assert pred.subtype == ("viral" if pred.p_viral >= 0.5 else "bacterial")
         else:
             assert pred.p_viral is None and pred.subtype is None
@@ -176,12 +181,12 @@ def test_a_non_finite_ood_score_is_refused(tmp_path: Path, xrays: list[Path]) ->
         return out
 
     pred = fake_model(tmp_path, nan_engine).predict([load_image(xrays[0])])[0]
-    assert pred.refused and "out-of-distribution score nan" in pred.refusal_reason
+    assert pred.refused and "out-of-distribution score nan" in (pred.refusal_reason or "")
 
 
 def test_a_card_refusal_without_the_output_is_a_clear_runtime_error(tmp_path: Path, xrays: list[Path]) -> None:
     broken = fake_model(tmp_path, FakeV2Engine(with_v2_outputs=False), v2=True)
-    with pytest.raises(RuntimeError, match="p_viral|ood_score"):
+    with pytest.raises(RuntimeError, match=r"p_viral|ood_score"):
         broken.predict([load_image(xrays[0])])
 
 
@@ -204,7 +209,9 @@ def mixed_inputs(tmp_path: Path, negatives: Path, xrays: list[Path]) -> tuple[Pa
     return folder, expected
 
 
-def test_csv_has_status_ood_and_subtype_on_every_row(model: PneumoniaModel, negatives: Path, xrays, tmp_path: Path) -> None:
+def test_csv_has_status_ood_and_subtype_on_every_row(
+    model: PneumoniaModel, negatives: Path, xrays, tmp_path: Path
+) -> None:
     folder, expected = mixed_inputs(tmp_path, negatives, xrays)
     heat = tmp_path / "heat"
     out = tmp_path / "out.csv"
@@ -239,7 +246,9 @@ def test_csv_has_status_ood_and_subtype_on_every_row(model: PneumoniaModel, nega
     assert {r.subtype for r in back.values()} >= {"viral", "bacterial", ""}
 
 
-def test_csv_without_refusal_marks_negatives_overridden(model: PneumoniaModel, negatives: Path, xrays, tmp_path: Path) -> None:
+def test_csv_without_refusal_marks_negatives_overridden(
+    model: PneumoniaModel, negatives: Path, xrays, tmp_path: Path
+) -> None:
     folder, expected = mixed_inputs(tmp_path, negatives, xrays)
     out = tmp_path / "out.csv"
     summary = score_paths([folder], out, model=model, refuse=False)
@@ -301,7 +310,7 @@ def test_cli_predict_json_and_text_for_a_refused_photo(cli_model, negatives: Pat
 
 
 def test_cli_predict_json_carries_the_subtype(cli_model, xrays, capsys) -> None:
-    by_label = {}
+    by_label: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path in xrays:
         assert cli.main(["predict", str(path), "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
@@ -351,6 +360,7 @@ def test_measure_refusal_reports_shares_per_kind_and_folder(model: PneumoniaMode
     import sys
 
     spec = importlib.util.spec_from_file_location("measure_refusal", REPO / "bench" / "measure_refusal.py")
+    assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     sys.modules["measure_refusal"] = bench
     spec.loader.exec_module(bench)
@@ -377,13 +387,21 @@ def test_real_model_without_the_sections_scores_everything(tiny_model_dir: Path,
     assert model.card.refusal is None and model.card.subtype is None
     for pred in model.predict([load_image(p) for p in sample_paths[:4]]):
         assert pred.status == "scored" and pred.probability is not None
-        assert (pred.ood_score, pred.ood_limit, pred.p_viral, pred.subtype, pred.overridden) == (None, None, None, None, False)
+        assert (pred.ood_score, pred.ood_limit, pred.p_viral, pred.subtype, pred.overridden) == (
+            None,
+            None,
+            None,
+            None,
+            False,
+        )
 
 
 def test_real_model_with_a_refusal_section_needs_the_output(tiny_model_dir: Path, sample_paths, tmp_path: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    outputs = Interpreter(model_path=str(tiny_model_dir / "model.tflite")).get_signature_list()["serving_default"]["outputs"]
+    outputs = Interpreter(model_path=str(tiny_model_dir / "model.tflite")).get_signature_list()["serving_default"][
+        "outputs"
+    ]
     folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "v2_card"))
     card = json.loads((folder / "model_card.json").read_text())
     card["refusal"] = {"limit": -1e9, "method": "test: refuse everything", "rule": "test"}

@@ -72,7 +72,8 @@ def write_png(path: Path, array: np.ndarray) -> Path:
 def test_16bit_white_is_zero_tiff_is_not_read_as_its_negative(tmp_path: Path, stored12: np.ndarray) -> None:
     Image.fromarray(stored12).save(tmp_path / "wiz.tif", tiffinfo={262: 0})  # 0 = WhiteIsZero
     Image.fromarray(stored12).save(tmp_path / "biz.tif", tiffinfo={262: 1})
-    assert Image.open(tmp_path / "wiz.tif").tag_v2[262] == 0  # the fixture is what it claims
+    # the fixture is what it claims (Image.open is typed ImageFile; a TIFF's TiffImageFile has tag_v2)
+    assert Image.open(tmp_path / "wiz.tif").tag_v2[262] == 0  # type: ignore[attr-defined]
     white_is_zero = load_image(tmp_path / "wiz.tif").grey
     black_is_zero = load_image(tmp_path / "biz.tif").grey
     assert np.array_equal(black_is_zero, scale_to_uint8(stored12))
@@ -183,8 +184,7 @@ def _gdcm_transcode(src: Path, dst: Path, syntax: str) -> Path:
 
 def test_the_hospital_decoders_are_a_declared_dependency() -> None:
     """What a hospital sends must decode in every install, not only where someone added a plugin."""
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (like tests/test_packaging.py)
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
 
@@ -313,7 +313,7 @@ def _capture(out: list, function, *args) -> None:
     try:
         function(*args)
         out.append(None)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         out.append(exc)
 
 
@@ -407,7 +407,7 @@ def test_carriage_returns_in_names_are_quoted_and_resume_does_not_duplicate(fake
     model = fake_model(tmp_path)
     score_paths([folder], out, model=model)
     assert b'cr\rname.png"' in out.read_bytes()  # quoted
-    header, rows = read_csv(out)
+    _, rows = read_csv(out)
     assert sorted(Path(r["path"]).name for r in rows) == sorted(names)
     summary = score_paths([folder], out, model=model, resume=True)
     assert (summary.resumed, summary.scored) == (3, 0)
@@ -442,7 +442,7 @@ def test_resume_refuses_another_threshold_or_model(fake_model, tmp_path: Path) -
     model = fake_model(tmp_path)
     score_paths([folder / "0.png"], out, model=model, threshold=0.5)
     before = out.read_bytes()
-    with pytest.raises(ResultsFileError, match="threshold 0.5, this run uses 0.7"):
+    with pytest.raises(ResultsFileError, match=r"threshold 0\.5, this run uses 0\.7"):
         score_paths([folder], out, model=model, resume=True, threshold=0.7)
     other = fake_model(tmp_path)
     object.__setattr__(other.card, "artifacts", {"model.tflite": "e" * 64})
@@ -483,7 +483,9 @@ def test_a_second_run_on_the_same_csv_is_refused(fake_model, tmp_path: Path, mod
     assert sorted(Path(r["path"]).name for r in rows) == [f"{i}.png" for i in range(6)], "no row twice, none lost"
 
 
-def test_cli_second_run_exits_5_and_a_finished_csv_is_not_replaced(fake_model, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cli_second_run_exits_5_and_a_finished_csv_is_not_replaced(
+    fake_model, tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
     from filelock import FileLock
 
     image = write_png(tmp_path / "x.png", sample_grey(0, max_side=96))
@@ -634,8 +636,22 @@ def test_score_on_a_hostile_folder_prints_no_traceback_and_gives_every_entry_a_r
     (folder / "cut_rle.dcm").write_bytes(rle[: len(rle) // 2])
     out = tmp_path / "r.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "pneumo_desktop", "score", str(folder), "-o", str(out), "--model", str(tiny_model_dir), "-q"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "pneumo_desktop",
+            "score",
+            str(folder),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr
@@ -648,7 +664,11 @@ def test_score_on_a_hostile_folder_prints_no_traceback_and_gives_every_entry_a_r
     assert "broken link" in rows["broken.dcm"]["error"]
     assert "implausible image size 1x1 px" in rows["dot.png"]["error"]
     assert "truncated" in rows["cut_rle.dcm"]["error"]
-    assert rows["good.png"]["error"] == "" and rows["cr\rname.png"]["error"] == "" and rows["latin\\xe9.png"]["error"] == ""
+    assert (
+        rows["good.png"]["error"] == ""
+        and rows["cr\rname.png"]["error"] == ""
+        and rows["latin\\xe9.png"]["error"] == ""
+    )
     assert rows["odd_window.dcm"]["error"] == ""
     assert all("0x" not in r["error"] for r in rows.values())
 

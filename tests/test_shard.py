@@ -77,7 +77,9 @@ def test_split_is_a_partition_independent_of_mount_point_and_listing(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the Slurm examples are bash scripts")
-def test_four_shard_processes_merge_to_the_single_run_row_for_row(tiny_model_dir: Path, sample_paths, tmp_path: Path) -> None:
+def test_four_shard_processes_merge_to_the_single_run_row_for_row(
+    tiny_model_dir: Path, sample_paths, tmp_path: Path
+) -> None:
     """The Slurm example itself, without Slurm: 4 array tasks as 4 concurrent local processes, then its merge."""
     archive = make_archive(tmp_path / "archive", sample_paths)
     single = tmp_path / "single.csv"
@@ -139,7 +141,7 @@ def merge(out: Path, *parts: int | str, capsys=None) -> tuple[int, str]:
 
 
 def test_merge_refuses_gaps_and_overlaps(shards, capsys) -> None:
-    archive, out, args = shards
+    _, out, args = shards
     assert merge(out, 1, 2, 3, capsys=capsys)[0] == 0
     assert len(read_rows(out / "merged.csv")) == 11
 

@@ -7,9 +7,9 @@ from is recorded (path + sha256) so the model card can say which initialisation 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 from keras import layers
@@ -27,7 +27,7 @@ class BackboneSpec:
     finetune_from: str
     feature_layer: str
     weights_help: str
-    build: Callable[[int, "Path | None"], keras.Model]
+    build: Callable[[int, Path | None], keras.Model]
     # Layers whose pooled activations feed the out-of-distribution score (shallow to deep).
     ood_layers: tuple[str, ...] = ()
 
@@ -51,8 +51,10 @@ def _build_densenet121(input_size: int, weights: Path | None) -> keras.Model:
     if weights is None:
         # Online machines: Keras downloads the ImageNet weights; offline this raises a clear error below.
         try:
-            base = keras.applications.DenseNet121(include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3))
-        except Exception as exc:  # noqa: BLE001 - download errors come in many types
+            base = keras.applications.DenseNet121(
+                include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3)
+            )
+        except Exception as exc:  # download errors come in many types
             raise RuntimeError(
                 "DenseNet121 ImageNet weights could not be downloaded (offline?). Pass --weights PATH to a local "
                 "densenet121 'notop' .h5 weights file, or --weights none for random initialisation."
@@ -72,7 +74,9 @@ def _build_densenet121(input_size: int, weights: Path | None) -> keras.Model:
 
 
 def _build_xception(input_size: int, weights: Path | None) -> keras.Model:
-    base = keras.applications.Xception(include_top=False, weights=None if weights is not None else "imagenet", input_shape=(input_size, input_size, 3))
+    base = keras.applications.Xception(
+        include_top=False, weights=None if weights is not None else "imagenet", input_shape=(input_size, input_size, 3)
+    )
     if weights is not None and str(weights) != "none":
         path = Path(weights)
         if path.suffix == ".keras":
@@ -89,7 +93,9 @@ def _build_efficientnet_lite0(input_size: int, weights: Path | None) -> keras.Mo
     from trainer.torch_legacy import load_legacy_state_dict
 
     if weights is None:
-        raise RuntimeError("EfficientNet-Lite0 has no Keras download; pass --weights efficientnet-lite0-*.pth (or 'none')")
+        raise RuntimeError(
+            "EfficientNet-Lite0 has no Keras download; pass --weights efficientnet-lite0-*.pth (or 'none')"
+        )
     model = build_efficientnet_lite0((input_size, input_size, 3), name="backbone")
     if str(weights) != "none":
         load_torch_weights(model, load_legacy_state_dict(Path(weights)))
@@ -112,11 +118,15 @@ def _build_tiny(input_size: int, weights: Path | None) -> keras.Model:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "densenet121": BackboneSpec("densenet121", 224, "conv5_block1_0_bn", "relu",
-                                "Keras DenseNet121 ImageNet 'notop' .h5 (downloaded by Keras when online)", _build_densenet121),
+                                "Keras DenseNet121 ImageNet 'notop' .h5 (downloaded by Keras when online)",
+                                _build_densenet121),
     "xception": BackboneSpec("xception", 224, "block13_sepconv1_act", "block14_sepconv2_act",
-                             "Keras Xception ImageNet 'notop' .h5, or a .keras model holding an ImageNet 'xception' layer", _build_xception),
+                             "Keras Xception ImageNet 'notop' .h5, "
+                             "or a .keras model holding an ImageNet 'xception' layer",
+                             _build_xception),
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, "block11_expand_conv", "top_activation",
-                                       "PyTorch efficientnet-lite0 ImageNet state_dict (.pth, legacy format)", _build_efficientnet_lite0,
+                                       "PyTorch efficientnet-lite0 ImageNet state_dict (.pth, legacy format)",
+                                       _build_efficientnet_lite0,
                                        ("block4_add", "block10_add", "top_activation")),
     "tiny": BackboneSpec("tiny", 64, "conv2", "top_activation", "none (random initialisation; tests only)", _build_tiny,
                        ("relu0", "relu1", "top_activation")),

@@ -70,11 +70,12 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _stages_text(cfg: dict[str, Any]) -> str:
     if cfg.get("from_scratch"):
-        return (f"From scratch (no pretrained weights): the whole network, BatchNorm training, {cfg.get('epochs_stage1')} "
-                f"epochs max at lr {cfg.get('lr_stage1')}, then {cfg.get('epochs_stage2')} epochs max at lr {cfg.get('lr_stage2')}")
+        return (f"From scratch (no pretrained weights): the whole network, BatchNorm training, "
+                f"{cfg.get('epochs_stage1')} epochs max at lr {cfg.get('lr_stage1')}, "
+                f"then {cfg.get('epochs_stage2')} epochs max at lr {cfg.get('lr_stage2')}")
     return (f"Stage 1 (backbone frozen): {cfg.get('epochs_stage1')} epochs max at lr {cfg.get('lr_stage1')}; stage 2 "
-            f"(from `{cfg.get('finetune_from') or 'the last blocks'}` on, BatchNorm frozen): {cfg.get('epochs_stage2')} "
-            f"epochs max at lr {cfg.get('lr_stage2')}")
+            f"(from `{cfg.get('finetune_from') or 'the last blocks'}` on, BatchNorm frozen): "
+            f"{cfg.get('epochs_stage2')} epochs max at lr {cfg.get('lr_stage2')}")
 
 
 def render_markdown(card: dict[str, Any]) -> str:
@@ -136,7 +137,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         "## Limitations",
         "- Trained on one hospital's paediatric (age 1-5) anterior-posterior radiographs; adult, lateral or other-site "
         "images are out of distribution and its output there is unknown.",
-        "- About 70% of the training images are third-party 224 px copies (squashed, JPEG q~75): fine detail is limited.",
+        "- About 70% of the training images are third-party 224 px copies (squashed, JPEG q~75): "
+        "fine detail is limited.",
         "- Labels are image-level (NORMAL / PNEUMONIA); Grad-CAM shows which regions drove the score, not a lesion "
         "segmentation.",
         "- Grad-CAM maps sometimes light up the laterality marker or regions outside the lungs: the model may also use "
@@ -153,8 +155,9 @@ def render_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_METRIC_ROWS = (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"), ("accuracy", "accuracy"), ("recall", "sensitivity (recall)"),
-                ("specificity", "specificity"), ("precision", "precision"), ("f1", "F1"))
+_METRIC_ROWS = (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"), ("accuracy", "accuracy"),
+                ("recall", "sensitivity (recall)"), ("specificity", "specificity"), ("precision", "precision"),
+                ("f1", "F1"))
 
 
 def _table(columns: dict[str, dict[str, Any]]) -> list[str]:

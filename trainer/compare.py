@@ -120,8 +120,9 @@ def markdown_table(candidates: list[Candidate], chosen: Candidate) -> str:
     for c in candidates:
         mark = " **(shipped)**" if c is chosen else ""
         lines.append(
-            f"| {c.name}{mark} | {c.initial_weights} | {c.input_size} px | {c.dev_roc_auc:.4f} | {c.dev_accuracy:.3f} / "
-            f"{c.dev_sensitivity:.3f} / {c.dev_specificity:.3f} (thr {c.threshold:.3f}) | {c.val_roc_auc:.4f} | "
+            f"| {c.name}{mark} | {c.initial_weights} | {c.input_size} px | {c.dev_roc_auc:.4f} | "
+            f"{c.dev_accuracy:.3f} / {c.dev_sensitivity:.3f} / {c.dev_specificity:.3f} (thr {c.threshold:.3f}) | "
+            f"{c.val_roc_auc:.4f} | "
             f"{c.temperature:.2f} | {c.latency_ms:.1f} ms | {c.tflite_mb:.1f} MB | {c.parameters / 1e6:.1f} M | "
             f"{c.train_minutes:.0f} min |"
         )

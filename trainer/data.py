@@ -97,7 +97,7 @@ def _check_and_resize(sample: Sample, input_size: int) -> np.ndarray | str:
         image = load_image(sample.path)
     except ImageLoadError as exc:
         return exc.reason if hasattr(exc, "reason") else str(exc)
-    except Exception as exc:  # noqa: BLE001 - an unexpected decoder failure still excludes only this file
+    except Exception as exc:  # an unexpected decoder failure still excludes only this file
         return f"unexpected decode failure: {exc}"
     height, width = image.grey.shape
     if min(height, width) < MIN_SIDE:

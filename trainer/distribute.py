@@ -111,7 +111,7 @@ def scaled_learning_rate(learning_rate: float, replicas: int) -> float:
     return learning_rate * replicas
 
 
-def scale_config(cfg, replicas: int):  # noqa: ANN001 - trainer.train.TrainConfig (no import cycle)
+def scale_config(cfg, replicas: int):  # trainer.train.TrainConfig (no import cycle)
     """The config with the global batch size and the scaled learning rates (see the module docstring)."""
     if replicas == 1:
         return cfg
@@ -127,7 +127,7 @@ def scale_config(cfg, replicas: int):  # noqa: ANN001 - trainer.train.TrainConfi
 
 
 @contextlib.contextmanager
-def worker_view(cfg, dist: Distribution) -> Iterator[Any]:  # noqa: ANN001 - TrainConfig
+def worker_view(cfg, dist: Distribution) -> Iterator[Any]:  # TrainConfig
     """The config this process trains with: scaled for the replicas; on a non-chief worker, pointed at a private
     copy of the run folder (deleted afterwards) and without export, so that only the chief writes."""
     scaled = scale_config(cfg, dist.replicas)
@@ -176,19 +176,19 @@ def _build_from_local_batch() -> None:
     if getattr(TensorFlowTrainer._maybe_symbolic_build, "_pneumo_local_batch", False):
         return
 
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):  # noqa: ANN001, ANN202 - Keras' signature
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):  # Keras' signature
         if self._distribute_strategy is None:
             return
         if iterator is not None:
+            local = self.distribute_strategy.experimental_local_results
             for _, _, it in iterator:
-                local = self.distribute_strategy.experimental_local_results
                 data_batch = tree.map_structure(
                     lambda x: local(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
                 break
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
-    maybe_symbolic_build._pneumo_local_batch = True
+    maybe_symbolic_build._pneumo_local_batch = True  # type: ignore[attr-defined]  # a marker on the function: patch once
     TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
 
     # Same Keras path, next step: each step's logs (scalar losses and metrics) are averaged over the workers
@@ -197,7 +197,7 @@ def _build_from_local_batch() -> None:
     # the best-epoch choice agree on all of them.
     original = trainer_module.reduce_per_replica
 
-    def reduce_per_replica(values, strategy, reduction):  # noqa: ANN001, ANN202 - Keras' signature
+    def reduce_per_replica(values, strategy, reduction):  # Keras' signature
         if reduction in ("auto", "mean") and trainer_module._collective_all_reduce_multi_worker(strategy):
             return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
         return original(values, strategy, reduction)

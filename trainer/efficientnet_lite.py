@@ -58,7 +58,9 @@ def _mbconv(x, block: int, spec: StageSpec, in_channels: int, stride: int):
         x = layers.Conv2D(channels, 1, use_bias=False, name=f"{prefix}_expand_conv")(x)
         x = _bn(f"{prefix}_bn0")(x)
         x = _relu6(f"{prefix}_expand_relu")(x)
-    x = layers.DepthwiseConv2D(spec.kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}_depthwise_conv")(x)
+    x = layers.DepthwiseConv2D(
+        spec.kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}_depthwise_conv"
+    )(x)
     x = _bn(f"{prefix}_bn1")(x)
     x = _relu6(f"{prefix}_depthwise_relu")(x)
     x = layers.Conv2D(spec.out_channels, 1, use_bias=False, name=f"{prefix}_project_conv")(x)
@@ -68,7 +70,9 @@ def _mbconv(x, block: int, spec: StageSpec, in_channels: int, stride: int):
     return x
 
 
-def build_efficientnet_lite0(input_shape: tuple[int, int, int], include_top: bool = False, name: str = "efficientnet_lite0") -> keras.Model:
+def build_efficientnet_lite0(
+    input_shape: tuple[int, int, int], include_top: bool = False, name: str = "efficientnet_lite0"
+) -> keras.Model:
     """Input: RGB float in 0..255 (normalisation included). Output: the 1280-channel feature map or ImageNet logits."""
     inputs = keras.Input(shape=input_shape, name="rgb_0_255")
     x = layers.Rescaling(1.0 / INPUT_SCALE, offset=-INPUT_OFFSET / INPUT_SCALE, name="normalise")(inputs)
@@ -91,7 +95,13 @@ def build_efficientnet_lite0(input_shape: tuple[int, int, int], include_top: boo
 
 def _torch_name(keras_layer: str) -> str:
     """Map our layer names to the PyTorch module names of efficientnet_pytorch."""
-    fixed = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "top_conv": "_conv_head", "top_bn": "_bn1", "predictions": "_fc"}
+    fixed = {
+        "stem_conv": "_conv_stem",
+        "stem_bn": "_bn0",
+        "top_conv": "_conv_head",
+        "top_bn": "_bn1",
+        "predictions": "_fc",
+    }
     if keras_layer in fixed:
         return fixed[keras_layer]
     block, _, rest = keras_layer.partition("_")
@@ -129,13 +139,15 @@ def load_torch_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) ->
         used.update(names)
         filled += 1
     leftover = {k for k in state_dict if not k.endswith("num_batches_tracked")} - used
-    leftover -= {"_fc.weight", "_fc.bias"} if not any(l.name == "predictions" for l in model.layers) else set()
+    leftover -= {"_fc.weight", "_fc.bias"} if not any(layer.name == "predictions" for layer in model.layers) else set()
     if leftover:
         raise ValueError(f"weights not used by the Keras model: {sorted(leftover)[:5]}...")
     return filled
 
 
-def efficientnet_lite0_from_pth(path: Path, input_shape: tuple[int, int, int], include_top: bool = False) -> keras.Model:
+def efficientnet_lite0_from_pth(
+    path: Path, input_shape: tuple[int, int, int], include_top: bool = False
+) -> keras.Model:
     model = build_efficientnet_lite0(input_shape, include_top=include_top)
     load_torch_weights(model, load_legacy_state_dict(Path(path)))
     return model

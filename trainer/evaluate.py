@@ -94,7 +94,8 @@ def plot_training_curves(log_paths: list[Path], path: Path, title: str) -> None:
     """Loss and validation AUC over all epochs of both stages (the CSV logs Keras wrote)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
-    epochs, series = [], {"loss": [], "val_loss": [], "auc": [], "val_auc": []}
+    epochs: list[int] = []
+    series: dict[str, list[float]] = {"loss": [], "val_loss": [], "auc": [], "val_auc": []}
     stage_starts = []
     for log_path in log_paths:
         if not log_path.is_file():

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 from keras import layers, ops
 
 from pneumo_desktop.core import model_card as mc
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
 
 
-def build_export_model(model: keras.Model, temperature: float = 1.0, ood: "OODStats | None" = None) -> keras.Model:
+def build_export_model(model: keras.Model, temperature: float = 1.0, ood: OODStats | None = None) -> keras.Model:
     """A functional model with the outputs of the export contract, sharing the trained layers.
 
     Always: probability, feature_map, cam_weights. With a subtype head: p_viral. With OOD statistics: ood_score.
@@ -58,7 +58,7 @@ def build_export_model(model: keras.Model, temperature: float = 1.0, ood: "OODSt
     return keras.Model(image, outputs, name="pneumonia_export")
 
 
-def convert_to_tflite(model: keras.Model, temperature: float = 1.0, ood: "OODStats | None" = None) -> bytes:
+def convert_to_tflite(model: keras.Model, temperature: float = 1.0, ood: OODStats | None = None) -> bytes:
     # Built as a Keras model and converted with from_keras_model: a hand-written tf.function around the same
     # layers converted to a graph that produced NaN in TFLite (TF 2.21 / Keras 3.15).
     export_model = build_export_model(model, temperature, ood)
@@ -118,7 +118,7 @@ def export_model_folder(
             raise RuntimeError(f"TFLite export differs from the Keras model by {error:.2e} (> {PARITY_TOLERANCE})")
         card = dict(card)
         card.setdefault("calibration", {})["temperature"] = float(temperature)
-        card["export_check"] = {"tflite_vs_keras_max_abs_diff": error, "images": int(len(parity_images))}
+        card["export_check"] = {"tflite_vs_keras_max_abs_diff": error, "images": len(parity_images)}
         card["artifacts"] = {
             name: {"sha256": mc.sha256_of_file(staging / name), "bytes": (staging / name).stat().st_size}
             for name in (mc.TFLITE_FILENAME, mc.KERAS_FILENAME)

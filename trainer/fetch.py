@@ -20,7 +20,9 @@ def fetch_dataset(out_dir: Path) -> Path:
     try:
         from kaggle.api.kaggle_api_extended import KaggleApi  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise RuntimeError("fetching needs the 'kaggle' package (pip install kaggle) and Kaggle API credentials") from exc
+        raise RuntimeError(
+            "fetching needs the 'kaggle' package (pip install kaggle) and Kaggle API credentials"
+        ) from exc
     api = KaggleApi()
     try:
         api.authenticate()
@@ -36,7 +38,7 @@ def fetch_dataset(out_dir: Path) -> Path:
                     shutil.move(str(root / split), str(out_dir / split))
     except RuntimeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - network and auth errors come in many types
+    except Exception as exc:  # network and auth errors come in many types
         raise RuntimeError(f"could not download {KAGGLE_DATASET} (offline or no credentials?): {exc}") from exc
     log.info("dataset ready in %s", out_dir)
     return out_dir

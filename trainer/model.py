@@ -8,8 +8,8 @@ P(viral | pneumonia); the model then returns {"probability": ..., "p_viral": ...
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import keras
 from keras import layers

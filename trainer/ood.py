@@ -68,7 +68,7 @@ def _fit_depth(layer: str, features: np.ndarray) -> DepthStats:
     return DepthStats(layer, mean.astype(np.float32), whitening.astype(np.float32), scale)
 
 
-def fit_ood(model: keras.Model, layer_names: tuple[str, ...], images_rgb: "np.ndarray | keras.utils.PyDataset",
+def fit_ood(model: keras.Model, layer_names: tuple[str, ...], images_rgb: np.ndarray | keras.utils.PyDataset,
             batch_size: int = 64) -> OODStats:
     """Fit the per-depth statistics on training images (float32 N x S x S x 3, 0..255, or a dataset of them)."""
     features = pooled_feature_model(model, layer_names).predict(images_rgb, batch_size=batch_size, verbose=0)

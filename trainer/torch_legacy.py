@@ -92,7 +92,7 @@ def load_legacy_state_dict(path: Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as handle:
         try:
             magic = pickle.load(handle)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not this format"
+        except Exception as exc:  # any unpickling failure means "not this format"
             raise TorchFileError(f"{path} is not a legacy PyTorch file") from exc
         if magic != LEGACY_MAGIC:
             raise TorchFileError(f"{path}: wrong magic number (zip-format checkpoints are not supported)")

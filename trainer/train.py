@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data import PreparedSplit, list_split, load_or_prepare, manifest_sha256, write_integrity_report
 from trainer.config import TrainConfig
+from trainer.data import PreparedSplit, list_split, load_or_prepare, manifest_sha256, write_integrity_report
 from trainer.split import class_weights, grouped_split
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Split:
     subtype: np.ndarray
     names: list[str]
 
-    def take(self, index) -> "Split":
+    def take(self, index) -> Split:
         return Split(self.images[index], self.labels[index], self.subtype[index], [self.names[i] for i in index])
 
 
@@ -251,7 +251,9 @@ def _run_stage(model, stage: int, epochs: int, lr: float, data: RunData, cfg: Tr
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / f"backup_stage{stage}")),
         _epoch_scorer(model, data),  # before the logger and the checkpoint rule: they read its figures
-        keras.callbacks.ModelCheckpoint(str(run_dir / f"stage{stage}_epoch{{epoch:02d}}.weights.h5"), save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / f"stage{stage}_epoch{{epoch:02d}}.weights.h5"), save_weights_only=True
+        ),
         keras.callbacks.CSVLogger(str(run_dir / f"log_stage{stage}.csv"), append=True),
         keras.callbacks.EarlyStopping(monitor=key, mode="max", patience=cfg.patience),
     ]
@@ -259,7 +261,9 @@ def _run_stage(model, stage: int, epochs: int, lr: float, data: RunData, cfg: Tr
     model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=2)
     best_path, best_row = _best_epoch_weights(run_dir, stage, key)
     model.load_weights(best_path)
-    log.info("stage %d: best epoch %s (%s %.4f), %.0f s", stage, best_path.name, key, best_row[key], time.time() - started)
+    log.info(
+        "stage %d: best epoch %s (%s %.4f), %.0f s", stage, best_path.name, key, best_row[key], time.time() - started
+    )
     return best_path, best_row, time.time() - started
 
 
@@ -339,6 +343,7 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
     dev_logits, dev_viral = predict_outputs(model, data.dev.images) if data.dev is not None else (None, None)
     fit_on = "test half A (development)" if data.dev is not None else "validation"
     fit_y, fit_logits = (data.dev.labels, dev_logits) if data.dev is not None else (data.val.labels, val_logits)
+    assert fit_logits is not None  # the development set, when there is one, was scored above
     temperature = ev.fit_temperature(fit_y, fit_logits) if cfg.calibrate else 1.0
     threshold = ev.choose_threshold(fit_y, ev.sigmoid(fit_logits / temperature), cfg.min_sensitivity)
     fit_viral_split, fit_viral = (data.dev, dev_viral) if data.dev is not None else (data.val, val_viral)
@@ -350,13 +355,15 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
                                         ("test half A (development)", data.dev, dev_logits, dev_viral)):
         if split is None:
             continue
+        assert logits is not None  # every split that is there was scored above
         p = ev.sigmoid(logits / temperature)
         metrics = ev.compute_metrics(split.labels, p, threshold)
         tag = "val" if name == "validation" else "dev"
         ev.plot_roc(split.labels, p, threshold, report_dir / f"roc_{tag}.png", f"{cfg.backbone} ({name})")
         ev.plot_confusion(metrics, report_dir / f"confusion_{tag}.png", f"{cfg.backbone} ({name})")
         ev.plot_calibration(split.labels, p, report_dir / f"calibration_{tag}.png", f"{cfg.backbone} ({name})")
-        figures[name] = {"metrics": metrics.as_dict(), "ece_before": ev.expected_calibration_error(split.labels, ev.sigmoid(logits)),
+        figures[name] = {"metrics": metrics.as_dict(),
+                         "ece_before": ev.expected_calibration_error(split.labels, ev.sigmoid(logits)),
                          "subtype": _subtype_report(split, viral, subtype_threshold)}
         log.info("%s: %s", name, metrics)
     ev.plot_training_curves([Path(cfg.run_dir) / "log_stage1.csv", Path(cfg.run_dir) / "log_stage2.csv"],
@@ -364,7 +371,9 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
     return {
         "temperature": temperature, "threshold": threshold, "fitted_on": fit_on, "figures": figures,
         "subtype_threshold": subtype_threshold,
-        "official_val_16": _evaluate_official_val(model, Path(cfg.data_root), input_size, temperature, threshold, Path(cfg.run_dir)),
+        "official_val_16": _evaluate_official_val(
+            model, Path(cfg.data_root), input_size, temperature, threshold, Path(cfg.run_dir)
+        ),
     }
 
 
@@ -405,18 +414,25 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
 
     spec = BACKBONES[cfg.backbone]
     if cfg.ood and not spec.ood_layers:
-        log.warning("backbone %s names no layers for the out-of-distribution score: exported without refusal", cfg.backbone)
-    stats, limit, shares = fit_refusal(model, data, cfg, input_size) if cfg.ood and spec.ood_layers else (None, None, {})
+        log.warning(
+            "backbone %s names no layers for the out-of-distribution score: exported without refusal", cfg.backbone
+        )
+    stats, limit, shares = (
+        fit_refusal(model, data, cfg, input_size) if cfg.ood and spec.ood_layers else (None, None, {})
+    )
     extra: dict[str, Any] = {
         "metrics": {name: f["metrics"] for name, f in evaluation["figures"].items()}
         | {"official_val_16": evaluation["official_val_16"]},
-        "calibration": {"method": f"temperature scaling fitted on {evaluation['fitted_on']}" if cfg.calibrate else "none",
+        "calibration": {"method": f"temperature scaling fitted on {evaluation['fitted_on']}"
+                        if cfg.calibrate else "none",
                         "temperature": evaluation["temperature"],
                         "ece_before": evaluation["figures"].get(evaluation["fitted_on"], {}).get("ece_before"),
-                        "ece_after": evaluation["figures"].get(evaluation["fitted_on"], {}).get("metrics", {}).get("ece")},
+                        "ece_after": evaluation["figures"].get(evaluation["fitted_on"], {})
+                        .get("metrics", {}).get("ece")},
         "initial_weights": asdict(weights_source),
         "training": {
-            "data_root": str(cfg.data_root), "data_manifest_sha256": manifest_sha256(data.prepared.samples, Path(cfg.data_root)),
+            "data_root": str(cfg.data_root),
+            "data_manifest_sha256": manifest_sha256(data.prepared.samples, Path(cfg.data_root)),
             "images": len(data.prepared.samples), "excluded": len(data.prepared.rejected),
             "split": data.split_info, "class_weights": data.class_weights, "seed": cfg.seed,
             "config": cfg.to_json(), "stage_seconds": stage_times, "command": cfg.command,
@@ -448,6 +464,7 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
         gradcam_layer=f"backbone/{spec.feature_layer}", extra=extra,
     )
     parity = np.repeat(data.val.images[:8][..., None].astype(np.float32), 3, axis=3)
+    assert cfg.export_dir is not None  # _train exports only when it is set
     export_model_folder(model, Path(cfg.export_dir), card, parity, evaluation["temperature"], stats)
     from pneumo_desktop.core.resources import samples_dir
 
@@ -470,7 +487,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return _train(view, dist.strategy)
 
 
-def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # noqa: ANN001 - tf.distribute.Strategy
+def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # tf.distribute.Strategy
     import keras
 
     from trainer.backbones import BACKBONES
@@ -519,7 +536,7 @@ def _evaluate_official_val(model, root: Path, input_size: int, temperature: floa
 
     try:
         samples = list_split(root, "val")
-    except Exception:  # noqa: BLE001 - the folder is optional
+    except Exception:  # the folder is optional
         return None
     prepared = load_or_prepare(samples, input_size, run_dir.parent / "cache", "val")
     if len(prepared.samples) == 0:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -205,7 +206,9 @@ def repair_and_read(output: Path) -> set[str]:
         if not in_quotes:
             good_end = position
     if good_end < len(data):
-        log.warning("%s: removing a partial last row (%d bytes) left by an interrupted run", output, len(data) - good_end)
+        log.warning(
+            "%s: removing a partial last row (%d bytes) left by an interrupted run", output, len(data) - good_end
+        )
         with open(output, "r+b") as handle:
             handle.truncate(good_end)
             handle.flush()
@@ -338,7 +341,7 @@ class _OutputLock:
         self._lock = FileLock(self._path, timeout=0)
         self._output = output
 
-    def __enter__(self) -> "_OutputLock":
+    def __enter__(self) -> _OutputLock:
         try:
             self._lock.acquire()
         except Timeout:
@@ -396,7 +399,7 @@ def _load(path: Path, prepare: Callable[[np.ndarray], np.ndarray], keep_grey: bo
             item.grey = image.grey
     except ImageLoadError as exc:
         item.error = exc.reason
-    except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch of thousands
+    except Exception as exc:  # one bad file must not stop a batch of thousands
         log.warning("%s: unexpected error while reading the image: %s: %s", path, type(exc).__name__, exc)
         log.debug("traceback", exc_info=True)
         item.error = f"unexpected error while reading the image: {type(exc).__name__}: {exc}"
@@ -406,6 +409,12 @@ def _load(path: Path, prepare: Callable[[np.ndarray], np.ndarray], keep_grey: bo
 def heatmap_name(path: Path, image_sha256: str) -> str:
     """<stem>_<first 8 hex of the file's sha256>.png: same-named files from different folders do not clash."""
     return f"{path.stem}_{image_sha256[:8]}.png"
+
+
+def _heatmap_job(folder: Path, item: _Item, raw: Any, k: int) -> Path:
+    """On a worker thread: the Grad-CAM map of image k of a batch's raw outputs, written as a PNG."""
+    assert item.grey is not None
+    return _write_heatmap(folder, item, raw.cam(k, *item.grey.shape))
 
 
 def _write_heatmap(folder: Path, item: _Item, cam: np.ndarray) -> Path:
@@ -574,15 +583,15 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
     cams: dict[int, Future[Path]] = {}
     if ready:
         try:
-            raw = model.run(np.stack([items[i].model_input for i in ready]))
+            raw = model.run(np.stack([cast(np.ndarray, items[i].model_input) for i in ready]))  # set: no error
             outputs = {i: (raw, k) for k, i in enumerate(ready)}
-        except Exception as exc:  # noqa: BLE001 - isolate the image the model cannot score
+        except Exception as exc:  # isolate the image the model cannot score
             log.warning("batch inference failed (%s); retrying image by image", exc)
             outputs = {}
             for i in ready:
                 try:
-                    outputs[i] = (model.run(items[i].model_input[None]), 0)
-                except Exception as single_exc:  # noqa: BLE001
+                    outputs[i] = (model.run(cast(np.ndarray, items[i].model_input)[None]), 0)
+                except Exception as single_exc:
                     items[i].error = f"the model could not score this image: {single_exc}"
             if not outputs:
                 raise  # nothing in the batch could be scored: the model itself is broken
@@ -591,9 +600,7 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
             predictions[i] = prediction
             if heatmaps is not None and not prediction.refused:
                 item = items[i]
-                cams[i] = executor.submit(
-                    lambda raw=raw, k=k, item=item: _write_heatmap(heatmaps, item, raw.cam(k, *item.grey.shape))
-                )
+                cams[i] = executor.submit(_heatmap_job, heatmaps, item, raw, k)
     for future in cams.values():
         try:
             future.result()  # a heat map that cannot be written (disk full, ...) stops the run
@@ -611,5 +618,7 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
                 )
             )
         else:
-            rows.append(BatchRow(item.path, None, "", cut, model.sha256, item.image_sha256, item.error, status=STATUS_ERROR))
+            rows.append(
+                BatchRow(item.path, None, "", cut, model.sha256, item.image_sha256, item.error, status=STATUS_ERROR)
+            )
     return rows

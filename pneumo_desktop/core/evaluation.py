@@ -75,7 +75,11 @@ def labels_from_folder(root: Path) -> list[LabelledImage]:
             f"{root} has no {' or '.join(missing)} sub-folder: a labelled folder holds NORMAL/ and PNEUMONIA/ "
             "(or pass a CSV of path,label)"
         )
-    items = [LabelledImage(p, name == "PNEUMONIA") for name in LABELS for p in find_images([subfolders[name]], recursive=True)]
+    items = [
+        LabelledImage(p, name == "PNEUMONIA")
+        for name in LABELS
+        for p in find_images([subfolders[name]], recursive=True)
+    ]
     if not items:
         raise LabelsError(f"no files in {subfolders['NORMAL']} or {subfolders['PNEUMONIA']}")
     return items
@@ -143,14 +147,16 @@ def read_scored(scores_csv: Path, items: list[LabelledImage]) -> list[ScoredImag
     """
     rows: dict[str, dict[str, str]] = {}
     with open(scores_csv, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        for record in csv.DictReader(handle):
-            path = unneutralise(record.get("path") or "")
-            rows[os.path.normcase(path)] = record
+        for entry in csv.DictReader(handle):
+            path = unneutralise(entry.get("path") or "")
+            rows[os.path.normcase(path)] = entry
     out = []
     for item in items:
         record = rows.get(os.path.normcase(csv_path(item.path)))
         if record is None:
-            out.append(ScoredImage(item.path, item.positive, None, STATUS_ERROR, "not scored (no row in the results CSV)"))
+            out.append(
+                ScoredImage(item.path, item.positive, None, STATUS_ERROR, "not scored (no row in the results CSV)")
+            )
             continue
         status = (record.get("status") or "").strip().lower()
         error = unneutralise(record.get("error") or "").strip()
@@ -223,13 +229,16 @@ class Evaluation:
                        "errors": len(self.errors), "positives": m.positives, "negatives": m.n - m.positives},
             "metrics": {name: {"value": iv.value, "ci95": [iv.low, iv.high]} for name, iv in self.intervals.items()},
             "ece": m.ece,
-            "confusion": {"tn": m.confusion[0][0], "fp": m.confusion[0][1], "fn": m.confusion[1][0], "tp": m.confusion[1][1]},
-            "bootstrap": {"resamples": self.resamples, "seed": mx.BOOTSTRAP_SEED, "method": "percentile, images resampled"},
+            "confusion": {"tn": m.confusion[0][0], "fp": m.confusion[0][1],
+                          "fn": m.confusion[1][0], "tp": m.confusion[1][1]},
+            "bootstrap": {"resamples": self.resamples, "seed": mx.BOOTSTRAP_SEED,
+                          "method": "percentile, images resampled"},
             "refused": [{"path": str(i.path), "reason": i.reason} for i in self.refused],
             "errors": [{"path": str(i.path), "reason": i.reason} for i in self.errors],
             "bacterial_vs_viral": None if self.subtype is None else {
                 "bacterial": self.subtype.n_bacterial, "viral": self.subtype.n_viral,
-                "roc_auc": {"value": self.subtype.roc_auc.value, "ci95": [self.subtype.roc_auc.low, self.subtype.roc_auc.high]},
+                "roc_auc": {"value": self.subtype.roc_auc.value,
+                            "ci95": [self.subtype.roc_auc.low, self.subtype.roc_auc.high]},
                 "accuracy_at_0.5": self.subtype.accuracy_at_half,
             },
             "app_version": __version__,
@@ -240,7 +249,8 @@ class Evaluation:
         m = self.metrics
         lines = [
             f"{len(self.images)} labelled images: {len(self.scored)} scored "
-            f"({m.positives} PNEUMONIA, {m.n - m.positives} NORMAL), {len(self.refused)} refused, {len(self.errors)} errors",
+            f"({m.positives} PNEUMONIA, {m.n - m.positives} NORMAL), {len(self.refused)} refused, "
+            f"{len(self.errors)} errors",
             f"threshold {self.threshold.value:.4f} from the {self.threshold.describe()}"
             + (f" ({self.threshold.note})" if self.threshold.note else ""),
             "",
@@ -291,7 +301,7 @@ def evaluate_scored(images: list[ScoredImage], threshold: ThresholdChoice, model
                       resamples, card_threshold)
 
 
-def _model_info(model) -> dict[str, str]:  # noqa: ANN001 - PneumoniaModel
+def _model_info(model) -> dict[str, str]:  # PneumoniaModel
     return {"name": model.card.name, "version": model.card.version, "sha256": model.sha256}
 
 
@@ -337,7 +347,7 @@ def _changed_since(items: list[LabelledImage], scores_csv: Path) -> bool:
 def score_and_evaluate(
     source: Path,
     report_dir: Path,
-    model,  # noqa: ANN001 - PneumoniaModel
+    model,  # PneumoniaModel
     threshold: ThresholdChoice,
     *,
     fresh: bool = False,
@@ -441,9 +451,11 @@ def report_html(evaluation: Evaluation, pngs: dict[str, bytes]) -> str:
     subtype = ""
     if evaluation.subtype is not None:
         s = evaluation.subtype
-        subtype = (f"<h2>Bacterial vs viral</h2><p>{s.n_bacterial} bacterial, {s.n_viral} viral (labels from file names), "
-                   f"p_viral ROC-AUC {s.roc_auc.value:.3f} (95% CI {s.roc_auc.low:.3f} – {s.roc_auc.high:.3f}), "
-                   f"accuracy at 0.5: {s.accuracy_at_half:.3f}</p>")
+        subtype = (
+            f"<h2>Bacterial vs viral</h2><p>{s.n_bacterial} bacterial, {s.n_viral} viral (labels from file names), "
+            f"p_viral ROC-AUC {s.roc_auc.value:.3f} (95% CI {s.roc_auc.low:.3f} – {s.roc_auc.high:.3f}), "
+            f"accuracy at 0.5: {s.accuracy_at_half:.3f}</p>"
+        )
     t = evaluation.threshold
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Pneumo Desktop evaluation: {e(str(evaluation.source))}</title>
@@ -463,7 +475,8 @@ Images: {len(evaluation.images)} labelled, {len(evaluation.scored)} scored ({m.p
 Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}.</p>
 <h2>Confusion matrix</h2>
 <table><tr><th></th><th>predicted NORMAL</th><th>predicted PNEUMONIA</th></tr>
-<tr><td>true NORMAL</td><td>{tn}</td><td>{fp}</td></tr><tr><td>true PNEUMONIA</td><td>{fn}</td><td>{tp}</td></tr></table>
+<tr><td>true NORMAL</td><td>{tn}</td><td>{fp}</td></tr>\
+<tr><td>true PNEUMONIA</td><td>{fn}</td><td>{tp}</td></tr></table>
 {subtype}
 <h2>Plots</h2>{images}
 {not_scored}
@@ -497,7 +510,8 @@ def calibrate(
     figures["calibration"] = {
         "ece": at_new.ece,
         "ece_after_temperature": mx.expected_calibration_error(y, mx.sigmoid(mx.logit(p) / temperature)),
-        "note": "the fitted temperature is recorded, not applied: it changes probabilities, not the ranking or the labels",
+        "note": "the fitted temperature is recorded, not applied: "
+        "it changes probabilities, not the ranking or the labels",
     }
     return SiteProfile(
         name=name.strip(),
@@ -511,7 +525,7 @@ def calibrate(
             "text": f"highest specificity among thresholds with sensitivity >= {target_sensitivity:.2f} on "
                     f"{len(y)} labelled images of this site (ties: the highest threshold)",
         },
-        image_count={"scored": int(len(y)), "positives": int(y.sum()), "negatives": int((~y).sum()),
+        image_count={"scored": len(y), "positives": int(y.sum()), "negatives": int((~y).sum()),
                      "refused": len(evaluation.refused), "errors": len(evaluation.errors)},
         figures=figures,
         data_folder=str(evaluation.source),

@@ -35,7 +35,9 @@ def upsample(cam: np.ndarray, height: int, width: int, interpolation: int = cv2.
     """Resize a 0..1 map to (height, width); cubic overshoot is clipped back into 0..1."""
     if cam.shape == (height, width):
         return cam.astype(np.float32, copy=True)
-    out = cv2.resize(np.ascontiguousarray(cam, dtype=np.float32), (int(width), int(height)), interpolation=interpolation)
+    out = cv2.resize(
+        np.ascontiguousarray(cam, dtype=np.float32), (int(width), int(height)), interpolation=interpolation
+    )
     if interpolation != cv2.INTER_LINEAR:  # linear cannot leave 0..1; cubic can
         np.clip(out, 0.0, 1.0, out=out)
     return out

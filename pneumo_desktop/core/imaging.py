@@ -428,7 +428,7 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
         im = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError:
         raise ImageTooLargeError(path, f"image is too large to open safely (more than {max_pixels:,} pixels)") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
+    except Exception as exc:  # Pillow raises many types for bad headers
         raise CorruptImageError(path, f"damaged {fmt} file: the header cannot be read ({exc})") from None
     with im:
         width, height = im.size
@@ -440,7 +440,7 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
             )
         try:
             orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+        except Exception:  # a broken EXIF block must not lose the image
             orientation = 1
         try:
             im.load()
@@ -451,7 +451,7 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
             raise ImageTooLargeError(path, "image is too large to decode safely") from None
         except MemoryError:
             raise ImageTooLargeError(path, "not enough memory to decode this image") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             msg = str(exc)
             if "truncated" in msg or isinstance(exc, EOFError) or "broken data stream" in msg:
                 raise CorruptImageError(
@@ -468,7 +468,8 @@ _WHITE_IS_ZERO = 0
 
 def _tiff_white_is_zero(im: Image.Image) -> bool:
     try:
-        return int(im.tag_v2.get(_TIFF_PHOTOMETRIC, -1)) == _WHITE_IS_ZERO
+        # only a TIFF image has tag_v2: any other raises AttributeError (handled below)
+        return int(im.tag_v2.get(_TIFF_PHOTOMETRIC, -1)) == _WHITE_IS_ZERO  # type: ignore[attr-defined]
     except (AttributeError, TypeError, ValueError):
         return False
 
@@ -607,7 +608,7 @@ def _decode_jpeg_gdcm(data: bytes, path: Path, max_pixels: int) -> LoadedImage:
     frame = _jpeg_frame_header(data)
     assert frame is not None
     lossless = frame.marker in _SOF_LOSSLESS
-    uid, name = _JPEG_LOSSLESS_SYNTAX if lossless else _JPEG_EXTENDED_SYNTAX
+    uid, _ = _JPEG_LOSSLESS_SYNTAX if lossless else _JPEG_EXTENDED_SYNTAX
     kind = f"{frame.precision}-bit {'lossless ' if lossless else ''}JPEG"
     if frame.components != 1:
         raise UnsupportedEncodingError(path, f"unsupported encoding: {kind} with {frame.components} colour components")
@@ -670,7 +671,7 @@ def _decode_dicom(data: bytes, path: Path, max_pixels: int, force: bool) -> Load
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
     except InvalidDicomError as exc:
         raise DicomDecodeError(path, f"damaged DICOM file: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on truncated files
+    except Exception as exc:  # pydicom raises many types on truncated files
         raise DicomDecodeError(path, f"damaged or truncated DICOM file: {exc or type(exc).__name__}") from None
     if not any(tag in ds for tag in _PIXEL_TAGS):
         # pydicom drops an element cut by the end of the file: tell truncation apart from a report
@@ -694,7 +695,7 @@ def _try_parse_raw_dicom(data: bytes):  # -> Dataset | None
                 return None
             for _elem in ds:  # converts every raw element: garbage fails here
                 pass
-    except Exception:  # noqa: BLE001 - "parses cleanly" or not at all
+    except Exception:  # "parses cleanly" or not at all
         return None
     if "PixelData" not in ds and "SOPClassUID" not in ds and "Modality" not in ds:
         return None
@@ -749,7 +750,7 @@ def _dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
         raise
     except MemoryError:
         raise ImageTooLargeError(path, "not enough memory to decode this DICOM image") from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+    except Exception as exc:  # decoders raise many types
         reason = str(exc) or type(exc).__name__
         if tsyntax is not None and tsyntax.is_compressed and _truncated_fragments(ds, frames):
             reason = "the compressed pixel data ends early (the file is truncated)"
@@ -783,7 +784,7 @@ def _truncated_fragments(ds, frames: int) -> bool:
     try:
         for _frame in generate_frames(ds.PixelData, number_of_frames=frames):
             pass
-    except Exception:  # noqa: BLE001 - any failure to walk the items means they are cut
+    except Exception:  # any failure to walk the items means they are cut
         return True
     return False
 
@@ -852,7 +853,7 @@ def _dicom_monochrome_to_uint8(values: np.ndarray, ds, apply_voi) -> np.ndarray:
     if ds.get("VOILUTSequence"):
         try:
             return scale_to_uint8(np.asarray(apply_voi(np.asarray(values).astype(np.int64), ds, 0)))
-        except Exception as exc:  # noqa: BLE001 - a broken optional LUT must not lose the image
+        except Exception as exc:  # a broken optional LUT must not lose the image
             log.warning("ignoring unusable VOI LUT: %s", exc)
     window = _first_window(ds)
     if window is not None:
@@ -882,10 +883,15 @@ def _dicom_display(values: np.ndarray, ds, monochrome1: bool) -> dict[str, objec
         except (TypeError, ValueError):
             continue
     header = tuple((name, str(ds.get(name))) for name in _HEADER_TAGS if ds.get(name) not in (None, ""))
-    return {"raw": np.ascontiguousarray(values), "windows": tuple(windows), "raw_inverted": monochrome1, "header": header}
+    return {
+        "raw": np.ascontiguousarray(values),
+        "windows": tuple(windows),
+        "raw_inverted": monochrome1,
+        "header": header,
+    }
 
 
-def _as_list(value) -> list:  # type: ignore[type-arg]
+def _as_list(value) -> list:
     if value is None or value == "":
         return []
     try:

@@ -37,7 +37,7 @@ class Metrics:
         return asdict(self)
 
 
-def _as_arrays(y, p) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001 - array-likes
+def _as_arrays(y, p) -> tuple[np.ndarray, np.ndarray]:  # array-likes
     return np.asarray(y).astype(bool), np.asarray(p, dtype=np.float64)
 
 
@@ -150,7 +150,7 @@ def compute_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> Metrics:
     specificity = tn / (tn + fp) if tn + fp else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return Metrics(
-        n=int(len(y)), positives=int(y.sum()), threshold=float(threshold),
+        n=len(y), positives=int(y.sum()), threshold=float(threshold),
         accuracy=(tp + tn) / max(len(y), 1), precision=precision, recall=recall, specificity=specificity, f1=f1,
         roc_auc=roc_auc(y, p), pr_auc=average_precision(y, p), ece=expected_calibration_error(y, p),
         confusion=[[tn, fp], [fn, tp]],

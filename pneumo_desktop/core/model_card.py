@@ -61,7 +61,7 @@ class SubtypeSpec:
         return self.classes[1] if p_viral >= self.threshold else self.classes[0]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SubtypeSpec":
+    def from_dict(cls, data: dict[str, Any]) -> SubtypeSpec:
         return cls(
             classes=(str(data["classes"][0]), str(data["classes"][1])),
             threshold=float(data["threshold"]["value"]),
@@ -82,7 +82,7 @@ class RefusalSpec:
         return not math.isfinite(ood_score) or ood_score > self.limit
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RefusalSpec":
+    def from_dict(cls, data: dict[str, Any]) -> RefusalSpec:
         limit = float(data["limit"])
         if not math.isfinite(limit):
             raise ValueError(f"refusal limit {limit}")
@@ -125,7 +125,7 @@ class ModelCard:
         return self.positive_class if probability >= cut else self.negative_class
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         """Parse and validate a card; anything malformed is a ModelIntegrityError with a one-line reason."""
         if not isinstance(data, dict):
             raise ModelIntegrityError(f"model card is malformed: expected a JSON object, got {type(data).__name__}")

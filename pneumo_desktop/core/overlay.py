@@ -69,7 +69,9 @@ def render_overlay(
     return blended
 
 
-def colorbar(colormap: str = DEFAULT_COLORMAP, length: int = 256, thickness: int = 16, vertical: bool = True) -> np.ndarray:
+def colorbar(
+    colormap: str = DEFAULT_COLORMAP, length: int = 256, thickness: int = 16, vertical: bool = True
+) -> np.ndarray:
     """A colour scale as RGB uint8: vertical (length, thickness, 3) with 1.0 at the top, or horizontal
     (thickness, length, 3) with 0.0 at the left."""
     if length < 2 or thickness < 1:

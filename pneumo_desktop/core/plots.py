@@ -31,7 +31,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 class Chart:
     """A 0..1 x 0..1 plot area with ticks, labels and a title."""
 
-    def __init__(self, title: str, xlabel: str, ylabel: str, ymax: float = 1.0, width: int = WIDTH, height: int = HEIGHT) -> None:
+    def __init__(
+        self, title: str, xlabel: str, ylabel: str, ymax: float = 1.0, width: int = WIDTH, height: int = HEIGHT
+    ) -> None:
         self.image = Image.new("RGB", (width, height), "white")
         self.draw = ImageDraw.Draw(self.image)
         self.left, self.top = MARGIN_LEFT, MARGIN_TOP
@@ -56,14 +58,17 @@ class Chart:
         ImageDraw.Draw(rotated).text(((self.bottom - self.top) / 2, 10), ylabel, fill=TEXT, font=self.font, anchor="mm")
         self.image.paste(rotated.rotate(90, expand=True), (4, self.top))
         self._legend_y = self.top + 8
-        self._legend_x = self.left + 26
+        self._legend_x: float = self.left + 26  # plots may move it to a fraction of the width
 
     def xy(self, x: float, y: float) -> tuple[float, float]:
         px = self.left + (self.right - self.left) * float(np.clip(x, 0, 1))
         py = self.bottom - (self.bottom - self.top) * float(np.clip(y / self.ymax, 0, 1))
         return px, py
 
-    def line(self, xs: Sequence[float], ys: Sequence[float], colour=BLUE, width: int = 2, dashed: bool = False) -> None:  # noqa: ANN001
+    def line(
+        self, xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray, colour=BLUE, width: int = 2,
+        dashed: bool = False,
+    ) -> None:
         points = [self.xy(x, y) for x, y in zip(xs, ys)]
         if dashed:
             for a, b in zip(points[::2], points[1::2]):
@@ -75,11 +80,11 @@ class Chart:
         steps = np.linspace(0, 1, 41)
         self.line(steps, steps * self.ymax if self.ymax != 1 else steps, GREY, 1, dashed=True)
 
-    def point(self, x: float, y: float, colour=RED, radius: int = 5) -> None:  # noqa: ANN001
+    def point(self, x: float, y: float, colour=RED, radius: int = 5) -> None:
         px, py = self.xy(x, y)
         self.draw.ellipse((px - radius, py - radius, px + radius, py + radius), fill=colour, outline=TEXT)
 
-    def legend(self, text: str, colour=BLUE, corner: str = "right") -> None:  # noqa: ANN001
+    def legend(self, text: str, colour=BLUE, corner: str = "right") -> None:
         width = self.draw.textlength(text, font=self.small)
         x = self.right - width - 10 if corner == "right" else self._legend_x
         x_swatch = x - 18
@@ -88,7 +93,7 @@ class Chart:
         self.draw.text((x, y), text, fill=TEXT, font=self.small)
         self._legend_y += 18
 
-    def bars(self, edges: np.ndarray, heights: np.ndarray, colour, offset: float = 0.0, share: float = 1.0) -> None:  # noqa: ANN001
+    def bars(self, edges: np.ndarray, heights: np.ndarray, colour, offset: float = 0.0, share: float = 1.0) -> None:
         for lo, hi, h in zip(edges[:-1], edges[1:], heights):
             if h <= 0:
                 continue

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -80,6 +81,13 @@ class Explanation:
     cam: np.ndarray | None = field(repr=False)
 
 
+class Extras(TypedDict):
+    """The optional outputs of one image, as keyword arguments of PneumoniaModel.prediction()."""
+
+    p_viral: float | None
+    ood_score: float | None
+
+
 @dataclass(frozen=True)
 class RawOutputs:
     """The model's outputs for one batch."""
@@ -93,7 +101,7 @@ class RawOutputs:
     def cam(self, index: int, height: int, width: int) -> np.ndarray:
         return gradcam(self.feature_map[index], self.cam_weights[index], height, width)
 
-    def extras(self, index: int) -> dict[str, float | None]:
+    def extras(self, index: int) -> Extras:
         """The optional outputs of one image, as keyword arguments of PneumoniaModel.prediction()."""
         return {
             "p_viral": None if self.p_viral is None else float(self.p_viral[index]),
@@ -136,8 +144,11 @@ class LiteRTEngine:
             _, self._batch_runner = self._open()
             self._batch_runner(**{mc.INPUT_NAME: np.zeros((self.batch_size, input_size, input_size, 3), np.float32)})
 
-    def _open(self) -> tuple[dict, Callable[..., dict[str, np.ndarray]] | None]:
-        """A new interpreter: its signature list and its runner for the contract's signature (None if absent)."""
+    def _open(self) -> tuple[dict[str, Any], Any]:
+        """A new interpreter: its signature list and its runner for the contract's signature (None if absent).
+
+        The runner is ai_edge_litert's SignatureRunner (untyped): called with the input by name, it returns the
+        outputs by name; it also answers get_input_details()."""
         from ai_edge_litert.interpreter import Interpreter
 
         try:
@@ -163,7 +174,9 @@ class LiteRTEngine:
             )
         for name in (mc.OUTPUT_P_VIRAL, mc.OUTPUT_OOD_SCORE):
             if name in out and np.asarray(out[name]).size != 1:
-                raise ModelIntegrityError(f"{tflite_path} returns output {name} of shape {np.asarray(out[name]).shape}, expected (1, 1)")
+                raise ModelIntegrityError(
+                    f"{tflite_path} returns output {name} of shape {np.asarray(out[name]).shape}, expected (1, 1)"
+                )
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         count = batch.shape[0]
@@ -210,7 +223,7 @@ class PneumoniaModel:
 
     @classmethod
     def load(cls, model_dir: Path | None = None, num_threads: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE) -> "PneumoniaModel":
+             batch_size: int = DEFAULT_BATCH_SIZE) -> PneumoniaModel:
         """Load a model folder (default: the bundled model) after checking model.tflite against its card."""
         model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
         if not model_dir.is_dir():
@@ -291,8 +304,14 @@ class PneumoniaModel:
         """One image's result from its raw outputs: refusal first, then the label, then the subtype."""
         cut = self._threshold(threshold)
         card = self.card
-        base = dict(path=path, threshold=cut, model_name=card.name, model_version=card.version, model_sha256=self.sha256,
-                    threshold_source=self.operating_point.source if threshold is None else "explicit")
+        base: dict[str, Any] = dict(
+            path=path,
+            threshold=cut,
+            model_name=card.name,
+            model_version=card.version,
+            model_sha256=self.sha256,
+            threshold_source=self.operating_point.source if threshold is None else "explicit",
+        )
         limit = card.refusal.limit if card.refusal is not None else None
         reason = None
         if card.refusal is not None and ood_score is not None and card.refusal.refuses(ood_score):
@@ -321,7 +340,9 @@ class PneumoniaModel:
 
     # ---------------------------------------------------------------- public API
 
-    def predict(self, images: Sequence[LoadedImage], threshold: float | None = None, refuse: bool = True) -> list[Prediction]:
+    def predict(
+        self, images: Sequence[LoadedImage], threshold: float | None = None, refuse: bool = True
+    ) -> list[Prediction]:
         """Predictions; with `refuse` (default) images over the card's refusal limit get no probability."""
         self._threshold(threshold)  # a bad threshold fails before any inference
         return [

@@ -47,7 +47,7 @@ class ShardSpec:
     count: int
 
     @classmethod
-    def parse(cls, text: str) -> "ShardSpec":
+    def parse(cls, text: str) -> ShardSpec:
         """'K/N' with 1 <= K <= N (1-based, like GNU split's -n K/N)."""
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
         if not match:

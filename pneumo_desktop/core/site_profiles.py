@@ -54,7 +54,9 @@ def describe_source(source: str) -> str:
     """A threshold source (CSV column, Prediction.threshold_source) in words."""
     if source.startswith(SOURCE_PROFILE_PREFIX):
         return f'site profile "{source[len(SOURCE_PROFILE_PREFIX):]}"'
-    return {SOURCE_CARD: "model card", SOURCE_COMMAND_LINE: "command line", "explicit": "value given"}.get(source, source)
+    return {SOURCE_CARD: "model card", SOURCE_COMMAND_LINE: "command line", "explicit": "value given"}.get(
+        source, source
+    )
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,19 @@ class SiteProfile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SiteProfile":
+    def from_dict(cls, data: dict[str, Any]) -> SiteProfile:
         try:
             profile = cls(
-                name=str(data["name"]), model_sha256=str(data["model_sha256"]), model_name=str(data["model_name"]),
-                model_version=str(data["model_version"]), threshold=float(data["threshold"]),
-                rule=dict(data["rule"]), image_count={k: int(v) for k, v in dict(data["image_count"]).items()},
-                figures=dict(data["figures"]), created=str(data["created"]), data_folder=str(data.get("data_folder", "")),
+                name=str(data["name"]),
+                model_sha256=str(data["model_sha256"]),
+                model_name=str(data["model_name"]),
+                model_version=str(data["model_version"]),
+                threshold=float(data["threshold"]),
+                rule=dict(data["rule"]),
+                image_count={k: int(v) for k, v in dict(data["image_count"]).items()},
+                figures=dict(data["figures"]),
+                created=str(data["created"]),
+                data_folder=str(data.get("data_folder", "")),
                 temperature=None if data.get("temperature") is None else float(data["temperature"]),
                 schema_version=int(data.get("schema_version", PROFILE_SCHEMA_VERSION)),
             )

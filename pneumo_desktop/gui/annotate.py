@@ -14,7 +14,7 @@ CAPTION_BACKGROUND = QColor("#16181b")
 CAPTION_TEXT = QColor("#f1f3f4")
 
 
-def annotated_overlay(overlay: QImage, colorbar: QImage, prediction: "Prediction", strength_note: str) -> QImage:
+def annotated_overlay(overlay: QImage, colorbar: QImage, prediction: Prediction, strength_note: str) -> QImage:
     """`overlay` with a caption strip below it: the result in words and the colour bar with its meaning."""
     width = overlay.width()
     strip = max(72, width // 9)

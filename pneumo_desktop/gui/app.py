@@ -66,7 +66,9 @@ def make_excepthook(parent: Callable[[], QWidget | None], log_path: Path | None 
             return  # one dialog at a time: an error storm must not bury the window in boxes
         showing = True
         try:
-            where = f"Details were written to the log file:\n{log_path}" if log_path else "Details were written to the log."
+            where = (
+                f"Details were written to the log file:\n{log_path}" if log_path else "Details were written to the log."
+            )
             box = QMessageBox(
                 QMessageBox.Icon.Critical,
                 "Unexpected error",
@@ -79,7 +81,7 @@ def make_excepthook(parent: Callable[[], QWidget | None], log_path: Path | None 
             box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
             box.finished.connect(lambda _r: _reset())
             box.open()
-        except Exception:  # noqa: BLE001 - the hook itself must never raise
+        except Exception:  # the hook itself must never raise
             log.exception("could not show the error dialog")
             showing = False
 

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Qt, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal, Slot
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class _Relay(QObject):
             self._callbacks[0](value)
 
     @Slot(object)
-    def _on_error(self, exc: object) -> None:
+    def _on_error(self, exc: BaseException) -> None:
         if self._owner_alive:
             self._callbacks[1](exc)
 
@@ -103,7 +103,7 @@ class _Job(QRunnable):
         relay = self._relay
         try:
             value = self._work(lambda item: relay.send("progress", item))
-        except BaseException as exc:  # noqa: BLE001 - a worker must never take the app down; the caller decides
+        except BaseException as exc:  # a worker must never take the app down; the caller decides
             log.debug("background work failed: %s", "".join(traceback.format_exception(exc)))
             relay.send("error", exc)
         else:

@@ -56,7 +56,7 @@ def ask_resume(parent: QWidget, output: Path) -> ResumeChoice:
 class AboutDialog(QDialog):
     """Version, research-use statement, model card (with validation metrics) and data attribution."""
 
-    def __init__(self, card: "ModelCard | None", model_error: str = "", parent: QWidget | None = None) -> None:
+    def __init__(self, card: ModelCard | None, model_error: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("About Pneumo Desktop")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)

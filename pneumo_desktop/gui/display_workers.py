@@ -19,9 +19,9 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
 from ..core.overlay import render_overlay
+from .background import LatestOnly
 from .image_view import array_to_qimage
 from .options import OverlayOptions, WindowLevel, apply_window_level
-from .background import LatestOnly
 from .workers import describe_error
 
 if TYPE_CHECKING:
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CachedResult:
-    image: "LoadedImage"
-    explanation: "Explanation | None"
+    image: LoadedImage
+    explanation: Explanation | None
 
 
 class ResultCache:
@@ -118,7 +118,7 @@ class LatestImageRequester(QObject):
     def busy(self) -> bool:
         return self._latest.busy
 
-    def set_model(self, model: "PneumoniaModel | None") -> None:
+    def set_model(self, model: PneumoniaModel | None) -> None:
         self._model = model
         self._cache.clear()  # explanations belong to the model that made them
 

@@ -11,9 +11,9 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from PySide6.QtCore import QObject, QThreadPool, Qt, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThreadPool, Signal, Slot
 from PySide6.QtGui import QAction, QPixmap
 from PySide6.QtWidgets import (
     QDialog,
@@ -65,11 +65,11 @@ class EvaluationRunner(QObject):
     def running(self) -> bool:
         return self._cancel is not None
 
-    def start(self, source: Path, model: "PneumoniaModel", choice: "ThresholdChoice", resamples: int | None = None) -> None:
+    def start(self, source: Path, model: PneumoniaModel, choice: ThresholdChoice, resamples: int | None = None) -> None:
         cancel = threading.Event()
         self._cancel = cancel
 
-        def work(report: Any) -> "Evaluation | None":
+        def work(report: Any) -> Evaluation | None:
             from ..core import metrics as mx
             from ..core.evaluation import score_and_evaluate, work_dir_for
 
@@ -94,7 +94,7 @@ class EvaluationRunner(QObject):
             self._cancel.set()
 
     def _on_progress(self, value: object) -> None:
-        done, total = value  # type: ignore[misc]
+        done, total = cast(tuple[int, int], value)  # score_and_evaluate reports (done, total)
         self.progress.emit(done, total)
 
     def _on_result(self, evaluation: object) -> None:
@@ -129,12 +129,14 @@ class _ScoringDialog(QDialog):
 
     scoringDone = Signal(object)  # Evaluation or None
 
-    def __init__(self, title: str, source: Path, model: "PneumoniaModel", pool: QThreadPool, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, title: str, source: Path, model: PneumoniaModel, pool: QThreadPool, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle(title)
         self.source = Path(source)
         self.model = model
-        self.evaluation: "Evaluation | None" = None
+        self.evaluation: Evaluation | None = None
         self.error = ""
         self.runner = EvaluationRunner(pool, self)
         self.runner.progress.connect(self._on_progress)
@@ -164,7 +166,7 @@ class _ScoringDialog(QDialog):
         layout.addWidget(self.body, 1)
         layout.addWidget(self.buttons)
 
-    def start(self, choice: "ThresholdChoice", resamples: int | None = None) -> None:
+    def start(self, choice: ThresholdChoice, resamples: int | None = None) -> None:
         self.heading.setText(f"<b>{self.source}</b><br>threshold {choice.value:.4f} from the {choice.describe()}")
         self.runner.start(self.source, self.model, choice, resamples)
 
@@ -179,16 +181,16 @@ class _ScoringDialog(QDialog):
         self.status.setText(f"Scoring {done} of {total} files…")
 
     @Slot(object)
-    def _on_finished(self, evaluation: object) -> None:
+    def _on_finished(self, evaluation: Evaluation | None) -> None:
         self.cancel_button.setEnabled(False)
         self.progress_bar.setVisible(False)
         self.cancel_button.setVisible(False)
         if evaluation is None:
             self.status.setText("Cancelled. The scores so far are kept: run it again to continue where it stopped.")
         else:
-            self.evaluation = evaluation  # type: ignore[assignment]
-            self.status.setText(self._summary(self.evaluation))
-            self.show_result(self.evaluation)
+            self.evaluation = evaluation
+            self.status.setText(self._summary(evaluation))
+            self.show_result(evaluation)
             self.body.setVisible(True)
             self.adjustSize()
         self.scoringDone.emit(evaluation)
@@ -202,12 +204,15 @@ class _ScoringDialog(QDialog):
         self.scoringDone.emit(None)
 
     @staticmethod
-    def _summary(e: "Evaluation") -> str:
+    def _summary(e: Evaluation) -> str:
         m = e.metrics
-        return (f"{len(e.images)} labelled files: {len(e.scored)} scored ({m.positives} PNEUMONIA, "
-                f"{m.n - m.positives} NORMAL), {len(e.refused)} refused, {len(e.errors)} errors (listed, not in the metrics).")
+        return (
+            f"{len(e.images)} labelled files: {len(e.scored)} scored ({m.positives} PNEUMONIA, "
+            f"{m.n - m.positives} NORMAL), {len(e.refused)} refused, {len(e.errors)} errors "
+            "(listed, not in the metrics)."
+        )
 
-    def show_result(self, evaluation: "Evaluation") -> None:  # pragma: no cover - overridden
+    def show_result(self, evaluation: Evaluation) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def reject(self) -> None:
@@ -216,7 +221,7 @@ class _ScoringDialog(QDialog):
 
 
 class EvaluateDialog(_ScoringDialog):
-    def __init__(self, source: Path, model: "PneumoniaModel", pool: QThreadPool, parent: QWidget | None = None) -> None:
+    def __init__(self, source: Path, model: PneumoniaModel, pool: QThreadPool, parent: QWidget | None = None) -> None:
         super().__init__("Evaluate Labelled Folder", source, model, pool, parent)
         self.tabs = QTabWidget()
         self.metrics_table = QTableWidget(0, 3)
@@ -255,12 +260,16 @@ class EvaluateDialog(_ScoringDialog):
         self.export_button.clicked.connect(self._choose_export)
         self.resize(640, 620)
 
-    def show_result(self, evaluation: "Evaluation") -> None:
+    def show_result(self, evaluation: Evaluation) -> None:
         from ..core.evaluation import REPORTED_NAMES, render_plots
 
-        _fill_table(self.metrics_table, [
-            (REPORTED_NAMES[n], f"{iv.value:.3f}", f"{iv.low:.3f} – {iv.high:.3f}") for n, iv in evaluation.intervals.items()
-        ])
+        _fill_table(
+            self.metrics_table,
+            [
+                (REPORTED_NAMES[n], f"{iv.value:.3f}", f"{iv.low:.3f} – {iv.high:.3f}")
+                for n, iv in evaluation.intervals.items()
+            ],
+        )
         table = self.metrics_table  # tall enough for every metric without scrolling
         table.setMinimumHeight(table.horizontalHeader().sizeHint().height()
                                + sum(table.rowHeight(r) for r in range(table.rowCount())) + 2 * table.frameWidth())
@@ -307,9 +316,9 @@ class EvaluateDialog(_ScoringDialog):
 class CalibrateDialog(_ScoringDialog):
     profileSaved = Signal(object)  # SiteProfile
 
-    def __init__(self, source: Path, model: "PneumoniaModel", pool: QThreadPool, parent: QWidget | None = None) -> None:
+    def __init__(self, source: Path, model: PneumoniaModel, pool: QThreadPool, parent: QWidget | None = None) -> None:
         super().__init__("Calibrate to This Site", source, model, pool, parent)
-        self.profile: "SiteProfile | None" = None
+        self.profile: SiteProfile | None = None
         self.plot = QLabel()
         self.plot.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.sensitivity = QDoubleSpinBox()
@@ -345,7 +354,7 @@ class CalibrateDialog(_ScoringDialog):
         # Calibration uses the probabilities: score at the card's threshold, whatever profile is active.
         self.start(ThresholdChoice(self.model.card.threshold, SOURCE_CARD), resamples)
 
-    def show_result(self, evaluation: "Evaluation") -> None:
+    def show_result(self, evaluation: Evaluation) -> None:
         self._update()
 
     def _update(self) -> None:
@@ -362,14 +371,24 @@ class CalibrateDialog(_ScoringDialog):
             self.save_button.setEnabled(False)
             return
         y, p = self.evaluation.arrays()
-        image = plots.tradeoff_plot(y, p, self.profile.threshold, self.sensitivity.value(), self.evaluation.card_threshold)
+        image = plots.tradeoff_plot(
+            y, p, self.profile.threshold, self.sensitivity.value(), self.evaluation.card_threshold
+        )
         self.plot.setPixmap(_pixmap(plots.png_bytes(image)))
         self.rule.setText(f"Rule: {self.profile.rule['text']}.")
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for label, key in (("Model card", "at_card_threshold"), ("This site", "at_threshold")):
             f = self.profile.figures.get(key)
             if f is not None:
-                rows.append((label, f"{f['threshold']:.4f}", f"{f['sensitivity']:.3f}", f"{f['specificity']:.3f}", f"{f['accuracy']:.3f}"))
+                rows.append(
+                    (
+                        label,
+                        f"{f['threshold']:.4f}",
+                        f"{f['sensitivity']:.3f}",
+                        f"{f['specificity']:.3f}",
+                        f"{f['accuracy']:.3f}",
+                    )
+                )
         _fill_table(self.figures, rows)
         self.save_button.setEnabled(True)
 
@@ -406,7 +425,7 @@ def install_site_actions(window: Any, menu: QMenu) -> None:
     menu.addAction(window.act_calibrate)
 
 
-def apply_site_profile(window: Any, model: "PneumoniaModel") -> "ThresholdChoice":
+def apply_site_profile(window: Any, model: PneumoniaModel) -> ThresholdChoice:
     """Use the active site profile's threshold (if it is for this model) and show where the threshold comes from."""
     from ..core.site_profiles import resolve_threshold
 

@@ -165,7 +165,9 @@ class FileListModel(QStandardItemModel):
         name.setData(status_icon(entry.status), role.DecorationRole)
         name.setData(entry.status.value, STATUS_ROLE)
         name.setData(tip, role.ToolTipRole)
-        probability.setData(format_probability(entry.probability) if entry.probability is not None else "", role.DisplayRole)
+        probability.setData(
+            format_probability(entry.probability) if entry.probability is not None else "", role.DisplayRole
+        )
         # Sorting by P puts rows without one first (ascending): errors, then refused, then unscored.
         sort_p = entry.probability if entry.probability is not None else _NO_P_ORDER.get(entry.status, -1.0)
         probability.setData(sort_p, SORT_ROLE)
@@ -241,7 +243,9 @@ class FileListModel(QStandardItemModel):
         finally:
             self.blockSignals(False)
         if self.rowCount():
-            self.dataChanged.emit(self.index(0, self.COLUMN_RESULT), self.index(self.rowCount() - 1, self.COLUMN_RESULT))
+            self.dataChanged.emit(
+                self.index(0, self.COLUMN_RESULT), self.index(self.rowCount() - 1, self.COLUMN_RESULT)
+            )
 
     def counts(self) -> dict[RowStatus, int]:
         result = {status: 0 for status in RowStatus}
@@ -318,7 +322,10 @@ class FileListView(QTableView):
         # Fixed widths, not ResizeToContents: that re-measures every row on each update, which
         # made a 500-row batch stall the event loop for seconds.
         metrics = self.fontMetrics()
-        for column, sample in ((FileListModel.COLUMN_PROBABILITY, "0.000 ▼"), (FileListModel.COLUMN_RESULT, "PNEUMONIA ▼")):
+        for column, sample in (
+            (FileListModel.COLUMN_PROBABILITY, "0.000 ▼"),
+            (FileListModel.COLUMN_RESULT, "PNEUMONIA ▼"),
+        ):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.Fixed)
             header.resizeSection(column, metrics.horizontalAdvance(sample) + 16)
         header.setHighlightSections(False)
@@ -357,7 +364,10 @@ class FileListView(QTableView):
 
     def visible_paths(self) -> list[Path]:
         """Paths in the order the list shows them."""
-        return [self._source.entry(self.proxy.mapToSource(self.proxy.index(r, 0)).row()).path for r in range(self.proxy.rowCount())]
+        return [
+            self._source.entry(self.proxy.mapToSource(self.proxy.index(r, 0)).row()).path
+            for r in range(self.proxy.rowCount())
+        ]
 
     def _on_current_row_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         # Only emits a request; the main window hands it to the non-blocking requester.

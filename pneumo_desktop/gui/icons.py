@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from PySide6.QtCore import QPointF, QRectF, Qt
@@ -35,7 +35,7 @@ STATUS_COLOURS: dict[RowStatus, str] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def status_icon(status: RowStatus, size: int = 16) -> QIcon:
     pixmap = QPixmap(size, size)
     pixmap.fill(Qt.GlobalColor.transparent)
@@ -168,7 +168,7 @@ def _document(label: str) -> Callable[[QPainter], None]:
     return draw
 
 
-@lru_cache(maxsize=None)
+@cache
 def glyph(name: str) -> QIcon:
     drawers = {
         "fit": _fit,

@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-
 MIN_ZOOM = 0.02
 MAX_ZOOM = 32.0
 WHEEL_STEP = 1.25
@@ -163,7 +162,7 @@ class ImageView(QGraphicsView):
         transform.scale(zoom, zoom)
         self.setTransform(transform)
 
-    def copy_view_of(self, other: "ImageView") -> None:
+    def copy_view_of(self, other: ImageView) -> None:
         """Show the same zoom and region as `other` (linked side-by-side panes)."""
         if self.transform() != other.transform():
             self._fit_mode = other._fit_mode
@@ -226,7 +225,7 @@ class ImageView(QGraphicsView):
             return
         super().mouseReleaseEvent(event)
 
-    def leaveEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+    def leaveEvent(self, event) -> None:
         self.pixelHovered.emit(None)
         super().leaveEvent(event)
 
@@ -238,7 +237,7 @@ class ImageView(QGraphicsView):
             self.zoom_by(WHEEL_STEP**steps)
         event.accept()
 
-    def resizeEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+    def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         self._place_empty_button()
         if self._fit_mode:

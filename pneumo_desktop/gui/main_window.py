@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 from PySide6.QtCore import QSettings, QSize, Qt, QThreadPool, QTimer, Signal, Slot
@@ -20,10 +20,10 @@ from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
     QDialog,
-    QGroupBox,
-    QHBoxLayout,
     QFileDialog,
     QFrame,
+    QGroupBox,
+    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMenu,
@@ -40,23 +40,30 @@ from PySide6.QtWidgets import (
 
 from .. import RESEARCH_USE_STATEMENT
 from ..core.imaging import MODEL_INPUT_PIXELS, find_images
-from ..core.resources import samples_dir
-from .annotate import annotated_overlay
 from ..core.model_card import ModelIntegrityError
 from ..core.overlay import colorbar, render_overlay
+from ..core.resources import samples_dir
+from .annotate import annotated_overlay
+from .background import run_in_background
+from .dialogs import AboutDialog, ResumeChoice, ask_resume, show_message
+from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
+from .evaluation_dialogs import apply_site_profile, install_site_actions
 from .file_list import FILTERS, FileListModel, FileListView, path_key, split_images
 from .icons import app_icon, glyph
 from .image_view import ImageView, array_to_qimage
-from .dialogs import AboutDialog, ResumeChoice, ask_resume, show_message
-from .evaluation_dialogs import apply_site_profile, install_site_actions
 from .options import OverlayOptions, WindowLevel, apply_window_level, full_range_window
 from .overlay_controls import DisplayControls, OverlayControls
 from .prediction_panel import PredictionPanel
 from .report import ExportError, ReportData, save_png, write_pdf_report
 from .settings import SettingsStore
-from .background import run_in_background
-from .display_workers import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
-from .workers import BatchController, BatchOutcome, ModelLoadController, ModelLoader, default_model_loader, describe_error
+from .workers import (
+    BatchController,
+    BatchOutcome,
+    ModelLoadController,
+    ModelLoader,
+    default_model_loader,
+    describe_error,
+)
 
 if TYPE_CHECKING:
     from ..core.batch import BatchProgress
@@ -64,6 +71,8 @@ if TYPE_CHECKING:
     from ..core.runtime import Explanation, PneumoniaModel
 
 log = logging.getLogger(__name__)
+
+_Dialog = TypeVar("_Dialog", bound=QDialog)
 
 APP_TITLE = "Pneumo Desktop"
 DEFAULT_SIZE = QSize(1280, 800)
@@ -88,8 +97,8 @@ class DisplayState:
     """What is on screen now; everything the re-blend needs is cached here."""
 
     path: Path | None = None
-    image: "LoadedImage | None" = None
-    explanation: "Explanation | None" = None
+    image: LoadedImage | None = None
+    explanation: Explanation | None = None
     display_grey: np.ndarray | None = None  # window/level applied (display only)
     overlay_rgb: np.ndarray | None = None
 
@@ -108,7 +117,7 @@ class MainWindow(QMainWindow):
     def __init__(
         self,
         *,
-        model: "PneumoniaModel | None" = None,
+        model: PneumoniaModel | None = None,
         model_loader: ModelLoader | None = None,
         settings: SettingsStore | QSettings | None = None,
         pool: QThreadPool | None = None,
@@ -126,7 +135,7 @@ class MainWindow(QMainWindow):
         self.last_message: tuple[str, str, str] | None = None  # (kind, title, text): for tests and logs
         self._dialogs: list[QWidget] = []
         self._window_level = WindowLevel()
-        self._overrides: dict[str, "Explanation"] = {}  # path key -> explanation scored anyway (refuse=False)
+        self._overrides: dict[str, Explanation] = {}  # path key -> explanation scored anyway (refuse=False)
         self._closing = False
         self._inputs: list[Path] = []  # what was opened (files and folders), for the session
         self._rotation = 0  # display orientation, quarter turns clockwise
@@ -259,7 +268,15 @@ class MainWindow(QMainWindow):
         self.splitter.setSizes([370, 570, 340])
         self.setCentralWidget(self.splitter)
 
-    def _action(self, text: str, slot, shortcut: QKeySequence | str | None = None, icon: QIcon | None = None, checkable: bool = False, tip: str = "") -> QAction:  # type: ignore[no-untyped-def]
+    def _action(
+        self,
+        text: str,
+        slot: Callable[..., object],
+        shortcut: QKeySequence | QKeySequence.StandardKey | str | None = None,
+        icon: QIcon | None = None,
+        checkable: bool = False,
+        tip: str = "",
+    ) -> QAction:
         action = QAction(text, self)
         if icon is not None:
             action.setIcon(icon)
@@ -275,37 +292,125 @@ class MainWindow(QMainWindow):
     def _build_actions(self) -> None:
         std = self.style().standardIcon
         sp = QStyle.StandardPixmap
-        self.act_open = self._action("&Open Images…", self._choose_files, QKeySequence.StandardKey.Open, std(sp.SP_DialogOpenButton), tip="Open one or more X-ray images")
-        self.act_open_folder = self._action("Open &Folder…", self._choose_folder, "Ctrl+Shift+O", std(sp.SP_DirOpenIcon), tip="Open every image in a folder")
-        self.act_open_model = self._action("Open &Model Folder…", self._choose_model_folder, tip="Load a different exported model folder")
-        self.act_batch = self._action("&Score Folder to CSV…", self._choose_batch, "Ctrl+B", glyph("batch"), tip="Score every image in a folder and write a CSV (resumable)")
-        self.act_cancel_batch = self._action("&Cancel Scoring", self.cancel_batch, tip="Stop the running batch; rows written so far stay in the CSV")
-        self.act_export_png = self._action("Export Overlay as &PNG…", self._choose_png, "Ctrl+E", glyph("png"), tip="Save the Grad-CAM overlay as a PNG image")
-        self.act_export_pdf = self._action("Export &Report as PDF…", self._choose_pdf, "Ctrl+P", glyph("pdf"), tip="Save a one-page PDF report for this image")
+        self.act_open = self._action(
+            "&Open Images…",
+            self._choose_files,
+            QKeySequence.StandardKey.Open,
+            std(sp.SP_DialogOpenButton),
+            tip="Open one or more X-ray images",
+        )
+        self.act_open_folder = self._action(
+            "Open &Folder…",
+            self._choose_folder,
+            "Ctrl+Shift+O",
+            std(sp.SP_DirOpenIcon),
+            tip="Open every image in a folder",
+        )
+        self.act_open_model = self._action(
+            "Open &Model Folder…", self._choose_model_folder, tip="Load a different exported model folder"
+        )
+        self.act_batch = self._action(
+            "&Score Folder to CSV…",
+            self._choose_batch,
+            "Ctrl+B",
+            glyph("batch"),
+            tip="Score every image in a folder and write a CSV (resumable)",
+        )
+        self.act_cancel_batch = self._action(
+            "&Cancel Scoring", self.cancel_batch, tip="Stop the running batch; rows written so far stay in the CSV"
+        )
+        self.act_export_png = self._action(
+            "Export Overlay as &PNG…",
+            self._choose_png,
+            "Ctrl+E",
+            glyph("png"),
+            tip="Save the Grad-CAM overlay as a PNG image",
+        )
+        self.act_export_pdf = self._action(
+            "Export &Report as PDF…",
+            self._choose_pdf,
+            "Ctrl+P",
+            glyph("pdf"),
+            tip="Save a one-page PDF report for this image",
+        )
         self.act_quit = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
-        self.act_fit = self._action("&Fit to Window", self.view.fit, "Ctrl+0", glyph("fit"), tip="Fit the image to the window")
-        self.act_actual = self._action("&Actual Size (1:1)", self.view.actual_size, "Ctrl+1", glyph("one_to_one"), tip="One image pixel per screen pixel")
+        self.act_fit = self._action(
+            "&Fit to Window", self.view.fit, "Ctrl+0", glyph("fit"), tip="Fit the image to the window"
+        )
+        self.act_actual = self._action(
+            "&Actual Size (1:1)",
+            self.view.actual_size,
+            "Ctrl+1",
+            glyph("one_to_one"),
+            tip="One image pixel per screen pixel",
+        )
         self.act_zoom_in = self._action("Zoom &In", lambda: self.view.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn)
         # Ctrl+= as well: on most keyboards "+" needs Shift, and "=" is the key people press.
-        self.act_zoom_in.setShortcuts([QKeySequence(QKeySequence.StandardKey.ZoomIn), QKeySequence("Ctrl+="), QKeySequence("Ctrl++")])
-        self.act_recursive = self._action("Include &Subfolders", self.settings.set_include_subfolders, checkable=True, tip="Folders are opened and scored with their subfolders (e.g. test/NORMAL, test/PNEUMONIA)")
+        self.act_zoom_in.setShortcuts(
+            [QKeySequence(QKeySequence.StandardKey.ZoomIn), QKeySequence("Ctrl+="), QKeySequence("Ctrl++")]
+        )
+        self.act_recursive = self._action(
+            "Include &Subfolders",
+            self.settings.set_include_subfolders,
+            checkable=True,
+            tip="Folders are opened and scored with their subfolders (e.g. test/NORMAL, test/PNEUMONIA)",
+        )
         self.act_recursive.setChecked(self.settings.include_subfolders())
-        self.act_samples = self._action("Open &Sample X-rays", self.open_samples, tip="The sample chest X-rays that come with the app")
-        self.act_next = self._action("&Next Image", lambda: self.file_list.step(1), "N", tip="Next image in the list (from anywhere)")
+        self.act_samples = self._action(
+            "Open &Sample X-rays", self.open_samples, tip="The sample chest X-rays that come with the app"
+        )
+        self.act_next = self._action(
+            "&Next Image", lambda: self.file_list.step(1), "N", tip="Next image in the list (from anywhere)"
+        )
         self.act_next.setShortcuts([QKeySequence("N"), QKeySequence("Ctrl+Down")])
-        self.act_previous = self._action("&Previous Image", lambda: self.file_list.step(-1), "P", tip="Previous image in the list (from anywhere)")
+        self.act_previous = self._action(
+            "&Previous Image", lambda: self.file_list.step(-1), "P", tip="Previous image in the list (from anywhere)"
+        )
         self.act_previous.setShortcuts([QKeySequence("P"), QKeySequence("Ctrl+Up")])
-        self.act_rotate = self._action("&Rotate 90° Clockwise", lambda: self._orient(1, False), "Ctrl+]", tip="Rotate the display (the model is not affected)")
+        self.act_rotate = self._action(
+            "&Rotate 90° Clockwise",
+            lambda: self._orient(1, False),
+            "Ctrl+]",
+            tip="Rotate the display (the model is not affected)",
+        )
         self.act_rotate_back = self._action("Rotate 90° &Anticlockwise", lambda: self._orient(-1, False), "Ctrl+[")
-        self.act_flip = self._action("&Flip Horizontally", lambda: self._orient(0, True), "Ctrl+Shift+H", tip="Mirror the display (the model is not affected)")
-        self.act_full_screen = self._action("F&ull Screen", self._on_full_screen, QKeySequence.StandardKey.FullScreen, checkable=True)
+        self.act_flip = self._action(
+            "&Flip Horizontally",
+            lambda: self._orient(0, True),
+            "Ctrl+Shift+H",
+            tip="Mirror the display (the model is not affected)",
+        )
+        self.act_full_screen = self._action(
+            "F&ull Screen", self._on_full_screen, QKeySequence.StandardKey.FullScreen, checkable=True
+        )
         self.act_full_screen.setShortcuts([QKeySequence("F11"), QKeySequence(QKeySequence.StandardKey.FullScreen)])
         self.act_shortcuts = self._action("&Keyboard Shortcuts", self.show_shortcuts, "F1")
         self.act_zoom_out = self._action("Zoom &Out", lambda: self.view.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut)
-        self.act_invert = self._action("&Invert", self._on_invert_action, "Ctrl+I", glyph("invert"), checkable=True, tip="Invert the display (the model is not affected)")
+        self.act_invert = self._action(
+            "&Invert",
+            self._on_invert_action,
+            "Ctrl+I",
+            glyph("invert"),
+            checkable=True,
+            tip="Invert the display (the model is not affected)",
+        )
         self.act_reset_wl = self._action("&Reset Window/Level", self.display_controls.reset, "Ctrl+R")
-        self.act_overlay = self._action("Show &Overlay", self._on_overlay_action, "O", glyph("overlay"), checkable=True, tip="Show or hide the Grad-CAM overlay")
-        self.act_side = self._action("&Side by Side", self._on_side_action, "S", glyph("side_by_side"), checkable=True, tip="Original and overlay side by side")
+        self.act_overlay = self._action(
+            "Show &Overlay",
+            self._on_overlay_action,
+            "O",
+            glyph("overlay"),
+            checkable=True,
+            tip="Show or hide the Grad-CAM overlay",
+        )
+        self.act_side = self._action(
+            "&Side by Side",
+            self._on_side_action,
+            "S",
+            glyph("side_by_side"),
+            checkable=True,
+            tip="Original and overlay side by side",
+        )
         self.act_about = self._action("&About Pneumo Desktop", self.show_about, icon=std(sp.SP_MessageBoxInformation))
         self.act_about_qt = self._action("About &Qt", lambda: QMessageBox.aboutQt(self))
         opts = self.overlay_controls.options()
@@ -430,7 +535,9 @@ class MainWindow(QMainWindow):
         self.renderer.failed.connect(self._on_render_failed)
         self.overlay_controls.changed.connect(self._on_overlay_changed)
         self.display_controls.changed.connect(self._on_window_level_changed)
-        self.view.zoomChanged.connect(lambda z: self.zoom_label.setText(f"Zoom {z * 100:.0f}%" if self.view.has_image else ""))
+        self.view.zoomChanged.connect(
+            lambda z: self.zoom_label.setText(f"Zoom {z * 100:.0f}%" if self.view.has_image else "")
+        )
         self.view.viewChanged.connect(lambda: self.view2.copy_view_of(self.view) if self.view2.isVisible() else None)
         self.view2.viewChanged.connect(lambda: self.view.copy_view_of(self.view2) if self.view2.isVisible() else None)
         for view in (self.view, self.view2):
@@ -467,7 +574,7 @@ class MainWindow(QMainWindow):
         self._set_model(model)  # type: ignore[arg-type]
         self.statusBar().showMessage("Model ready", 4000)
 
-    def _set_model(self, model: "PneumoniaModel") -> None:
+    def _set_model(self, model: PneumoniaModel) -> None:
         self.model = model
         self._overrides.clear()  # overrides belong to the model that refused
         self.model_error = ""
@@ -575,7 +682,9 @@ class MainWindow(QMainWindow):
         text = f"No images in {names}"
         if others:
             text += f" ({len(others)} other file(s), not images)"
-        has_subfolders = any(p.is_dir() and any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir()) for p in inputs)
+        has_subfolders = any(
+            p.is_dir() and any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir()) for p in inputs
+        )
         if has_subfolders and not recursive:
             text += ".\n\nThe images may be in its subfolders: turn on File ▸ Include Subfolders and open it again."
         return text
@@ -638,7 +747,7 @@ class MainWindow(QMainWindow):
         else:
             event.ignore()
 
-    def dragMoveEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+    def dragMoveEvent(self, event) -> None:
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
 
@@ -656,7 +765,9 @@ class MainWindow(QMainWindow):
         self.other_files_label.setVisible(bool(others))
         if others:
             self.other_files_label.setText(f"{len(others)} other file(s) are not images and are not listed")
-            self.other_files_label.setToolTip("\n".join(str(p) for p in others[:40]) + ("\n…" if len(others) > 40 else ""))
+            self.other_files_label.setToolTip(
+                "\n".join(str(p) for p in others[:40]) + ("\n…" if len(others) > 40 else "")
+            )
 
     # =========================================================================================
     # Showing one image: decode + explain in a worker, latest request wins
@@ -679,7 +790,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     @Slot(object)
-    def _on_image_ready(self, image: "LoadedImage") -> None:
+    def _on_image_ready(self, image: LoadedImage) -> None:
         previous = self.state.image
         self.state.image = image
         self.state.explanation = None
@@ -698,7 +809,7 @@ class MainWindow(QMainWindow):
         self.imageShown.emit(image)
 
     @Slot(object)
-    def _on_explanation_ready(self, explanation: "Explanation") -> None:
+    def _on_explanation_ready(self, explanation: Explanation) -> None:
         if explanation.prediction.refused and self.state.path is not None:
             # an image the user already chose to score anyway stays scored when revisited
             explanation = self._overrides.get(path_key(self.state.path), explanation)
@@ -707,15 +818,19 @@ class MainWindow(QMainWindow):
         self._render()
         positive = self.model.card.positive_class if self.model is not None else "PNEUMONIA"
         self.prediction_panel.set_prediction(prediction, positive)
+        # (a prediction that is not refused has a probability and a label: the casts below say so to mypy)
         self.overlay_controls.set_meaning(
-            REFUSED_MEANING if prediction.refused else overlay_meaning(prediction.label, prediction.probability, positive)
+            REFUSED_MEANING
+            if prediction.refused
+            else overlay_meaning(cast(str, prediction.label), cast(float, prediction.probability), positive)
         )
         if self.state.path is not None:
             if prediction.refused:
                 self.file_model.set_refused(self.state.path, prediction.refusal_reason or "")
             else:
-                self.file_model.set_result(self.state.path, prediction.probability, prediction.label,
-                                           prediction.refusal_reason if prediction.overridden else "")
+                self.file_model.set_result(self.state.path, cast(float, prediction.probability),
+                                           cast(str, prediction.label),
+                                           (prediction.refusal_reason or "") if prediction.overridden else "")
         self._update_actions()
         self.predictionShown.emit(explanation)
 
@@ -736,7 +851,7 @@ class MainWindow(QMainWindow):
             owner=self,
         )
 
-    def _on_override_ready(self, path: Path, model: "PneumoniaModel", explanation: "Explanation") -> None:
+    def _on_override_ready(self, path: Path, model: PneumoniaModel, explanation: Explanation) -> None:
         if model is not self.model:
             return  # the model changed meanwhile: overrides belong to the model that refused
         self._overrides[path_key(path)] = explanation
@@ -844,7 +959,7 @@ class MainWindow(QMainWindow):
         self.act_invert.blockSignals(False)
         self._schedule_render()
 
-    def _set_display_source(self, image: "LoadedImage", previous: "LoadedImage | None") -> None:
+    def _set_display_source(self, image: LoadedImage, previous: LoadedImage | None) -> None:
         """Window/level in this image's own units; DICOM starts at the window its model input used."""
         if image.raw is None:
             self.header_panel.hide()
@@ -854,7 +969,10 @@ class MainWindow(QMainWindow):
             return
         low, high = float(image.raw.min()), float(image.raw.max())
         full = full_range_window(low, high)
-        presets = [(f"File window {i + 1} (C {c:g}, W {w:g})", WindowLevel(round(c), max(round(w), 2))) for i, (c, w) in enumerate(image.windows)]
+        presets = [
+            (f"File window {i + 1} (C {c:g}, W {w:g})", WindowLevel(round(c), max(round(w), 2)))
+            for i, (c, w) in enumerate(image.windows)
+        ]
         presets.append((f"Full range ({low:g} to {high:g})", full))
         default = presets[0][1] if image.windows else full
         if image.windows:
@@ -882,7 +1000,7 @@ class MainWindow(QMainWindow):
         if point is None or image is None:
             self.pixel_label.setText("")
             return
-        x, y = point  # type: ignore[misc]
+        x, y = cast(tuple[int, int], point)  # ImageView.pixelHovered sends (x, y) or None
         if not (0 <= x < image.width and 0 <= y < image.height):
             self.pixel_label.setText("")
             return
@@ -907,12 +1025,21 @@ class MainWindow(QMainWindow):
             keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts())
             if keys:
                 rows.append((action.text().replace("&", "").rstrip("…"), keys))
-        rows += [("Window/level", "right-button drag on the image"), ("Zoom", "mouse wheel"), ("Pan", "left-button drag")]
+        rows += [
+            ("Window/level", "right-button drag on the image"),
+            ("Zoom", "mouse wheel"),
+            ("Pan", "left-button drag"),
+        ]
         return sorted(set(rows))
 
     def show_shortcuts(self) -> QDialog:
-        rows = "".join(f"<tr><td>{_html(name)}&nbsp;&nbsp;</td><td><b>{_html(keys)}</b></td></tr>" for name, keys in self.shortcut_rows())
-        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard Shortcuts", f"<table>{rows}</table>", QMessageBox.StandardButton.Ok, self)
+        rows = "".join(
+            f"<tr><td>{_html(name)}&nbsp;&nbsp;</td><td><b>{_html(keys)}</b></td></tr>"
+            for name, keys in self.shortcut_rows()
+        )
+        box = QMessageBox(
+            QMessageBox.Icon.NoIcon, "Keyboard Shortcuts", f"<table>{rows}</table>", QMessageBox.StandardButton.Ok, self
+        )
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.open()
         return self._keep(box)
@@ -935,7 +1062,11 @@ class MainWindow(QMainWindow):
             inputs = [Path(inputs)]
         inputs = [Path(p) for p in inputs]
         if self.model is None:
-            self._message("warning", "No model", "Batch scoring needs a loaded model. " + (self.model_error or "The model is still loading."))
+            self._message(
+                "warning",
+                "No model",
+                "Batch scoring needs a loaded model. " + (self.model_error or "The model is still loading."),
+            )
             return False
         if self.batch.running:
             self.statusBar().showMessage("A batch is already running", 5000)
@@ -953,8 +1084,10 @@ class MainWindow(QMainWindow):
         if sorted(map(path_key, files)) != sorted(map(path_key, self.file_model.paths())):
             self.open_paths(inputs, exclude=[Path(output_csv)])
         try:
-            self.batch.start(inputs, Path(output_csv), self.model, resume=resume, recursive=self.act_recursive.isChecked())
-        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self.batch.start(
+                inputs, Path(output_csv), self.model, resume=resume, recursive=self.act_recursive.isChecked()
+            )
+        except Exception as exc:  # shown to the user
             self._message("critical", "Cannot start scoring", describe_error(exc))
             return False
         self.file_model.mark_queued(True)
@@ -973,12 +1106,14 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Cancelling… (finishing the current image)")
 
     @Slot(object)
-    def _on_batch_progress(self, items: "list[BatchProgress]") -> None:
+    def _on_batch_progress(self, items: list[BatchProgress]) -> None:
         last = items[-1]
         self.batch_progress.setRange(0, max(last.total, 1))
         self.batch_progress.setValue(last.done)
         self.batch_progress.setFormat("Scored %v / %m")
-        self._queue_rows([(p.row.path, p.row.probability, p.row.prediction, p.row.error, p.row.refusal_reason) for p in items])
+        self._queue_rows(
+            [(p.row.path, p.row.probability, p.row.prediction, p.row.error, p.row.refusal_reason) for p in items]
+        )
 
     def _queue_rows(self, rows: list[tuple[Path, float | None, str, str, str]]) -> None:
         self._row_queue.extend(rows)
@@ -1028,7 +1163,12 @@ class MainWindow(QMainWindow):
             self.batchFailed.emit(message)
             return
         self.statusBar().showMessage(f"Scoring failed: {message}", 15000)
-        self._message("critical", "Scoring failed", f"Scoring stopped: {message}", "Rows written before the error are kept; run it again and choose Resume.")
+        self._message(
+            "critical",
+            "Scoring failed",
+            f"Scoring stopped: {message}",
+            "Rows written before the error are kept; run it again and choose Resume.",
+        )
         self._update_actions()
         self.batchFailed.emit(message)
 
@@ -1045,7 +1185,11 @@ class MainWindow(QMainWindow):
         # Default CSV next to the folder, not in it: it would otherwise be listed as an input.
         default_csv = folder.parent / f"{folder.name}_pneumo_scores.csv"
         csv_text, _ = QFileDialog.getSaveFileName(
-            self, "Save Scores as CSV", str(default_csv), "CSV files (*.csv)", options=QFileDialog.Option.DontConfirmOverwrite
+            self,
+            "Save Scores as CSV",
+            str(default_csv),
+            "CSV files (*.csv)",
+            options=QFileDialog.Option.DontConfirmOverwrite,
         )
         if not csv_text:
             return
@@ -1070,7 +1214,9 @@ class MainWindow(QMainWindow):
         image = state.image
         source = image.raw if image.raw is not None else image.grey
         grey = apply_window_level(source, self._window_level, image.raw_inverted)
-        cam = state.explanation.cam * np.float32(cam_strength(state.explanation.prediction.probability))
+        # a map exists only for a scored (not refused) image, so the probability is there
+        probability = cast(float, state.explanation.prediction.probability)
+        cam = state.explanation.cam * np.float32(cam_strength(probability))
         rgb = render_overlay(grey, cam, options.colormap, options.opacity, options.cutoff)
         return grey, rgb
 
@@ -1094,7 +1240,7 @@ class MainWindow(QMainWindow):
         prediction = self.state.explanation.prediction
         options = self.overlay_controls.options()
         bar = array_to_qimage(colorbar(options.colormap, length=256, thickness=16, vertical=False))
-        note = f"Drawn at {cam_strength(prediction.probability):.0%} strength (P(pneumonia))."
+        note = f"Drawn at {cam_strength(cast(float, prediction.probability)):.0%} strength (P(pneumonia))."
         try:
             save_png(annotated_overlay(array_to_qimage(arrays[1]), bar, prediction, note), Path(path))
         except ExportError as exc:
@@ -1144,12 +1290,16 @@ class MainWindow(QMainWindow):
         return str(folder / f"{path.stem if path else 'image'}{suffix}")
 
     def _choose_png(self) -> None:
-        name, _ = QFileDialog.getSaveFileName(self, "Export Overlay", self._suggested_export("_gradcam.png"), "PNG images (*.png)")
+        name, _ = QFileDialog.getSaveFileName(
+            self, "Export Overlay", self._suggested_export("_gradcam.png"), "PNG images (*.png)"
+        )
         if name:
             self.export_overlay_png(Path(name))
 
     def _choose_pdf(self) -> None:
-        name, _ = QFileDialog.getSaveFileName(self, "Export Report", self._suggested_export("_report.pdf"), "PDF files (*.pdf)")
+        name, _ = QFileDialog.getSaveFileName(
+            self, "Export Report", self._suggested_export("_report.pdf"), "PDF files (*.pdf)"
+        )
         if name:
             self.export_pdf_report(Path(name))
 
@@ -1165,7 +1315,7 @@ class MainWindow(QMainWindow):
         dialog.open()
         return self._keep(dialog)
 
-    def _keep(self, dialog: QDialog) -> QDialog:
+    def _keep(self, dialog: _Dialog) -> _Dialog:
         """Hold a Python reference to an open non-modal dialog until it closes."""
         self._dialogs.append(dialog)
         dialog.finished.connect(lambda _result, d=dialog: self._dialogs.remove(d) if d in self._dialogs else None)
@@ -1179,7 +1329,15 @@ class MainWindow(QMainWindow):
         self.act_export_png.setEnabled(has_prediction)
         self.act_export_pdf.setEnabled(has_prediction)
         has_image = self.state.image is not None
-        for action in (self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out, self.act_rotate, self.act_rotate_back, self.act_flip):
+        for action in (
+            self.act_fit,
+            self.act_actual,
+            self.act_zoom_in,
+            self.act_zoom_out,
+            self.act_rotate,
+            self.act_rotate_back,
+            self.act_flip,
+        ):
             action.setEnabled(has_image)
         has_rows = self.file_model.rowCount() > 0
         self.act_next.setEnabled(has_rows)

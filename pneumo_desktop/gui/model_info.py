@@ -66,7 +66,7 @@ def metric_summary(metrics: Any) -> list[tuple[str, str]]:
     for group, values in metrics.items():
         if not isinstance(values, Mapping):
             continue
-        parts = []
+        parts: list[str] = []
         for key, label in _SUMMARY_KEYS:
             value = values.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and label not in " ".join(parts):
@@ -76,7 +76,7 @@ def metric_summary(metrics: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def card_rows(card: "ModelCard") -> list[tuple[str, str]]:
+def card_rows(card: ModelCard) -> list[tuple[str, str]]:
     return [
         ("Model", card.name),
         ("Version", card.version),
@@ -89,7 +89,7 @@ def card_rows(card: "ModelCard") -> list[tuple[str, str]]:
     ] + _optional_rows(card)
 
 
-def _optional_rows(card: "ModelCard") -> list[tuple[str, str]]:
+def _optional_rows(card: ModelCard) -> list[tuple[str, str]]:
     """Refusal and subtype, when the model has them (older models have neither)."""
     rows = []
     if card.refusal is not None:
@@ -111,7 +111,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table cellspacing='0' cellpadding='1'>{cells}</table>"
 
 
-def about_html(card: "ModelCard | None", model_error: str = "") -> str:
+def about_html(card: ModelCard | None, model_error: str = "") -> str:
     parts = [
         f"<h2 style='margin-bottom:2px'>Pneumo Desktop {html.escape(__version__)}</h2>",
         "<p>Reads chest X-rays and shows the model's estimated probability of pneumonia with a "
@@ -135,5 +135,7 @@ def about_html(card: "ModelCard | None", model_error: str = "") -> str:
     parts.append(f"<p>{html.escape(DATA_ATTRIBUTION)}</p>")
     if card is not None and card.raw.get("data_attribution"):
         parts.append(f"<p style='color:#5f6368'>{html.escape(str(card.raw['data_attribution']))}</p>")
-    parts.append("<p style='color:#5f6368'>Licensed under the Apache License 2.0. Built with Qt for Python (PySide6).</p>")
+    parts.append(
+        "<p style='color:#5f6368'>Licensed under the Apache License 2.0. Built with Qt for Python (PySide6).</p>"
+    )
     return "".join(parts)

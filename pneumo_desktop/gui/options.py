@@ -58,7 +58,7 @@ class WindowLevel:
             table = 255.0 - table
         return np.round(table).astype(np.uint8)
 
-    def inverted(self) -> "WindowLevel":
+    def inverted(self) -> WindowLevel:
         return WindowLevel(self.level, self.width, not self.invert)
 
 

@@ -197,7 +197,9 @@ class DisplayControls(QGroupBox):
         self.preset_combo.setMinimumContentsLength(12)
         self.invert_box = QCheckBox("Invert")
         self.reset_button = QPushButton("Reset")
-        self.reset_button.setToolTip("The image's own window (for DICOM: the first one stored in the file), not inverted")
+        self.reset_button.setToolTip(
+            "The image's own window (for DICOM: the first one stored in the file), not inverted"
+        )
 
         grid = _slider_grid([("Level", self.level_slider, self.level_value),
                              ("Window", self.width_slider, self.width_value)])
@@ -223,7 +225,9 @@ class DisplayControls(QGroupBox):
         self.reset_button.clicked.connect(self.reset)
         self.preset_combo.activated.connect(self._on_preset)
 
-    def set_source(self, low: int, high: int, default: WindowLevel, presets: list[tuple[str, WindowLevel]], model_note: str) -> None:
+    def set_source(
+        self, low: int, high: int, default: WindowLevel, presets: list[tuple[str, WindowLevel]], model_note: str
+    ) -> None:
         """The value range of the image on screen (sliders span it), its default window and presets."""
         self._default = default
         self._presets = presets

@@ -52,7 +52,9 @@ class ProbabilityBar(QWidget):
         painter.setBrush(self.palette().mid().color().lighter(130))
         painter.drawRoundedRect(track, 6, 6)
         if self._probability is not None:
-            filled = QRectF(track.left(), track.top(), track.width() * max(0.0, min(1.0, self._probability)), track.height())
+            filled = QRectF(
+                track.left(), track.top(), track.width() * max(0.0, min(1.0, self._probability)), track.height()
+            )
             painter.setBrush(self._colour)
             painter.drawRoundedRect(filled, 6, 6)
         if self._threshold is not None:
@@ -123,7 +125,9 @@ class PredictionPanel(QGroupBox):
         self.refusal_value.setStyleSheet(f"color: {refused_colour};")
         self.score_anyway_button = QPushButton("Score anyway")
         self.score_anyway_button.setObjectName("scoreAnywayButton")
-        self.score_anyway_button.setToolTip("Score this image although the model says it does not look like a frontal chest X-ray")
+        self.score_anyway_button.setToolTip(
+            "Score this image although the model says it does not look like a frontal chest X-ray"
+        )
         self.score_anyway_button.clicked.connect(self.scoreAnywayRequested)
         self.override_note = QLabel("")
         self.override_note.setObjectName("overrideNote")
@@ -186,11 +190,13 @@ class PredictionPanel(QGroupBox):
         self.score_anyway_button.setVisible(button)
         self.score_anyway_button.setEnabled(button)
 
-    def _show_subtype(self, prediction: "Prediction | None") -> None:
-        shown = prediction is not None and prediction.subtype is not None and prediction.p_viral is not None
-        if shown:
+    def _show_subtype(self, prediction: Prediction | None) -> None:
+        shown = False
+        if prediction is not None and prediction.subtype is not None and prediction.p_viral is not None:
+            shown = True
             self.subtype_value.setText(
-                f"Secondary: subtype {prediction.subtype} · P(viral | pneumonia) {format_probability(prediction.p_viral)}"
+                f"Secondary: subtype {prediction.subtype} · "
+                f"P(viral | pneumonia) {format_probability(prediction.p_viral)}"
             )
         self.subtype_value.setVisible(shown)
         self.subtype_caveat.setVisible(shown)
@@ -206,7 +212,7 @@ class PredictionPanel(QGroupBox):
     def set_threshold_source(self, text: str) -> None:
         self.threshold_source_value.setText(text or "—")
 
-    def set_prediction(self, prediction: "Prediction", positive_label: str = "PNEUMONIA") -> None:
+    def set_prediction(self, prediction: Prediction, positive_label: str = "PNEUMONIA") -> None:
         self.score_anyway_button.setText("Score anyway")
         self.status_value.setVisible(False)
         self.set_model_info(prediction.model_name, f"v{prediction.model_version}")

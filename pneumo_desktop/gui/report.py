@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from PySide6.QtCore import QMarginsF, QRectF, QSizeF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
@@ -32,7 +32,7 @@ class ExportError(PneumoError):
 
 def save_png(image: QImage, path: Path) -> None:
     path = Path(path)
-    if not image.save(str(path), "PNG"):
+    if not image.save(str(path), "PNG"):  # type: ignore[call-overload]  # the stubs want bytes; Qt takes a str
         raise ExportError(f"could not write {path} (check the folder exists and is writable)")
 
 
@@ -42,8 +42,8 @@ class ReportData:
     image: QImage  # the image as displayed (window/level applied)
     overlay: QImage  # Grad-CAM overlay at the chosen opacity/colormap/cut-off
     colorbar: QImage | None
-    prediction: "Prediction"
-    card: "ModelCard | None"
+    prediction: Prediction
+    card: ModelCard | None
     image_info: str = ""
     display_note: str = ""
     created: datetime = field(default_factory=lambda: datetime.now().astimezone())
@@ -64,7 +64,9 @@ class _Page:
         self.p.setFont(font)
         self.p.setPen(QColor(colour))
 
-    def text(self, text: str, size: float = 9.5, bold: bool = False, colour: str = "#202124", gap: float = 0.35) -> None:
+    def text(
+        self, text: str, size: float = 9.5, bold: bool = False, colour: str = "#202124", gap: float = 0.35
+    ) -> None:
         self.font(size, bold, colour)
         rect = QRectF(0, self.y, self.width, 10_000)
         flags = int(Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap)
@@ -101,7 +103,7 @@ def _draw_image(painter: QPainter, image: QImage, box: QRectF) -> QRectF:
     return target
 
 
-def check_presentable(prediction: "Prediction") -> None:
+def check_presentable(prediction: Prediction) -> None:
     """A refused image has no result: a report must never present one as if it had."""
     if prediction.refused or prediction.probability is None:
         raise ExportError(
@@ -117,7 +119,12 @@ def write_pdf_report(data: ReportData, path: Path) -> None:
     writer = QPdfWriter(str(path))
     writer.setResolution(200)
     writer.setPageLayout(
-        QPageLayout(QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait, QMarginsF(15, 14, 15, 14), QPageLayout.Unit.Millimeter)
+        QPageLayout(
+            QPageSize(QPageSize.PageSizeId.A4),
+            QPageLayout.Orientation.Portrait,
+            QMarginsF(15, 14, 15, 14),
+            QPageLayout.Unit.Millimeter,
+        )
     )
     writer.setTitle(f"Pneumo Desktop report: {data.file_path.name}")
     writer.setCreator(f"Pneumo Desktop {__version__}")
@@ -173,15 +180,23 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
     page.y = max(left.bottom(), right.bottom()) + 8
     page.font(8.5, colour="#5f6368")
     caption_h = painter.fontMetrics().height() * 1.3
-    painter.drawText(QRectF(left.left(), page.y, left.width(), caption_h), int(Qt.AlignmentFlag.AlignHCenter), "Image (as displayed)")
-    painter.drawText(QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignHCenter), "Grad-CAM overlay")
+    painter.drawText(
+        QRectF(left.left(), page.y, left.width(), caption_h), int(Qt.AlignmentFlag.AlignHCenter), "Image (as displayed)"
+    )
+    painter.drawText(
+        QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignHCenter), "Grad-CAM overlay"
+    )
     page.y += caption_h
     if data.colorbar is not None:
         bar = QRectF(right.left(), page.y, right.width(), caption_h * 0.55)
         painter.drawImage(bar, data.colorbar)
         page.y = bar.bottom() + 4
-        painter.drawText(QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignLeft), "weak")
-        painter.drawText(QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignRight), "strong influence")
+        painter.drawText(
+            QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignLeft), "weak"
+        )
+        painter.drawText(
+            QRectF(right.left(), page.y, right.width(), caption_h), int(Qt.AlignmentFlag.AlignRight), "strong influence"
+        )
         page.y += caption_h
     if data.display_note:
         page.text(data.display_note, size=8, colour="#5f6368")
@@ -191,7 +206,11 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
     page.text("Model output", size=12, bold=True, gap=0.2)
     page.rows(
         [
-            ("P(pneumonia)", format_probability(pred.probability) + ("  (overridden)" if pred.overridden else "")),
+            # a refused image is never exported, so there is a probability
+            (
+                "P(pneumonia)",
+                format_probability(cast(float, pred.probability)) + ("  (overridden)" if pred.overridden else ""),
+            ),
             ("Label at operating point", pred.label or "—"),
             ("Threshold", format_probability(pred.threshold)),
             ("Threshold from", describe_source(pred.threshold_source)),

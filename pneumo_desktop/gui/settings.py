@@ -82,9 +82,9 @@ class SettingsStore:
         try:
             return OverlayOptions(
                 enabled=bool(s.value(_OVERLAY + "enabled", default.enabled, type=bool)),
-                opacity=min(max(float(s.value(_OVERLAY + "opacity", default.opacity)), 0.0), 1.0),
+                opacity=min(max(float(s.value(_OVERLAY + "opacity", default.opacity)), 0.0), 1.0),  # type: ignore[arg-type]  # QSettings.value is typed object; bad values raise, caught below
                 colormap=str(s.value(_OVERLAY + "colormap", DEFAULT_COLORMAP)),
-                cutoff=min(max(float(s.value(_OVERLAY + "cutoff", default.cutoff)), 0.0), 0.95),
+                cutoff=min(max(float(s.value(_OVERLAY + "cutoff", default.cutoff)), 0.0), 0.95),  # type: ignore[arg-type]  # QSettings.value is typed object; bad values raise, caught below
                 side_by_side=bool(s.value(_OVERLAY + "side_by_side", default.side_by_side, type=bool)),
             )
         except (TypeError, ValueError):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ ModelLoader = Callable[[], "PneumoniaModel"]
 def default_model_loader(model_dir: Path | None = None) -> ModelLoader:
     """Loader for the bundled model (or `model_dir`); runs in a worker, so the import is lazy."""
 
-    def load() -> "PneumoniaModel":
+    def load() -> PneumoniaModel:
         from ..core.runtime import PneumoniaModel
 
         return PneumoniaModel.load(model_dir)
@@ -67,7 +67,9 @@ class ModelLoadController(QObject):
 
     def start(self, loader: ModelLoader) -> None:
         self._busy = True
-        run_in_background(self._pool, lambda _progress: loader(), on_result=self._on_result, on_error=self._on_error, owner=self)
+        run_in_background(
+            self._pool, lambda _progress: loader(), on_result=self._on_result, on_error=self._on_error, owner=self
+        )
 
     def _on_result(self, model: object) -> None:
         self._busy = False
@@ -83,11 +85,11 @@ class ModelLoadController(QObject):
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BatchOutcome:
-    summary: "BatchSummary"
-    rows: "list[BatchRow]"  # every row of the CSV after the run (resumed ones included)
+    summary: BatchSummary
+    rows: list[BatchRow]  # every row of the CSV after the run (resumed ones included)
 
 
-def read_rows_back(csv_path: Path) -> "list[BatchRow]":
+def read_rows_back(csv_path: Path) -> list[BatchRow]:
     """The CSV's rows through core.batch.read_results (formula quoting undone); [] if it cannot be read."""
     from ..core.batch import ResultsFileError, read_results
 
@@ -125,7 +127,7 @@ class BatchController(QObject):
         self,
         inputs: Sequence[Path],
         output_csv: Path,
-        model: "PneumoniaModel",
+        model: PneumoniaModel,
         *,
         resume: bool = False,
         recursive: bool = False,
@@ -162,7 +164,12 @@ class BatchController(QObject):
         self._buffer = []
         self._wake_pending = False
         run_in_background(
-            self._pool, work, on_result=self._on_result, on_error=self._on_error, on_progress=self._on_progress, owner=self
+            self._pool,
+            work,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_progress=self._on_progress,
+            owner=self,
         )
         self.started.emit(output_csv)
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# tomllib is Python 3.11+; mypy checks as 3.10 (requires-python) and the trainer has no 3.10 fallback yet
-import tomllib  # type: ignore[import-not-found]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser as a package (the train extra installs it there)
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)

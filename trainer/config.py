@@ -182,6 +182,8 @@ def config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
             values[f.name] = given
         elif f.name in values and _base_type(hints[f.name]) is Path:
             values[f.name] = Path(values[f.name])
+    if values.get("weights") == Path("download"):
+        values["weights"] = None  # Keras fetches the ImageNet weights (online machines only)
     for required in ("data_root", "run_dir"):
         if required not in values:
             raise ValueError(f"--{_ALIASES.get(required, required).lstrip('-').replace('_', '-')} is required "

@@ -1,4 +1,4 @@
-"""Screenshots of the real main window for the docs: docs/screenshots/single.png, dicom.png and batch.png.
+"""Screenshots of the real main window for the docs: docs/screenshots/single.png, dicom.png, refused.png, batch.png.
 
 Runs the app under Xvfb with the xcb platform (the same code path as a desktop session) unless a
 DISPLAY is already set. Uses the bundled model when resources/model exists, else `--model DIR`, else
@@ -109,7 +109,18 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     window.overlay_controls.enabled_box.setChecked(True)
     bar.setValue(0)
 
-    # 3. A folder mid-batch, sorted by P(pneumonia): copies of the samples, grabbed once ~40% are scored.
+    # 3. A photo: refused as not a chest X-ray (its own state, the reason, "Score anyway", no map).
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    photo = scratch / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(photo)
+    window.open_paths([photo])
+    wait(window.predictionShown)
+    settle()
+    save(window.grab(), out / "refused.png")
+
+    # 4. A folder mid-batch, sorted by P(pneumonia): copies of the samples, grabbed once ~40% are scored.
     folder = scratch / "study_folder"
     link_copies(samples, folder, BATCH_FILES)
     done = [0]

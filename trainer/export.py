@@ -108,9 +108,11 @@ def export_model_folder(
     try:
         keras_path = staging / mc.KERAS_FILENAME
         tflite_path = staging / mc.TFLITE_FILENAME
-        # A fresh functional view of the same layers: saved without the optimizer's state (Adam's moments of a
+        # A clone of the same layers: saved without the optimizer's state (Adam's moments of a
         # fully fine-tuned backbone would double the file) and loadable for Grad-CAM checks and fine-tuning.
-        keras.Model(model.inputs, model.outputs, name=model.name).save(keras_path)
+        stripped = keras.models.clone_model(model)  # same layers, names and output structure; no optimizer
+        stripped.set_weights(model.get_weights())
+        stripped.save(keras_path)
         tflite_path.write_bytes(convert_to_tflite(model, temperature, ood))
         error = parity_error(model, tflite_path, parity_images, temperature)
         log.info("TFLite vs Keras: max |dp| = %.2e over %d images", error, len(parity_images))

@@ -129,6 +129,7 @@ class ScoredImage:
     status: str  # scored / refused / error
     reason: str = ""
     p_viral: float | None = None
+    subtype: str = ""  # bacterial / viral at the model's own subtype threshold (the CSV's subtype column)
 
 
 def _float_or_none(text: str | None) -> float | None:
@@ -167,11 +168,11 @@ def read_scored(scores_csv: Path, items: list[LabelledImage]) -> list[ScoredImag
             kind = STATUS_ERROR
         else:
             kind = STATUS_SCORED
-        reason = error or (record.get("refusal") or record.get("reason") or "").strip()
+        reason = error or unneutralise(record.get("refusal_reason") or "").strip()
         if kind == STATUS_ERROR and not reason:
             reason = f"status {status!r}" if status else "no probability in the results CSV"
         out.append(ScoredImage(item.path, item.positive, probability if kind == STATUS_SCORED else None, kind,
-                               reason, _float_or_none(record.get("p_viral"))))
+                               reason, _float_or_none(record.get("p_viral")), (record.get("subtype") or "").strip()))
     return out
 
 
@@ -185,7 +186,7 @@ class SubtypeResult:
     n_bacterial: int
     n_viral: int
     roc_auc: mx.Interval
-    accuracy_at_half: float  # viral when p_viral >= 0.5
+    accuracy_at_half: float  # viral when the row says so (the model's subtype threshold), else when p_viral >= 0.5
 
 
 @dataclass
@@ -266,7 +267,7 @@ class Evaluation:
             s = self.subtype
             lines += ["", f"bacterial vs viral (p_viral; {s.n_bacterial} bacterial, {s.n_viral} viral by file name): "
                           f"ROC-AUC {s.roc_auc.value:.3f} [{s.roc_auc.low:.3f}, {s.roc_auc.high:.3f}], "
-                          f"accuracy at 0.5 {s.accuracy_at_half:.3f}"]
+                          f"accuracy at the model's subtype threshold {s.accuracy_at_half:.3f}"]
         for title, group in (("refused", self.refused), ("errors", self.errors)):
             if group:
                 lines += ["", f"{title} ({len(group)}, not in the metrics):"]
@@ -279,13 +280,15 @@ def _subtype(images: list[ScoredImage], resamples: int) -> SubtypeResult | None:
     for image in images:
         match = SUBTYPE_PATTERN.search(image.path.name)
         if image.status == STATUS_SCORED and image.positive and match and image.p_viral is not None:
-            pairs.append((match.group(1).lower() == "virus", image.p_viral))
+            said = image.subtype == "viral" if image.subtype in ("bacterial", "viral") else image.p_viral >= 0.5
+            pairs.append((match.group(1).lower() == "virus", image.p_viral, said))
     if not pairs:
         return None
-    y = np.array([v for v, _ in pairs], dtype=bool)
-    p = np.array([q for _, q in pairs], dtype=np.float64)
+    y = np.array([v for v, _, _ in pairs], dtype=bool)
+    p = np.array([q for _, q, _ in pairs], dtype=np.float64)
+    said = np.array([d for _, _, d in pairs], dtype=bool)
     auc = mx.bootstrap_intervals(y, p, {"roc_auc": mx.roc_auc}, resamples=resamples)["roc_auc"]
-    return SubtypeResult(int((~y).sum()), int(y.sum()), auc, float(np.mean((p >= 0.5) == y)))
+    return SubtypeResult(int((~y).sum()), int(y.sum()), auc, float(np.mean(said == y)))
 
 
 def evaluate_scored(images: list[ScoredImage], threshold: ThresholdChoice, model: dict[str, str], source: Path,
@@ -454,7 +457,7 @@ def report_html(evaluation: Evaluation, pngs: dict[str, bytes]) -> str:
         subtype = (
             f"<h2>Bacterial vs viral</h2><p>{s.n_bacterial} bacterial, {s.n_viral} viral (labels from file names), "
             f"p_viral ROC-AUC {s.roc_auc.value:.3f} (95% CI {s.roc_auc.low:.3f} – {s.roc_auc.high:.3f}), "
-            f"accuracy at 0.5: {s.accuracy_at_half:.3f}</p>"
+            f"accuracy at the model's subtype threshold: {s.accuracy_at_half:.3f}</p>"
         )
     t = evaluation.threshold
     return f"""<!DOCTYPE html>

@@ -280,8 +280,8 @@ def _subtype(images: list[ScoredImage], resamples: int) -> SubtypeResult | None:
     for image in images:
         match = SUBTYPE_PATTERN.search(image.path.name)
         if image.status == STATUS_SCORED and image.positive and match and image.p_viral is not None:
-            said = image.subtype == "viral" if image.subtype in ("bacterial", "viral") else image.p_viral >= 0.5
-            pairs.append((match.group(1).lower() == "virus", image.p_viral, said))
+            called_viral = image.subtype == "viral" if image.subtype in ("bacterial", "viral") else image.p_viral >= 0.5
+            pairs.append((match.group(1).lower() == "virus", image.p_viral, called_viral))
     if not pairs:
         return None
     y = np.array([v for v, _, _ in pairs], dtype=bool)

@@ -108,9 +108,11 @@ def export_model_folder(
     try:
         keras_path = staging / mc.KERAS_FILENAME
         tflite_path = staging / mc.TFLITE_FILENAME
-        # A clone of the same layers: saved without the optimizer's state (Adam's moments of a
+        # The same network, saved without the optimizer's state (Adam's moments of a
         # fully fine-tuned backbone would double the file) and loadable for Grad-CAM checks and fine-tuning.
-        stripped = keras.models.clone_model(model)  # same layers, names and output structure; no optimizer
+        # Rebuilt from its config: same layers, names and output structure, not compiled (clone_model would try
+        # to recompile with the training losses, which are closures that cannot be deserialised).
+        stripped = keras.Model.from_config(model.get_config())
         stripped.set_weights(model.get_weights())
         stripped.save(keras_path)
         tflite_path.write_bytes(convert_to_tflite(model, temperature, ood))

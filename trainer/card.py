@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
+from pneumo_desktop.core.imaging import MODEL_INPUT_PIXELS
 from pneumo_desktop.core.preprocess import PREPROCESSING_DESCRIPTION, PREPROCESSING_ID
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
@@ -47,7 +48,8 @@ def build_card(
         "version": version,
         "backbone": backbone,
         "input_size": int(input_size),
-        "preprocessing": {"id": PREPROCESSING_ID, "description": PREPROCESSING_DESCRIPTION},
+        "preprocessing": {"id": PREPROCESSING_ID, "description": PREPROCESSING_DESCRIPTION,
+                          "pixels_read": MODEL_INPUT_PIXELS},
         "class_names": list(CLASS_NAMES),
         "output": "probability of PNEUMONIA (sigmoid of logit / temperature)",
         "threshold": {"value": float(threshold), "rule": threshold_rule},
@@ -96,7 +98,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"`{init.get('sha256') or '-'}`); head: global average pooling -> dense {cfg.get('head_units', '?')} + ReLU "
         f"with dropout {cfg.get('dropout', '?')} -> one sigmoid unit.",
         f"- Input: {card['input_size']} x {card['input_size']} px. Preprocessing `{card['preprocessing']['id']}`: "
-        f"{card['preprocessing'].get('description', '')}",
+        f"{card['preprocessing'].get('description', '')} "
+        f"Pixels read: {card['preprocessing'].get('pixels_read', 'as decoded')}",
         f"- Operating point: {card['threshold']['rule']}.",
         f"- Calibration: {cal.get('method', 'none')}; T = {cal.get('temperature', 1.0):.3f}; expected calibration "
         f"error {_fmt(cal.get('ece_before', float('nan')), 3)} -> {_fmt(cal.get('ece_after', float('nan')), 3)} "

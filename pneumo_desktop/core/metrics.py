@@ -41,31 +41,30 @@ def _as_arrays(y, p) -> tuple[np.ndarray, np.ndarray]:  # array-likes
     return np.asarray(y).astype(bool), np.asarray(p, dtype=np.float64)
 
 
-def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) with thresholds descending; predicting positive when p >= threshold."""
-    y, p = _as_arrays(y, p)
+def _counts_by_threshold(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true positives, predicted positives, threshold) at each distinct score, thresholds descending: predicting
+    positive when p >= threshold; the predicted positives at a tie block's threshold are its last index + 1."""
     order = np.argsort(-p, kind="mergesort")
     p_sorted, y_sorted = p[order], y[order]
     distinct = np.r_[np.flatnonzero(np.diff(p_sorted)), len(p_sorted) - 1]
-    tps = np.cumsum(y_sorted)[distinct]
-    fps = (distinct + 1) - tps
+    return np.cumsum(y_sorted)[distinct], distinct + 1, p_sorted[distinct]
+
+
+def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) with thresholds descending; predicting positive when p >= threshold."""
+    y, p = _as_arrays(y, p)
+    tps, predicted, cuts = _counts_by_threshold(y, p)
     positives, negatives = max(y.sum(), 1), max((~y).sum(), 1)
     tpr = np.r_[0.0, tps / positives]
-    fpr = np.r_[0.0, fps / negatives]
-    thresholds = np.r_[np.inf, p_sorted[distinct]]
-    return fpr, tpr, thresholds
+    fpr = np.r_[0.0, (predicted - tps) / negatives]
+    return fpr, tpr, np.r_[np.inf, cuts]
 
 
 def precision_recall_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(precision, recall, thresholds) at each distinct score, thresholds descending."""
     y, p = _as_arrays(y, p)
-    order = np.argsort(-p, kind="mergesort")
-    p_sorted, y_sorted = p[order], y[order]
-    distinct = np.r_[np.flatnonzero(np.diff(p_sorted)), len(p_sorted) - 1]
-    tps = np.cumsum(y_sorted)[distinct]
-    precision = tps / (distinct + 1)  # predicted positives at a tie block's threshold = its last index + 1
-    recall = tps / max(y.sum(), 1)
-    return precision, recall, p_sorted[distinct]
+    tps, predicted, cuts = _counts_by_threshold(y, p)
+    return tps / predicted, tps / max(y.sum(), 1), cuts
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:

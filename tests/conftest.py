@@ -84,15 +84,16 @@ def tiny_model_dir(tmp_path_factory, sample_paths) -> Path:
     from trainer.card import build_card
     from trainer.export import export_model_folder
     from trainer.model import build_classifier
-    from trainer.ood import fit_ood, pooled_feature_model, score_numpy
+    from trainer.ood import fit_ood, pooled_feature_model, pooled_features, score_numpy
 
     keras.utils.set_random_seed(1234)
     backbone, _ = build_backbone("tiny", 64, None)
     model = build_classifier(backbone, subtype_head=True)
     samples = np.stack([prepare_input(load_image(p).grey, 64) for p in sample_paths]).astype(np.float32)
     layers = BACKBONES["tiny"].ood_layers
-    stats = fit_ood(model, layers, samples)
-    sample_scores = score_numpy(stats, pooled_feature_model(model, layers).predict(samples, verbose=0))
+    features = pooled_features(pooled_feature_model(model, layers), samples)
+    stats = fit_ood(layers, features)
+    sample_scores = score_numpy(stats, features)
     out = tmp_path_factory.mktemp("tiny_model")
     card = build_card(
         name="tiny-test-model",

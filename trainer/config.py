@@ -107,9 +107,8 @@ _HELP = {
 _ALIASES = {"data_root": "--data", "export_dir": "--export", "model_name": "--name", "model_version": "--version"}
 
 
-def _base_type(annotation: Any) -> type:
-    # eval: these are our own annotations (TrainConfig's), never outside input
-    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing) | {"Path": Path})
+def _base_type(hint: Any) -> type:
+    """The type behind a resolved hint (typing.get_type_hints), without its `| None`."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint

@@ -68,14 +68,17 @@ def _fit_depth(layer: str, features: np.ndarray) -> DepthStats:
     return DepthStats(layer, mean.astype(np.float32), whitening.astype(np.float32), scale)
 
 
-def fit_ood(model: keras.Model, layer_names: tuple[str, ...], images_rgb: np.ndarray | keras.utils.PyDataset,
-            batch_size: int = 64) -> OODStats:
-    """Fit the per-depth statistics on training images (float32 N x S x S x 3, 0..255, or a dataset of them)."""
-    features = pooled_feature_model(model, layer_names).predict(images_rgb, batch_size=batch_size, verbose=0)
-    if not isinstance(features, list):
-        features = [features]
-    depths = [_fit_depth(name, np.asarray(f)) for name, f in zip(layer_names, features)]
-    count = int(np.asarray(features[0]).shape[0])
+def pooled_features(probe: keras.Model, images_rgb, batch_size: int = 64) -> list[np.ndarray]:
+    """One (N, width) array per depth from a pooled_feature_model, for images (float32 N x S x S x 3, 0..255,
+    or a dataset of them)."""
+    features = probe.predict(images_rgb, batch_size=batch_size, verbose=0)
+    return [np.asarray(f) for f in (features if isinstance(features, list) else [features])]
+
+
+def fit_ood(layer_names: tuple[str, ...], features: list[np.ndarray]) -> OODStats:
+    """Fit the per-depth statistics on the training images' pooled features (pooled_features)."""
+    depths = [_fit_depth(name, f) for name, f in zip(layer_names, features)]
+    count = int(features[0].shape[0])
     log.info("OOD statistics fitted on %d images at %s", count, ", ".join(layer_names))
     return OODStats(depths, count)
 

@@ -380,7 +380,7 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
 def fit_refusal(model, data: RunData, cfg: TrainConfig, input_size: int):
     """OOD statistics on the training images; the limit refuses at most cfg.max_refused_share of validation."""
     from trainer.backbones import BACKBONES
-    from trainer.ood import fit_ood, limit_for_share, pooled_feature_model, score_numpy
+    from trainer.ood import fit_ood, limit_for_share, pooled_feature_model, pooled_features, score_numpy
     from trainer.pipeline import make_dataset
 
     layers_ = BACKBONES[cfg.backbone].ood_layers
@@ -388,12 +388,11 @@ def fit_refusal(model, data: RunData, cfg: TrainConfig, input_size: int):
     def rgb(images):
         return make_dataset(images, np.zeros(len(images)), 64, training=False).map(lambda x, y: x)
 
-    stats = fit_ood(model, layers_, rgb(data.train.images))
     probe = pooled_feature_model(model, layers_)
+    stats = fit_ood(layers_, pooled_features(probe, rgb(data.train.images)))
 
     def scores(images):
-        features = probe.predict(rgb(images), verbose=0)
-        return score_numpy(stats, features if isinstance(features, list) else [features])
+        return score_numpy(stats, pooled_features(probe, rgb(images)))
 
     val_scores = scores(data.val.images)
     limit = limit_for_share(val_scores, cfg.max_refused_share)

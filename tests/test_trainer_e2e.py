@@ -180,6 +180,8 @@ def test_recipe_with_subtype_head_development_set_and_refusal_statistics(tmp_pat
     assert "test half A (development)" in raw["threshold"]["rule"]
     assert raw["subtype"]["classes"] == ["bacterial", "viral"] and 0 <= raw["subtype"]["threshold"]["value"] <= 1
     assert raw["refusal"]["limit"] > 0 and raw["refusal"]["refused_share"]["validation"] <= 0.01 + 1e-9
+    # what --self-test reproduces: every sample's Keras probability, recorded in the card at export
+    assert set(raw["sample_reference"]["images"]) == {p.name for p in sample_paths}
 
     rng = np.random.default_rng(3)
     noise = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)

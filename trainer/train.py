@@ -405,10 +405,11 @@ def fit_refusal(model, data: RunData, cfg: TrainConfig, input_size: int):
 
 def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any], weights_source, stage_times,
                input_size: int, report_dir: Path) -> None:
+    from pneumo_desktop.core.resources import samples_dir
     from trainer import evaluate as ev
     from trainer.backbones import BACKBONES
     from trainer.card import build_card
-    from trainer.export import export_model_folder
+    from trainer.export import export_model_folder, sample_reference
     from trainer.model import has_subtype_head
 
     spec = BACKBONES[cfg.backbone]
@@ -456,6 +457,9 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
             "rule": f"smallest limit refusing at most {cfg.max_refused_share:.0%} of the validation X-rays",
             "refused_share": shares, "statistics": stats.describe(),
         }
+    if samples_dir().is_dir():  # what --self-test reproduces on a user's machine, from the model in memory
+        extra["sample_reference"] = sample_reference(model, samples_dir(), input_size, evaluation["temperature"],
+                                                     evaluation["threshold"])
     card = build_card(
         name=cfg.model_name, version=cfg.model_version, backbone=cfg.backbone, input_size=input_size,
         threshold=evaluation["threshold"],
@@ -465,12 +469,6 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
     parity = np.repeat(data.val.images[:8][..., None].astype(np.float32), 3, axis=3)
     assert cfg.export_dir is not None  # _train exports only when it is set
     export_model_folder(model, Path(cfg.export_dir), card, parity, evaluation["temperature"], stats)
-    from pneumo_desktop.core.resources import samples_dir
-
-    if samples_dir().is_dir():  # what --self-test reproduces on a user's machine
-        from trainer.export import record_sample_reference
-
-        record_sample_reference(Path(cfg.export_dir), samples_dir())
     _copy_report(report_dir, Path(cfg.export_dir) / "report")
     log.info("exported to %s", cfg.export_dir)
 

@@ -103,6 +103,16 @@ def qt_wait(ms: int) -> None:
     loop.exec()
 
 
+def qt_wait_signal(signal, timeout_ms: int) -> None:
+    """Until `signal` fires (or `timeout_ms` passes), the event loop running."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    signal.connect(loop.quit)
+    QTimer.singleShot(timeout_ms, loop.quit)
+    loop.exec()
+
+
 def qt_wait_until(predicate, timeout_ms: int = 30_000, step_ms: int = 10) -> bool:
     deadline = time.monotonic() + timeout_ms / 1000
     while not predicate():

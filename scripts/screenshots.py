@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from gui_harness import link_copies, pick_model, qt_wait, start_xvfb, stop_xvfb, wait_exposed  # noqa: E402
+from gui_harness import link_copies, pick_model, qt_wait, qt_wait_signal, start_xvfb, stop_xvfb, wait_exposed  # noqa: E402
 
 SAMPLES = REPO / "resources" / "samples"
 SINGLE_SAMPLE = "person1345_bacteria_3426.jpeg"
@@ -50,7 +50,7 @@ def main() -> int:
 
 
 def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
-    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+    from PySide6.QtCore import QSettings
 
     from pneumo_desktop.gui.app import create_application
     from pneumo_desktop.gui.main_window import MainWindow
@@ -67,10 +67,7 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     wait_exposed(window)
 
     def wait(signal, timeout_ms: int = 120_000) -> None:
-        loop = QEventLoop()
-        signal.connect(loop.quit)
-        QTimer.singleShot(timeout_ms, loop.quit)
-        loop.exec()
+        qt_wait_signal(signal, timeout_ms)
 
     def settle(ms: int = 300) -> None:
         qt_wait(ms)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from gui_harness import pick_model, qt_wait, start_xvfb, stop_xvfb, wait_exposed  # noqa: E402
+from gui_harness import pick_model, qt_wait, qt_wait_signal, start_xvfb, stop_xvfb, wait_exposed  # noqa: E402
 
 SAMPLES = REPO / "resources" / "samples"
 TEST_HALF = REPO.parent / "shared" / "data" / "test_half_a"
@@ -58,8 +58,6 @@ def main() -> int:
 
 
 def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> int:
-    from PySide6.QtCore import QEventLoop, QTimer
-
     from pneumo_desktop.gui.app import create_application
     from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog
     from pneumo_desktop.gui.main_window import MainWindow
@@ -75,10 +73,7 @@ def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> in
     wait_exposed(window)
 
     def wait(signal, timeout_ms: int = 600_000) -> None:
-        loop = QEventLoop()
-        signal.connect(loop.quit)
-        QTimer.singleShot(timeout_ms, loop.quit)
-        loop.exec()
+        qt_wait_signal(signal, timeout_ms)
 
     if window.model is None:
         wait(window.modelReady)

@@ -138,9 +138,9 @@ def test_efficientnet_lite0_port_reproduces_imagenet_predictions():
     skimage_data = pytest.importorskip("skimage.data")
     import cv2
 
-    from trainer.efficientnet_lite import efficientnet_lite0_from_pth
+    from trainer.efficientnet_lite import efficientnet_lite_from_pth
 
-    model = efficientnet_lite0_from_pth(pth, (224, 224, 3), include_top=True)
+    model = efficientnet_lite_from_pth(pth, (224, 224, 3), include_top=True)
     expected = {"chelsea": (285, 0.405), "coffee": (967, 0.941)}  # PyTorch reference: Egyptian cat, espresso
     for name, (cls, prob) in expected.items():
         img = getattr(skimage_data, name)()
@@ -153,6 +153,31 @@ def test_efficientnet_lite0_port_reproduces_imagenet_predictions():
         p /= p.sum()
         assert int(np.argmax(p)) == cls
         assert p[cls] == pytest.approx(prob, abs=0.02)
+
+
+def test_efficientnet_lite2_port_recognises_imagenet_photos():
+    """Lite2 (its own stage table, the same converter): the converted weights name the photos' classes."""
+    from tests.conftest import WEIGHTS_DIR
+
+    pth = WEIGHTS_DIR / "efficientnet-lite2-9656183e.pth"
+    if not pth.is_file():
+        pytest.skip(f"needs {pth} (the pretrained weights are not in the repository)")
+    skimage_data = pytest.importorskip("skimage.data")
+    import cv2
+
+    from trainer.efficientnet_lite import efficientnet_lite_from_pth
+
+    model = efficientnet_lite_from_pth(pth, (260, 260, 3), "efficientnet_lite2", include_top=True)
+    assert model.count_params() == 6_150_232 - 64  # the state dict less its 64 BatchNorm batch counters
+    cats = range(281, 286)  # ImageNet's domestic cats
+    for name, classes in {"chelsea": cats, "coffee": (967,)}.items():  # espresso
+        img = getattr(skimage_data, name)()
+        h, w = img.shape[:2]
+        s = min(h, w)
+        crop = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        x = cv2.resize(crop, (260, 260), interpolation=cv2.INTER_LINEAR).astype(np.float32)[None]
+        logits = model.predict(x, verbose=0)[0]
+        assert int(np.argmax(logits)) in classes
 
 
 @pytest.mark.slow

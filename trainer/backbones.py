@@ -88,18 +88,20 @@ def _build_xception(input_size: int, weights: Path | None) -> keras.Model:
     return _wrap("xception", input_size, 1.0 / 127.5, -1.0, base)
 
 
-def _build_efficientnet_lite0(input_size: int, weights: Path | None) -> keras.Model:
-    from trainer.efficientnet_lite import build_efficientnet_lite0, load_torch_weights
-    from trainer.torch_legacy import load_legacy_state_dict
+def _efficientnet_lite_builder(variant: str) -> Callable[[int, Path | None], keras.Model]:
+    def build(input_size: int, weights: Path | None) -> keras.Model:
+        from trainer.efficientnet_lite import build_efficientnet_lite, load_torch_weights
+        from trainer.torch_legacy import load_legacy_state_dict
 
-    if weights is None:
-        raise RuntimeError(
-            "EfficientNet-Lite0 has no Keras download; pass --weights efficientnet-lite0-*.pth (or 'none')"
-        )
-    model = build_efficientnet_lite0((input_size, input_size, 3), name="backbone")
-    if str(weights) != "none":
-        load_torch_weights(model, load_legacy_state_dict(Path(weights)))
-    return model
+        if weights is None:
+            raise RuntimeError(
+                f"{variant} has no Keras download; pass --weights {variant.replace('_', '-')}-*.pth (or 'none')"
+            )
+        model = build_efficientnet_lite((input_size, input_size, 3), variant, name="backbone")
+        if str(weights) != "none":
+            load_torch_weights(model, load_legacy_state_dict(Path(weights)))
+        return model
+    return build
 
 
 def _build_tiny(input_size: int, weights: Path | None) -> keras.Model:
@@ -126,8 +128,13 @@ BACKBONES: dict[str, BackboneSpec] = {
                              _build_xception),
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, "block11_expand_conv", "top_activation",
                                        "PyTorch efficientnet-lite0 ImageNet state_dict (.pth, legacy format)",
-                                       _build_efficientnet_lite0,
+                                       _efficientnet_lite_builder("efficientnet_lite0"),
                                        ("block4_add", "block10_add", "top_activation")),
+    # Lite2: the same depths as Lite0's (end of stage 3, end of stage 5, the head) at its own block numbers.
+    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 260, "block15_expand_conv", "top_activation",
+                                       "PyTorch efficientnet-lite2 ImageNet state_dict (.pth, legacy format)",
+                                       _efficientnet_lite_builder("efficientnet_lite2"),
+                                       ("block6_add", "block14_add", "top_activation")),
     "tiny": BackboneSpec("tiny", 64, "conv2", "top_activation", "none (random initialisation; tests only)", _build_tiny,
                        ("relu0", "relu1", "top_activation")),
 }

@@ -1,7 +1,8 @@
-"""EfficientNet-Lite0 in Keras, with a converter for the PyTorch ImageNet weights.
+"""EfficientNet-Lite0 and -Lite2 in Keras, with a converter for the PyTorch ImageNet weights.
 
 Keras has no EfficientNet-Lite. Lite0 is EfficientNet-B0 without squeeze-and-excitation, with ReLU6 instead of
-swish and a fixed 32-channel stem and 1280-channel head (friendlier to quantisation and mobile CPUs).
+swish and a fixed 32-channel stem and 1280-channel head (friendlier to quantisation and mobile CPUs); Lite2 is
+the same design 1.1x wider and 1.2x deeper (stage table from its state dict, ../shared/weights/README.md).
 Layer names follow the PyTorch parameter names so the conversion is a plain lookup.
 """
 
@@ -41,6 +42,17 @@ LITE0_STAGES = (
     StageSpec(3, 1, 6, 320, 1),
 )
 
+LITE2_STAGES = (
+    StageSpec(3, 1, 1, 16, 1),
+    StageSpec(3, 2, 6, 24, 3),
+    StageSpec(5, 2, 6, 48, 3),
+    StageSpec(3, 2, 6, 88, 4),
+    StageSpec(5, 1, 6, 120, 4),
+    StageSpec(5, 2, 6, 208, 5),
+    StageSpec(3, 1, 6, 352, 1),
+)
+STAGES = {"efficientnet_lite0": LITE0_STAGES, "efficientnet_lite2": LITE2_STAGES}
+
 
 def _bn(name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
@@ -70,17 +82,19 @@ def _mbconv(x, block: int, spec: StageSpec, in_channels: int, stride: int):
     return x
 
 
-def build_efficientnet_lite0(
-    input_shape: tuple[int, int, int], include_top: bool = False, name: str = "efficientnet_lite0"
+def build_efficientnet_lite(
+    input_shape: tuple[int, int, int], variant: str = "efficientnet_lite0", include_top: bool = False,
+    name: str | None = None,
 ) -> keras.Model:
     """Input: RGB float in 0..255 (normalisation included). Output: the 1280-channel feature map or ImageNet logits."""
+    stages = STAGES[variant]
     inputs = keras.Input(shape=input_shape, name="rgb_0_255")
     x = layers.Rescaling(1.0 / INPUT_SCALE, offset=-INPUT_OFFSET / INPUT_SCALE, name="normalise")(inputs)
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = _bn("stem_bn")(x)
     x = _relu6("stem_relu")(x)
     channels, block = 32, 0
-    for spec in LITE0_STAGES:
+    for spec in stages:
         for repeat in range(spec.repeats):
             x = _mbconv(x, block, spec, channels, spec.stride if repeat == 0 else 1)
             channels, block = spec.out_channels, block + 1
@@ -90,7 +104,7 @@ def build_efficientnet_lite0(
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dense(1000, name="predictions")(x)
-    return keras.Model(inputs, x, name=name)
+    return keras.Model(inputs, x, name=name or variant)
 
 
 def _torch_name(keras_layer: str) -> str:
@@ -145,9 +159,9 @@ def load_torch_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) ->
     return filled
 
 
-def efficientnet_lite0_from_pth(
-    path: Path, input_shape: tuple[int, int, int], include_top: bool = False
+def efficientnet_lite_from_pth(
+    path: Path, input_shape: tuple[int, int, int], variant: str = "efficientnet_lite0", include_top: bool = False
 ) -> keras.Model:
-    model = build_efficientnet_lite0(input_shape, include_top=include_top)
+    model = build_efficientnet_lite(input_shape, variant, include_top=include_top)
     load_torch_weights(model, load_legacy_state_dict(Path(path)))
     return model

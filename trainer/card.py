@@ -108,7 +108,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     lines += _metrics_tables(card)
-    lines += _subtype_lines(card) + _refusal_lines(card)
+    lines += _ensemble_lines(card) + _subtype_lines(card) + _refusal_lines(card)
     lines += [
         "",
         "## Training",
@@ -155,6 +155,9 @@ def render_markdown(card: dict[str, Any]) -> str:
     ]
     if tr.get("recipe"):
         lines += ["", "## Recipe (verbatim)", "```toml", tr["recipe"].rstrip(), "```"]
+    for member in card.get("ensemble", {}).get("members", []):
+        lines += ["", f"### Member recipe `{member['recipe']}` (verbatim)", "```toml",
+                  member.get("recipe_text", "").rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -189,6 +192,21 @@ def _metrics_tables(card: dict[str, Any]) -> list[str]:
             "Validation: the patient-grouped split of the training data (same population as training). "
             "Test half A (development): another batch of patients; it chose the epochs, temperature and threshold, "
             "so its figures are optimistic.", ""] + _table(metrics)
+
+
+def _ensemble_lines(card: dict[str, Any]) -> list[str]:
+    ensemble = card.get("ensemble")
+    if not ensemble:
+        return []
+    lines = ["", "## Ensemble", f"- {ensemble['combination']}.", "",
+             "| member | seed | training (min) | validation ROC-AUC | test half A (development) ROC-AUC |",
+             "|---|---|---|---|---|"]
+    for member in ensemble["members"]:
+        minutes = sum(float(s) for s in member.get("stage_seconds", {}).values()) / 60
+        auc = member.get("roc_auc", {})
+        lines.append(f"| `{member['recipe']}` | {member.get('seed')} | {minutes:.0f} | "
+                     f"{_fmt(auc.get('validation', '-'))} | {_fmt(auc.get('test half A (development)', '-'))} |")
+    return lines
 
 
 def _subtype_lines(card: dict[str, Any]) -> list[str]:

@@ -66,7 +66,10 @@ class TrainConfig:
     # the lower learning rate; freezing a random backbone would measure nothing.
     from_scratch: bool = False
     val_fraction: float = 0.15
-    seed: int = 42
+    seed: int = 42  # initialisation, shuffling and augmentation
+    # The patient-grouped validation split's own seed: ensemble members trained with different seeds keep the
+    # same validation patients, so the ensemble's validation figures stay unseen by every member.
+    split_seed: int = 42
     head_units: int = 128
     dropout: float = 0.3
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -84,6 +87,10 @@ class TrainConfig:
     max_images: int | None = None  # train on a seeded subset (tests, smoke runs)
     strategy: str = "default"
     export_dir: Path | None = None
+    # An ensemble: the members' recipe files. Each member is trained (resumably) by its own recipe, then they are
+    # merged into one network (trainer/ensemble.py) that this recipe evaluates and exports; members must share
+    # this recipe's backbone, input size, data and validation split.
+    members: list[str] = field(default_factory=list)
     model_name: str = "pneumo-desktop-classifier"
     model_version: str = "1.0.0"
     command: str = ""
@@ -96,7 +103,7 @@ class TrainConfig:
 
 
 # Fields set by the CLI itself, not as generated options.
-_NOT_OPTIONS = {"command", "recipe", "augment"}
+_NOT_OPTIONS = {"command", "recipe", "augment", "members"}
 _HELP = {
     "data_root": "dataset ROOT with train/ (val/) inside", "run_dir": "logs, checkpoints, report (rerun to resume)",
     "weights": "local ImageNet weights file; 'none' = random initialisation (default: Keras download, online only)",
@@ -162,6 +169,22 @@ def read_recipe(path: Path) -> tuple[dict[str, Any], str]:
     return values, text
 
 
+def _resolve_weights(values: dict[str, Any]) -> None:
+    if values.get("weights") in (Path("download"), "download"):
+        values["weights"] = None  # Keras fetches the ImageNet weights (online machines only)
+
+
+def config_from_recipe(path: Path, **overrides: Any) -> TrainConfig:
+    """A recipe file alone (an ensemble's members), with `overrides` replacing its settings."""
+    values, text = read_recipe(path)
+    augment = values.pop("augment", {})
+    hints = typing.get_type_hints(TrainConfig)
+    values = {k: Path(v) if _base_type(hints[k]) is Path and v is not None else v for k, v in values.items()}
+    values.update(overrides)
+    _resolve_weights(values)
+    return TrainConfig(**values, augment=AugmentConfig(**augment), recipe=text)
+
+
 def config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
     values: dict[str, Any] = {}
     recipe_text = ""
@@ -181,8 +204,7 @@ def config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
             values[f.name] = given
         elif f.name in values and _base_type(hints[f.name]) is Path:
             values[f.name] = Path(values[f.name])
-    if values.get("weights") == Path("download"):
-        values["weights"] = None  # Keras fetches the ImageNet weights (online machines only)
+    _resolve_weights(values)
     for required in ("data_root", "run_dir"):
         if required not in values:
             raise ValueError(f"--{_ALIASES.get(required, required).lstrip('-').replace('_', '-')} is required "

@@ -101,7 +101,7 @@ def prepare_data(cfg: TrainConfig, input_size: int, report_dir: Path) -> RunData
     samples = _subset(list_split(root, "train"), cfg.max_images, cfg.seed)
     prepared = load_or_prepare(samples, input_size, cache, "train")
     write_integrity_report(report_dir / "integrity_report.csv", prepared.rejected, len(samples))
-    train_idx, val_idx = grouped_split(prepared.samples, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = grouped_split(prepared.samples, cfg.val_fraction, cfg.split_seed)
     val_set = set(val_idx)
     with open(report_dir / "split.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -379,11 +379,10 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
 
 def fit_refusal(model, data: RunData, cfg: TrainConfig, input_size: int):
     """OOD statistics on the training images; the limit refuses at most cfg.max_refused_share of validation."""
-    from trainer.backbones import BACKBONES
     from trainer.ood import fit_ood, limit_for_share, pooled_feature_model, pooled_features, score_numpy
     from trainer.pipeline import make_dataset
 
-    layers_ = BACKBONES[cfg.backbone].ood_layers
+    layers_ = model_layout(cfg)[1]
 
     def rgb(images):
         return make_dataset(images, np.zeros(len(images)), 64, training=False).map(lambda x, y: x)
@@ -403,22 +402,35 @@ def fit_refusal(model, data: RunData, cfg: TrainConfig, input_size: int):
     return stats, limit, shares
 
 
+def model_layout(cfg: TrainConfig) -> tuple[str, tuple[str, ...]]:
+    """(Grad-CAM layer, OOD layers) of the backbone cfg builds: its spec's, or the merged ensemble's."""
+    from trainer.backbones import BACKBONES
+    from trainer.ensemble import CONCAT_LAYER, member_layer_names
+
+    if cfg.members:
+        from trainer.config import config_from_recipe
+
+        backbones = [config_from_recipe(Path(recipe)).backbone for recipe in cfg.members]
+        return CONCAT_LAYER, member_layer_names([BACKBONES[b].ood_layers for b in backbones])
+    spec = BACKBONES[cfg.backbone]
+    return spec.feature_layer, spec.ood_layers
+
+
 def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any], weights_source, stage_times,
-               input_size: int, report_dir: Path) -> None:
+               input_size: int, report_dir: Path, ensemble: list[dict[str, Any]] | None = None) -> None:
     from pneumo_desktop.core.resources import samples_dir
     from trainer import evaluate as ev
-    from trainer.backbones import BACKBONES
     from trainer.card import build_card
     from trainer.export import export_model_folder, sample_reference
     from trainer.model import has_subtype_head
 
-    spec = BACKBONES[cfg.backbone]
-    if cfg.ood and not spec.ood_layers:
+    feature_layer, ood_layers = model_layout(cfg)
+    if cfg.ood and not ood_layers:
         log.warning(
             "backbone %s names no layers for the out-of-distribution score: exported without refusal", cfg.backbone
         )
     stats, limit, shares = (
-        fit_refusal(model, data, cfg, input_size) if cfg.ood and spec.ood_layers else (None, None, {})
+        fit_refusal(model, data, cfg, input_size) if cfg.ood and ood_layers else (None, None, {})
     )
     extra: dict[str, Any] = {
         "metrics": {name: f["metrics"] for name, f in evaluation["figures"].items()}
@@ -457,14 +469,22 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
             "rule": f"smallest limit refusing at most {cfg.max_refused_share:.0%} of the validation X-rays",
             "refused_share": shares, "statistics": stats.describe(),
         }
+    if ensemble:
+        extra["ensemble"] = {
+            "combination": "one network: the members' backbones side by side, their heads block-diagonal, the logit "
+                           "(and P(viral)'s logit) the mean of the members' (trainer/ensemble.py); Grad-CAM: the mean "
+                           "of the members' maps; temperature, threshold and refusal fitted on the merged network",
+            "members": ensemble,
+        }
     if samples_dir().is_dir():  # what --self-test reproduces on a user's machine, from the model in memory
         extra["sample_reference"] = sample_reference(model, samples_dir(), input_size, evaluation["temperature"],
                                                      evaluation["threshold"])
+    backbone = (" + ".join(m["backbone"] for m in ensemble) + " (ensemble, mean logit)") if ensemble else cfg.backbone
     card = build_card(
-        name=cfg.model_name, version=cfg.model_version, backbone=cfg.backbone, input_size=input_size,
+        name=cfg.model_name, version=cfg.model_version, backbone=backbone, input_size=input_size,
         threshold=evaluation["threshold"],
         threshold_rule=ev.THRESHOLD_RULE.format(s=cfg.min_sensitivity) + f" on {evaluation['fitted_on']}",
-        gradcam_layer=f"backbone/{spec.feature_layer}", extra=extra,
+        gradcam_layer=f"backbone/{feature_layer}", extra=extra,
     )
     parity = np.repeat(data.val.images[:8][..., None].astype(np.float32), 3, axis=3)
     assert cfg.export_dir is not None  # _train exports only when it is set
@@ -474,17 +494,21 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """One run, top to bottom: data, model, stages, evaluation, export. Rerun the same command to resume."""
+    """One run, top to bottom: data, model, stages, evaluation, export. Rerun the same command to resume.
+    An ensemble recipe trains its members first (each resumable the same way), then merges and exports them."""
     from trainer.distribute import create_distribution, worker_view
 
     # The strategy first: a multi-worker one sets up TensorFlow's collectives, which must precede any other op.
     dist = create_distribution(cfg.strategy)
     # Batch size and learning rates scaled for the replicas; a non-chief worker writes to a private copy.
     with worker_view(cfg, dist) as view:
-        return _train(view, dist.strategy)
+        if view.members:
+            return _train_ensemble(view, dist.strategy)
+        return _train(view, dist.strategy)[1]
 
 
-def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # tf.distribute.Strategy
+def _start_run(cfg: TrainConfig) -> tuple[int, Path]:
+    """Input size and report folder; records the configuration and the recipe in the run folder."""
     import keras
 
     from trainer.backbones import BACKBONES
@@ -493,16 +517,15 @@ def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # tf.distribute.Strat
     run_dir = Path(cfg.run_dir)
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState(run_dir / "state.json")
     (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
     if cfg.recipe:
         (run_dir / "recipe.toml").write_text(cfg.recipe)
     keras.utils.set_random_seed(cfg.seed)
+    return input_size, report_dir
 
-    data = prepare_data(cfg, input_size, report_dir)
-    model, weights_source, strategy = build_model(cfg, input_size, strategy)
-    stage_times = run_stages(model, strategy, data, cfg, state)
-    evaluation = evaluate_run(model, data, cfg, report_dir, input_size)
+
+def _write_report(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any], stage_times, weights_source,
+                  input_size: int, report_dir: Path) -> dict[str, Any]:
     report = {
         "backbone": cfg.backbone, "input_size": input_size,
         "validation": evaluation["figures"]["validation"]["metrics"],
@@ -513,8 +536,83 @@ def _train(cfg: TrainConfig, strategy) -> dict[str, Any]:  # tf.distribute.Strat
         "stage_seconds": stage_times, "parameters": int(model.count_params()), "weights_source": asdict(weights_source),
     }
     (report_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def _train(cfg: TrainConfig, strategy) -> tuple[Any, dict[str, Any]]:  # tf.distribute.Strategy
+    """(trained model, report) of one run."""
+    input_size, report_dir = _start_run(cfg)
+    state = RunState(Path(cfg.run_dir) / "state.json")
+    data = prepare_data(cfg, input_size, report_dir)
+    model, weights_source, strategy = build_model(cfg, input_size, strategy)
+    stage_times = run_stages(model, strategy, data, cfg, state)
+    evaluation = evaluate_run(model, data, cfg, report_dir, input_size)
+    report = _write_report(model, data, cfg, evaluation, stage_times, weights_source, input_size, report_dir)
     if cfg.export_dir is not None:
         export_run(model, data, cfg, evaluation, weights_source, stage_times, input_size, report_dir)
+    return model, report
+
+
+def _member_config(cfg: TrainConfig, recipe: str, input_size: int) -> TrainConfig:
+    """A member's own recipe (no export of its own), checked to match the ensemble's input, data and split: the
+    ensemble's validation figures must be unseen by every member."""
+    from trainer.backbones import BACKBONES
+    from trainer.config import config_from_recipe
+
+    member = config_from_recipe(Path(recipe), export_dir=None, strategy=cfg.strategy, command=cfg.command,
+                                max_images=cfg.max_images)
+    mismatches = [
+        f"{name} {mine!r} (ensemble: {theirs!r})"
+        for name, mine, theirs in (
+            ("input size", member.input_size or BACKBONES[member.backbone].default_input_size, input_size),
+            ("data", str(member.data_root), str(cfg.data_root)),
+            ("val_fraction", member.val_fraction, cfg.val_fraction),
+            ("split_seed", member.split_seed, cfg.split_seed),
+            ("subtype_head", member.subtype_head, cfg.subtype_head),
+        )
+        if mine != theirs
+    ]
+    if mismatches:
+        raise ValueError(f"ensemble member {recipe}: " + "; ".join(mismatches))
+    return member
+
+
+def _train_ensemble(cfg: TrainConfig, strategy) -> dict[str, Any]:
+    """Train (or resume) every member, merge them into one network, evaluate and export it like one model."""
+    from trainer.backbones import WeightsSource
+    from trainer.ensemble import merge_members
+
+    input_size, report_dir = _start_run(cfg)
+    member_cfgs = [_member_config(cfg, recipe, input_size) for recipe in cfg.members]  # all checked first
+    members, summaries = [], []
+    stage_times: dict[str, float] = {}
+    for index, (recipe, member_cfg) in enumerate(zip(cfg.members, member_cfgs)):
+        log.info("ensemble member %d of %d: %s (run %s)", index + 1, len(cfg.members), recipe, member_cfg.run_dir)
+        model, report = _train(member_cfg, strategy)
+        members.append(model)
+        stage_times |= {f"member {index} stage {stage}": s for stage, s in report["stage_seconds"].items()}
+        summaries.append({
+            "recipe": recipe, "run_dir": str(member_cfg.run_dir), "backbone": member_cfg.backbone,
+            "seed": member_cfg.seed,
+            "stage_seconds": report["stage_seconds"], "weights": report["weights_source"],
+            "roc_auc": {name: f["metrics"]["roc_auc"] for name, f in report["figures"].items()},
+            "recipe_text": member_cfg.recipe,
+        })
+    _start_run(cfg)  # the members reseeded the generators
+    with strategy.scope():
+        model = merge_members(members)
+    sources = [s["weights"] for s in summaries]
+    same = all(s == sources[0] for s in sources)
+    weights_source = WeightsSource(
+        "; ".join(f"member {k}: {s['description']}" for k, s in enumerate(sources)),
+        sources[0]["path"] if same else None, sources[0]["sha256"] if same else None)
+    data = prepare_data(cfg, input_size, report_dir)
+    evaluation = evaluate_run(model, data, cfg, report_dir, input_size)
+    report = _write_report(model, data, cfg, evaluation, stage_times, weights_source, input_size, report_dir)
+    report["members"] = summaries
+    (report_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
+    if cfg.export_dir is not None:
+        export_run(model, data, cfg, evaluation, weights_source, stage_times, input_size, report_dir, summaries)
     return report
 
 

@@ -168,6 +168,16 @@ def test_ensemble_recipe_trains_its_members_then_exports_one_model_the_app_runs(
     explanation = model.explain(load_image(sample_paths[0]), refuse=False)
     assert 0 <= explanation.prediction.probability <= 1 and explanation.cam is not None
 
+    # every subset scored from the runs' own logits: a member alone reproduces its run's validation figure
+    table = tmp_path / "subsets.json"
+    assert main(["ensembles", str(tmp_path / "member0"), str(tmp_path / "member1"), "--json", str(table)]) == 0
+    rows = {" + ".join(r["members"]): r for r in json.loads(table.read_text())}
+    assert set(rows) == {"member0", "member1", "member0 + member1"}
+    for k in range(2):
+        own = json.loads((tmp_path / f"member{k}" / "report" / "metrics.json").read_text())
+        assert rows[f"member{k}"]["val_roc_auc"] == pytest.approx(own["validation"]["roc_auc"], abs=1e-6)
+    assert rows["member0 + member1"]["val_roc_auc"] == pytest.approx(raw["metrics"]["validation"]["roc_auc"], abs=1e-6)
+
     # resuming retrains nothing: the members' logs are unchanged
     logs = [(tmp_path / f"member{k}" / "log_stage1.csv").read_text() for k in range(2)]
     assert main(argv) == 0

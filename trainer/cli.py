@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("model", type=Path)
     samples.add_argument("--samples", type=Path, default=Path("resources/samples"))
 
+    ens = sub.add_parser("ensembles", help="score every subset of finished runs as an ensemble (mean logit) on "
+                         "validation and test half A (development)")
+    ens.add_argument("runs", nargs="+", type=Path, help="run folders (with recipe.toml and state.json)")
+    ens.add_argument("--min-sensitivity", type=float, default=0.95)
+    ens.add_argument("--doc", type=Path, help="write the table (Markdown) here")
+    ens.add_argument("--json", type=Path, help="write the rows (JSON) here")
     card = sub.add_parser("card", help="render MODEL_CARD.md from a model folder's model_card.json")
     card.add_argument("model", type=Path)
 
@@ -105,6 +111,15 @@ def _cmd_record_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensembles(args: argparse.Namespace) -> int:
+    from trainer.ensemble_search import markdown, score_subsets, write
+
+    rows = score_subsets(args.runs, args.min_sensitivity)
+    print(markdown(rows), end="")
+    write(rows, args.doc, args.json)
+    return 0
+
+
 def _cmd_card(args: argparse.Namespace) -> int:
     from trainer.card import render_markdown
 
@@ -137,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_tensorflow()
     handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
-                "compare": _cmd_compare, "card": _cmd_card, "record-samples": _cmd_record_samples}
+                "compare": _cmd_compare, "card": _cmd_card, "ensembles": _cmd_ensembles,
+                "record-samples": _cmd_record_samples}
     # Every error is one line on stderr and an exit status; -v also logs its traceback.
     try:
         return handlers[args.command](args)

@@ -10,6 +10,7 @@ import pytest
 from pneumo_desktop.core import model_card as mc
 from pneumo_desktop.core.imaging import load_image
 from pneumo_desktop.core.preprocess import prepare_input
+from tests.test_export import gradcam_reference
 from tests.test_trainer_data import make_dataset_folder
 
 
@@ -76,12 +77,10 @@ def test_exported_ensemble_keeps_the_contract_and_its_map_is_the_members_mean(tm
     """TFLite = Keras; the in-graph Grad-CAM weights are the merged logit's gradient; the map the app draws
     (weights . feature map) is the mean of the members' own maps; the OOD score reads every member."""
     import keras
-    import tensorflow as tf
 
     from trainer.card import build_card
     from trainer.ensemble import CONCAT_LAYER, member_layer_names, merge_members
     from trainer.export import export_model_folder, tflite_outputs
-    from trainer.model import head_logit
     from trainer.ood import fit_ood, pooled_feature_model, pooled_features
 
     members = [_member(5), _member(6)]
@@ -99,24 +98,13 @@ def test_exported_ensemble_keeps_the_contract_and_its_map_is_the_members_mean(tm
     np.testing.assert_allclose(tfl[mc.OUTPUT_PROBABILITY], 1 / (1 + np.exp(-mean_logit / 1.3)), atol=1e-4)
 
     reloaded = keras.models.load_model(out_dir / mc.KERAS_FILENAME, compile=False)
-    fmap = tf.constant(reloaded.get_layer("backbone")(sample_inputs, training=False))
-    with tf.GradientTape() as tape:
-        tape.watch(fmap)
-        logit = head_logit(reloaded, fmap)
-    grads = tape.gradient(logit, fmap).numpy().mean(axis=(1, 2))
+    grads, _ = gradcam_reference(reloaded, sample_inputs)
     np.testing.assert_allclose(tfl[mc.OUTPUT_CAM_WEIGHTS], grads, rtol=1e-3, atol=1e-6)
 
     def raw_map(weights, feature_map):
         return np.einsum("nhwc,nc->nhw", feature_map, weights)
 
-    member_maps = []
-    for member in members:
-        member_fmap = tf.constant(member.get_layer("backbone")(sample_inputs, training=False))
-        with tf.GradientTape() as tape:
-            tape.watch(member_fmap)
-            member_logit = head_logit(member, member_fmap)
-        weights = tape.gradient(member_logit, member_fmap).numpy().mean(axis=(1, 2))
-        member_maps.append(raw_map(weights, member_fmap.numpy()))
+    member_maps = [raw_map(*gradcam_reference(member, sample_inputs)) for member in members]
     np.testing.assert_allclose(raw_map(tfl[mc.OUTPUT_CAM_WEIGHTS], tfl[mc.OUTPUT_FEATURE_MAP]),
                                np.mean(member_maps, axis=0), rtol=1e-3, atol=1e-5)
     assert tfl[mc.OUTPUT_OOD_SCORE].shape == (len(sample_inputs), 1)

@@ -128,6 +128,17 @@ def test_densenet_without_download_fails_clearly(monkeypatch):
         build_backbone("densenet121", 64, None)
 
 
+def _imagenet_photo(skimage_data, name: str, size: int) -> np.ndarray:
+    """One of scikit-image's sample photos, centre-cropped square and resized: a (1, size, size, 3) batch."""
+    import cv2
+
+    img = getattr(skimage_data, name)()
+    h, w = img.shape[:2]
+    s = min(h, w)
+    crop = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)[None]
+
+
 def test_efficientnet_lite0_port_reproduces_imagenet_predictions():
     """The Keras port with the converted PyTorch weights recognises ImageNet photos as the original does."""
     from tests.conftest import WEIGHTS_DIR
@@ -136,18 +147,13 @@ def test_efficientnet_lite0_port_reproduces_imagenet_predictions():
     if not pth.is_file():
         pytest.skip(f"needs {pth} (the pretrained weights are not in the repository)")
     skimage_data = pytest.importorskip("skimage.data")
-    import cv2
 
     from trainer.efficientnet_lite import efficientnet_lite_from_pth
 
     model = efficientnet_lite_from_pth(pth, (224, 224, 3), include_top=True)
     expected = {"chelsea": (285, 0.405), "coffee": (967, 0.941)}  # PyTorch reference: Egyptian cat, espresso
     for name, (cls, prob) in expected.items():
-        img = getattr(skimage_data, name)()
-        h, w = img.shape[:2]
-        s = min(h, w)
-        crop = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        x = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_LINEAR).astype(np.float32)[None]
+        x = _imagenet_photo(skimage_data, name, 224)
         logits = model.predict(x, verbose=0)[0]
         p = np.exp(logits - logits.max())
         p /= p.sum()
@@ -163,7 +169,6 @@ def test_efficientnet_lite2_port_recognises_imagenet_photos():
     if not pth.is_file():
         pytest.skip(f"needs {pth} (the pretrained weights are not in the repository)")
     skimage_data = pytest.importorskip("skimage.data")
-    import cv2
 
     from trainer.efficientnet_lite import efficientnet_lite_from_pth
 
@@ -171,11 +176,7 @@ def test_efficientnet_lite2_port_recognises_imagenet_photos():
     assert model.count_params() == 6_150_232 - 64  # the state dict less its 64 BatchNorm batch counters
     cats = range(281, 286)  # ImageNet's domestic cats
     for name, classes in {"chelsea": cats, "coffee": (967,)}.items():  # espresso
-        img = getattr(skimage_data, name)()
-        h, w = img.shape[:2]
-        s = min(h, w)
-        crop = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        x = cv2.resize(crop, (260, 260), interpolation=cv2.INTER_LINEAR).astype(np.float32)[None]
+        x = _imagenet_photo(skimage_data, name, 260)
         logits = model.predict(x, verbose=0)[0]
         assert int(np.argmax(logits)) in classes
 

@@ -377,12 +377,11 @@ def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input
     }
 
 
-def fit_refusal(model, data: RunData, cfg: TrainConfig, input_size: int):
-    """OOD statistics on the training images; the limit refuses at most cfg.max_refused_share of validation."""
+def fit_refusal(model, data: RunData, cfg: TrainConfig, layers_: tuple[str, ...]):
+    """OOD statistics at `layers_` on the training images; the limit refuses at most cfg.max_refused_share of
+    validation."""
     from trainer.ood import fit_ood, limit_for_share, pooled_feature_model, pooled_features, score_numpy
     from trainer.pipeline import make_dataset
-
-    layers_ = model_layout(cfg)[1]
 
     def rgb(images):
         return make_dataset(images, np.zeros(len(images)), 64, training=False).map(lambda x, y: x)
@@ -402,17 +401,14 @@ def fit_refusal(model, data: RunData, cfg: TrainConfig, input_size: int):
     return stats, limit, shares
 
 
-def model_layout(cfg: TrainConfig) -> tuple[str, tuple[str, ...]]:
-    """(Grad-CAM layer, OOD layers) of the backbone cfg builds: its spec's, or the merged ensemble's."""
+def model_layout(backbone: str, member_backbones: list[str] | None = None) -> tuple[str, tuple[str, ...]]:
+    """(Grad-CAM layer, OOD layers) of one backbone's model, or of an ensemble merged from members' backbones."""
     from trainer.backbones import BACKBONES
     from trainer.ensemble import CONCAT_LAYER, member_layer_names
 
-    if cfg.members:
-        from trainer.config import config_from_recipe
-
-        backbones = [config_from_recipe(Path(recipe)).backbone for recipe in cfg.members]
-        return CONCAT_LAYER, member_layer_names([BACKBONES[b].ood_layers for b in backbones])
-    spec = BACKBONES[cfg.backbone]
+    if member_backbones:
+        return CONCAT_LAYER, member_layer_names([BACKBONES[b].ood_layers for b in member_backbones])
+    spec = BACKBONES[backbone]
     return spec.feature_layer, spec.ood_layers
 
 
@@ -424,13 +420,13 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
     from trainer.export import export_model_folder, sample_reference
     from trainer.model import has_subtype_head
 
-    feature_layer, ood_layers = model_layout(cfg)
+    feature_layer, ood_layers = model_layout(cfg.backbone, [m["backbone"] for m in ensemble] if ensemble else None)
     if cfg.ood and not ood_layers:
         log.warning(
             "backbone %s names no layers for the out-of-distribution score: exported without refusal", cfg.backbone
         )
     stats, limit, shares = (
-        fit_refusal(model, data, cfg, input_size) if cfg.ood and ood_layers else (None, None, {})
+        fit_refusal(model, data, cfg, ood_layers) if cfg.ood and ood_layers else (None, None, {})
     )
     extra: dict[str, Any] = {
         "metrics": {name: f["metrics"] for name, f in evaluation["figures"].items()}
@@ -525,7 +521,7 @@ def _start_run(cfg: TrainConfig) -> tuple[int, Path]:
 
 
 def _write_report(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any], stage_times, weights_source,
-                  input_size: int, report_dir: Path) -> dict[str, Any]:
+                  input_size: int, report_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     report = {
         "backbone": cfg.backbone, "input_size": input_size,
         "validation": evaluation["figures"]["validation"]["metrics"],
@@ -534,7 +530,7 @@ def _write_report(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, 
         "official_val_16": evaluation["official_val_16"], "split": data.split_info,
         "class_weights": data.class_weights, "excluded_images": len(data.prepared.rejected),
         "stage_seconds": stage_times, "parameters": int(model.count_params()), "weights_source": asdict(weights_source),
-    }
+    } | (extra or {})
     (report_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
     return report
 
@@ -579,6 +575,8 @@ def _member_config(cfg: TrainConfig, recipe: str, input_size: int) -> TrainConfi
 
 def _train_ensemble(cfg: TrainConfig, strategy) -> dict[str, Any]:
     """Train (or resume) every member, merge them into one network, evaluate and export it like one model."""
+    import keras
+
     from trainer.backbones import WeightsSource
     from trainer.ensemble import merge_members
 
@@ -598,7 +596,7 @@ def _train_ensemble(cfg: TrainConfig, strategy) -> dict[str, Any]:
             "roc_auc": {name: f["metrics"]["roc_auc"] for name, f in report["figures"].items()},
             "recipe_text": member_cfg.recipe,
         })
-    _start_run(cfg)  # the members reseeded the generators
+    keras.utils.set_random_seed(cfg.seed)  # the members reseeded the generators
     with strategy.scope():
         model = merge_members(members)
     sources = [s["weights"] for s in summaries]
@@ -608,9 +606,8 @@ def _train_ensemble(cfg: TrainConfig, strategy) -> dict[str, Any]:
         sources[0]["path"] if same else None, sources[0]["sha256"] if same else None)
     data = prepare_data(cfg, input_size, report_dir)
     evaluation = evaluate_run(model, data, cfg, report_dir, input_size)
-    report = _write_report(model, data, cfg, evaluation, stage_times, weights_source, input_size, report_dir)
-    report["members"] = summaries
-    (report_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
+    report = _write_report(model, data, cfg, evaluation, stage_times, weights_source, input_size, report_dir,
+                           {"members": summaries})
     if cfg.export_dir is not None:
         export_run(model, data, cfg, evaluation, weights_source, stage_times, input_size, report_dir, summaries)
     return report

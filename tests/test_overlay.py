@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
 from pneumo_desktop.core.overlay import COLORMAPS, colorbar, colorize, render_overlay
+from pneumo_desktop.core.resize import resize_float
 from tests.imaging_helpers import sample_grey
 
 
@@ -58,7 +58,7 @@ def test_map_of_another_size_is_resized(grey: np.ndarray) -> None:
     small[3, 3] = 1.0
     out = render_overlay(grey, small, opacity=1.0)
     assert out.shape == grey.shape + (3,)
-    big = cv2.resize(small, grey.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    big = resize_float(small, *grey.shape)
     assert np.array_equal(out, colorize(big, "jet"))
 
 

@@ -7,14 +7,15 @@ w_c (the spatial mean of d logit / d A, computed exactly in the graph), so no gr
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from pneumo_desktop.core.resize import RESAMPLING, resize_float
 
 # Below this fraction of the largest possible |sum_c w_c A_c|, a positive peak is floating-point residue
 # of cancelling terms, not evidence: such a map stays all zero instead of being blown up to 1.
 _RELATIVE_FLOOR = 1e-6
 
-INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+INTERPOLATIONS = tuple(RESAMPLING)  # "linear", "cubic"
 
 
 def cam_low_res(feature_map: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -31,20 +32,18 @@ def cam_low_res(feature_map: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (cam / np.float32(peak)).astype(np.float32, copy=False)
 
 
-def upsample(cam: np.ndarray, height: int, width: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+def upsample(cam: np.ndarray, height: int, width: int, interpolation: str = "linear") -> np.ndarray:
     """Resize a 0..1 map to (height, width); cubic overshoot is clipped back into 0..1."""
     if cam.shape == (height, width):
         return cam.astype(np.float32, copy=True)
-    out = cv2.resize(
-        np.ascontiguousarray(cam, dtype=np.float32), (int(width), int(height)), interpolation=interpolation
-    )
-    if interpolation != cv2.INTER_LINEAR:  # linear cannot leave 0..1; cubic can
+    out = resize_float(cam, height, width, interpolation)
+    if interpolation != "linear":  # linear cannot leave 0..1; cubic can
         np.clip(out, 0.0, 1.0, out=out)
     return out
 
 
 def gradcam(
-    feature_map: np.ndarray, weights: np.ndarray, height: int, width: int, interpolation: int = cv2.INTER_LINEAR
+    feature_map: np.ndarray, weights: np.ndarray, height: int, width: int, interpolation: str = "linear"
 ) -> np.ndarray:
     """Grad-CAM of one image at (height, width), float32 in 0..1."""
     return upsample(cam_low_res(feature_map, weights), height, width, interpolation)

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -513,6 +512,12 @@ def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 luma with the ITU-R BT.601 weights (as Pillow's "L" and OpenCV)."""
+    luma = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+
+
 def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     """Scale data by its real range (min..max) to uint8; a constant image becomes 0.
 
@@ -769,9 +774,9 @@ def _dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
         return _result(path, grey, "DICOM", bits_stored, **display)
     elif photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
-        grey = cv2.cvtColor(scale_to_uint8(np.asarray(rgb)), cv2.COLOR_RGB2GRAY)
+        grey = rgb_to_grey(scale_to_uint8(np.asarray(rgb)))
     elif arr.ndim == 3 and arr.shape[-1] == 3:  # RGB, or YBR already converted to RGB by pydicom
-        grey = cv2.cvtColor(scale_to_uint8(np.ascontiguousarray(arr)), cv2.COLOR_RGB2GRAY)
+        grey = rgb_to_grey(scale_to_uint8(np.asarray(arr)))
     else:
         raise DicomDecodeError(path, f"unsupported DICOM photometric interpretation {photometric!r}")
     return _result(path, grey, "DICOM", bits_stored)

@@ -6,14 +6,18 @@ exactly this function, so the app feeds the model what it was trained on.
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+from functools import lru_cache
 
-PREPROCESSING_ID = "grey-resize-area-v1"
+import numpy as np
+from PIL import Image
+
+PREPROCESSING_ID = "grey-resize-area-v2"
 PREPROCESSING_DESCRIPTION = (
     "8-bit greyscale image; whole image resized (aspect ratio not kept) to input_size x input_size "
-    "with OpenCV INTER_AREA; grey replicated to 3 channels; float32 in 0..255. "
-    "Backbone-specific normalisation is inside the model graph."
+    "by exact area averaging (each output pixel the mean of the source area it covers, fractional pixels "
+    "weighted by coverage; bilinear when a side must grow), rounded to 8 bits; grey replicated to 3 channels; "
+    "float32 in 0..255. Backbone-specific normalisation is inside the model graph. Numpy only; gives the same "
+    "pixels as grey-resize-area-v1 (OpenCV INTER_AREA) to within one grey level."
 )
 
 
@@ -21,9 +25,32 @@ def resize_grey(grey: np.ndarray, input_size: int) -> np.ndarray:
     """Resize a 2-D uint8 image to input_size x input_size (uint8)."""
     if grey.ndim != 2 or grey.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 grey image, got {grey.dtype} {grey.shape}")
-    # INTER_AREA averages when shrinking (no aliasing from 2000 px originals); for the rare
-    # image smaller than the input it behaves like bilinear.
-    return cv2.resize(grey, (input_size, input_size), interpolation=cv2.INTER_AREA)
+    height, width = grey.shape
+    if height < input_size or width < input_size:
+        # A side must grow (rare: tiny images): bilinear, as OpenCV's INTER_AREA also did there.
+        resized = Image.fromarray(np.ascontiguousarray(grey)).resize(
+            (input_size, input_size), resample=Image.Resampling.BILINEAR
+        )
+        return np.array(resized, dtype=np.uint8)
+    # Area averaging (no aliasing from 2000 px originals) as two small matrix products. Pillow's BOX filter is
+    # not this: it gives each source pixel all-or-nothing weight, and model v3, trained on area-averaged
+    # inputs, moved by up to 0.33 in probability on test half A (development) when fed BOX-resized images.
+    rows = _area_weights(height, input_size)
+    cols = _area_weights(width, input_size)
+    averaged = rows @ grey.astype(np.float32) @ cols.T
+    return np.clip(np.rint(averaged), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=32)
+def _area_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) float32: row j holds the share of each source pixel in output pixel j's span."""
+    scale = source / target
+    starts = np.arange(target, dtype=np.float64)[:, None] * scale
+    pixels = np.arange(source, dtype=np.float64)[None, :]
+    overlap = np.minimum(pixels + 1, starts + scale) - np.maximum(pixels, starts)
+    weights = (np.clip(overlap, 0.0, None) / scale).astype(np.float32)
+    weights.setflags(write=False)  # shared by every caller through the cache
+    return weights
 
 
 def to_model_input(resized_grey: np.ndarray) -> np.ndarray:

@@ -35,6 +35,19 @@ class AugmentConfig:
     crop_scale_min: float = 1.0
     crop_aspect: float = 1.0
     gamma: float = 1.0  # exponent drawn log-uniformly from [1/gamma, gamma] (1.0 = off)
+    # Against the outline-and-framing shortcut (model v4), each a per-image probability (0 = off), using the body
+    # mask of core/body_mask.py warped with the image:
+    # the region outside the body replaced by a random grey level with random noise;
+    background_replace: float = 0.0
+    # the body flattened to one grey (only outline and background left) with the target set to 0.5, "no
+    # evidence either way", so the outline alone cannot push the probability anywhere;
+    body_flatten: float = 0.0
+    # a random rectangle at a random corner (side markers, labels) set to a random grey.
+    corner_erase: float = 0.0
+
+    @property
+    def uses_body_mask(self) -> bool:
+        return self.background_replace > 0 or self.body_flatten > 0
 
     @classmethod
     def disabled(cls) -> AugmentConfig:

@@ -19,7 +19,8 @@ import numpy as np
 
 from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import ImageLoadError, load_image
-from pneumo_desktop.core.preprocess import resize_grey
+from pneumo_desktop.core.body_mask import body_mask
+from pneumo_desktop.core.preprocess import PREPROCESSING_ID, resize_grey
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def manifest_sha256(samples: list[Sample], root: Path) -> str:
 def load_or_prepare(samples: list[Sample], input_size: int, cache_dir: Path, tag: str) -> PreparedSplit:
     """prepare_split with an on-disk cache keyed by the file list, sizes and mtimes (reruns skip decoding)."""
     key = hashlib.sha256()
-    key.update(f"{input_size}\n".encode())
+    key.update(f"{input_size}|{PREPROCESSING_ID}\n".encode())
     for sample in samples:
         stat = sample.path.stat()
         key.update(f"{sample.path}|{sample.label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -175,3 +176,20 @@ def load_or_prepare(samples: list[Sample], input_size: int, cache_dir: Path, tag
     )
     tmp.replace(cache)
     return prepared
+
+
+def body_masks(images: np.ndarray, cache_dir: Path | None = None) -> np.ndarray:
+    """uint8 (N, S, S) body masks (1 = body, core/body_mask.py) of prepared images, cached by their content."""
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
+    cache = None if cache_dir is None else Path(cache_dir) / f"body-masks-{digest}.npy"
+    if cache is not None and cache.is_file():
+        return np.load(cache, allow_pickle=False)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        masks = np.stack(list(pool.map(body_mask, images))).astype(np.uint8)
+    log.info("body masks: %d images, mean body share %.3f", len(masks), float(masks.mean()))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.stem + ".partial.npy")
+        np.save(tmp, masks)
+        tmp.replace(cache)
+    return masks

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from trainer.config import TrainConfig
-from trainer.data import PreparedSplit, list_split, load_or_prepare, manifest_sha256, write_integrity_report
+from trainer.data import (
+    PreparedSplit,
+    body_masks,
+    list_split,
+    load_or_prepare,
+    manifest_sha256,
+    write_integrity_report,
+)
 from trainer.split import class_weights, grouped_split
 
 log = logging.getLogger(__name__)
@@ -191,12 +198,21 @@ def _subtype_auc(split: Split, p_viral: np.ndarray | None) -> float:
     return ev.roc_auc(split.subtype[known], p_viral[known])
 
 
+def flattened_bodies(images_u8: np.ndarray) -> np.ndarray:
+    """Prepared images with each body flattened to its mean grey (core/body_mask.py), as the shortcut test does."""
+    from pneumo_desktop.core.body_mask import body_mask, flatten_body
+
+    return np.stack([flatten_body(image, body_mask(image)) for image in images_u8])
+
+
 def _epoch_scorer(model, data: RunData):
     """A callback that scores validation and the development set after every epoch into the logs
     (val_auc, dev_auc, and the subtype's val_viral_auc / dev_viral_auc), before CSVLogger writes them."""
     import keras
 
     from trainer import evaluate as ev
+
+    flat: dict[str, np.ndarray] = {}  # the flattened copies, made once
 
     class EpochScorer(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -207,6 +223,11 @@ def _epoch_scorer(model, data: RunData):
                 logits, p_viral = predict_outputs(model, split.images)
                 logs[f"{prefix}_auc"] = ev.roc_auc(split.labels, logits)
                 logs[f"{prefix}_viral_auc"] = _subtype_auc(split, p_viral)
+                # The shortcut test: the same images with the body flattened (only outline and background left).
+                if prefix not in flat:
+                    flat[prefix] = flattened_bodies(split.images)
+                flat_logits, _ = predict_outputs(model, flat[prefix])
+                logs[f"{prefix}_body_flat_auc"] = ev.roc_auc(split.labels, flat_logits)
             log.info("epoch %d: %s", epoch + 1, {k: round(float(v), 4) for k, v in logs.items() if "auc" in k})
 
     return EpochScorer()
@@ -245,8 +266,9 @@ def _run_stage(model, stage: int, epochs: int, lr: float, data: RunData, cfg: Tr
         loss, loss_weights = _weighted_bce(data.class_weights), None
     with model.distribute_strategy.scope():  # the optimizer lives where the model's variables do
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, loss_weights=loss_weights)
+    masks = body_masks(data.train.images, Path(cfg.run_dir).parent / "cache") if cfg.augment.uses_body_mask else None
     train_ds = make_dataset(data.train.images, data.train.labels, cfg.batch_size, True, cfg.augment, cfg.seed,
-                            subtype_labels=data.train.subtype if subtype else None)
+                            subtype_labels=data.train.subtype if subtype else None, body_masks=masks)
     key = _selection_key(cfg)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / f"backup_stage{stage}")),

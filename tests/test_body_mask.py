@@ -80,7 +80,7 @@ def test_real_xray_has_a_plausible_body() -> None:
 
 
 def test_flattening_keeps_only_what_it_should() -> None:
-    grey, truth = synthetic_film()
+    grey, _ = synthetic_film()
     mask = body_mask(grey)
     flat = flatten_body(grey, mask)
     assert len(np.unique(flat[mask])) == 1 and flat[mask][0] == body_grey(grey, mask)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_desktop.core.body_mask import body_mask
 from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import ImageLoadError, load_image
-from pneumo_desktop.core.body_mask import body_mask
 from pneumo_desktop.core.preprocess import PREPROCESSING_ID, resize_grey
 
 log = logging.getLogger(__name__)

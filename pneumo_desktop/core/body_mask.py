@@ -99,7 +99,7 @@ def body_mask(grey: np.ndarray, height: int | None = None, width: int | None = N
 def body_grey(grey: np.ndarray, mask: np.ndarray) -> int:
     """The body's mean grey level (the "flat grey" of the shortcut test); mid-grey when there is no body."""
     inside = np.asarray(grey)[mask]
-    return int(round(float(inside.mean()))) if inside.size else 128
+    return round(float(inside.mean())) if inside.size else 128
 
 
 def flatten_body(grey: np.ndarray, mask: np.ndarray, value: int | None = None) -> np.ndarray:
@@ -114,7 +114,7 @@ def flatten_background(grey: np.ndarray, mask: np.ndarray, value: int | None = N
     out = np.array(grey, dtype=np.uint8, copy=True)
     outside = ~mask
     if outside.any():
-        out[outside] = int(round(float(np.asarray(grey)[outside].mean()))) if value is None else value
+        out[outside] = round(float(np.asarray(grey)[outside].mean())) if value is None else value
     return out
 
 

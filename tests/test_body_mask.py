@@ -16,8 +16,11 @@ from pneumo_desktop.core.body_mask import (
 from tests.imaging_helpers import sample_grey
 
 
+Box = tuple[float, float, float, float]
+
+
 def synthetic_film(height: int = 400, width: int = 320, seed: int = 0, marker: bool = True,
-                   body_box: tuple[float, float, float, float] = (0.18, 0.05, 0.82, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+                   body_box: Box = (0.18, 0.05, 0.82, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """A dark noisy background, a bright torso (an ellipse cut by the bottom edge) with two dark lungs inside,
     a bright side marker in a corner that is not part of the body. Returns (grey, true body mask)."""
     rng = np.random.default_rng(seed)

@@ -15,7 +15,6 @@ from pneumo_desktop.core.body_mask import (
 )
 from tests.imaging_helpers import sample_grey
 
-
 Box = tuple[float, float, float, float]
 
 

@@ -76,6 +76,10 @@ class RefusalSpec:
     limit: float
     method: str
     rule: str
+    # Inversion check (model v4 on; None = off): an image whose score is at least this gate is scored a second
+    # time with its grey levels inverted; if the inverted copy looks more like a chest X-ray than the image
+    # (a lower score), the image is refused as inverted. The gate keeps the second inference off most images.
+    inversion_gate: float | None = None
 
     def refuses(self, ood_score: float) -> bool:
         # a score that is not a number cannot vouch for the image: refuse it
@@ -86,7 +90,12 @@ class RefusalSpec:
         limit = float(data["limit"])
         if not math.isfinite(limit):
             raise ValueError(f"refusal limit {limit}")
-        return cls(limit=limit, method=str(data.get("method", "")), rule=str(data.get("rule", "")))
+        inversion = data.get("inversion_check") or {}
+        gate = None if inversion.get("gate") is None else float(inversion["gate"])
+        if gate is not None and not (math.isfinite(gate) and gate >= 0):
+            raise ValueError(f"inversion gate {gate}")
+        return cls(limit=limit, method=str(data.get("method", "")), rule=str(data.get("rule", "")),
+                   inversion_gate=gate)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,12 @@ STATUS_REFUSED = "refused"
 STATUS_ERROR = "error"  # used by batch rows for files that could not be read or scored
 
 
+INVERTED_REASON = (
+    "looks inverted (bone dark, air bright): check the photometric interpretation (MONOCHROME1/MONOCHROME2) "
+    "of the export"
+)
+
+
 def refusal_reason(ood_score: float, limit: float) -> str:
     return (
         "does not look like a frontal chest X-ray: "
@@ -86,6 +92,7 @@ class Extras(TypedDict):
 
     p_viral: float | None
     ood_score: float | None
+    looks_inverted: bool
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class RawOutputs:
     cam_weights: np.ndarray  # (N, C) float32
     p_viral: np.ndarray | None = None  # (N,) float32, when the model has a subtype head
     ood_score: np.ndarray | None = None  # (N,) float32, when the model has a refusal limit
+    looks_inverted: np.ndarray | None = None  # (N,) bool, when the card has an inversion check
 
     def cam(self, index: int, height: int, width: int) -> np.ndarray:
         return gradcam(self.feature_map[index], self.cam_weights[index], height, width)
@@ -106,6 +114,7 @@ class RawOutputs:
         return {
             "p_viral": None if self.p_viral is None else float(self.p_viral[index]),
             "ood_score": None if self.ood_score is None else float(self.ood_score[index]),
+            "looks_inverted": bool(self.looks_inverted is not None and self.looks_inverted[index]),
         }
 
 
@@ -275,12 +284,31 @@ class PneumoniaModel:
         p_viral = self._optional(out, mc.OUTPUT_P_VIRAL, batch.shape[0]) if self.card.subtype else None
         ood = self._optional(out, mc.OUTPUT_OOD_SCORE, batch.shape[0]) if self.card.refusal else None
         return RawOutputs(
+            looks_inverted=self._inversion_check(batch, ood),
             probability=np.clip(probability, 0.0, 1.0),
             feature_map=np.asarray(out[mc.OUTPUT_FEATURE_MAP], dtype=np.float32),
             cam_weights=np.asarray(out[mc.OUTPUT_CAM_WEIGHTS], dtype=np.float32),
             p_viral=None if p_viral is None else np.clip(p_viral, 0.0, 1.0),
             ood_score=ood,  # not clipped: a non-finite score is refused (RefusalSpec.refuses)
         )
+
+    def _inversion_check(self, batch: np.ndarray, ood: np.ndarray | None) -> np.ndarray | None:
+        """Which images look inverted: their grey-inverted copy scores as more X-ray-like (lower OOD score).
+
+        On test half A (development) every upright X-ray scored lower than its inverted copy (model v3: by 0.29
+        at least), so upright films are not refused by this; only images at or above the card's gate pay the
+        second inference."""
+        gate = None if self.card.refusal is None else self.card.refusal.inversion_gate
+        if gate is None or ood is None:
+            return None
+        flagged = np.zeros(batch.shape[0], bool)
+        suspects = np.flatnonzero(~(ood < gate))  # NaN scores are suspects too
+        if suspects.size:
+            with self._lock:
+                out = self._engine(np.ascontiguousarray(255.0 - batch[suspects], dtype=np.float32))
+            inverted_ood = self._optional(out, mc.OUTPUT_OOD_SCORE, suspects.size)
+            flagged[suspects] = inverted_ood < ood[suspects]
+        return flagged
 
     @staticmethod
     def _optional(out: dict[str, np.ndarray], name: str, count: int) -> np.ndarray:
@@ -299,6 +327,7 @@ class PneumoniaModel:
         *,
         p_viral: float | None = None,
         ood_score: float | None = None,
+        looks_inverted: bool = False,
         refuse: bool = True,
     ) -> Prediction:
         """One image's result from its raw outputs: refusal first, then the label, then the subtype."""
@@ -314,8 +343,11 @@ class PneumoniaModel:
         )
         limit = card.refusal.limit if card.refusal is not None else None
         reason = None
-        if card.refusal is not None and ood_score is not None and card.refusal.refuses(ood_score):
+        if looks_inverted:
+            reason = INVERTED_REASON
+        elif card.refusal is not None and ood_score is not None and card.refusal.refuses(ood_score):
             reason = refusal_reason(ood_score, card.refusal.limit)
+        if reason is not None:
             if refuse:
                 return Prediction(probability=None, label=None, status=STATUS_REFUSED, ood_score=ood_score,
                                   ood_limit=limit, refusal_reason=reason, **base)

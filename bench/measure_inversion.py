@@ -1,0 +1,80 @@
+"""Inverted X-rays: how many grey-inverted copies of a folder's X-rays are refused or read correctly.
+
+    python bench/measure_inversion.py FOLDER [--model DIR] [--json OUT]
+
+Every image in FOLDER (searched recursively; e.g. ../shared/data/test_half_a) is scored upright and as an
+inverted copy (255 - grey: what a MONOCHROME1/2 mix-up looks like), through PneumoniaModel.predict with refusal
+on, as a user scores it. An inverted copy counts as handled when it is refused or its probability is within 0.1
+of the upright image's. Prints the handled share (the goal: >= 90%), the refusals of upright images by reason
+(goal: <= 1% in all), and the out-of-distribution scores of both, from which the card's inversion gate is set
+(--suggest-gate: 90% of the lowest score an inverted copy reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pneumo_desktop.core.imaging import ImageLoadError, find_images, load_image  # noqa: E402
+from pneumo_desktop.core.runtime import INVERTED_REASON, PneumoniaModel  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    model = PneumoniaModel.load(args.model)
+    upright_reasons: Counter[str] = Counter()
+    handled = refused = within = 0
+    ood_upright: list[float] = []
+    ood_inverted: list[float] = []
+    total = 0
+    for path in find_images([args.folder], recursive=True):
+        try:
+            image = load_image(path)
+        except ImageLoadError:
+            continue
+        total += 1
+        up, inv = model.predict([image, replace(image, grey=255 - image.grey)])
+        raw = model.run(np.stack([model.prepare(image.grey), model.prepare(255 - image.grey)]))
+        if raw.ood_score is not None:
+            ood_upright.append(float(raw.ood_score[0]))
+            ood_inverted.append(float(raw.ood_score[1]))
+        if up.refused:
+            upright_reasons["inverted" if up.refusal_reason == INVERTED_REASON else "out of distribution"] += 1
+        if inv.refused:
+            refused += 1
+        elif up.probability is not None and inv.probability is not None:
+            within += int(abs(inv.probability - up.probability) <= 0.1)
+        handled = refused + within
+    result = {
+        "folder": str(args.folder), "model": model.describe(), "images": total,
+        "inverted_handled_share": handled / total if total else None,
+        "inverted_refused": refused, "inverted_read_within_0.1": within,
+        "upright_refused_share": sum(upright_reasons.values()) / total if total else None,
+        "upright_refused_by_reason": dict(upright_reasons),
+    }
+    if ood_upright:
+        up_arr, inv_arr = np.array(ood_upright), np.array(ood_inverted)
+        result["ood_upright_median_max"] = [float(np.median(up_arr)), float(up_arr.max())]
+        result["ood_inverted_min_median"] = [float(inv_arr.min()), float(np.median(inv_arr))]
+        result["upright_scores_lower_than_inverted"] = int((up_arr < inv_arr).sum())
+        result["suggested_gate"] = round(0.9 * float(inv_arr.min()), 3)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Inverted X-rays (a MONOCHROME1/2 mix-up) are refused with their own reason; upright films are not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pneumo_desktop.core import model_card as mc
+from pneumo_desktop.core.imaging import load_image
+from pneumo_desktop.core.runtime import INVERTED_REASON, PneumoniaModel
+
+
+@pytest.fixture(scope="module")
+def model(bundled_model_dir) -> PneumoniaModel:
+    loaded = PneumoniaModel.load(bundled_model_dir)
+    if loaded.card.refusal is None or loaded.card.refusal.inversion_gate is None:
+        pytest.fail("the bundled model's card has no inversion check")
+    return loaded
+
+
+def test_inverted_samples_are_refused_as_inverted_and_upright_ones_are_not(model, sample_paths) -> None:
+    images = [load_image(p) for p in sample_paths[:6]]
+    upright = model.predict(images)
+    inverted = model.predict([replace(image, grey=255 - image.grey) for image in images])
+    assert all(p.refusal_reason != INVERTED_REASON for p in upright)
+    assert [p.refused for p in inverted] == [True] * len(images)
+    assert {p.refusal_reason for p in inverted} == {INVERTED_REASON}
+    assert "photometric interpretation" in INVERTED_REASON
+
+
+def test_score_anyway_scores_an_inverted_image_and_marks_it(model, sample_paths) -> None:
+    image = load_image(sample_paths[0])
+    [result] = model.predict([replace(image, grey=255 - image.grey)], refuse=False)
+    assert not result.refused and result.probability is not None
+    assert result.overridden and result.refusal_reason == INVERTED_REASON
+
+
+def test_the_check_runs_only_where_the_card_asks(bundled_model_dir, sample_paths, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(bundled_model_dir, folder)
+    card_path = folder / mc.CARD_FILENAME
+    card = json.loads(card_path.read_text())
+    del card["refusal"]["inversion_check"]
+    card_path.write_text(json.dumps(card))
+    model = PneumoniaModel.load(folder)
+    assert model.card.refusal is not None and model.card.refusal.inversion_gate is None
+    image = load_image(sample_paths[0])
+    [result] = model.predict([replace(image, grey=255 - image.grey)], refuse=False)
+    assert result.refusal_reason != INVERTED_REASON
+
+
+def test_a_bad_gate_makes_the_card_malformed(bundled_model_dir) -> None:
+    card = json.loads((bundled_model_dir / mc.CARD_FILENAME).read_text())
+    card["refusal"]["inversion_check"]["gate"] = -1
+    with pytest.raises(mc.ModelIntegrityError):
+        mc.ModelCard.from_dict(card)

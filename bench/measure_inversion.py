@@ -7,7 +7,8 @@ inverted copy (255 - grey: what a MONOCHROME1/2 mix-up looks like), through Pneu
 on, as a user scores it. An inverted copy counts as handled when it is refused or its probability is within 0.1
 of the upright image's. Prints the handled share (the goal: >= 90%), the refusals of upright images by reason
 (goal: <= 1% in all), and the out-of-distribution scores of both, from which the card's inversion gate is set
-(--suggest-gate: 90% of the lowest score an inverted copy reached).
+(90% of the lowest score an inverted copy reached). --write-gate records that gate and the rule in the model
+card's refusal section (measure again afterwards: the figures with the check on are the ones to report).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pneumo_desktop.core.imaging import ImageLoadError, find_images, load_image  # noqa: E402
+from pneumo_desktop.core.model_card import CARD_FILENAME  # noqa: E402
 from pneumo_desktop.core.runtime import INVERTED_REASON, PneumoniaModel  # noqa: E402
 
 
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--write-gate", action="store_true", help="record the suggested gate in the model's card")
     args = parser.parse_args()
     model = PneumoniaModel.load(args.model)
     upright_reasons: Counter[str] = Counter()
@@ -74,6 +77,29 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_gate and "suggested_gate" in result:
+        write_gate(model.model_dir, result)
+
+
+def write_gate(model_dir: Path, result: dict) -> None:
+    card_path = model_dir / CARD_FILENAME
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card["refusal"]["inversion_check"] = {
+        "gate": result["suggested_gate"],
+        "rule": "an image whose out-of-distribution score is at least the gate is scored again with its grey levels "
+                "inverted; if the inverted copy scores lower (looks more like a chest X-ray), the image is refused "
+                "as inverted",
+        "gate_from": f"90% of the lowest score of an inverted copy of an image of {result['folder']} "
+                     f"({result['ood_inverted_min_median'][0]:.3f})",
+        "measured_before": f"{result['folder']}: inverted copies handled (refused or read within 0.1) "
+                           f"{result['inverted_refused'] + result['inverted_read_within_0.1']}/{result['images']} "
+                           f"without the check; {result['upright_scores_lower_than_inverted']} of {result['images']} "
+                           "upright images scored lower than their inverted copy (bench/measure_inversion.py)",
+    }
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(card_path)
+    print(f"inversion gate {result['suggested_gate']} written to {card_path}")
 
 
 if __name__ == "__main__":

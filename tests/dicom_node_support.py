@@ -83,10 +83,12 @@ class Orthanc:
             self.process.wait()
 
 
-def start_orthanc(folder: Path, listener_ae: str = "PNEUMO", listener_port: int = 11112) -> Orthanc:
+def start_orthanc(folder: Path, listener_ae: str = "PNEUMO", listener_port: int = 11112,
+                  dicom_port: int | None = None) -> Orthanc:
+    """Orthanc on free localhost ports, with a temporary config and storage in `folder`."""
     binary = require_tool("Orthanc")
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = free_port(), dicom_port or free_port()
     config: dict[str, Any] = {
         "Name": "pneumo-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,

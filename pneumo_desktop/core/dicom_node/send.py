@@ -55,7 +55,7 @@ def _associate(peer: Peer, calling_ae: str, contexts: tuple[str, ...]):  # -> py
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
     for uid in contexts:
         ae.add_requested_context(uid)
-    tls = (client_ssl_context(peer), "") if peer.uses_tls else None
+    tls = (client_ssl_context(peer), peer.host) if peer.uses_tls else None
     return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls)
 
 

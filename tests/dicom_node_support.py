@@ -101,7 +101,7 @@ def start_orthanc(folder: Path, listener_ae: str = "PNEUMO", listener_port: int 
         config["Plugins"] = [str(ORTHANC_DICOMWEB)]
         config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     (folder / "orthanc.json").write_text(json.dumps(config))
-    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - the process owns it
+    log = open(folder / "orthanc.log", "wb")
     process = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(http_port, process=process)
@@ -142,7 +142,7 @@ def start_listener(spool: Path, port: int, *args: str, config_dir: Path | None =
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env["PNEUMO_DESKTOP_CONFIG_DIR"] = str(config_dir or spool.parent / "config")
     log_path = spool.parent / log_name
-    log = open(log_path, "ab")  # noqa: SIM115 - the process owns it
+    log = open(log_path, "ab")
     cmd = [sys.executable, "-m", "pneumo_desktop", "listen", "--port", str(port), "--spool", str(spool),
            "--bind", "127.0.0.1", "-v", *args]
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

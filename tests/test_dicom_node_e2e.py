@@ -21,8 +21,8 @@ from pneumo_desktop.core.imaging import load_image
 from tests.dicom_node_support import (
     Orthanc,
     echoscu,
-    require_tool,
     free_port,
+    require_tool,
     start_listener,
     start_orthanc,
     storescu,

@@ -102,7 +102,7 @@ class NodeConfig:
 
     port: int = DEFAULT_PORT
     ae_title: str = DEFAULT_AE_TITLE
-    bind: str = "0.0.0.0"  # noqa: S104 - a modality on the network must reach it; restrict with --bind
+    bind: str = "0.0.0.0"
     allow: tuple[str, ...] = ()  # calling AE titles accepted; empty: any
     send_to: tuple[str, ...] = ()  # AE@HOST:PORT or a peer's name
     stow: str | None = None  # STOW-RS base URL (…/dicom-web): POST {stow}/studies

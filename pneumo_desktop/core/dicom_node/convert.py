@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -36,8 +36,8 @@ def dx_from_grey(grey: np.ndarray, identity: Identity, *, date: str = "20260101"
         raise ValueError(f"expected a 2-D uint8 image, got {grey.dtype} {grey.shape}")
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
-    ds.file_meta.MediaStorageSOPInstanceUID = identity.sop_instance_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(DX_FOR_PRESENTATION)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(identity.sop_instance_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SOPClassUID = DX_FOR_PRESENTATION

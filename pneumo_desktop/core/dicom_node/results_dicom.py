@@ -19,6 +19,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
+from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.sr.coding import Code
 
 from pneumo_desktop import __version__
@@ -105,7 +106,7 @@ def build_content(source: Dataset, prediction: Prediction) -> hd.sr.ContainerCon
         uid=_device_uid(prediction.model_sha256), name="Pneumo Desktop", manufacturer_name=MANUFACTURER,
         model_name=f"{prediction.model_name} {prediction.model_version}",
     )
-    observer = hd.sr.ObserverContext(observer_type=Code("121007", "DCM", "Device"),
+    observer = hd.sr.ObserverContext(observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
                                      observer_identifying_attributes=device)
     items: list[Dataset] = list(hd.sr.ObservationContext(observer_device_context=observer))
     finding = hd.sr.CodeContentItem(name=FINDING, value=PNEUMONIA, relationship_type="CONTAINS")
@@ -133,10 +134,10 @@ def build_content(source: Dataset, prediction: Prediction) -> hd.sr.ContainerCon
         name=SOURCE_IMAGE, referenced_sop_class_uid=source.SOPClassUID,
         referenced_sop_instance_uid=source.SOPInstanceUID, relationship_type="INFERRED FROM",
     ))
-    finding.ContentSequence = children
+    finding.ContentSequence = PydicomSequence(children)
     items.append(finding)
     items.append(_text(COMMENT, NOTICE, relation="CONTAINS"))
-    root.ContentSequence = items
+    root.ContentSequence = PydicomSequence(items)
     return root
 
 
@@ -155,7 +156,8 @@ def build_results(source: Dataset, grey: np.ndarray, explanation: Explanation) -
     rgb = render_result(grey, explanation.cam, prediction)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", patient_orientation=("L", "F"), series_instance_uid=uids.sc_series, series_number=SC_SERIES_NUMBER,
+        coordinate_system="PATIENT", patient_orientation=("L", "F"),
+        series_instance_uid=uids.sc_series, series_number=SC_SERIES_NUMBER,
         sop_instance_uid=uids.sc_instance, instance_number=int(source.get("InstanceNumber") or 1),
         manufacturer=MANUFACTURER, transfer_syntax_uid="1.2.840.10008.1.2.1",
         series_description="Pneumo Desktop heat map (research use only)",

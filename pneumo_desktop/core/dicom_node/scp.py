@@ -119,7 +119,7 @@ class StorageListener:
         ae.add_supported_context(VERIFICATION)
         for uid in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(uid, syntaxes)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_REJECTED, self._on_rejected)]
         self._server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers,
                                        ssl_context=server_ssl_context(self.config))

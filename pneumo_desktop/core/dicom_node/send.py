@@ -49,7 +49,6 @@ def client_ssl_context(peer: Peer) -> ssl.SSLContext:
 
 def _associate(peer: Peer, calling_ae: str, contexts: tuple[str, ...]):  # -> pynetdicom Association
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # noqa: F401 - registers the UID names
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S

@@ -110,7 +110,8 @@ class NodeService:
         for (item, image, header, sha), explanation in zip(loaded, explanations):
             try:
                 objects = build_results(header, image.grey, explanation)
-                encoded = [(objects.uids.sr_instance, encode(objects.sr)), (objects.uids.sc_instance, encode(objects.sc))]
+                encoded = [(objects.uids.sr_instance, encode(objects.sr)),
+                           (objects.uids.sc_instance, encode(objects.sc))]
             except Exception as exc:  # a source header the builders cannot use: that instance fails alone
                 log.warning("%s: cannot build the results: %s: %s", item.sop_instance_uid, type(exc).__name__, exc)
                 self._fail(item, f"cannot build the results: {exc}")

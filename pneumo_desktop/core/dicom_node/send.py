@@ -52,8 +52,8 @@ def _associate(peer: Peer, calling_ae: str, contexts: tuple[str, ...]):  # -> py
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
-    for uid in contexts:
-        ae.add_requested_context(uid)
+    for uid in contexts:  # what the results are encoded in first; Implicit VR for peers that only take that
+        ae.add_requested_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     tls = (client_ssl_context(peer), peer.host) if peer.uses_tls else None
     return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls)
 

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, work: Path) -> int:
     print(f"making {args.count} DX instances (<= {args.side} px) ...", flush=True)
-    instances = make_instances(work / "dx", args.count, args.side) if (work / "dx").mkdir() is None else []
+    (work / "dx").mkdir()
+    instances = make_instances(work / "dx", args.count, args.side)
     port = free_port()
     orthanc = start_orthanc(work / "orthanc", listener_port=port)
     spool, csv_path = work / "spool", work / "results.csv"

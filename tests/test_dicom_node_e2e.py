@@ -184,7 +184,8 @@ def test_security_limits_and_bad_input(tmp_path, orthanc, dx_files):
     del no_pixels.PixelData
     assert _scu_store(port, no_pixels) == 0xA900
     bad_uid = pydicom.dcmread(dx_files[1])
-    bad_uid.SOPInstanceUID = "1.2.abc"
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        bad_uid.SOPInstanceUID = "1.2.abc"
     assert _scu_store(port, bad_uid) in (0xA900, 0xC000)
     # over the instance size limit (2 MB): out of resources
     big = pydicom.dcmread(dx_files[1])

@@ -86,13 +86,22 @@ class NodeResultsCsv:
 
     def append(self, row: BatchRow, sop_instance_uid: str, sender_ae: str) -> bool:
         """Write the row unless this UID has one; True when written."""
+        return self.append_many([(row, sop_instance_uid, sender_ae)]) == 1
+
+    def append_many(self, rows: list[tuple[BatchRow, str, str]]) -> int:
+        """Write the rows whose UID has none yet, with one write and one fsync; returns how many were written."""
         with self._lock:
-            if sop_instance_uid in self._seen:
-                log.info("%s already has a row for %s; not written again", self.path, sop_instance_uid)
-                return False
-            self._write(format_row(row, sop_instance_uid, sender_ae))
-            self._seen.add(sop_instance_uid)
-            return True
+            text, written = [], set()
+            for row, uid, sender_ae in rows:
+                if uid in self._seen or uid in written:
+                    log.info("%s already has a row for %s; not written again", self.path, uid)
+                    continue
+                text.append(format_row(row, uid, sender_ae))
+                written.add(uid)
+            if text:
+                self._write("".join(text))
+                self._seen |= written
+            return len(written)
 
     def close(self) -> None:
         os.close(self._fd)

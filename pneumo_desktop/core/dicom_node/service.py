@@ -107,6 +107,8 @@ class NodeService:
         if not loaded:
             return
         explanations = self.model.explain_many([image for _, image, _, _ in loaded])
+        queued: dict[str, list[tuple[str, bytes]]] = {d.key: [] for d in self.destinations}
+        rows, finished = [], []
         for (item, image, header, sha), explanation in zip(loaded, explanations):
             try:
                 objects = build_results(header, image.grey, explanation)
@@ -116,17 +118,24 @@ class NodeService:
                 log.warning("%s: cannot build the results: %s: %s", item.sop_instance_uid, type(exc).__name__, exc)
                 self._fail(item, f"cannot build the results: {exc}")
                 continue
+            for objects_of_dest in queued.values():
+                objects_of_dest.extend(encoded)
             p = explanation.prediction
-            self.csv.append(BatchRow(
+            rows.append((BatchRow(
                 item.path, p.probability, p.label or "", p.threshold, p.model_sha256, sha, "", status=p.status,
                 ood_score=p.ood_score, ood_limit=p.ood_limit, overridden=p.overridden,
                 refusal_reason=p.refusal_reason or "", p_viral=p.p_viral, subtype=p.subtype or "",
                 threshold_source=p.threshold_source,
-            ), item.sop_instance_uid, item.sender_ae)
-            self.spool.finish(item, {d.key: encoded for d in self.destinations}, note=p.status)
-            self.counters.scored += 1
+            ), item.sop_instance_uid, item.sender_ae))
+            finished.append((item, p.status))
             log.info("%s from %s: %s", item.sop_instance_uid, item.sender_ae or "?",
                      p.status if p.refused else f"P(pneumonia) {p.probability:.4f} {p.label}")
+        # The batch's steps in the order that makes a kill at any point safe (see spool.py): results queued,
+        # CSV rows written, instances marked done and removed. One fsync per folder per step.
+        self.spool.queue_results(queued)
+        self.csv.append_many(rows)
+        self.spool.mark_done(finished)
+        self.counters.scored += len(finished)
         for event in self._outbox.values():
             event.set()
 

@@ -99,7 +99,8 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
 
-    def _write_durably(self, target: Path, data: bytes) -> None:
+    def _write_durably(self, target: Path, data: bytes, sync_folder: bool = True) -> None:
+        """tmp file, fsync, rename; then the folder's fsync (or the caller's, once for several files)."""
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         try:
             with open(tmp, "wb") as handle:
@@ -109,7 +110,8 @@ class Spool:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
+        if sync_folder:
+            _fsync_dir(target.parent)
 
     def _check_room(self, size: int) -> None:
         if self._bytes + size > self.max_bytes:
@@ -162,6 +164,11 @@ class Spool:
 
     def finish(self, item: Pending, results: dict[str, list[tuple[str, bytes]]], note: str = "scored") -> None:
         """Queue `results` ({destination key: [(result SOP UID, bytes)]}), then mark `item` done and remove it."""
+        self.queue_results(results)
+        self.mark_done([(item, note)])
+
+    def queue_results(self, results: dict[str, list[tuple[str, bytes]]]) -> None:
+        """Write result files durably into each destination's outbox (one folder fsync per destination)."""
         for key, objects in results.items():
             folder = self.outbox / key
             folder.mkdir(exist_ok=True)
@@ -169,11 +176,19 @@ class Spool:
                 target = folder / f"{uid}.dcm"
                 existed = target.exists()  # a restart after a crash re-queues the same object: count it once
                 old = target.stat().st_size if existed else 0
-                self._write_durably(target, data)
+                self._write_durably(target, data, sync_folder=False)
                 self._bytes += len(data) - old
+            _fsync_dir(folder)
+
+    def mark_done(self, items: list[tuple[Pending, str]]) -> None:
+        """Mark instances done (durably), then remove their received files: in that order, under the lock."""
         with self._lock:
-            self._write_durably(self.done / item.sop_instance_uid, note.encode())
-            self._drop(item.path)
+            for item, note in items:
+                self._write_durably(self.done / item.sop_instance_uid, note.encode(), sync_folder=False)
+            _fsync_dir(self.done)
+            for item, _note in items:
+                self._drop(item.path, sync_folder=False)
+            _fsync_dir(self.incoming)
 
     def fail(self, item: Pending, reason: str) -> None:
         """An instance that cannot be scored: kept in failed/ for a person to look at, never retried."""
@@ -185,14 +200,15 @@ class Spool:
                 os.replace(item.path, target)
                 self._bytes -= size
 
-    def _drop(self, path: Path) -> None:
+    def _drop(self, path: Path, sync_folder: bool = True) -> None:
         try:
             size = path.stat().st_size
             path.unlink()
             self._bytes -= size
         except FileNotFoundError:
             pass
-        _fsync_dir(path.parent)
+        if sync_folder:
+            _fsync_dir(path.parent)
 
     # ------------------------------------------------------------------ results to send
 

@@ -118,8 +118,15 @@ def run(argv: Sequence[str]) -> int:
         _error(str(exc))
         return EXIT_USAGE
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _serve(node, config, model, stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _serve(node, config, model, stop: threading.Event) -> int:  # Node, NodeConfig, PneumoniaModel
     try:
         node.start()
     except OSError as exc:

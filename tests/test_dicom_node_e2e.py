@@ -97,7 +97,10 @@ def test_kill_mid_stream_and_restart_finish_every_instance_once(tmp_path, orthan
     assert wait_until(lambda: sum(1 for _ in (spool / "incoming").glob("*.dcm")) + sum(
         1 for _ in (spool / "done").iterdir()) >= 2, timeout=60, interval=0.01)
     listener.kill()
+    waiting_at_kill = sum(1 for _ in (spool / "incoming").glob("*.dcm"))
     sender.wait(60)
+    # the kill interrupted work: instances received but not scored yet, and/or a transfer cut short
+    assert waiting_at_kill > 0 or sender.returncode != 0
     restarted = start_listener(spool, port, *args, log_name="listen2.log")
     # the modality sends everything again (what it does for instances it got no success for); duplicates included
     result = storescu(port, dx_files)

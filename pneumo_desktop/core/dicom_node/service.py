@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pneumo_desktop.core.batch import BatchRow
 from pneumo_desktop.core.dicom_node.results_csv import NodeResultsCsv
 from pneumo_desktop.core.dicom_node.results_dicom import build_results, encode
-from pneumo_desktop.core.dicom_node.send import Destination, Outcome
+from pneumo_desktop.core.dicom_node.send import Destination, Outcome, SendResult
 from pneumo_desktop.core.dicom_node.spool import Pending, Spool
 from pneumo_desktop.core.imaging import ImageLoadError, decode_image
 from pneumo_desktop.core.runtime import STATUS_ERROR, PneumoniaModel
@@ -159,7 +159,11 @@ class NodeService:
             if not files:
                 wake.wait(1.0)
                 continue
-            results = dest.send(files, self.calling_ae)
+            try:
+                results = dest.send(files, self.calling_ae)
+            except Exception as exc:  # a bug or an unexpected library error: keep the files, keep the thread
+                log.exception("%s: sending failed", dest.label)
+                results = [SendResult(path, Outcome.RETRY, f"{type(exc).__name__}: {exc}") for path in files]
             retry = [r for r in results if r.outcome is Outcome.RETRY]
             for r in results:
                 if r.outcome is Outcome.SENT:

@@ -70,6 +70,14 @@ class Orthanc:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
 
+    def post_find(self, study_uid: str) -> list[str]:
+        """The modalities of the series Orthanc holds in that study."""
+        request = urllib.request.Request(
+            self.url + "/tools/find", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return [s["MainDicomTags"]["Modality"] for s in json.loads(response.read())]
+
     def instances(self) -> list[dict[str, Any]]:
         """Every stored instance with its main tags (SOPClassUID, StudyInstanceUID, ...)."""
         return [self.get(f"/instances/{iid}/simplified-tags") for iid in self.get("/instances")]

@@ -93,3 +93,29 @@ def test_send_results_to_pacs_puts_sr_and_sc_in_the_study(qtbot, tmp_path, ortha
     actions.send(Peer(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port))
     qtbot.waitUntil(lambda: len(messages) == 2, timeout=30_000)
     assert messages[-1][0] == "warning" and "not a DICOM image" in messages[-1][2]
+
+
+def test_main_window_sends_the_image_on_screen(qtbot, tmp_path, orthanc, sample_paths, bundled_model_dir):
+    """The File menu's action, wired in the real window: the open DICOM image's SR and SC reach Orthanc."""
+    from pneumo_desktop.gui.main_window import MainWindow
+    from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
+
+    save_peers([Peer(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port, name="orthanc")])  # the user's config
+    identity = new_identity("GUI-WINDOW")
+    dx = tmp_path / "window.dcm"
+    dx_from_grey(load_image(sample_paths[2]).grey, identity).save_as(dx, enforce_file_format=True)
+    window = MainWindow(model=PneumoniaModel.load(bundled_model_dir),
+                        settings=SettingsStore(ini_qsettings(tmp_path / "settings.ini")))
+    qtbot.addWidget(window)
+    window.show()
+    file_menu = window.menuBar().actions()[0].menu()
+    assert window.pacs.send_action in file_menu.actions() and window.pacs.peers_action in file_menu.actions()
+    with qtbot.waitSignal(window.predictionShown, timeout=30_000):
+        window.open_paths([dx])
+    window.pacs.send_action.trigger()
+    qtbot.waitUntil(lambda: window.pacs.last_report is not None, timeout=60_000)
+    assert window.last_message is not None and window.last_message[0] == "information"
+    assert window.pacs.last_report is not None and window.pacs.last_report.study_uid == identity.study_instance_uid
+    found = orthanc.post_find(identity.study_instance_uid)
+    assert sorted(found) == ["OT", "SR"]
+    window.pool.waitForDone(30_000)

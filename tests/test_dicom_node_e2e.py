@@ -173,7 +173,7 @@ def _scu_store(port: int, ds: Dataset, calling: str = "MODALITY") -> int | None:
         assoc.release()
 
 
-def test_security_limits_and_bad_input(tmp_path, orthanc, dx_files):
+def test_security_limits_and_bad_input(tmp_path, orthanc, dx_files, sample_paths):
     port = free_port()
     spool = tmp_path / "spool"
     listener = start_listener(spool, port, "--allow", "MODALITY", "--stow", f"{orthanc.url}/dicom-web",
@@ -187,9 +187,9 @@ def test_security_limits_and_bad_input(tmp_path, orthanc, dx_files):
     del no_pixels.PixelData
     assert _scu_store(port, no_pixels) == 0xA900
     bad_uid = pydicom.dcmread(dx_files[1])
-    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):  # pydicom says so, and sends it anyway
         bad_uid.SOPInstanceUID = "1.2.abc"
-    assert _scu_store(port, bad_uid) in (0xA900, 0xC000)
+        assert _scu_store(port, bad_uid) in (0xA900, 0xC000)
     # over the instance size limit (2 MB): out of resources
     big = pydicom.dcmread(dx_files[1])
     big.SOPInstanceUID = "1.2.3.4.5.6"
@@ -207,9 +207,18 @@ def test_security_limits_and_bad_input(tmp_path, orthanc, dx_files):
         assoc.release()
     # the listener still serves: a good instance goes through, and its SR reaches Orthanc by STOW-RS
     assert _scu_store(port, good) == 0x0000
-    study = good.StudyInstanceUID
-    assert wait_until(lambda: len(_results_by_source(orthanc, {study}).get(good.SOPInstanceUID, [])) == 2,
-                      timeout=60), listener.log()
+    # a Secondary Capture in JPEG Baseline, as DCMTK's img2dcm makes it from a sample, is accepted too
+    sc_file = tmp_path / "sc.dcm"
+    subprocess.run([require_tool("img2dcm"), str(sample_paths[0]), str(sc_file)], check=True, timeout=60)
+    sc = pydicom.dcmread(sc_file)
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    sent = subprocess.run([require_tool("storescu"), "-xy", "-aet", "MODALITY", "-aec", "PNEUMO", "127.0.0.1",
+                           str(port), str(sc_file)], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    for source in (good, sc):
+        study = source.StudyInstanceUID
+        assert wait_until(lambda study=study, uid=source.SOPInstanceUID: len(
+            _results_by_source(orthanc, {study}).get(uid, [])) == 2, timeout=60), listener.log()
     assert listener.stop() == 0
     log_text = listener.log()
     assert "no pixel data" in log_text and "over the instance limit" in log_text and "rejected" in log_text

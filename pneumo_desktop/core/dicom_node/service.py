@@ -142,7 +142,8 @@ class NodeService:
     def _fail(self, item: Pending, reason: str) -> None:
         log.warning("%s from %s cannot be scored: %s (kept in %s)", item.sop_instance_uid, item.sender_ae or "?",
                     reason, self.spool.failed)
-        self.csv.append(BatchRow(item.path, None, "", self.model.operating_point.value, self.model.sha256, "",
+        kept = self.spool.failed / f"{item.sop_instance_uid}.dcm"  # where spool.fail moves it
+        self.csv.append(BatchRow(kept, None, "", self.model.operating_point.value, self.model.sha256, "",
                                  reason, status=STATUS_ERROR, threshold_source=self.model.operating_point.source),
                         item.sop_instance_uid, item.sender_ae)
         self.spool.fail(item, reason)

@@ -204,3 +204,31 @@ def test_results_csv_has_one_row_per_instance(tmp_path, model):
     lines = path.read_text().splitlines()
     assert lines[0].split(",") == list(NODE_CSV_COLUMNS) and len(lines) == 3
     assert lines[1].endswith(",1.2.3,CR1") and lines[2].endswith(",1.2.4,'=cmd")  # formulas neutralised
+
+
+def test_scorer_scores_good_instances_and_keeps_undecodable_ones(tmp_path, model, dx_file):
+    from pneumo_desktop.core.dicom_node.send import Destination
+    from pneumo_desktop.core.dicom_node.service import NodeService
+
+    spool = Spool(tmp_path / "spool", 100 * MB, 0)
+    results = NodeResultsCsv(tmp_path / "results.csv")
+    destination = Destination(peer=Peer("PACS", "127.0.0.1", 1))
+    service = NodeService(spool, model, results, [destination], "PNEUMO")
+    good = dx_file.read_bytes()
+    broken_ds = pydicom.dcmread(dx_file)
+    broken_ds.SOPInstanceUID = "1.2.3.999"
+    broken_ds.PixelData = broken_ds.PixelData[:1000]  # pixel data cut short: the header is fine, decoding fails
+    broken_path = tmp_path / "broken.dcm"
+    broken_ds.save_as(broken_path, enforce_file_format=True)
+    good_uid = pydicom.dcmread(dx_file, stop_before_pixels=True).SOPInstanceUID
+    assert spool.receive(good_uid, good, "CR1") and spool.receive("1.2.3.999", broken_path.read_bytes(), "CR1")
+    service.score(spool.pending())
+    assert spool.pending() == []
+    assert (spool.failed / "1.2.3.999.dcm").exists()
+    assert len(spool.queued(destination.key)) == 2  # the good one's SR and SC wait for the PACS
+    results.close()
+    rows = {line.split(",")[-2]: line for line in (tmp_path / "results.csv").read_text().splitlines()[1:]}
+    assert ",scored," in rows[good_uid] and ",error," in rows["1.2.3.999"]
+    assert str(spool.failed / "1.2.3.999.dcm") in rows["1.2.3.999"]
+    assert spool.receive("1.2.3.999", broken_path.read_bytes(), "CR1") is False  # not retried on a resend
+    spool.close()

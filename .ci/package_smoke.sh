@@ -83,6 +83,24 @@ echo "CSV: $rows rows for $files files, $scored scored for $images images"
 head -1 "$work/scores.csv" | grep -q "^path,probability,prediction,threshold,model_sha256,image_sha256,error" \
     || fail "unexpected CSV header: $(head -1 "$work/scores.csv")"
 
+step "listen (DICOM node): C-ECHO, then a sample as Secondary Capture (DCMTK's img2dcm) scored"
+if command -v echoscu >/dev/null && command -v storescu >/dev/null && command -v img2dcm >/dev/null; then
+    port=$(( 20000 + RANDOM % 20000 ))
+    "$exe" listen --bind 127.0.0.1 --port "$port" --spool "$work/spool" >"$work/listen.log" 2>&1 &
+    listen_pid=$!
+    for _ in $(seq 150); do echoscu -aec PNEUMO 127.0.0.1 "$port" 2>/dev/null && break; sleep 0.2; done
+    echoscu -aec PNEUMO 127.0.0.1 "$port" || fail "the node does not answer C-ECHO: $(cat "$work/listen.log")"
+    img2dcm resources/samples/IM-0265-0001.jpeg "$work/sample.dcm"
+    storescu -xy -aec PNEUMO 127.0.0.1 "$port" "$work/sample.dcm" || fail "C-STORE to the node failed"  # -xy: JPEG
+    for _ in $(seq 150); do grep -q ",scored," "$work/spool/results.csv" 2>/dev/null && break; sleep 0.2; done
+    kill "$listen_pid"
+    wait "$listen_pid" || true
+    grep -q ",scored," "$work/spool/results.csv" || fail "the node scored nothing: $(cat "$work/listen.log")"
+    echo "scored by the node: $(tail -1 "$work/spool/results.csv" | cut -d, -f2,3)"
+else
+    echo "DCMTK not installed: skipped"
+fi
+
 step "GUI start"
 # Start the GUI, wait for its main window (xcb under Xvfb) or its start-up log line (offscreen), then
 # close it. Passing means: the frozen Qt found its plugins, the window was created, and the app was

@@ -81,7 +81,7 @@ def _main_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Chest X-ray pneumonia estimation with Grad-CAM. " + RESEARCH_USE_STATEMENT,
         epilog=f"Commands: '{PROG} score --help', '{PROG} predict --help', '{PROG} evaluate --help', "
-               f"'{PROG} calibrate --help', '{PROG} profiles --help', '{PROG} merge --help'. "
+               f"'{PROG} calibrate --help', '{PROG} profiles --help', '{PROG} merge --help', '{PROG} listen --help'. "
                "Without arguments the app opens. " + EXIT_STATUS_HELP,
     )
     parser.add_argument("files", nargs="*", type=Path, help="images to open in the app")
@@ -183,6 +183,10 @@ def _exit_status(exc: PneumoError) -> int:
 def _dispatch(args: list[str]) -> int:
     from pneumo_desktop.site_cli import SITE_COMMANDS  # evaluate, calibrate, profiles
 
+    if args and args[0] == "listen":  # the DICOM node (listen_cli.py), with its own logging set-up
+        from pneumo_desktop.listen_cli import run as listen
+
+        return listen(args[1:])
     if args and args[0] in ("score", "predict", "merge", *SITE_COMMANDS):
         _configure_logging()
         command = {"score": _score, "predict": _predict, "merge": _merge, **SITE_COMMANDS}[args[0]]

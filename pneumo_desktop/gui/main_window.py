@@ -53,6 +53,7 @@ from .icons import app_icon, glyph
 from .image_view import ImageView, array_to_qimage
 from .options import OverlayOptions, WindowLevel, apply_window_level, full_range_window
 from .overlay_controls import DisplayControls, OverlayControls
+from .pacs_actions import PacsActions
 from .prediction_panel import PredictionPanel
 from .report import ExportError, ReportData, save_png, write_pdf_report
 from .settings import SettingsStore
@@ -433,6 +434,10 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.act_export_png)
         file_menu.addAction(self.act_export_pdf)
+        # DICOM (issue 24, gui/pacs_actions.py): Send Results to PACS…, PACS Peers…
+        self.pacs = PacsActions(self, self.pool, lambda: (self.state.path, self.state.image, self.state.explanation),
+                                self._message)
+        file_menu.addActions(self.pacs.actions())
         file_menu.addSeparator()
         file_menu.addAction(self.act_open_model)
         file_menu.addSeparator()

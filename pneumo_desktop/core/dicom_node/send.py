@@ -1,0 +1,181 @@
+"""Sending result files to a destination: a DICOM peer (C-STORE, optionally over TLS) or a STOW-RS URL.
+
+`send_files` returns one outcome per file: sent, retry (the peer is down, busy or out of resources: try
+again later) or rejected (the peer refused this object for good). Also the C-ECHO the window's Echo button
+runs. No retry loop here: the sender thread (service.py) owns the back-off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import ssl
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from pneumo_desktop.core.dicom_node.config import Peer
+
+log = logging.getLogger(__name__)
+
+SR_AND_SC = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7")
+TIMEOUT_S = 30.0
+
+
+class Outcome(Enum):
+    SENT = "sent"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    path: Path
+    outcome: Outcome
+    detail: str = ""
+
+
+def client_ssl_context(peer: Peer) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(peer.tls_ca) if peer.tls_ca else None)
+    context.check_hostname = False  # DICOM peers are named by AE title and address; the CA pins who they are
+    if peer.tls_cert is not None and peer.tls_key is not None:
+        context.load_cert_chain(str(peer.tls_cert), str(peer.tls_key))
+    return context
+
+
+def _associate(peer: Peer, calling_ae: str, contexts: tuple[str, ...]):  # -> pynetdicom Association
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
+    for uid in contexts:  # what the results are encoded in first; Implicit VR for peers that only take that
+        ae.add_requested_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    tls = (client_ssl_context(peer), peer.host) if peer.uses_tls else None
+    return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls)
+
+
+def echo(peer: Peer, calling_ae: str = "PNEUMO") -> str:
+    """C-ECHO the peer; returns a sentence for a person ('... answered') or raises ConnectionError."""
+    try:
+        assoc = _associate(peer, calling_ae, ("1.2.840.10008.1.1",))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionError(f"{peer.label}: {exc}") from None
+    if not assoc.is_established:
+        raise ConnectionError(f"{peer.label}: {_why_not(assoc)}")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status or status.get("Status") != 0:
+        raise ConnectionError(f"{peer.label} answered the echo with status {_status_text(status)}")
+    return f"{peer.label} answered the echo (C-ECHO success)"
+
+
+def _why_not(assoc) -> str:
+    if assoc.is_rejected:
+        return "the peer rejected the association (check the AE titles and that it knows this node)"
+    if assoc.is_aborted:
+        return "the association was aborted (wrong port, TLS mismatch, or the peer refused the connection)"
+    return "no association: the peer cannot be reached (check host, port and that it is running)"
+
+
+def _status_text(status) -> str:
+    return "none (no answer)" if not status else f"0x{int(status.get('Status', 0xFFFF)):04X}"
+
+
+def _is_transient(code: int) -> bool:
+    """Out of resources (0xA7xx), and the codes a busy or restarting peer answers: try again later."""
+    return (code & 0xFF00) == 0xA700 or code in (0x0210, 0x0211, 0x0212, 0xA702)
+
+
+def send_dimse(peer: Peer, calling_ae: str, files: list[Path]) -> list[SendResult]:
+    from pydicom import dcmread
+
+    try:
+        assoc = _associate(peer, calling_ae, SR_AND_SC)
+    except (OSError, ssl.SSLError) as exc:
+        return [SendResult(p, Outcome.RETRY, str(exc)) for p in files]
+    if not assoc.is_established:
+        return [SendResult(p, Outcome.RETRY, _why_not(assoc)) for p in files]
+    results = []
+    try:
+        for index, path in enumerate(files):
+            if not assoc.is_established:  # dropped mid-way: the rest waits for the next try
+                results += [SendResult(p, Outcome.RETRY, "association lost") for p in files[index:]]
+                break
+            try:
+                ds = dcmread(path)
+                status = assoc.send_c_store(ds)
+            except (OSError, ValueError, RuntimeError) as exc:  # unreadable queued file or no context
+                results.append(SendResult(path, Outcome.REJECTED, f"{type(exc).__name__}: {exc}"))
+                continue
+            code = int(status.get("Status", 0xFFFF)) if status else None
+            if code is None:
+                results.append(SendResult(path, Outcome.RETRY, "no answer to C-STORE"))
+            elif code == 0 or (code & 0xF000) == 0xB000:  # success, or warning (stored with coercion)
+                results.append(SendResult(path, Outcome.SENT, f"0x{code:04X}"))
+            elif _is_transient(code):
+                results.append(SendResult(path, Outcome.RETRY, f"status 0x{code:04X}"))
+            else:
+                results.append(SendResult(path, Outcome.REJECTED, f"status 0x{code:04X}"))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
+
+
+def send_stow(url: str, files: list[Path], timeout: float = TIMEOUT_S) -> list[SendResult]:
+    """POST the files to {url}/studies as one multipart/related request (DICOM PS3.18 STOW-RS)."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for path in files:
+        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        url.rstrip("/") + "/studies", data=body, method="POST",
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                 "Accept": "application/dicom+json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            code = response.status
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+        outcome = Outcome.RETRY if code in (408, 429) or code >= 500 else Outcome.REJECTED
+        if code == 409:  # conflict: some instances failed; STOW gives no per-file status we parse here
+            outcome = Outcome.RETRY
+        return [SendResult(p, outcome, f"HTTP {code}") for p in files]
+    except (OSError, urllib.error.URLError) as exc:
+        return [SendResult(p, Outcome.RETRY, str(exc)) for p in files]
+    if code in (200, 202):
+        return [SendResult(p, Outcome.SENT, f"HTTP {code}") for p in files]
+    return [SendResult(p, Outcome.RETRY, f"HTTP {code}") for p in files]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go: a peer (C-STORE) or a STOW-RS base URL. `key` names its outbox folder."""
+
+    peer: Peer | None = None
+    stow_url: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.peer is not None:
+            raw = f"dimse-{self.peer.ae_title}@{self.peer.host}-{self.peer.port}"
+            return re.sub(r"[^A-Za-z0-9@._-]", "_", raw)
+        digest = hashlib.sha256(str(self.stow_url).encode()).hexdigest()[:12]
+        return f"stow-{digest}"
+
+    @property
+    def label(self) -> str:
+        return self.peer.label if self.peer is not None else f"STOW-RS {self.stow_url}"
+
+    def send(self, files: list[Path], calling_ae: str) -> list[SendResult]:
+        if self.peer is not None:
+            return send_dimse(self.peer, calling_ae, files)
+        return send_stow(str(self.stow_url), files)

@@ -1,0 +1,182 @@
+"""The node's two kinds of worker: one scorer, and one sender per destination.
+
+The scorer takes received instances from the spool (oldest first, a model batch at a time), scores them
+with Grad-CAM, builds the SR and the SC, queues them for every destination, writes the CSV row, and marks
+the instance done (spool.finish: in that order, so a kill between steps repeats only idempotent work).
+A sender sends its destination's queue; on failure it waits (1 s, doubling up to retry_max_s) and tries
+again; the files stay on disk meanwhile. Both wake at once when there is new work (an Event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+
+from pneumo_desktop.core.batch import BatchRow
+from pneumo_desktop.core.dicom_node.results_csv import NodeResultsCsv
+from pneumo_desktop.core.dicom_node.results_dicom import build_results, encode
+from pneumo_desktop.core.dicom_node.send import Destination, Outcome, SendResult
+from pneumo_desktop.core.dicom_node.spool import Pending, Spool
+from pneumo_desktop.core.imaging import ImageLoadError, decode_image
+from pneumo_desktop.core.runtime import STATUS_ERROR, PneumoniaModel
+
+log = logging.getLogger(__name__)
+
+SEND_BATCH = 16  # files per association / STOW request
+
+
+@dataclass
+class Counters:
+    scored: int = 0
+    failed: int = 0
+    sent: int = 0
+    rejected: int = 0
+
+
+class NodeService:
+    def __init__(self, spool: Spool, model: PneumoniaModel, csv: NodeResultsCsv, destinations: list[Destination],
+                 calling_ae: str, retry_max_s: float = 60.0) -> None:
+        self.spool, self.model, self.csv = spool, model, csv
+        self.destinations, self.calling_ae, self.retry_max_s = destinations, calling_ae, retry_max_s
+        self.counters = Counters()
+        self._stop = threading.Event()
+        self._work = threading.Event()
+        self._outbox = {d.key: threading.Event() for d in destinations}
+        self._threads: list[threading.Thread] = []
+        known = {d.key for d in destinations}
+        for key in spool.queued_keys():
+            if key not in known and spool.queued(key, limit=1):
+                log.warning("results queued for %s, which is no longer a destination, stay in %s",
+                            key, spool.outbox / key)
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._score_loop, name="pneumo-scorer", daemon=True)]
+        for dest in self.destinations:
+            self._threads.append(threading.Thread(target=self._send_loop, args=(dest,),
+                                                  name=f"pneumo-send-{dest.key}", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def notify(self) -> None:
+        """A new instance is in the spool."""
+        self._work.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._work.set()
+        for event in self._outbox.values():
+            event.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def idle(self) -> bool:
+        """Nothing waiting to be scored or sent (tests and the benchmark poll this)."""
+        return not self.spool.pending(limit=1) and not any(self.spool.queued(d.key, 1) for d in self.destinations)
+
+    # ------------------------------------------------------------------ scoring
+
+    def _score_loop(self) -> None:
+        while not self._stop.is_set():
+            self._work.clear()
+            batch = self.spool.pending(limit=self.model.batch_size)
+            if not batch:
+                self._work.wait(1.0)
+                continue
+            try:
+                self.score(batch)
+            except Exception:  # a bug must not stop the node: the items stay queued and are retried
+                log.exception("scoring failed; retrying in 5 s")
+                self._stop.wait(5.0)
+
+    def score(self, batch: list[Pending]) -> None:
+        from pydicom import dcmread
+
+        loaded = []
+        for item in batch:
+            try:
+                data = item.path.read_bytes()
+                image = decode_image(data, item.path)
+                header = dcmread(item.path, stop_before_pixels=True)
+                loaded.append((item, image, header, hashlib.sha256(data).hexdigest()))
+            except ImageLoadError as exc:
+                self._fail(item, exc.reason)
+            except Exception as exc:  # pydicom raises many types on bad headers
+                self._fail(item, f"{type(exc).__name__}: {exc}")
+        if not loaded:
+            return
+        explanations = self.model.explain_many([image for _, image, _, _ in loaded])
+        queued: dict[str, list[tuple[str, bytes]]] = {d.key: [] for d in self.destinations}
+        rows, finished = [], []
+        for (item, image, header, sha), explanation in zip(loaded, explanations):
+            try:
+                objects = build_results(header, image.grey, explanation)
+                encoded = [(objects.uids.sr_instance, encode(objects.sr)),
+                           (objects.uids.sc_instance, encode(objects.sc))]
+            except Exception as exc:  # a source header the builders cannot use: that instance fails alone
+                log.warning("%s: cannot build the results: %s: %s", item.sop_instance_uid, type(exc).__name__, exc)
+                self._fail(item, f"cannot build the results: {exc}")
+                continue
+            for objects_of_dest in queued.values():
+                objects_of_dest.extend(encoded)
+            p = explanation.prediction
+            rows.append((BatchRow(
+                item.path, p.probability, p.label or "", p.threshold, p.model_sha256, sha, "", status=p.status,
+                ood_score=p.ood_score, ood_limit=p.ood_limit, overridden=p.overridden,
+                refusal_reason=p.refusal_reason or "", p_viral=p.p_viral, subtype=p.subtype or "",
+                threshold_source=p.threshold_source,
+            ), item.sop_instance_uid, item.sender_ae))
+            finished.append((item, p.status))
+            log.info("%s from %s: %s", item.sop_instance_uid, item.sender_ae or "?",
+                     p.status if p.refused else f"P(pneumonia) {p.probability:.4f} {p.label}")
+        # The batch's steps in the order that makes a kill at any point safe (see spool.py): results queued,
+        # CSV rows written, instances marked done and removed. One fsync per folder per step.
+        self.spool.queue_results(queued)
+        self.csv.append_many(rows)
+        self.spool.mark_done(finished)
+        self.counters.scored += len(finished)
+        for event in self._outbox.values():
+            event.set()
+
+    def _fail(self, item: Pending, reason: str) -> None:
+        log.warning("%s from %s cannot be scored: %s (kept in %s)", item.sop_instance_uid, item.sender_ae or "?",
+                    reason, self.spool.failed)
+        kept = self.spool.failed / f"{item.sop_instance_uid}.dcm"  # where spool.fail moves it
+        self.csv.append(BatchRow(kept, None, "", self.model.operating_point.value, self.model.sha256, "",
+                                 reason, status=STATUS_ERROR, threshold_source=self.model.operating_point.source),
+                        item.sop_instance_uid, item.sender_ae)
+        self.spool.fail(item, reason)
+        self.counters.failed += 1
+
+    # ------------------------------------------------------------------ sending
+
+    def _send_loop(self, dest: Destination) -> None:
+        wake = self._outbox[dest.key]
+        delay = 0.0
+        while not self._stop.is_set():
+            wake.clear()
+            files = self.spool.queued(dest.key, limit=SEND_BATCH)
+            if not files:
+                wake.wait(1.0)
+                continue
+            try:
+                results = dest.send(files, self.calling_ae)
+            except Exception as exc:  # a bug or an unexpected library error: keep the files, keep the thread
+                log.exception("%s: sending failed", dest.label)
+                results = [SendResult(path, Outcome.RETRY, f"{type(exc).__name__}: {exc}") for path in files]
+            retry = [r for r in results if r.outcome is Outcome.RETRY]
+            for r in results:
+                if r.outcome is Outcome.SENT:
+                    self.spool.sent(r.path)
+                    self.counters.sent += 1
+                elif r.outcome is Outcome.REJECTED:
+                    self.spool.reject(dest.key, r.path, r.detail)
+                    self.counters.rejected += 1
+            if retry:
+                delay = min(self.retry_max_s, max(1.0, delay * 2))
+                log.warning("%s: %d result(s) not sent (%s); next try in %.0f s (they wait in %s)",
+                            dest.label, len(retry), retry[0].detail, delay, self.spool.outbox / dest.key)
+                self._stop.wait(delay)
+            else:
+                delay = 0.0

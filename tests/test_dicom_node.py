@@ -1,0 +1,234 @@
+"""The DICOM node's core: settings, the durable spool, the results CSV, and the SR / SC objects (dciodvfy)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pneumo_desktop.core.dicom_node.config import NodeConfig, NodeConfigError, Peer, apply, load_config, save_peers
+from pneumo_desktop.core.dicom_node.convert import dx_from_grey, new_identity
+from pneumo_desktop.core.dicom_node.results_csv import NODE_CSV_COLUMNS, NodeResultsCsv
+from pneumo_desktop.core.dicom_node.results_dicom import PNEUMONIA, build_results, encode
+from pneumo_desktop.core.dicom_node.spool import MB, Spool, SpoolFullError, SpoolLockedError
+from pneumo_desktop.core.imaging import load_image
+from pneumo_desktop.core.runtime import Explanation, PneumoniaModel
+from tests.dicom_node_support import require_tool
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_peer_parsing_and_bad_values():
+    assert Peer.parse("ORTHANC@pacs.local:4242") == Peer("ORTHANC", "pacs.local", 4242)
+    assert Peer.parse("PACS@[::1]:104").host == "::1"
+    for bad in ("ORTHANC@host", "@host:1", "WAY_TOO_LONG_AE_TITLE@h:1", "A@h:70000", "A\\B@h:1"):
+        with pytest.raises(NodeConfigError):
+            Peer.parse(bad)
+
+
+def test_config_file_then_command_line(tmp_path):
+    path = tmp_path / "dicom_node.toml"
+    path.write_text('port = 4000\nae_title = "SITE"\nallow = ["CR1", "DX2"]\nsend_to = ["main"]\n'
+                    'spool_max_mb = 5.5\n\n[[peers]]\nname = "main"\nae_title = "PACS"\nhost = "10.1.2.3"\n'
+                    'port = 104\n')
+    config = load_config(path)
+    assert (config.port, config.ae_title, config.allow, config.spool_max_mb) == (4000, "SITE", ("CR1", "DX2"), 5.5)
+    assert config.destinations() == [Peer("PACS", "10.1.2.3", 104, name="main")]
+    over = apply(config, {"port": 5000, "ae_title": None, "send_to": ["X@h:9"]})
+    assert (over.port, over.ae_title, over.destinations()) == (5000, "SITE", [Peer("X", "h", 9)])
+    with pytest.raises(NodeConfigError, match="unknown setting"):
+        apply(NodeConfig(), {"colour": "red"}, source="f.toml")
+    with pytest.raises(NodeConfigError, match="go together"):
+        apply(NodeConfig(), {"tls_cert": "a.pem"})
+    # the window's peers are saved without losing the file's other settings
+    peers = [config.peers[0], Peer("NEW", "h2", 11, name="n", tls_ca=tmp_path / "ca.pem")]
+    save_peers(peers, path)
+    again = load_config(path)
+    assert again.port == 4000 and again.send_to == ("main",) and list(again.peers) == peers
+    save_peers(peers[1:], path)  # the peer `send_to` names is gone: the file is refused, with the reason
+    with pytest.raises(NodeConfigError, match="'main' is not a peer"):
+        load_config(path)
+
+
+def test_missing_config_file_gives_defaults(tmp_path):
+    assert load_config(tmp_path / "none.toml") == NodeConfig()
+
+
+# ----------------------------------------------------------------------------- spool
+
+
+def test_spool_stores_durably_once_and_survives_a_restart(tmp_path):
+    spool = Spool(tmp_path / "spool", max_bytes=10 * MB, min_free_bytes=0)
+    assert spool.receive("1.2.3", b"first", "CR1") is True
+    assert spool.receive("1.2.3", b"again", "CR1") is False  # a second copy: not queued twice
+    with pytest.raises(SpoolLockedError):
+        Spool(tmp_path / "spool", max_bytes=10 * MB, min_free_bytes=0)  # one listener per spool
+    spool.close()
+    reopened = Spool(tmp_path / "spool", max_bytes=10 * MB, min_free_bytes=0)  # after a restart
+    [item] = reopened.pending()
+    assert (item.sop_instance_uid, item.sender_ae, item.path.read_bytes()) == ("1.2.3", "CR1", b"first")
+    reopened.finish(item, {"dest": [("9.9", b"result")]})
+    assert reopened.pending() == [] and reopened.receive("1.2.3", b"late copy", "CR1") is False
+    [queued] = reopened.queued("dest")
+    assert queued.read_bytes() == b"result" and reopened.used_bytes == len(b"result")
+    reopened.sent(queued)
+    assert reopened.queued("dest") == [] and reopened.used_bytes == 0
+    with pytest.raises(ValueError):
+        reopened.receive("../../etc", b"x", "CR1")  # a UID names a file: only digits and dots
+
+
+def test_spool_limit_refuses_without_storing(tmp_path):
+    spool = Spool(tmp_path / "spool", max_bytes=100, min_free_bytes=0)
+    assert spool.receive("1.1", b"x" * 60, "A")
+    with pytest.raises(SpoolFullError, match="spool is full"):
+        spool.receive("1.2", b"x" * 60, "A")
+    assert [p.sop_instance_uid for p in spool.pending()] == ["1.1"] and not any(spool.tmp.iterdir())
+    huge = Spool(tmp_path / "other", max_bytes=10**15, min_free_bytes=10**15)  # more free space than any disk
+    with pytest.raises(SpoolFullError, match="free"):
+        huge.receive("1.3", b"x", "A")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@pytest.fixture(scope="module")
+def model(bundled_model_dir) -> PneumoniaModel:
+    return PneumoniaModel.load(bundled_model_dir)
+
+
+@pytest.fixture(scope="module")
+def dx_file(tmp_path_factory, sample_paths) -> Path:
+    path = tmp_path_factory.mktemp("dx") / "dx.dcm"
+    pneumonia = next(p for p in sample_paths if p.name.startswith("person"))
+    dx_from_grey(load_image(pneumonia).grey, new_identity("P-1", "DOE^JANE")).save_as(path, enforce_file_format=True)
+    return path
+
+
+def _items(ds) -> list:
+    out = []
+    for item in ds.get("ContentSequence", []):
+        out.append(item)
+        out += _items(item)
+    return out
+
+
+def _named(items: list, meaning: str) -> list:
+    return [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    result = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_sr_and_sc_hold_the_result_and_validate(model, dx_file, tmp_path):
+    image = load_image(dx_file)
+    source = pydicom.dcmread(dx_file, stop_before_pixels=True)
+    explanation = model.explain(image)
+    prediction = explanation.prediction
+    assert not prediction.refused
+    objects = build_results(source, image.grey, explanation)
+    sr_path, sc_path = tmp_path / "sr.dcm", tmp_path / "sc.dcm"
+    sr_path.write_bytes(encode(objects.sr))
+    sc_path.write_bytes(encode(objects.sc))
+    assert _dciodvfy_errors(sr_path) == [] and _dciodvfy_errors(sc_path) == []
+
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.SeriesInstanceUID != source.SeriesInstanceUID
+    assert sr.PatientID == "P-1" and sr.Modality == "SR"
+    items = _items(sr)
+    [finding] = _named(items, "Finding")
+    assert finding.ConceptCodeSequence[0].CodeValue == PNEUMONIA.value == "233604007"
+    [probability] = _named(items, "Probability of pneumonia")
+    assert probability.ValueType == "NUM"
+    assert float(probability.MeasuredValueSequence[0].NumericValue) == pytest.approx(prediction.probability, abs=1e-6)
+    [threshold] = _named(items, "Decision threshold")
+    assert float(threshold.MeasuredValueSequence[0].NumericValue) == pytest.approx(prediction.threshold, abs=1e-6)
+    assert _named(items, "Decision threshold source")[0].TextValue == "card"
+    assert _named(items, "Algorithm Name")[0].TextValue == prediction.model_name
+    assert _named(items, "Algorithm Version")[0].TextValue == prediction.model_version
+    assert any(prediction.model_sha256 in i.TextValue for i in _named(items, "Algorithm Parameters"))
+    [source_ref] = _named(items, "Source of Measurement")
+    assert source_ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert "Research use only" in _named(items, "Comment")[0].TextValue
+    has_viral = bool(_named(items, "Probability of viral pneumonia given pneumonia"))
+    assert has_viral == (prediction.p_viral is not None)
+
+    sc = pydicom.dcmread(sc_path)
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "RGB"
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesInstanceUID not in (
+        source.SeriesInstanceUID, sr.SeriesInstanceUID)
+    assert sc.BurnedInAnnotation == "YES"
+    pixels = sc.pixel_array
+    assert pixels.ndim == 3 and pixels.shape[2] == 3 and max(pixels.shape[:2]) <= 1024 + 200
+    # the text bands above and below the picture carry the burned-in words (bright pixels on black)
+    assert (pixels[:20].max() > 200) and (pixels[-20:].max() > 200)
+
+    again = build_results(source, image.grey, explanation)
+    assert again.uids == objects.uids  # scored again after a crash: the same objects for the receiver
+
+
+def test_refused_image_gets_a_refusal_report(model, dx_file, tmp_path):
+    if model.card.refusal is None:
+        pytest.skip("the bundled model has no refusal limit")
+    image = load_image(dx_file)
+    source = pydicom.dcmread(dx_file, stop_before_pixels=True)
+    refused = model.prediction(None, 0.7, ood_score=model.card.refusal.limit * 10)
+    assert refused.refused
+    objects = build_results(source, image.grey, Explanation(prediction=refused, cam=None))
+    sr_path = tmp_path / "refused.dcm"
+    sr_path.write_bytes(encode(objects.sr))
+    assert _dciodvfy_errors(sr_path) == []
+    items = _items(pydicom.dcmread(sr_path))
+    assert not _named(items, "Probability of pneumonia")
+    assert "out-of-distribution" in _named(items, "Reason for refusal")[0].TextValue
+    assert _named(items, "AI result")[0].ConceptCodeSequence[0].CodeValue == "PNEU-REF"
+    assert np.asarray(objects.sc.pixel_array).ndim == 3
+
+
+def test_results_csv_has_one_row_per_instance(tmp_path, model):
+    from pneumo_desktop.core.batch import BatchRow
+
+    path = tmp_path / "results.csv"
+    row = BatchRow(tmp_path / "a.dcm", 0.25, "NORMAL", 0.5, model.sha256, "ab" * 32, "", threshold_source="card")
+    results = NodeResultsCsv(path)
+    assert results.append(row, "1.2.3", "CR1") is True
+    assert results.append(row, "1.2.3", "CR1") is False
+    results.close()
+    reopened = NodeResultsCsv(path)  # after a restart
+    assert reopened.append(row, "1.2.3", "CR1") is False and reopened.append(row, "1.2.4", "=cmd") is True
+    reopened.close()
+    lines = path.read_text().splitlines()
+    assert lines[0].split(",") == list(NODE_CSV_COLUMNS) and len(lines) == 3
+    assert lines[1].endswith(",1.2.3,CR1") and lines[2].endswith(",1.2.4,'=cmd")  # formulas neutralised
+
+
+def test_scorer_scores_good_instances_and_keeps_undecodable_ones(tmp_path, model, dx_file):
+    from pneumo_desktop.core.dicom_node.send import Destination
+    from pneumo_desktop.core.dicom_node.service import NodeService
+
+    spool = Spool(tmp_path / "spool", 100 * MB, 0)
+    results = NodeResultsCsv(tmp_path / "results.csv")
+    destination = Destination(peer=Peer("PACS", "127.0.0.1", 1))
+    service = NodeService(spool, model, results, [destination], "PNEUMO")
+    good = dx_file.read_bytes()
+    broken_ds = pydicom.dcmread(dx_file)
+    broken_ds.SOPInstanceUID = "1.2.3.999"
+    broken_ds.PixelData = broken_ds.PixelData[:1000]  # pixel data cut short: the header is fine, decoding fails
+    broken_path = tmp_path / "broken.dcm"
+    broken_ds.save_as(broken_path, enforce_file_format=True)
+    good_uid = pydicom.dcmread(dx_file, stop_before_pixels=True).SOPInstanceUID
+    assert spool.receive(good_uid, good, "CR1") and spool.receive("1.2.3.999", broken_path.read_bytes(), "CR1")
+    service.score(spool.pending())
+    assert spool.pending() == []
+    assert (spool.failed / "1.2.3.999.dcm").exists()
+    assert len(spool.queued(destination.key)) == 2  # the good one's SR and SC wait for the PACS
+    results.close()
+    rows = {line.split(",")[-2]: line for line in (tmp_path / "results.csv").read_text().splitlines()[1:]}
+    assert ",scored," in rows[good_uid] and ",error," in rows["1.2.3.999"]
+    assert str(spool.failed / "1.2.3.999.dcm") in rows["1.2.3.999"]
+    assert spool.receive("1.2.3.999", broken_path.read_bytes(), "CR1") is False  # not retried on a resend
+    spool.close()

@@ -6,7 +6,6 @@ shows only pixels. The overlay is the app's own (core.overlay.render_overlay); t
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -47,12 +46,12 @@ def render_result(grey: np.ndarray, cam: np.ndarray | None, prediction: Predicti
     scale = min(1.0, MAX_SIDE / max(height, width))
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        grey = np.asarray(Image.fromarray(np.ascontiguousarray(grey)).resize(size, Image.Resampling.BOX))
         height, width = grey.shape
     if cam is not None:
         picture = render_overlay(grey, cam)  # resizes the map to the picture
     else:
-        picture = cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB)
+        picture = np.repeat(np.asarray(grey, dtype=np.uint8)[:, :, None], 3, axis=2)
     size = max(12, width // 40)
     font = _font(size)
     band = 2 * size + 3 * (size // 3) + 4

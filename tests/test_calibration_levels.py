@@ -225,14 +225,16 @@ def test_runtime_applies_the_cards_calibration_and_levels() -> None:
     platt = PlattCalibration(1.5, -2.0)
     card = make_fake_card(threshold=platt.apply_one(0.8), **_card_sections())
     model = _model(card)
+    assert card.levels is not None
     for raw in (0.05, 0.5, 0.75, 0.8, 0.95):
         pred = model.prediction(None, raw)
-        assert pred.raw_probability == raw
+        assert pred.raw_probability == raw and pred.probability is not None
         assert pred.probability == pytest.approx(platt.apply_one(raw))
         assert pred.label == ("PNEUMONIA" if raw >= 0.8 else "NORMAL")  # the same cut as on the raw output
         assert pred.level == card.levels.level_for(pred.probability)
         assert pred.level_band is not None and pred.level_band.level == pred.level and pred.level_source == "card"
-    assert model.prediction(None, 0.75).probability < 0.5 < 0.75  # the shift: a raw 0.75 is not "75%"
+    shifted = model.prediction(None, 0.75).probability
+    assert shifted is not None and shifted == pytest.approx(platt.apply_one(0.75)) and shifted < 0.5  # not "75%"
 
 
 def test_runtime_without_sections_behaves_as_before() -> None:
@@ -256,7 +258,7 @@ def test_site_profile_calibration_and_levels_are_applied() -> None:
     profile = _profile(site.as_dict(), site_levels.as_dict(), 0.6)
     model.use_operating_point(profile.choice())
     pred = model.prediction(None, 0.5)
-    assert pred.probability == pytest.approx(site.apply_one(0.5))
+    assert pred.probability is not None and pred.probability == pytest.approx(site.apply_one(0.5))
     assert pred.threshold == 0.6 and pred.threshold_source == "profile:Ward A"
     assert pred.level == site_levels.level_for(pred.probability) and pred.level_source == "profile:Ward A"
     # a view under the card's operating point leaves the model as it is

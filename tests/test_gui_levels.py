@@ -4,6 +4,7 @@ list's rows and the PDF report. No screen shows P > 0.5 beside NORMAL without th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ class _Engine:
 
 
 def _model(threshold: float, rule_out: float, rule_in: float, levels: bool = True) -> PneumoniaModel:
-    sections = {}
+    sections: dict[str, Any] = {}
     if levels:
         sections = {
             "calibration": PLATT.as_dict(),
@@ -33,7 +34,7 @@ def _model(threshold: float, rule_out: float, rule_in: float, levels: bool = Tru
                                       {"low": 0.34, "indeterminate": 0.054, "high": 0.606}, 312,
                                       "test half A (development)").as_dict(),
         }
-    return PneumoniaModel(Path("."), make_fake_card(threshold=threshold, **sections), _Engine())
+    return PneumoniaModel(Path("."), make_fake_card(threshold, "test", **sections), _Engine())
 
 
 def test_panel_shows_the_level_first_with_its_figures(qtbot) -> None:

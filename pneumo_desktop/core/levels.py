@@ -124,12 +124,13 @@ class OperatingLevels:
 
     def band(self, level: str) -> LevelBand:
         share = float(self.shares.get(level, math.nan))
-        common = {"share": share, "fitted_on": self.fitted_on, "source": self.source}
         if level == LEVEL_LOW:
-            return LevelBand(level, 0.0, self.rule_out.threshold, point=self.rule_out, **common)
-        if level == LEVEL_HIGH:
-            return LevelBand(level, self.rule_in.threshold, 1.0, point=self.rule_in, **common)
-        return LevelBand(level, self.rule_out.threshold, self.rule_in.threshold, point=None, **common)
+            lower, upper, point = 0.0, self.rule_out.threshold, self.rule_out
+        elif level == LEVEL_HIGH:
+            lower, upper, point = self.rule_in.threshold, 1.0, self.rule_in
+        else:
+            lower, upper, point = self.rule_out.threshold, self.rule_in.threshold, None
+        return LevelBand(level, lower, upper, share, point, self.fitted_on, self.source)
 
     def with_source(self, source: str) -> OperatingLevels:
         return OperatingLevels(self.rule_out, self.rule_in, self.shares, self.images, self.fitted_on, source)

@@ -157,7 +157,7 @@ class MainWindow(QMainWindow):
         self._restore_settings()
 
         # (path, probability, label, error, refusal_reason) per batch row
-        self._row_queue: deque[tuple[Path, float | None, str, str, str]] = deque()
+        self._row_queue: deque[tuple[Path, float | None, str, str, str, str]] = deque()
         self._row_timer = QTimer(self)
         self._row_timer.setSingleShot(True)
         self._row_timer.setInterval(0)

@@ -182,3 +182,21 @@ def test_fit_operating_points_on_generated_scores_and_card_update(tmp_path: Path
     (folder / "manifest.json").write_text(json.dumps([{"path": "model_card.json", "sha256": "0" * 64}]))
     assert refresh_manifest(folder)
     assert json.loads((folder / "manifest.json").read_text())[0]["sha256"] == hashlib.sha256(card_bytes).hexdigest()
+
+
+def test_level_summary_keeps_the_runtimes_level_at_a_points_exact_score(tmp_path: Path) -> None:
+    levels = OperatingLevels.from_dict(_levels(0.28325427, 0.75))
+    # the CSV keeps 6 decimals: an image scored exactly at the rule-out point (indeterminate) reads back below it
+    rows = [ev.ScoredImage(tmp_path / f"{k}.png", positive, p, ev.STATUS_SCORED, level=level)
+            for k, (positive, p, level) in enumerate([(False, 0.1, "low"), (True, 0.283254, "indeterminate"),
+                                                      (True, 0.9, "high"), (False, 0.5, "indeterminate")])]
+    result = ev.evaluate_scored(rows, sp.ThresholdChoice(0.5, sp.SOURCE_CARD), {"name": "x", "version": "1",
+                                "sha256": FAKE_SHA}, tmp_path, resamples=10, levels=levels)
+    summary = result.level_summary()
+    assert summary is not None and summary["counts"] == {"low": 1, "indeterminate": 2, "high": 1}
+    assert summary["accuracy_outside_band"] == 1.0
+    # without the runtime's levels (a CSV of an earlier version) they are recomputed from the probabilities
+    bare = [ev.ScoredImage(r.path, r.positive, r.probability, r.status) for r in rows]
+    recount = ev.evaluate_scored(bare, sp.ThresholdChoice(0.5, sp.SOURCE_CARD), result.model, tmp_path,
+                                 resamples=10, levels=levels).level_summary()
+    assert recount is not None and recount["counts"] == {"low": 2, "indeterminate": 1, "high": 1}

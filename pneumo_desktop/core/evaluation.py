@@ -223,7 +223,11 @@ class Evaluation:
         if self.levels is None:
             return None
         y, p = self.arrays()
-        summary = lv.accuracy_outside_band(y, p, self.levels)
+        # the runtime's own levels when every row has one: the CSV's probabilities are rounded, and an image at
+        # a point's exact score would otherwise change band
+        called = [i.level for i in self.scored]
+        summary = lv.accuracy_outside_band(y, p, self.levels,
+                                           called if all(c in lv.LEVELS for c in called) else None)
         summary["points"] = {"rule_out": self.levels.rule_out.threshold, "rule_in": self.levels.rule_in.threshold,
                              "source": self.levels.source}
         return summary

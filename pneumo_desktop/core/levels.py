@@ -243,11 +243,15 @@ def level_shares(p: Any, rule_out: float, rule_in: float) -> dict[str, float]:
     return {LEVEL_LOW: low / n, LEVEL_INDETERMINATE: (len(p) - low - high) / n, LEVEL_HIGH: high / n}
 
 
-def accuracy_outside_band(y: Any, p: Any, levels: OperatingLevels) -> dict[str, Any]:
-    """How often the decided levels are right: "low" on NORMAL and "high" on PNEUMONIA images."""
+def accuracy_outside_band(y: Any, p: Any, levels: OperatingLevels, called_levels: Any = None) -> dict[str, Any]:
+    """How often the decided levels are right: "low" on NORMAL and "high" on PNEUMONIA images. `called_levels`:
+    the levels the runtime gave (e.g. a results CSV's column, decided on unrounded probabilities), else from p."""
     y = np.asarray(y).astype(bool)
     p = np.asarray(p, dtype=np.float64)
-    called = np.array([levels.level_for(float(v)) for v in p], dtype=object)
+    if called_levels is None:
+        called = np.array([levels.level_for(float(v)) for v in p], dtype=object)
+    else:
+        called = np.asarray(called_levels, dtype=object)
     low, high = called == LEVEL_LOW, called == LEVEL_HIGH
     decided = int(low.sum() + high.sum())
     right = int((low & ~y).sum() + (high & y).sum())

@@ -121,13 +121,16 @@ def site_evaluation(evaluation: Evaluation, profile: SiteProfile) -> Evaluation:
         choice = dc_replace(choice, value=evaluation.calibration.apply_one(choice.value), raw_space=False)
     if choice.levels is None and site is None:
         choice = dc_replace(choice, levels=evaluation.levels)
-    images = [
-        dc_replace(i, probability=site.apply_one(i.raw_probability if i.raw_probability is not None else i.probability))
-        if site is not None and i.status == STATUS_SCORED and i.probability is not None else i
-        for i in evaluation.images
-    ]
+    levels = choice.levels
+    images = []
+    for i in evaluation.images:
+        if site is not None and i.status == STATUS_SCORED and i.probability is not None:
+            p = site.apply_one(i.raw_probability if i.raw_probability is not None else i.probability)
+            # the level the runtime would give under this profile, not the one scored under the card
+            i = dc_replace(i, probability=p, level=levels.level_for(p) if levels is not None else "")
+        images.append(i)
     result = evaluate_scored(images, choice, evaluation.model, evaluation.source, evaluation.resamples,
-                             evaluation.card_threshold, choice.levels)
+                             evaluation.card_threshold, levels)
     result.calibration = site
     return result
 

@@ -118,3 +118,13 @@ def test_pdf_report_states_the_level(qtbot, tmp_path: Path, monkeypatch) -> None
     assert any(t.startswith("Result level: Indeterminate: needs a reader") and f"{pred.probability:.3f}" in t
                for t in painted)
     assert any("5% of images in this band" in t for t in painted)
+
+
+def test_model_card_rows_name_calibration_and_levels() -> None:
+    from pneumo_desktop.gui.model_info import card_rows
+
+    rows = dict(card_rows(_model(threshold=0.9, rule_out=0.3, rule_in=0.95).card))
+    assert "slope 1.500" in rows["Calibration"] and "intercept -1.000" in rows["Calibration"]
+    assert rows["Result levels"].startswith("low below 0.300 (sensitivity 0.985), high from 0.950")
+    plain = dict(card_rows(_model(0.5, 0, 0, levels=False).card))
+    assert "Calibration" not in plain and "Result levels" not in plain

@@ -280,14 +280,18 @@ def _self_test(model_dir: Path | None) -> int:
         agree += pred.label == named
         if path.name in reference:
             ref = reference[path.name]
-            ok = (not pred.refused and pred.label == ref["label"]
-                  and abs(float(pred.probability) - float(ref["probability"])) <= tolerance)
+            # the reference is the model's own output: compared before any calibration the card applies
+            own = pred.raw_probability if pred.raw_probability is not None else pred.probability
+            ok = (not pred.refused and pred.label == ref["label"] and own is not None
+                  and abs(float(own) - float(ref["probability"])) <= tolerance)
             expected = f"p={float(ref['probability']):.4f} {ref['label']:9s}"
         else:
             ok = pred.label == named  # no reference (older models): the file name's label
             expected = named
         wrong += not ok
-        got = f"{pred.label:9s} p={pred.probability:.4f}" if not pred.refused else f"REFUSED   ({pred.refusal_reason})"
+        # the model's own output, as the reference records it (the calibrated probability would not match it)
+        shown = pred.raw_probability if pred.raw_probability is not None else pred.probability
+        got = f"{pred.label:9s} p={shown:.4f}" if not pred.refused else f"REFUSED   ({pred.refusal_reason})"
         print(f"{'ok  ' if ok else 'FAIL'}  {path.name:36s} expected {expected:16s} got {got}  (file name: {named})")
     if checked == 0:
         print(f"self-test FAILED: no sample images in {samples_dir()}")
@@ -353,6 +357,17 @@ def _predict(argv: Sequence[str]) -> int:
                     "p_viral": pred.p_viral,
                     "subtype": pred.subtype,
                     "threshold_source": pred.threshold_source,
+                    "raw_probability": pred.raw_probability,
+                    "level": pred.level,
+                    "level_text": pred.level_band.text if pred.level_band is not None else None,
+                    "level_source": pred.level_source,
+                    "level_figures": None if pred.level_band is None else {
+                        "band": [pred.level_band.lower, pred.level_band.upper],
+                        "share": pred.level_band.share,
+                        "point": None if pred.level_band.point is None else pred.level_band.point.as_dict(),
+                        "fitted_on": pred.level_band.fitted_on,
+                        "summary": pred.level_band.figures(),
+                    },
                     "model": {"name": pred.model_name, "version": pred.model_version, "sha256": pred.model_sha256},
                     "image": {
                         "format": image.format,
@@ -371,6 +386,12 @@ def _predict(argv: Sequence[str]) -> int:
             print(f"REFUSED  {pred.refusal_reason}")
             print("no probability is given for this image; use --no-refuse to score it anyway")
         else:
+            if pred.level_band is not None:
+                # the level first: it is the result; the label below is kept for compatibility
+                from pneumo_desktop.core.site_profiles import describe_source
+
+                print(f"{pred.level_band.text.upper()}  probability of pneumonia {pred.probability:.4f}")
+                print(f"level: {pred.level_band.figures()} (points from the {describe_source(pred.level_band.source)})")
             print(f"{pred.label}  probability of pneumonia {pred.probability:.4f} "
                   f"(threshold {pred.threshold:.4f} from the {model.operating_point.describe()})")
             if pred.overridden:

@@ -161,7 +161,8 @@ def _evaluate(argv: Sequence[str]) -> int:
 
 
 def _calibrate(argv: Sequence[str]) -> int:
-    from pneumo_desktop.core.evaluation import LabelsError, calibrate, evaluate_scored, write_report
+    from pneumo_desktop.core.evaluation import LabelsError, calibrate, write_report
+    from pneumo_desktop.core.site_calibration import site_evaluation
     from pneumo_desktop.core.site_profiles import (
         SOURCE_CARD,
         ProfileError,
@@ -190,8 +191,7 @@ def _calibrate(argv: Sequence[str]) -> int:
     except LabelsError as exc:
         raise UsageError(str(exc)) from None
     path = save_profile(profile, activate=not parsed.no_activate)
-    at_new = evaluate_scored(evaluation.images, ThresholdChoice(profile.threshold, "profile:" + profile.name),
-                             evaluation.model, evaluation.source, evaluation.resamples, evaluation.card_threshold)
+    at_new = site_evaluation(evaluation, profile)  # the site's calibrated probabilities, threshold and levels
     files = write_report(at_new, report_dir)
     new, old = profile.figures["at_threshold"], profile.figures.get("at_card_threshold")
     print(f'site profile "{profile.name}" saved to {path}' + ("" if parsed.no_activate else " and made active"))
@@ -206,6 +206,17 @@ def _calibrate(argv: Sequence[str]) -> int:
         f"{'this site':14s}{new['threshold']:10.4f} {new['sensitivity']:12.3f} "
         f"{new['specificity']:12.3f} {new['accuracy']:9.3f}"
     )
+    if profile.calibration is not None:
+        cal = profile.calibration
+        print(f"calibration (applied while the profile is active): Platt slope {cal['slope']:.4f}, intercept "
+              f"{cal['intercept']:.4f}; expected calibration error ({cal['ece_bins']} bins) {cal['ece_before']:.3f} "
+              f"-> {cal['ece_after']:.3f} on these images")
+    if profile.levels is not None:
+        out, rin, shares = profile.levels["rule_out"], profile.levels["rule_in"], profile.levels["shares"]
+        print(f"levels: rule-out {out['threshold']:.4f} (sensitivity {out['sensitivity']:.3f}, specificity "
+              f"{out['specificity']:.3f}), rule-in {rin['threshold']:.4f} (sensitivity {rin['sensitivity']:.3f}, "
+              f"specificity {rin['specificity']:.3f}); low {shares['low']:.3f}, indeterminate "
+              f"{shares['indeterminate']:.3f}, high {shares['high']:.3f} of these images")
     print(f"on {profile.image_count['scored']} images ({profile.image_count['positives']} PNEUMONIA); "
           f"{profile.image_count['refused']} refused and {profile.image_count['errors']} errors left out")
     print(f"report at the new threshold: {files['html']}", file=sys.stderr)

@@ -137,7 +137,8 @@ def test_every_file_gets_exactly_one_correct_row(fake_model, tmp_path: Path, mix
     # what was reported is what was written (the CSV keeps 6 decimals)
     for back, reported in zip(batch.read_results(out), [p.row for p in seen], strict=True):
         assert back.probability == pytest.approx(reported.probability, abs=1e-6)
-        assert back == dataclasses.replace(reported, path=reported.path.absolute(), probability=back.probability)
+        assert back == dataclasses.replace(reported, path=reported.path.absolute(), probability=back.probability,
+                                           raw_probability=back.raw_probability)  # (both rounded to 6 decimals)
 
 
 def test_threshold_is_applied_and_recorded(fake_model, tmp_path: Path) -> None:

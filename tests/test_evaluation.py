@@ -23,6 +23,7 @@ from pneumo_desktop import cli
 from pneumo_desktop.core import evaluation as ev
 from pneumo_desktop.core import site_profiles as sp
 from pneumo_desktop.core.batch import score_paths
+from pneumo_desktop.core.calibration import PlattCalibration
 from tests.conftest import sample_label
 from tests.test_batch import FAKE_SHA, make_fake_model
 
@@ -46,14 +47,15 @@ def halves(sample_paths: list[Path]) -> tuple[list[Path], list[Path]]:
     return sample_paths[0::2], sample_paths[1::2]
 
 
-def scores_from_csv(scores_csv: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels from the file names, probabilities) of the scored rows, read independently of the core."""
+def scores_from_csv(scores_csv: Path, column: str = "probability") -> tuple[np.ndarray, np.ndarray]:
+    """(labels from the file names, probabilities) of the scored rows, read independently of the core;
+    column "raw_probability" gives the model's own output (before a card's or profile's calibration)."""
     ys, ps = [], []
     with open(scores_csv, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["probability"]:
                 ys.append(int(Path(row["path"]).name.startswith("person")))
-                ps.append(float(row["probability"]))
+                ps.append(float(row[column]))
     return np.array(ys), np.array(ps)
 
 
@@ -228,20 +230,23 @@ def test_calibrate_on_half_a_then_score_half_b_with_the_profile(tmp_path, sample
     profile = ev.calibrate(on_a, 0.95, "Ward A")
     sp.save_profile(profile)
     y_a, p_a = scores_from_csv(tmp_path / "ra" / "scores.csv")
-    independent = sklearn_rule(y_a, p_a, 0.95)
-    assert profile.threshold == pytest.approx(independent, abs=1e-6)
+    independent = sklearn_rule(y_a, p_a, 0.95)  # on the model's output (the fake card has no calibration)
+    # the profile's threshold is that cut on its own calibrated scale (on the raw output when none could be fitted)
+    site = None if profile.calibration is None else PlattCalibration.from_dict(profile.calibration)
+    cut = independent - ev.CSV_HALF_UNIT  # half a unit of the CSV's rounding below the rounded score
+    assert profile.threshold == pytest.approx(cut if site is None else site.apply_one(cut), abs=1e-9)
     assert profile.model_sha256 == FAKE_SHA and profile.image_count["scored"] == len(half_a)
     assert profile.figures["at_threshold"]["sensitivity"] == pytest.approx(sk.recall_score(y_a, p_a >= independent))
 
     # Half B scored with the (active) profile: labels and figures are the rule's, applied independently.
     choice = sp.resolve_threshold(0.5, FAKE_SHA)
-    assert choice == sp.ThresholdChoice(profile.threshold, "profile:Ward A")
+    assert (choice.value, choice.source, choice.calibration) == (profile.threshold, "profile:Ward A", site)
     model.use_operating_point(choice)
     out = tmp_path / "b.csv"
     score_paths(half_b, out, model=model)
     rows = list(csv.DictReader(open(out, newline="", encoding="utf-8")))
     assert {r["threshold_source"] for r in rows} == {"profile:Ward A"}
-    y_b, p_b = scores_from_csv(out)
+    y_b, p_b = scores_from_csv(out, "raw_probability")  # the rule's cut is on the model's output
     expected_labels = np.where(p_b >= independent, "PNEUMONIA", "NORMAL")
     assert [r["prediction"] for r in rows] == list(expected_labels)
     _, on_b = ev.score_and_evaluate(
@@ -301,16 +306,20 @@ def test_cli_evaluate_calibrate_and_score_with_the_profile(tiny_model_dir, sampl
         == 0
     )
     assert 'site profile "Ward A" saved' in capsys.readouterr().out
-    independent = sklearn_rule(y, p, 0.95)
-    assert sp.load_profile("Ward A").threshold == pytest.approx(independent, abs=1e-6)
+    independent = sklearn_rule(y, p, 0.95)  # the tiny model's card has no calibration: p is its output
+    profile = sp.load_profile("Ward A")
+    site = None if profile.calibration is None else PlattCalibration.from_dict(profile.calibration)
+    cut = independent - ev.CSV_HALF_UNIT  # half a unit of the CSV's rounding below the rounded score
+    assert profile.threshold == pytest.approx(cut if site is None else site.apply_one(cut), abs=1e-9)
 
     scores_b = tmp_path / "b.csv"
     assert cli.main(["score", *map(str, half_b), "-o", str(scores_b), "-q", *model]) == 0
     assert "from the site profile \"Ward A\"" in capsys.readouterr().err
     rows = list(csv.DictReader(open(scores_b, newline="", encoding="utf-8")))
-    assert list(rows[0])[-1] == "threshold_source" and {r["threshold_source"] for r in rows} == {"profile:Ward A"}
+    assert list(rows[0])[-3:] == ["threshold_source", "level", "raw_probability"]
+    assert {r["threshold_source"] for r in rows} == {"profile:Ward A"}
     assert [r["prediction"] for r in rows] == [
-        "PNEUMONIA" if float(r["probability"]) >= independent else "NORMAL" for r in rows
+        "PNEUMONIA" if float(r["raw_probability"]) >= independent else "NORMAL" for r in rows
     ]
 
     assert cli.main(["predict", str(half_b[0]), "--json", "--threshold", "0.25", *model]) == 0

@@ -14,7 +14,9 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from pneumo_desktop.core import evaluation as ev
 from pneumo_desktop.core import site_profiles as sp
+from pneumo_desktop.core.calibration import PlattCalibration
 from pneumo_desktop.core.evaluation import work_dir_for
 from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog
 from pneumo_desktop.gui.main_window import MainWindow
@@ -123,7 +125,11 @@ def test_calibrate_dialog_saves_the_chosen_point_and_the_panel_shows_it(window, 
     assert dialog.profile is not None, dialog.error
     y, p = scores_from_csv(work_dir_for(folder) / FAKE_SHA[:16] / "scores.csv")
     dialog.sensitivity.setValue(0.8)
-    assert dialog.profile.threshold == pytest.approx(sklearn_rule(y, p, 0.8), abs=1e-6)
+    # the rule's cut on the model's output (the fake card has no calibration), on the profile's calibrated scale
+    cut = sklearn_rule(y, p, 0.8) - ev.CSV_HALF_UNIT
+    site = dialog.profile.calibration
+    expected = cut if site is None else PlattCalibration.from_dict(site).apply_one(cut)
+    assert dialog.profile.threshold == pytest.approx(expected, abs=1e-9)
     assert not dialog.plot.pixmap().isNull()
     assert dialog.figures.item(1, 0).text() == "This site"
     dialog.name.setText("Ward A")
@@ -133,7 +139,7 @@ def test_calibrate_dialog_saves_the_chosen_point_and_the_panel_shows_it(window, 
     saved = sp.load_profile("Ward A")
     assert saved.model_sha256 == FAKE_SHA and saved.rule["target"] == pytest.approx(0.8)
     assert sp.active_profile_name() == "Ward A"
-    assert w.model.operating_point == sp.ThresholdChoice(saved.threshold, "profile:Ward A")
+    assert (w.model.operating_point.value, w.model.operating_point.source) == (saved.threshold, "profile:Ward A")
     assert w.prediction_panel.threshold_source_value.text() == 'site profile "Ward A"'
     # an image shown now is labelled at the site's threshold, and says so
     shown: list = []

@@ -192,14 +192,15 @@ def test_batch_rows_are_read_back_by_the_core_and_errors_described(tmp_path: Pat
     path = tmp_path / "r.csv"
     path.write_text(
         ",".join(CSV_COLUMNS) + "\n"
-        "/x/a.png,0.250000,NORMAL,0.5,m,i,,scored,,,false,,,,card\n"
+        "/x/a.png,0.250000,NORMAL,0.5,m,i,,scored,,,false,,,,card,low,0.400000\n"
         # formula-neutralised cells, as core.batch writes them
-        "'=x/b.png,,,0.5,m,,'-not an image,error,,,false,,,,card\n"
-        "/x/c.png,,,0.5,m,i,,refused,0.9,0.5,false,'-looks like a photo,,,card\n",
+        "'=x/b.png,,,0.5,m,,'-not an image,error,,,false,,,,card,,\n"
+        "/x/c.png,,,0.5,m,i,,refused,0.9,0.5,false,'-looks like a photo,,,card,,\n",
         encoding="utf-8",
     )
     rows = read_rows_back(path)
     assert rows[0].probability == pytest.approx(0.25) and rows[0].prediction == "NORMAL"
+    assert rows[0].level == "low" and rows[0].raw_probability == pytest.approx(0.4)
     assert rows[1].probability is None and rows[1].error == "-not an image" and rows[1].path == Path("=x/b.png")
     assert rows[2].probability is None and rows[2].status == "refused"
     assert rows[2].refusal_reason == "-looks like a photo"

@@ -80,6 +80,45 @@ def _stages_text(cfg: dict[str, Any]) -> str:
             f"{cfg.get('epochs_stage2')} epochs max at lr {cfg.get('lr_stage2')}")
 
 
+def _calibration_line(cal: dict[str, Any]) -> str:
+    if str(cal.get("method", "")).lower() != "platt":
+        return (f"- Calibration: {cal.get('method', 'none')}; T = {cal.get('temperature', 1.0):.3f}; expected "
+                f"calibration error {_fmt(cal.get('ece_before', float('nan')), 3)} -> "
+                f"{_fmt(cal.get('ece_after', float('nan')), 3)} (on the set it was fitted on).")
+    return (f"- Calibration: Platt scaling applied by the app, p = sigmoid({cal['slope']:.4f} x logit(output) "
+            f"{cal['intercept']:+.4f}), fitted on {cal.get('fitted_on', '?')} ({cal.get('images', '?')} images); "
+            f"expected calibration error ({cal.get('ece_bins', 10)} bins) {_fmt(cal.get('ece_before'), 3)} -> "
+            f"{_fmt(cal.get('ece_after'), 3)} there. The model output itself is sigmoid(logit / T), "
+            f"T = {cal.get('temperature', 1.0):.3f} inside the graph. Every probability the app shows is calibrated; "
+            "the threshold and the levels are on that probability.")
+
+
+def _level_lines(card: dict[str, Any]) -> list[str]:
+    levels = card.get("levels")
+    if not levels:
+        return []
+    shares = levels.get("shares", {})
+    out, rin = levels["rule_out"], levels["rule_in"]
+    return [
+        "",
+        "## Result levels",
+        f"Every result is given as one of three levels, from two operating points chosen on "
+        f"{levels.get('fitted_on', '?')} ({levels.get('images', '?')} images) on the calibrated probability:",
+        "",
+        "| level | probability | point (rule) | sensitivity | specificity | share of images |",
+        "|---|---|---|---|---|---|",
+        f"| Low | below {out['threshold']:.4f} | rule-out ({out['rule']}) | {out['sensitivity']:.3f} | "
+        f"{out['specificity']:.3f} | {shares.get('low', float('nan')):.3f} |",
+        f"| Indeterminate: needs a reader | {out['threshold']:.4f} to {rin['threshold']:.4f} | - | - | - | "
+        f"{shares.get('indeterminate', float('nan')):.3f} |",
+        f"| High | {rin['threshold']:.4f} and above | rule-in ({rin['rule']}) | {rin['sensitivity']:.3f} | "
+        f"{rin['specificity']:.3f} | {shares.get('high', float('nan')):.3f} |",
+        "",
+        "The label (NORMAL / PNEUMONIA, at the main threshold) is kept for compatibility; the level is the result "
+        "to read. A site profile (`pneumo-desktop calibrate`) can refit the calibration and both points.",
+    ]
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """A human-readable model card from model_card.json (the JSON stays the source of truth)."""
     cal = card.get("calibration", {})
@@ -99,16 +138,15 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"with dropout {cfg.get('dropout', '?')} -> one sigmoid unit.",
         f"- Input: {card['input_size']} x {card['input_size']} px. Preprocessing `{card['preprocessing']['id']}`: "
         f"{card['preprocessing'].get('description', '')} "
-        f"Pixels read: {card['preprocessing'].get('pixels_read', 'as decoded')}",
+        + (f"({card['preprocessing']['relabelled']}) " if card["preprocessing"].get("relabelled") else "")
+        + f"Pixels read: {card['preprocessing'].get('pixels_read', 'as decoded')}",
         f"- Operating point: {card['threshold']['rule']}.",
-        f"- Calibration: {cal.get('method', 'none')}; T = {cal.get('temperature', 1.0):.3f}; expected calibration "
-        f"error {_fmt(cal.get('ece_before', float('nan')), 3)} -> {_fmt(cal.get('ece_after', float('nan')), 3)} "
-        f"(on the set it was fitted on).",
+        _calibration_line(cal),
         f"- Grad-CAM layer: `{card['gradcam']['layer']}`. {card['gradcam'].get('method', '')}",
         "",
     ]
     lines += _metrics_tables(card)
-    lines += _ensemble_lines(card) + _subtype_lines(card) + _refusal_lines(card)
+    lines += _level_lines(card) + _ensemble_lines(card) + _subtype_lines(card) + _refusal_lines(card)
     lines += [
         "",
         "## Training",

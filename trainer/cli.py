@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--min-sensitivity", type=float, default=0.95)
     ens.add_argument("--doc", type=Path, help="write the table (Markdown) here")
     ens.add_argument("--json", type=Path, help="write the rows (JSON) here")
+    points = sub.add_parser(
+        "fit-operating-points",
+        help="fit Platt calibration and the rule-out / rule-in levels of a model folder on a labelled development "
+             "folder, through the app runtime (LiteRT), and record them in its card")
+    points.add_argument("model", type=Path, metavar="MODEL_DIR")
+    points.add_argument("--dev", type=Path, default=Path("../shared/data/test_half_a"),
+                        help="labelled folder with NORMAL/ and PNEUMONIA/ (default: ../shared/data/test_half_a)")
+    points.add_argument("--fitted-on", default="test half A (development)",
+                        help="how the card names the development set (default: test half A (development))")
     card = sub.add_parser("card", help="render MODEL_CARD.md from a model folder's model_card.json")
     card.add_argument("model", type=Path)
 
@@ -120,6 +129,17 @@ def _cmd_ensembles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_operating_points(args: argparse.Namespace) -> int:
+    from trainer.operating_points import run
+
+    if not args.dev.is_dir():
+        raise ValueError(f"development folder not found: {args.dev}")
+    result = run(args.model, args.dev, args.fitted_on, "pneumo-trainer " + shlex.join(sys.argv[1:]))
+    print(result.summary())
+    print(f"wrote {args.model / 'model_card.json'}")
+    return 0
+
+
 def _cmd_card(args: argparse.Namespace) -> int:
     from trainer.card import render_markdown
 
@@ -153,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_tensorflow()
     handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
                 "compare": _cmd_compare, "card": _cmd_card, "ensembles": _cmd_ensembles,
-                "record-samples": _cmd_record_samples}
+                "record-samples": _cmd_record_samples, "fit-operating-points": _cmd_fit_operating_points}
     # Every error is one line on stderr and an exit status; -v also logs its traceback.
     try:
         return handlers[args.command](args)

@@ -82,7 +82,7 @@ def dev_probabilities(model_dir: Path, dev_dir: Path) -> tuple[np.ndarray, np.nd
     for start in range(0, len(samples), model.batch_size):
         chunk = samples[start : start + model.batch_size]
         batch = np.stack([model.prepare(load_image(s.path)) for s in chunk])
-        probabilities.extend(model.run(batch).probability.tolist())
+        probabilities.extend(model.calibrate(model.run(batch).probability).tolist())  # the scale of its threshold
     return np.array([s.label for s in samples]), np.array(probabilities, np.float64), model.card.threshold
 
 

@@ -46,7 +46,12 @@ CSV_COLUMNS = (
     "path", "probability", "prediction", "threshold", "model_sha256", "image_sha256", "error",
     # added for refusal (issue 12), the subtype (issue 11) and site profiles (issue 13); always at the end
     "status", "ood_score", "ood_limit", "overridden", "refusal_reason", "p_viral", "subtype", "threshold_source",
+    # added with the result levels (issue 23): `probability` is calibrated when the card (or profile) says so,
+    # `raw_probability` is the model's own output; `level` is low / indeterminate / high
+    "level", "raw_probability",
 )
+# Columns of the results CSVs of earlier versions (read, never resumed or merged: their rows lack the level).
+OLDER_CSV_COLUMNS = (CSV_COLUMNS[:15],)
 FSYNC_EVERY = 16  # rows between fsyncs: bounds what a power cut can lose without an fsync per image
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _ENCODING = ("utf-8", "surrogateescape")  # reading: CSVs of earlier versions may hold raw bytes
@@ -70,6 +75,8 @@ class BatchRow:
     p_viral: float | None = None
     subtype: str = ""
     threshold_source: str = ""  # site_profiles.ThresholdChoice.source: card, command-line, profile:<name>
+    level: str = ""  # levels.LEVEL_*: low / indeterminate / high ("" when refused, an error, or no levels)
+    raw_probability: float | None = None  # the model's output before calibration
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,8 @@ def _format_row(row: BatchRow) -> str:
             "" if row.p_viral is None else f"{row.p_viral:.6f}",
             row.subtype,
             neutralise(row.threshold_source),  # a profile name is user text
+            row.level,
+            "" if row.raw_probability is None else f"{row.raw_probability:.6f}",
         ]
     )
     return buffer.getvalue()[:-2] + "\n"
@@ -218,6 +227,11 @@ def repair_and_read(output: Path) -> set[str]:
     header = next(rows, None)
     if header is None:
         return done
+    if tuple(header) in OLDER_CSV_COLUMNS:
+        raise ResultsFileError(
+            f"{output} was written by an earlier version of this program (no level column): it cannot be "
+            "continued; choose another output file or run without --resume"
+        )
     if tuple(header) != CSV_COLUMNS:
         raise ResultsFileError(
             f"{output} is not a results file of this program (its columns are {header}); "
@@ -239,13 +253,15 @@ def read_results(output: Path | str) -> list[BatchRow]:
         header = next(reader, None)
         if header is None:
             return rows
-        if tuple(header) != CSV_COLUMNS:
+        if tuple(header) != CSV_COLUMNS and tuple(header) not in OLDER_CSV_COLUMNS:
             raise ResultsFileError(f"{output} is not a results file of this program (its columns are {header})")
+        width = len(header)
         for cells in reader:
-            if len(cells) != len(CSV_COLUMNS):
+            if len(cells) != width:
                 continue
             path, probability, prediction, threshold, model_sha, image_sha, error = cells[:7]
-            status, ood_score, ood_limit, overridden, reason, p_viral, subtype, threshold_source = cells[7:]
+            status, ood_score, ood_limit, overridden, reason, p_viral, subtype, threshold_source = cells[7:15]
+            level, raw_probability = cells[15:17] if width > 15 else ("", "")
             try:
                 rows.append(
                     BatchRow(
@@ -264,6 +280,8 @@ def read_results(output: Path | str) -> list[BatchRow]:
                         p_viral=_optional_float(p_viral),
                         subtype=subtype,
                         threshold_source=unneutralise(threshold_source),
+                        level=level,
+                        raw_probability=_optional_float(raw_probability),
                     )
                 )
             except ValueError:
@@ -615,6 +633,7 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
                     item.path, p.probability, p.label or "", cut, p.model_sha256, item.image_sha256, "",
                     status=p.status, ood_score=p.ood_score, ood_limit=p.ood_limit, overridden=p.overridden,
                     refusal_reason=p.refusal_reason or "", p_viral=p.p_viral, subtype=p.subtype or "",
+                    level=p.level or "", raw_probability=p.raw_probability,
                 )
             )
         else:

@@ -24,11 +24,21 @@ from typing import Any
 import numpy as np
 
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
+from pneumo_desktop.core import levels as lv
 from pneumo_desktop.core import metrics as mx
 from pneumo_desktop.core import plots
 from pneumo_desktop.core.batch import BatchProgress, BatchSummary, csv_path, score_paths, unneutralise
+from pneumo_desktop.core.calibration import ECE_BINS as CALIBRATION_ECE_BINS
+from pneumo_desktop.core.calibration import PlattCalibration, ece
 from pneumo_desktop.core.imaging import find_images
-from pneumo_desktop.core.site_profiles import APP_DIR_NAME, CONFIG_ENV, SiteProfile, ThresholdChoice, config_dir
+from pneumo_desktop.core.site_profiles import (
+    APP_DIR_NAME,
+    CONFIG_ENV,
+    SiteProfile,
+    ThresholdChoice,
+    config_dir,
+    describe_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +140,8 @@ class ScoredImage:
     reason: str = ""
     p_viral: float | None = None
     subtype: str = ""  # bacterial / viral at the model's own subtype threshold (the CSV's subtype column)
+    raw_probability: float | None = None  # the model's output before calibration (CSV column raw_probability)
+    level: str = ""  # the CSV's level column
 
 
 def _float_or_none(text: str | None) -> float | None:
@@ -172,7 +184,9 @@ def read_scored(scores_csv: Path, items: list[LabelledImage]) -> list[ScoredImag
         if kind == STATUS_ERROR and not reason:
             reason = f"status {status!r}" if status else "no probability in the results CSV"
         out.append(ScoredImage(item.path, item.positive, probability if kind == STATUS_SCORED else None, kind,
-                               reason, _float_or_none(record.get("p_viral")), (record.get("subtype") or "").strip()))
+                               reason, _float_or_none(record.get("p_viral")), (record.get("subtype") or "").strip(),
+                               _float_or_none(record.get("raw_probability")) if kind == STATUS_SCORED else None,
+                               (record.get("level") or "").strip()))
     return out
 
 
@@ -201,6 +215,22 @@ class Evaluation:
     resamples: int = mx.BOOTSTRAP_RESAMPLES
     card_threshold: float | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    levels: lv.OperatingLevels | None = None  # the levels in use when these images were scored (None: none)
+    calibration: PlattCalibration | None = None  # the calibration the probabilities were scored with (None: raw)
+
+    def level_summary(self) -> dict[str, Any] | None:
+        """Share of each level and the accuracy outside the indeterminate band (None without levels)."""
+        if self.levels is None:
+            return None
+        y, p = self.arrays()
+        # the runtime's own levels when every row has one: the CSV's probabilities are rounded, and an image at
+        # a point's exact score would otherwise change band
+        called = [i.level for i in self.scored]
+        summary = lv.accuracy_outside_band(y, p, self.levels,
+                                           called if all(c in lv.LEVELS for c in called) else None)
+        summary["points"] = {"rule_out": self.levels.rule_out.threshold, "rule_in": self.levels.rule_in.threshold,
+                             "source": self.levels.source}
+        return summary
 
     @property
     def scored(self) -> list[ScoredImage]:
@@ -230,6 +260,8 @@ class Evaluation:
                        "errors": len(self.errors), "positives": m.positives, "negatives": m.n - m.positives},
             "metrics": {name: {"value": iv.value, "ci95": [iv.low, iv.high]} for name, iv in self.intervals.items()},
             "ece": m.ece,
+            f"ece_{CALIBRATION_ECE_BINS}_bins": ece(*self.arrays()),
+            "levels": self.level_summary(),
             "confusion": {"tn": m.confusion[0][0], "fp": m.confusion[0][1],
                           "fn": m.confusion[1][0], "tp": m.confusion[1][1]},
             "bootstrap": {"resamples": self.resamples, "seed": mx.BOOTSTRAP_SEED,
@@ -268,11 +300,30 @@ class Evaluation:
             lines += ["", f"bacterial vs viral (p_viral; {s.n_bacterial} bacterial, {s.n_viral} viral by file name): "
                           f"ROC-AUC {s.roc_auc.value:.3f} [{s.roc_auc.low:.3f}, {s.roc_auc.high:.3f}], "
                           f"accuracy at the model's subtype threshold {s.accuracy_at_half:.3f}"]
+        lines += _level_table(self.level_summary())
         for title, group in (("refused", self.refused), ("errors", self.errors)):
             if group:
                 lines += ["", f"{title} ({len(group)}, not in the metrics):"]
                 lines += [f"  {i.path}: {i.reason}" for i in group]
         return "\n".join(lines)
+
+
+def _level_table(summary: dict[str, Any] | None) -> list[str]:
+    if summary is None:
+        return []
+    points = summary["points"]
+    lines = ["", f"result levels (rule-out {points['rule_out']:.4f}, rule-in {points['rule_in']:.4f}, "
+                 f"from the {describe_source(points['source'])}):"]
+    for level in lv.LEVELS:
+        rate = summary["pneumonia_share_by_level"][level]
+        lines.append(f"  {lv.LEVEL_TEXT[level]:32s} {summary['counts'][level]:5d} images "
+                     f"({summary['shares'][level]:.3f})" + ("" if rate != rate else f", {rate:.3f} of them PNEUMONIA"))
+    accuracy = summary["accuracy_outside_band"]
+    lines.append("  accuracy outside the indeterminate band: "
+                 + ("-" if accuracy != accuracy else f"{accuracy:.3f} on {summary['decided']} images")
+                 + f" ({summary['pneumonia_in_low']} PNEUMONIA called low, {summary['normal_in_high']} NORMAL called "
+                   "high)")
+    return lines
 
 
 def _subtype(images: list[ScoredImage], resamples: int) -> SubtypeResult | None:
@@ -292,7 +343,8 @@ def _subtype(images: list[ScoredImage], resamples: int) -> SubtypeResult | None:
 
 
 def evaluate_scored(images: list[ScoredImage], threshold: ThresholdChoice, model: dict[str, str], source: Path,
-                    resamples: int = mx.BOOTSTRAP_RESAMPLES, card_threshold: float | None = None) -> Evaluation:
+                    resamples: int = mx.BOOTSTRAP_RESAMPLES, card_threshold: float | None = None,
+                    levels: lv.OperatingLevels | None = None) -> Evaluation:
     scored = [i for i in images if i.status == STATUS_SCORED]
     if not scored:
         raise LabelsError(f"none of the {len(images)} labelled files could be scored")
@@ -301,7 +353,7 @@ def evaluate_scored(images: list[ScoredImage], threshold: ThresholdChoice, model
     metrics = mx.compute_metrics(y, p, threshold.value)
     intervals = mx.bootstrap_intervals(y, p, mx.operating_point_statistics(threshold.value), resamples=resamples)
     return Evaluation(Path(source), threshold, model, images, metrics, intervals, _subtype(images, resamples),
-                      resamples, card_threshold)
+                      resamples, card_threshold, levels=levels)
 
 
 def _model_info(model) -> dict[str, str]:  # PneumoniaModel
@@ -333,6 +385,22 @@ def work_dir_for(source: Path) -> Path:
 
         base = Path(platformdirs.user_cache_dir(APP_DIR_NAME, appauthor=False))
     return base / "evaluations" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', source.name)[:40]}-{digest}"
+
+
+def _same_calibration(scores_csv: Path, model) -> bool:  # PneumoniaModel
+    """False (score again) when the CSV predates the levels or its probabilities came from another calibration
+    (a site profile's, or none): mixing calibrations would make the probabilities mean different things."""
+    with open(scores_csv, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        reader = csv.DictReader(handle)
+        if "level" not in (reader.fieldnames or []):
+            log.warning("%s was written by an earlier version (no level column); scoring everything again", scores_csv)
+            return False
+        for record in reader:
+            p, raw = _float_or_none(record.get("probability")), _float_or_none(record.get("raw_probability"))
+            if p is not None and raw is not None and abs(float(model.calibrate(np.array([raw]))[0]) - p) > 1e-3:
+                log.warning("%s holds probabilities of another calibration; scoring everything again", scores_csv)
+                return False
+    return True
 
 
 def _changed_since(items: list[LabelledImage], scores_csv: Path) -> bool:
@@ -370,20 +438,47 @@ def score_and_evaluate(
     if resume and _changed_since(items, scores_csv):
         log.warning("%s: labelled files changed since it was written; scoring everything again", scores_csv)
         resume = False
+    # scored under `threshold`'s own calibration and levels (a site profile's, or the card's), whatever the
+    # shared model's operating point is; the model itself is left as it is
+    model = model.with_operating_point(threshold)
+    threshold = model.operating_point  # (a profile fitted before calibration: its cut on the calibrated scale)
     if resume:
         check_scores_model(scores_csv, model.sha256)
+        resume = _same_calibration(scores_csv, model)
     summary = score_paths([i.path for i in items], scores_csv, model=model, resume=resume,
                           threshold=threshold.value, threshold_source=threshold.source,
                           progress=progress, cancel=cancel)
     if summary.cancelled:
         return summary, None
     evaluation = evaluate_scored(read_scored(scores_csv, items), threshold, _model_info(model), Path(source),
-                                 resamples, model.card.threshold)
+                                 resamples, model.card.threshold, model.levels)
+    evaluation.calibration = model.calibration
     evaluation.files["scores"] = scores_csv
     return summary, evaluation
 
 
 # --------------------------------------------------------------------------- report
+
+
+def _levels_html(summary: dict[str, Any] | None) -> str:
+    if summary is None:
+        return ""
+    e = html.escape
+    points = summary["points"]
+    rows = ""
+    for level in lv.LEVELS:
+        rate = summary["pneumonia_share_by_level"][level]
+        rows += (f"<tr><td>{e(lv.LEVEL_TEXT[level])}</td><td>{summary['counts'][level]}</td>"
+                 f"<td>{summary['shares'][level]:.3f}</td><td>{'-' if rate != rate else f'{rate:.3f}'}</td></tr>")
+    accuracy = summary["accuracy_outside_band"]
+    return (f"<h2>Result levels</h2><p>Rule-out point {points['rule_out']:.4f}, rule-in point "
+            f"{points['rule_in']:.4f} (from the {e(describe_source(points['source']))}): below the first "
+            "<b>low</b>, at or above the second <b>high</b>, between them <b>indeterminate: needs a reader</b>.</p>"
+            "<table><tr><th>level</th><th>images</th><th>share</th><th>share PNEUMONIA</th></tr>"
+            f"{rows}</table><p>Accuracy outside the indeterminate band: <b>"
+            f"{'-' if accuracy != accuracy else f'{accuracy:.3f}'}</b> on {summary['decided']} images "
+            f"({summary['pneumonia_in_low']} PNEUMONIA called low, {summary['normal_in_high']} NORMAL called high)."
+            "</p>")
 
 
 def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
@@ -460,6 +555,7 @@ def report_html(evaluation: Evaluation, pngs: dict[str, bytes]) -> str:
             f"accuracy at the model's subtype threshold: {s.accuracy_at_half:.3f}</p>"
         )
     t = evaluation.threshold
+    levels = _levels_html(evaluation.level_summary())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Pneumo Desktop evaluation: {e(str(evaluation.source))}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#202124}}table{{border-collapse:collapse}}
@@ -475,7 +571,9 @@ Images: {len(evaluation.images)} labelled, {len(evaluation.scored)} scored ({m.p
 <h2>Metrics at the threshold</h2>
 <table><tr><th>metric</th><th>value</th><th>95% CI</th></tr>{rows}</table>
 <p>Intervals: percentile bootstrap, {evaluation.resamples} resamples of the images, seed {mx.BOOTSTRAP_SEED}.
-Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}.</p>
+Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}; ({CALIBRATION_ECE_BINS} bins):
+{d[f"ece_{CALIBRATION_ECE_BINS}_bins"]:.3f}.</p>
+{levels}
 <h2>Confusion matrix</h2>
 <table><tr><th></th><th>predicted NORMAL</th><th>predicted PNEUMONIA</th></tr>
 <tr><td>true NORMAL</td><td>{tn}</td><td>{fp}</td></tr>\
@@ -491,51 +589,8 @@ Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}.</p>
 # --------------------------------------------------------------------------- calibration
 
 
-def calibrate(
-    evaluation: Evaluation,
-    target_sensitivity: float,
-    name: str,
-) -> SiteProfile:
-    """A site profile whose threshold is the highest-specificity one with sensitivity >= target on these images."""
-    if not 0.0 < target_sensitivity <= 1.0:
-        raise ValueError(f"the target sensitivity must be in (0, 1], got {target_sensitivity}")
-    y, p = evaluation.arrays()
-    if y.all() or not y.any():
-        raise LabelsError("calibration needs scored images of both classes (NORMAL and PNEUMONIA)")
-    # scores.csv keeps probabilities to 6 decimals: half a unit lower keeps every image whose rounded score
-    # reached the chosen one on the same side when the model's unrounded probability is compared.
-    threshold = max(mx.choose_threshold(y, p, target_sensitivity) - CSV_HALF_UNIT, 0.0)
-    at_new = mx.compute_metrics(y, p, threshold)
-    figures: dict[str, Any] = {"at_threshold": _figures(at_new)}
-    if evaluation.card_threshold is not None:
-        figures["at_card_threshold"] = _figures(mx.compute_metrics(y, p, evaluation.card_threshold))
-    temperature = mx.fit_temperature(y, mx.logit(p))
-    figures["calibration"] = {
-        "ece": at_new.ece,
-        "ece_after_temperature": mx.expected_calibration_error(y, mx.sigmoid(mx.logit(p) / temperature)),
-        "note": "the fitted temperature is recorded, not applied: "
-        "it changes probabilities, not the ranking or the labels",
-    }
-    return SiteProfile(
-        name=name.strip(),
-        model_sha256=evaluation.model["sha256"],
-        model_name=evaluation.model["name"],
-        model_version=evaluation.model["version"],
-        threshold=threshold,
-        rule={
-            "kind": "min_sensitivity",
-            "target": float(target_sensitivity),
-            "text": f"highest specificity among thresholds with sensitivity >= {target_sensitivity:.2f} on "
-                    f"{len(y)} labelled images of this site (ties: the highest threshold)",
-        },
-        image_count={"scored": len(y), "positives": int(y.sum()), "negatives": int((~y).sum()),
-                     "refused": len(evaluation.refused), "errors": len(evaluation.errors)},
-        figures=figures,
-        data_folder=str(evaluation.source),
-        temperature=temperature,
-    )
+def calibrate(evaluation: Evaluation, target_sensitivity: float, name: str) -> SiteProfile:
+    """A site profile for these images (core/site_calibration.py: Platt, threshold and levels refitted)."""
+    from pneumo_desktop.core.site_calibration import calibrate_site
 
-
-def _figures(m: mx.Metrics) -> dict[str, Any]:
-    return {"threshold": m.threshold, "sensitivity": m.recall, "specificity": m.specificity, "accuracy": m.accuracy,
-            "precision": m.precision, "f1": m.f1, "roc_auc": m.roc_auc, "pr_auc": m.pr_auc, "confusion": m.confusion}
+    return calibrate_site(evaluation, target_sensitivity, name)

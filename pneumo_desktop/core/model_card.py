@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pneumo_desktop.core.calibration import METHOD_PLATT, PlattCalibration
 from pneumo_desktop.core.errors import PneumoError
+from pneumo_desktop.core.levels import OperatingLevels
 
 CARD_FILENAME = "model_card.json"
 TFLITE_FILENAME = "model.tflite"
@@ -115,6 +117,9 @@ class ModelCard:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     subtype: SubtypeSpec | None = None  # None: the model has no subtype head (older models)
     refusal: RefusalSpec | None = None  # None: the model refuses nothing (older models)
+    # Platt scaling applied by the runtime (calibration.method "platt"); None: the output is used as it is
+    calibration: PlattCalibration | None = None
+    levels: OperatingLevels | None = None  # rule-out / rule-in points (calibrated space); None: no levels
 
     @property
     def positive_class(self) -> str:
@@ -155,6 +160,8 @@ class ModelCard:
                 raw=data,
                 subtype=SubtypeSpec.from_dict(data["subtype"]) if data.get("subtype") is not None else None,
                 refusal=RefusalSpec.from_dict(data["refusal"]) if data.get("refusal") is not None else None,
+                calibration=_platt(data.get("calibration")),
+                levels=OperatingLevels.from_dict(data["levels"]) if data.get("levels") is not None else None,
             )
         except ModelIntegrityError:
             raise
@@ -179,6 +186,13 @@ class ModelCard:
             raise bad(f"class_names must be two different names, got {list(self.class_names)}")
         if TFLITE_FILENAME not in self.artifacts:
             raise bad(f"artifacts must list {TFLITE_FILENAME} with its sha256")
+
+
+def _platt(section: Any) -> PlattCalibration | None:
+    """The card's Platt scaling; a section without method "platt" (temperature only, inside the graph) is none."""
+    if isinstance(section, dict) and str(section.get("method", "")).lower() == METHOD_PLATT:
+        return PlattCalibration.from_dict(section)
+    return None
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

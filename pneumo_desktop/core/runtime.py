@@ -6,20 +6,23 @@ the batch scorer may share it. Inputs are batched by resizing the (dynamic) batc
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
 
 from pneumo_desktop.core import model_card as mc
+from pneumo_desktop.core.calibration import PlattCalibration
 from pneumo_desktop.core.gradcam import gradcam
 from pneumo_desktop.core.imaging import LoadedImage
+from pneumo_desktop.core.levels import LevelBand, OperatingLevels
 from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError
 from pneumo_desktop.core.preprocess import prepare_input
 from pneumo_desktop.core.resources import bundled_model_dir
@@ -59,7 +62,7 @@ def _short(value: float) -> str:
 @dataclass(frozen=True)
 class Prediction:
     path: Path | None
-    probability: float | None  # P(PNEUMONIA); None when the image was refused
+    probability: float | None  # P(PNEUMONIA), calibrated when the card (or profile) has Platt; None when refused
     label: str | None  # "NORMAL" | "PNEUMONIA" at `threshold`; None when refused
     threshold: float
     model_name: str
@@ -73,10 +76,18 @@ class Prediction:
     p_viral: float | None = None  # P(viral | pneumonia): only for PNEUMONIA labels that are not refused
     subtype: str | None = None  # "bacterial" | "viral" at the subtype threshold, same condition
     threshold_source: str = SOURCE_CARD  # "card", "command-line", "profile:<name>" or "explicit" (a caller's value)
+    raw_probability: float | None = None  # the model's own output before calibration (None when refused)
+    level: str | None = None  # "low" | "indeterminate" | "high" (levels.py); None: refused, or no levels in the card
+    level_band: LevelBand | None = None  # the level's band and the operating figures behind it
 
     @property
     def refused(self) -> bool:
         return self.status == STATUS_REFUSED
+
+    @property
+    def level_source(self) -> str | None:
+        """Where the level's points come from: "card" or "profile:<name>" (None: no level)."""
+        return self.level_band.source if self.level_band is not None else None
 
 
 @dataclass(frozen=True)
@@ -229,6 +240,9 @@ class PneumoniaModel:
         self._lock = threading.Lock()
         # The threshold used when a caller passes none: the card's, or a site profile's (use_operating_point).
         self.operating_point = ThresholdChoice(card.threshold, SOURCE_CARD)
+        # Platt scaling of the output and the three levels: the card's, or a site profile's while it is in use.
+        self.calibration: PlattCalibration | None = card.calibration
+        self.levels: OperatingLevels | None = card.levels
 
     @classmethod
     def load(cls, model_dir: Path | None = None, num_threads: int | None = None,
@@ -256,9 +270,32 @@ class PneumoniaModel:
         return self.card.input_size
 
     def use_operating_point(self, choice: ThresholdChoice) -> None:
-        """Make `choice` (from site_profiles.resolve_threshold) the default threshold of every prediction."""
+        """Make `choice` (from site_profiles.resolve_threshold) the default threshold of every prediction, with
+        its calibration and levels when it has them (a site profile), else the card's."""
+        calibration = choice.calibration if choice.calibration is not None else self.card.calibration
+        if choice.levels is not None:
+            levels: OperatingLevels | None = choice.levels
+        else:  # the card's points are on the card's calibration: meaningless under a profile's own
+            levels = self.card.levels if choice.calibration is None else None
+        if choice.raw_space and choice.calibration is None and self.card.calibration is not None:
+            # a profile fitted on the uncalibrated output: the same cut, expressed on the calibrated probability
+            choice = replace(choice, value=self.card.calibration.apply_one(choice.value), raw_space=False)
         self._threshold(choice.value)  # validates
         self.operating_point = choice
+        self.calibration, self.levels = calibration, levels
+
+    def with_operating_point(self, choice: ThresholdChoice) -> PneumoniaModel:
+        """This model with `choice` as its operating point (calibration and levels too), leaving this one as it is:
+        the copy shares the interpreter and its lock, so a background job can score under another profile (or the
+        card's) while the window keeps its own."""
+        view = copy.copy(self)
+        view.use_operating_point(choice)
+        return view
+
+    def calibrate(self, raw_probability: np.ndarray) -> np.ndarray:
+        """The calibrated probabilities (the calibration in use) of raw model outputs."""
+        p = np.asarray(raw_probability, dtype=np.float64)
+        return self.calibration.apply(p) if self.calibration is not None else p
 
     def describe(self) -> str:
         return f"{self.card.name} {self.card.version}"
@@ -330,7 +367,8 @@ class PneumoniaModel:
         looks_inverted: bool = False,
         refuse: bool = True,
     ) -> Prediction:
-        """One image's result from its raw outputs: refusal first, then the label, then the subtype."""
+        """One image's result from its raw outputs (`probability` is the model's own, uncalibrated): refusal first,
+        then calibration, the label and the level, then the subtype."""
         cut = self._threshold(threshold)
         card = self.card
         base: dict[str, Any] = dict(
@@ -351,7 +389,11 @@ class PneumoniaModel:
             if refuse:
                 return Prediction(probability=None, label=None, status=STATUS_REFUSED, ood_score=ood_score,
                                   ood_limit=limit, refusal_reason=reason, **base)
-        label = card.label_for(float(probability), cut)
+        raw = float(probability)
+        calibration, levels = self.calibration, self.levels
+        probability = calibration.apply_one(raw) if calibration is not None else raw
+        label = card.label_for(probability, cut)
+        level = levels.level_for(probability) if levels is not None else None
         subtype = None
         if card.subtype is not None and p_viral is not None and label == card.positive_class:
             subtype = card.subtype.label_for(p_viral)
@@ -367,6 +409,9 @@ class PneumoniaModel:
             overridden=reason is not None,
             p_viral=None if p_viral is None else float(p_viral),
             subtype=subtype,
+            raw_probability=raw,
+            level=level,
+            level_band=levels.band(level) if levels is not None and level is not None else None,
             **base,
         )
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from pneumo_desktop.core.batch import CSV_COLUMNS, _path_key, csv_path, unneutralise
+from pneumo_desktop.core.batch import CSV_COLUMNS, OLDER_CSV_COLUMNS, _path_key, csv_path, unneutralise
 from pneumo_desktop.core.imaging import find_images
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,9 @@ def _read_shard(shard_csv: Path) -> _Shard:
                          "finish it with 'score ... --resume'")
     reader = csv.reader(io.StringIO(data.decode(*_ENCODING), newline=""))
     header = next(reader, None)
+    if header is not None and tuple(header) in OLDER_CSV_COLUMNS:
+        raise ShardError(f"{shard_csv} was written by an earlier version of this program (no level column): "
+                         "score that shard again")
     if header is None or tuple(header) != CSV_COLUMNS:
         raise ShardError(f"{shard_csv} is not a results CSV of this program")
     rows: dict[str, list[str]] = {}

@@ -19,6 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pneumo_desktop.core.calibration import PlattCalibration
+from pneumo_desktop.core.levels import OperatingLevels
+
 log = logging.getLogger(__name__)
 
 APP_DIR_NAME = "pneumo-desktop"
@@ -40,6 +43,12 @@ class ThresholdChoice:
     value: float
     source: str  # "card", "command-line" or "profile:<name>" (the CSV's threshold_source column)
     note: str = ""  # why the expected source was not used (e.g. the active profile is for another model)
+    # A profile's own calibration and levels (None: the card's). A profile made before calibration was applied
+    # has neither: its threshold is on the model's raw output (raw_space) and the runtime maps it through the
+    # card's calibration, so that it labels every image as it did.
+    calibration: PlattCalibration | None = None
+    levels: OperatingLevels | None = None
+    raw_space: bool = False
 
     @property
     def profile_name(self) -> str | None:
@@ -71,8 +80,13 @@ class SiteProfile:
     figures: dict[str, Any]  # metrics at the new threshold (and at the card's, for comparison)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     data_folder: str = ""
-    temperature: float | None = None  # fitted on the site's data: recorded, not applied to probabilities
+    temperature: float | None = None  # fitted on the site's data: recorded, not applied (Platt below is)
     schema_version: int = PROFILE_SCHEMA_VERSION
+    # Added with the levels (optional; older profiles have neither): the site's Platt scaling of the model output
+    # (calibration.PlattCalibration.as_dict plus its figures), applied while the profile is active, and its
+    # rule-out / rule-in points (levels.OperatingLevels.as_dict) on that calibrated probability.
+    calibration: dict[str, Any] | None = None
+    levels: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,12 +107,25 @@ class SiteProfile:
                 data_folder=str(data.get("data_folder", "")),
                 temperature=None if data.get("temperature") is None else float(data["temperature"]),
                 schema_version=int(data.get("schema_version", PROFILE_SCHEMA_VERSION)),
+                calibration=None if data.get("calibration") is None else dict(data["calibration"]),
+                levels=None if data.get("levels") is None else dict(data["levels"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"site profile is malformed: missing or invalid field {exc}") from exc
         if not 0.0 <= profile.threshold <= 1.0:
             raise ProfileError(f"site profile {profile.name!r} has an invalid threshold {profile.threshold}")
         return profile
+
+    def choice(self) -> ThresholdChoice:
+        """This profile's operating point with its calibration and levels (ProfileError when they are malformed)."""
+        source = SOURCE_PROFILE_PREFIX + self.name
+        try:
+            calibration = None if self.calibration is None else PlattCalibration.from_dict(self.calibration)
+            levels = None if self.levels is None else OperatingLevels.from_dict(self.levels, source)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProfileError(f'site profile "{self.name}" has a malformed calibration or levels: {exc}') from None
+        return ThresholdChoice(self.threshold, source, calibration=calibration, levels=levels,
+                               raw_space=calibration is None)
 
     def check_model(self, model_sha256: str) -> None:
         if self.model_sha256 != model_sha256:
@@ -217,16 +244,16 @@ def resolve_threshold(
     if profile is not None:
         chosen = load_profile(profile)
         chosen.check_model(model_sha256)
-        return ThresholdChoice(chosen.threshold, SOURCE_PROFILE_PREFIX + chosen.name)
+        return chosen.choice()
     if use_active:
         name = active_profile_name()
         if name is not None:
             try:
                 active = load_profile(name)
                 active.check_model(model_sha256)
+                return active.choice()
             except ProfileError as exc:
                 note = f"active site profile not used: {exc}"
                 log.warning("%s", note)
                 return ThresholdChoice(float(card_threshold), SOURCE_CARD, note)
-            return ThresholdChoice(active.threshold, SOURCE_PROFILE_PREFIX + active.name)
     return ThresholdChoice(float(card_threshold), SOURCE_CARD)

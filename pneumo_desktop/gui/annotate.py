@@ -35,7 +35,10 @@ def annotated_overlay(overlay: QImage, colorbar: QImage, prediction: Prediction,
     painter.drawText(
         line,
         int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
-        f"{prediction.label}   P(pneumonia) {prediction.probability:.3f}"
+        # the level first when the model has levels: a label alone beside P > 0.5 could be misread
+        (f"{prediction.level_band.text} ({prediction.label})" if prediction.level_band is not None
+         else f"{prediction.label}")
+        + f"   P(pneumonia) {prediction.probability:.3f}"
         # scored although the model would refuse it: the picture must not pass for an ordinary result
         + (" (overridden: not read as a chest X-ray)" if prediction.overridden else "")
         + f"   threshold {prediction.threshold:.3f}",

@@ -370,10 +370,12 @@ class CalibrateDialog(_ScoringDialog):
             self.rule.setText(str(exc))
             self.save_button.setEnabled(False)
             return
-        y, p = self.evaluation.arrays()
-        image = plots.tradeoff_plot(
-            y, p, self.profile.threshold, self.sensitivity.value(), self.evaluation.card_threshold
-        )
+        from ..core.site_calibration import site_arrays
+
+        y, p = site_arrays(self.evaluation, self.profile)  # the profile's calibrated scale, where its points lie
+        card_cut = (self.profile.figures.get("at_card_threshold") or {}).get("threshold_site",
+                                                                             self.evaluation.card_threshold)
+        image = plots.tradeoff_plot(y, p, self.profile.threshold, self.sensitivity.value(), card_cut)
         self.plot.setPixmap(_pixmap(plots.png_bytes(image)))
         self.rule.setText(f"Rule: {self.profile.rule['text']}.")
         rows: list[tuple[str, ...]] = []

@@ -13,7 +13,15 @@ from PySide6.QtGui import QColor, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
 from ..core.imaging import sniff_format
+from ..core.levels import LEVEL_HIGH, LEVEL_INDETERMINATE, LEVEL_LOW, LEVEL_MEANING, LEVEL_TEXT
 from .icons import STATUS_COLOURS, RowStatus, status_icon
+
+# A level's colour: low and high as the labels' (green, orange); indeterminate in a dark amber of its own.
+LEVEL_COLOURS = {
+    LEVEL_LOW: STATUS_COLOURS[RowStatus.NORMAL],
+    LEVEL_INDETERMINATE: "#9a6700",
+    LEVEL_HIGH: STATUS_COLOURS[RowStatus.POSITIVE],
+}
 
 # Files with these endings are listed without opening them (a damaged one becomes an error row);
 # any other file is listed only if its first bytes are those of a supported image (DICOM often has no ending).
@@ -66,6 +74,7 @@ class FileEntry:
     refusal: str = ""  # why the model refused (or, when overridden, would have refused) this image
     overridden: bool = False
     name: str = ""  # shown name: the path below the opened folder
+    level: str = ""  # levels.LEVEL_*: low / indeterminate / high ("" when the model has no levels)
 
     @property
     def result_text(self) -> str:
@@ -73,12 +82,14 @@ class FileEntry:
             return f"Error: {self.error}"
         if self.status is RowStatus.REFUSED:
             return "refused"  # the reason is in the tooltip and the result panel
+        # the level first (it is the result); the label at the threshold beside it, for compatibility
+        shown = f"{LEVEL_TEXT[self.level]} · {self.label}" if self.level in LEVEL_TEXT else self.label
         if self.overridden and self.probability is not None:
-            return f"{self.label} *"  # scored anyway: the asterisk's meaning is in the tooltip
+            return f"{shown} *"  # scored anyway: the asterisk's meaning is in the tooltip
         if self.status is RowStatus.WORKING:
             return "scoring…"
         if self.probability is not None:
-            return self.label
+            return shown
         return "not scored yet"
 
 
@@ -156,9 +167,13 @@ class FileListModel(QStandardItemModel):
             tip += f"\n\nRefused, not scored: {entry.refusal}"
         elif entry.probability is not None:
             tip += f"\n\nModel output P(pneumonia) = {format_probability(entry.probability)} ({entry.label})"
+            if entry.level in LEVEL_TEXT:
+                tip += f"\nLevel: {LEVEL_TEXT[entry.level]} ({LEVEL_MEANING[entry.level]})"
             if entry.overridden:
                 tip += f"\n* scored anyway (refusal overridden): {entry.refusal}"
         colour = QColor(STATUS_COLOURS[entry.status]) if entry.status in _COLOURED else None
+        if entry.level in LEVEL_COLOURS and entry.status in (RowStatus.NORMAL, RowStatus.POSITIVE):
+            colour = QColor(LEVEL_COLOURS[entry.level])
         role = Qt.ItemDataRole
         name, probability, result = items
         # One setData call per cell and role set (each is a Python->Qt call on the GUI thread).
@@ -201,29 +216,32 @@ class FileListModel(QStandardItemModel):
                 self._store(row, entry)
         return row
 
-    def set_result(self, path: Path | str, probability: float, label: str, overridden_reason: str = "") -> int:
-        """A scored image; `overridden_reason` is set when it was scored although it would be refused."""
+    def set_result(self, path: Path | str, probability: float, label: str, overridden_reason: str = "",
+                   level: str = "") -> int:
+        """A scored image; `overridden_reason` is set when it was scored although it would be refused; `level`
+        is its result level (low / indeterminate / high) when the model has levels."""
         status = RowStatus.POSITIVE if label == self._positive_label else RowStatus.NORMAL
         return self._update(path, status=status, probability=probability, label=label, error="",
-                            refusal=overridden_reason, overridden=bool(overridden_reason))
+                            refusal=overridden_reason, overridden=bool(overridden_reason), level=level)
 
     def set_refused(self, path: Path | str, reason: str) -> int:
         return self._update(path, status=RowStatus.REFUSED, refusal=reason, probability=None, label="", error="",
-                            overridden=False)
+                            overridden=False, level="")
 
     def set_error(self, path: Path | str, message: str) -> int:
-        return self._update(path, status=RowStatus.ERROR, error=message, probability=None, label="")
+        return self._update(path, status=RowStatus.ERROR, error=message, probability=None, label="", level="")
 
     def set_results(self, results: list[tuple]) -> None:
-        """Apply many (path, probability, label, error[, refusal_reason]) results.
+        """Apply many (path, probability, label, error[, refusal_reason[, level]]) results.
 
         A refusal reason without a probability is a refused row; with one, an overridden refusal."""
         for path, probability, label, error, *rest in results:
             reason = rest[0] if rest else ""
+            level = rest[1] if len(rest) > 1 else ""
             if error:
                 self.set_error(path, error)
             elif probability is not None:
-                self.set_result(path, probability, label, reason)
+                self.set_result(path, probability, label, reason, level)
             elif reason:
                 self.set_refused(path, reason)
 

@@ -158,7 +158,7 @@ class MainWindow(QMainWindow):
         self._restore_settings()
 
         # (path, probability, label, error, refusal_reason) per batch row
-        self._row_queue: deque[tuple[Path, float | None, str, str, str]] = deque()
+        self._row_queue: deque[tuple[Path, float | None, str, str, str, str]] = deque()
         self._row_timer = QTimer(self)
         self._row_timer.setSingleShot(True)
         self._row_timer.setInterval(0)
@@ -835,7 +835,8 @@ class MainWindow(QMainWindow):
             else:
                 self.file_model.set_result(self.state.path, cast(float, prediction.probability),
                                            cast(str, prediction.label),
-                                           (prediction.refusal_reason or "") if prediction.overridden else "")
+                                           (prediction.refusal_reason or "") if prediction.overridden else "",
+                                           prediction.level or "")
         self._update_actions()
         self.predictionShown.emit(explanation)
 
@@ -1117,10 +1118,11 @@ class MainWindow(QMainWindow):
         self.batch_progress.setValue(last.done)
         self.batch_progress.setFormat("Scored %v / %m")
         self._queue_rows(
-            [(p.row.path, p.row.probability, p.row.prediction, p.row.error, p.row.refusal_reason) for p in items]
+            [(p.row.path, p.row.probability, p.row.prediction, p.row.error, p.row.refusal_reason, p.row.level)
+             for p in items]
         )
 
-    def _queue_rows(self, rows: list[tuple[Path, float | None, str, str, str]]) -> None:
+    def _queue_rows(self, rows: list[tuple[Path, float | None, str, str, str, str]]) -> None:
         self._row_queue.extend(rows)
         if not self._row_timer.isActive():
             self._row_timer.start()
@@ -1139,7 +1141,8 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_batch_finished(self, outcome: BatchOutcome) -> None:
         # Rows read back from the CSV (resumed ones included); rows already shown are skipped cheaply.
-        self._queue_rows([(r.path, r.probability, r.prediction, r.error, r.refusal_reason) for r in outcome.rows])
+        self._queue_rows([(r.path, r.probability, r.prediction, r.error, r.refusal_reason, r.level)
+                          for r in outcome.rows])
         self._hide_batch_progress()
         if self._closing:
             # Quit during a batch: the rows written so far stay in the CSV; no box for a window that is gone.

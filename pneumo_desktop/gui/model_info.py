@@ -97,6 +97,15 @@ def _optional_rows(card: ModelCard) -> list[tuple[str, str]]:
                      + (f" ({card.refusal.rule})" if card.refusal.rule else "")))
     else:
         rows.append(("Refusal", "none: this model scores every image it is given"))
+    if card.calibration is not None:
+        rows.append(("Calibration", f"Platt scaling of the output (slope {card.calibration.slope:.3f}, intercept "
+                     f"{card.calibration.intercept:+.3f}): every probability shown is calibrated"))
+    if card.levels is not None:
+        lv = card.levels
+        rows.append(("Result levels", f"low below {lv.rule_out.threshold:.3f} (sensitivity "
+                     f"{lv.rule_out.sensitivity:.3f}), high from {lv.rule_in.threshold:.3f} (specificity "
+                     f"{lv.rule_in.specificity:.3f}), indeterminate between"
+                     + (f" ({lv.fitted_on})" if lv.fitted_on else "")))
     if card.subtype is not None:
         rows.append(("Subtype (secondary)", f"{' / '.join(card.subtype.classes)} at P(viral | pneumonia) "
                      f"{card.subtype.threshold:.3f}; research use only"))

@@ -6,9 +6,19 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPaintEvent, QPen
-from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
-from .file_list import format_probability
+from ..core.levels import LEVEL_MEANING
+from .file_list import LEVEL_COLOURS, format_probability
 from .icons import STATUS_COLOURS, RowStatus
 
 if TYPE_CHECKING:
@@ -18,6 +28,7 @@ PANEL_TITLE = "Model output — research use only, not a diagnosis"
 REFUSED_LABEL = "NOT SCORED"
 REFUSED_CAPTION = "the model does not read this image"
 LABEL_CAPTION = "label at the model's operating point"
+LABEL_CAPTION_WITH_LEVEL = "label at the main threshold, kept for compatibility: the level above is the result"
 SUBTYPE_CAVEAT = (
     "Research use only: a secondary estimate, less validated than the main output; "
     "it does not tell bacterial from viral pneumonia in a patient."
@@ -82,6 +93,22 @@ class PredictionPanel(QGroupBox):
         big.setPointSize(big.pointSize() + 7)
         big.setBold(True)
         self.label_value.setFont(big)
+        self._label_fonts = (big, QFont(self.font()))  # (alone, below a level)
+        self._label_fonts[1].setPointSize(self._label_fonts[1].pointSize() + 1)
+        self._label_fonts[1].setBold(True)
+        # The level (low / indeterminate: needs a reader / high): the result, large and first, with the
+        # probability smaller beside it and the figures the card (or profile) measured for that band below.
+        self.level_value = QLabel("")
+        self.level_value.setObjectName("levelValue")
+        self.level_value.setFont(big)
+        self.level_value.setWordWrap(True)
+        self.level_probability = QLabel("")
+        self.level_probability.setObjectName("levelProbability")
+        self.level_probability.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.level_figures = QLabel("")
+        self.level_figures.setObjectName("levelFigures")
+        self.level_figures.setWordWrap(True)
+        self.level_figures.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.label_caption = QLabel(LABEL_CAPTION)
         self.label_caption.setObjectName("labelCaption")
 
@@ -116,6 +143,8 @@ class PredictionPanel(QGroupBox):
         small.setPointSize(max(small.pointSize() - 1, 7))
         self.note.setFont(small)
         self.label_caption.setFont(small)
+        self.level_figures.setFont(small)
+        self.level_probability.setFont(mid)
 
         refused_colour = STATUS_COLOURS[RowStatus.REFUSED]
         # Refusal: the reason and the way around it, both visible without hovering.
@@ -158,6 +187,11 @@ class PredictionPanel(QGroupBox):
         layout = QVBoxLayout(self)
         layout.addWidget(self.caveat)
         layout.addWidget(self.status_value)
+        level_row = QHBoxLayout()
+        level_row.addWidget(self.level_value, 1)
+        level_row.addWidget(self.level_probability)
+        layout.addLayout(level_row)
+        layout.addWidget(self.level_figures)
         layout.addWidget(self.label_value)
         layout.addWidget(self.label_caption)
         layout.addWidget(self.refusal_value)
@@ -177,6 +211,7 @@ class PredictionPanel(QGroupBox):
         self.label_value.setText("—")
         self.label_value.setStyleSheet("")
         self.label_caption.setText(LABEL_CAPTION)
+        self._show_level(None)
         self.probability_value.setText("—")
         self.threshold_value.setText("—")
         self.probability_bar.set_values(None, None)
@@ -200,6 +235,32 @@ class PredictionPanel(QGroupBox):
             )
         self.subtype_value.setVisible(shown)
         self.subtype_caveat.setVisible(shown)
+
+    def _show_level(self, prediction: Prediction | None) -> None:
+        """The level, or nothing (refused, cleared, or a model without levels: the label is then the big line)."""
+        band = prediction.level_band if prediction is not None else None
+        shown = band is not None and prediction is not None and prediction.probability is not None
+        self.level_value.setVisible(shown)
+        self.level_probability.setVisible(shown)
+        self.level_figures.setVisible(shown)
+        self.label_value.setFont(self._label_fonts[1] if shown else self._label_fonts[0])
+        if not shown or band is None or prediction is None or prediction.probability is None:
+            self.level_value.setText("")
+            self.level_probability.setText("")
+            self.level_figures.setText("")
+            return
+        from ..core.site_profiles import describe_source
+
+        colour = LEVEL_COLOURS.get(band.level, "")
+        self.level_value.setText(band.text)
+        self.level_value.setStyleSheet(f"color: {colour};")
+        self.level_value.setToolTip(LEVEL_MEANING.get(band.level, ""))
+        self.level_probability.setText(f"P(pneumonia) {format_probability(prediction.probability)}")
+        self.level_figures.setText(
+            f"{LEVEL_MEANING.get(band.level, '').capitalize()}: {band.figures()} "
+            f"(points from the {describe_source(band.source)})"
+        )
+        self.label_caption.setText(LABEL_CAPTION_WITH_LEVEL)
 
     def set_busy_override(self) -> None:
         """While the refused image is being scored anyway."""
@@ -228,12 +289,14 @@ class PredictionPanel(QGroupBox):
             self._show_refusal(f"Refused: {prediction.refusal_reason or 'not a chest X-ray'}", button=True)
             self.override_note.setVisible(False)
             self._show_subtype(None)
+            self._show_level(None)
             return
         status = RowStatus.POSITIVE if prediction.label == positive_label else RowStatus.NORMAL
         colour = QColor(STATUS_COLOURS[status])
         self.label_value.setText(prediction.label or "—")
         self.label_value.setStyleSheet(f"color: {colour.name()};")
         self.label_caption.setText(LABEL_CAPTION)
+        self._show_level(prediction)
         self.probability_value.setText(format_probability(prediction.probability)
                                        + ("  (overridden)" if prediction.overridden else ""))
         self.probability_bar.set_values(prediction.probability, prediction.threshold, colour)

@@ -13,8 +13,9 @@ from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainte
 
 from .. import RESEARCH_USE_STATEMENT, __version__
 from ..core.errors import PneumoError
+from ..core.levels import LEVEL_MEANING
 from ..core.site_profiles import describe_source
-from .file_list import format_probability
+from .file_list import LEVEL_COLOURS, format_probability
 from .model_info import DATA_ATTRIBUTION, card_rows, metric_summary
 
 if TYPE_CHECKING:
@@ -204,6 +205,13 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
 
     key_w = width * 0.3
     page.text("Model output", size=12, bold=True, gap=0.2)
+    band = pred.level_band
+    if band is not None:
+        # the level is the result: first and largest, with the figures behind it
+        page.text(f"Result level: {band.text}   (P(pneumonia) {format_probability(cast(float, pred.probability))})",
+                  size=13, bold=True, colour=LEVEL_COLOURS.get(band.level, "#202124"), gap=0.1)
+        page.text(f"{LEVEL_MEANING.get(band.level, '').capitalize()}: {band.figures()} "
+                  f"(points from the {describe_source(band.source)})", size=8.5, colour="#5f6368", gap=0.4)
     page.rows(
         [
             # a refused image is never exported, so there is a probability
@@ -211,7 +219,7 @@ def _paint_report(painter: QPainter, data: ReportData, width: float, height: flo
                 "P(pneumonia)",
                 format_probability(cast(float, pred.probability)) + ("  (overridden)" if pred.overridden else ""),
             ),
-            ("Label at operating point", pred.label or "—"),
+            ("Label at operating point" + (" (compatibility)" if band is not None else ""), pred.label or "—"),
             ("Threshold", format_probability(pred.threshold)),
             ("Threshold from", describe_source(pred.threshold_source)),
         ],

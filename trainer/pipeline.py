@@ -149,6 +149,7 @@ def make_dataset(
     are a dict for the two outputs of the classifier with a subtype head. `body_masks` (uint8 N x S x S, 1 =
     body) enable the mask-based augmentations; a flattened image's target becomes 0.5 and its subtype unknown.
     """
+    targets: np.ndarray | dict[str, np.ndarray]
     if subtype_labels is not None:
         targets = {"probability": labels.astype(np.float32).reshape(-1, 1),
                    "p_viral": subtype_labels.astype(np.float32).reshape(-1, 1)}

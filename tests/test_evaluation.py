@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from pneumo_desktop import cli
+from pneumo_desktop.cli.common import EXIT_USAGE
 from pneumo_desktop.core import evaluation as ev
 from pneumo_desktop.core import site_profiles as sp
 from pneumo_desktop.core.batch import score_paths
@@ -326,6 +327,6 @@ def test_cli_refuses_a_profile_of_another_model(tiny_model_dir, sample_paths, tm
                                    threshold=0.3, rule={"kind": "fixed"}, image_count={}, figures={}), activate=False)
     code = cli.main(["score", str(sample_paths[0]), "-o", str(tmp_path / "s.csv"), "--profile", "Elsewhere",
                      "--model", str(tiny_model_dir)])
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "Elsewhere" in err and "another model" in err and not (tmp_path / "s.csv").exists()

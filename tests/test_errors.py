@@ -35,7 +35,7 @@ def test_reason_is_the_sentence_and_the_message_adds_the_file(tmp_path: Path) ->
 
 def test_describe_error_needs_no_attribute_probing() -> None:
     pytest.importorskip("PySide6")
-    from pneumo_desktop.gui.workers import describe_error
+    from pneumo_desktop.gui.error_text import describe_error
 
     assert describe_error(CorruptImageError("/x/a.png", "the file is truncated")) == "the file is truncated"
     assert describe_error(ValueError("plain message")) == "plain message"

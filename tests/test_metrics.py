@@ -139,7 +139,7 @@ def test_temperature_fit_matches_sklearn_logistic_scaling():
 
 
 def test_trainer_keeps_its_public_names():
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
 
     assert ev.compute_metrics is mx.compute_metrics and ev.choose_threshold is mx.choose_threshold
     assert ev.Metrics is mx.Metrics and ev.roc_auc is mx.roc_auc

@@ -12,7 +12,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from PySide6.QtCore import QObject, Qt, QThreadPool, Signal, Slot
 from PySide6.QtGui import QPixmap
@@ -36,10 +36,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .background import run_in_background
+from .background import Progress, run_in_background
 from .error_text import describe_error
 
 if TYPE_CHECKING:
+    from ..core.batch import BatchProgress
     from ..core.evaluation import Evaluation
     from ..core.runtime import PneumoniaModel
     from ..core.site_profiles import SiteProfile, ThresholdChoice
@@ -69,13 +70,13 @@ class EvaluationRunner(QObject):
         cancel = threading.Event()
         self._cancel = cancel
 
-        def work(report: Any) -> Evaluation | None:
+        def work(report: Progress) -> Evaluation | None:
             from ..core import metrics as mx
             from ..core.evaluation import score_and_evaluate, work_dir_for
 
             last = [-1]
 
-            def on_progress(p: Any) -> None:  # worker thread: at most ~100 updates per run
+            def on_progress(p: BatchProgress) -> None:  # worker thread: at most ~100 updates per run
                 step = max(p.total // 100, 1)
                 if p.done == p.total or p.done - last[0] >= step:
                     last[0] = p.done

@@ -41,8 +41,6 @@ EXIT_STATUS_HELP = (
     "5 the output CSV is being written by another run; 130 interrupted (continue with --resume)"
 )
 
-log = logging.getLogger(__name__)
-
 NO_REFUSE_HELP = (
     "score images the model would refuse as not looking like a frontal chest X-ray "
     "(the output marks them as overridden)"
@@ -52,8 +50,6 @@ NO_REFUSE_HELP = (
 class UsageError(PneumoError):
     """Bad arguments: reported on stderr with exit code 2."""
 
-
-# --------------------------------------------------------------------------- argument parsing
 
 # --------------------------------------------------------------------------- argument parsing
 
@@ -83,16 +79,12 @@ THRESHOLD_HELP = (
 PROFILE_HELP = "use this site profile's threshold (see 'pneumo-desktop profiles'; default: the active one)"
 
 
-
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
     """argparse exits on errors and --help; turn that into a return code."""
     try:
         return parser.parse_args(list(argv))
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-
-
-# --------------------------------------------------------------------------- entry point
 
 
 # --------------------------------------------------------------------------- errors, logging
@@ -113,7 +105,6 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
 
 
-
 # --------------------------------------------------------------------------- the model and its threshold
 
 
@@ -129,9 +120,6 @@ def load_model(model_dir: Path | None, batch_size: int | None = None) -> Pneumon
         return None
 
 
-# --------------------------------------------------------------------------- --version
-
-
 def use_threshold(model: PneumoniaModel, threshold: float | None, profile: str | None) -> ThresholdChoice:
     """Resolve the threshold (command line > --profile > active profile > card) and make it the model's default."""
     from pneumo_desktop.core.site_profiles import ProfileError, resolve_threshold
@@ -144,7 +132,6 @@ def use_threshold(model: PneumoniaModel, threshold: float | None, profile: str |
         print(f"{PROG}: note: {choice.note}", file=sys.stderr)
     model.use_operating_point(choice)
     return choice
-
 
 
 # --------------------------------------------------------------------------- output files
@@ -165,9 +152,6 @@ def writable_file_target(path: Path) -> bool:
         return os.access(path, os.W_OK)
     parent = path.parent if str(path.parent) else Path(".")
     return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
-
-
-# --------------------------------------------------------------------------- score
 
 
 # --------------------------------------------------------------------------- long runs: Ctrl+C and progress
@@ -219,4 +203,3 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-

@@ -61,7 +61,6 @@ def _main_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -110,7 +109,6 @@ def _open_gui(files: list[Path]) -> int:
     from pneumo_desktop.gui.app import run_gui  # lazy: the headless commands never load Qt
 
     return int(run_gui(files) or 0)
-
 
 
 # --------------------------------------------------------------------------- --version
@@ -186,11 +184,3 @@ def _self_test(model_dir: Path | None) -> int:
         return EXIT_OK
     print(f"self-test passed: {checked} of {checked} samples labelled correctly")
     return EXIT_OK
-
-
-# --------------------------------------------------------------------------- predict
-
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

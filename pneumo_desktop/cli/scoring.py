@@ -82,7 +82,6 @@ def _predict_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
 # --------------------------------------------------------------------------- predict
 
 
@@ -163,7 +162,6 @@ def predict(argv: Sequence[str]) -> int:
             print(f"heat map: not written ({parsed.heatmap}): no Grad-CAM for a refused image")
         print(RESEARCH_USE_STATEMENT)
     return EXIT_OK
-
 
 
 # --------------------------------------------------------------------------- score
@@ -270,10 +268,6 @@ def _shard_inputs(parsed: argparse.Namespace, model: PneumoniaModel) -> list[Pat
         raise UsageError(str(exc)) from None
     print(f"shard {spec}: {len(plan.files)} of {plan.set_files} files", file=sys.stderr)
     return plan.paths
-
-
-# --------------------------------------------------------------------------- merge
-
 
 
 # --------------------------------------------------------------------------- merge

@@ -1,0 +1,5 @@
+"""`python -m pneumo_desktop.cli` = `pneumo-desktop`."""
+
+from .dispatch import main
+
+raise SystemExit(main())

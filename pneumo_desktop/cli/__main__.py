@@ -2,4 +2,5 @@
 
 from .dispatch import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not on import (tests import every module)
+    raise SystemExit(main())

@@ -44,8 +44,8 @@ def child_launch(model_dir: Path, sample: Path, settings_file: Path) -> int:
 
     from pneumo_desktop.gui.app import create_application
     from pneumo_desktop.gui.main_window import MainWindow
+    from pneumo_desktop.gui.model_loading import default_model_loader
     from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
-    from pneumo_desktop.gui.workers import default_model_loader
 
     app = create_application()
     window = MainWindow(model_loader=default_model_loader(model_dir),

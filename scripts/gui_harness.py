@@ -19,7 +19,7 @@ TINY_MODEL_CODE = """
 import sys, numpy as np, keras
 from pathlib import Path
 from trainer.backbones import build_backbone
-from trainer.card import build_card
+from trainer.card_builder import build_card
 from trainer.export import export_model_folder
 from trainer.model import build_classifier
 keras.utils.set_random_seed(1234)

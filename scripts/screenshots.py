@@ -54,9 +54,9 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
 
     from pneumo_desktop.gui.app import create_application
     from pneumo_desktop.gui.main_window import MainWindow
+    from pneumo_desktop.gui.model_loading import default_model_loader
     from pneumo_desktop.gui.options import OverlayOptions
     from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
-    from pneumo_desktop.gui.workers import default_model_loader
 
     app = create_application()
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(scratch / "qsettings"))
@@ -101,7 +101,7 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     bar = window.right_panel.verticalScrollBar()
     bar.setValue(bar.maximum())  # the DICOM header panel sits below the display controls
     settle()
-    window._on_pixel_hovered((400, 500))  # what the status bar shows under the cursor
+    window.display.on_pixel_hovered((400, 500))  # what the status bar shows under the cursor
     save(window.grab(), out / "dicom.png")
     window.overlay_controls.enabled_box.setChecked(True)
     bar.setValue(0)
@@ -121,11 +121,11 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     folder = scratch / "study_folder"
     link_copies(samples, folder, BATCH_FILES)
     done = [0]
-    window.batch.progress.connect(lambda p: done.__setitem__(0, p.done))
+    window.batch_actions.runner.progressMany.connect(lambda items: done.__setitem__(0, items[-1].done))
     window.start_batch(folder, scratch / "scores.csv")  # lists the folder and shows its first image
     wait(window.predictionShown, 60_000)
     deadline = time.monotonic() + 300
-    while done[0] < BATCH_FILES * 0.4 and window.batch.running and time.monotonic() < deadline:
+    while done[0] < BATCH_FILES * 0.4 and window.batch_actions.running and time.monotonic() < deadline:
         qt_wait(10)
     from PySide6.QtCore import Qt
 
@@ -138,7 +138,7 @@ def take(model_dir: Path, model_note: str, out: Path, scratch: Path) -> int:
     save(window.grab(), batch)
     log.info("%d of %d scored at the time", done[0], BATCH_FILES)
     window.cancel_batch()
-    if window.batch.running:
+    if window.batch_actions.running:
         wait(window.batchFinished)
     window.close()
     app.processEvents()

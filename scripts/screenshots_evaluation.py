@@ -59,10 +59,9 @@ def main() -> int:
 
 def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> int:
     from pneumo_desktop.gui.app import create_application
-    from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog
     from pneumo_desktop.gui.main_window import MainWindow
+    from pneumo_desktop.gui.model_loading import default_model_loader
     from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
-    from pneumo_desktop.gui.workers import default_model_loader
 
     app = create_application()
     window = MainWindow(
@@ -79,7 +78,7 @@ def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> in
         wait(window.modelReady)
     out.mkdir(parents=True, exist_ok=True)
 
-    dialog = open_evaluate_dialog(window, data)
+    dialog = window.site_actions.open_evaluate_dialog(data)
     wait(dialog.scoringDone)
     if dialog.evaluation is None:
         raise SystemExit(f"evaluation failed: {dialog.error}")
@@ -91,7 +90,7 @@ def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> in
     dialog.grab().save(str(out / "evaluate_roc.png"))
     dialog.close()
 
-    calibrate = open_calibrate_dialog(window, data)
+    calibrate = window.site_actions.open_calibrate_dialog(data)
     wait(calibrate.scoringDone)  # resumes the scores the evaluation wrote
     calibrate.name.setText("Ward A")
     calibrate.resize(560, 700)

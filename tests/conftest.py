@@ -81,7 +81,7 @@ def tiny_model_dir(tmp_path_factory, sample_paths) -> Path:
     from pneumo_desktop.core.imaging import load_image
     from pneumo_desktop.core.preprocess import prepare_input
     from trainer.backbones import BACKBONES, build_backbone
-    from trainer.card import build_card
+    from trainer.card_builder import build_card
     from trainer.export import export_model_folder
     from trainer.model import build_classifier
     from trainer.ood import fit_ood, pooled_feature_model, pooled_features, score_numpy

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from pneumo_desktop import __version__, cli
+from pneumo_desktop.cli import common as cli_common
 from pneumo_desktop.core import runtime
 from pneumo_desktop.core.batch import CSV_COLUMNS, BatchProgress, BatchRow, unneutralise
 from pneumo_desktop.core.imaging import load_image
@@ -174,7 +175,7 @@ def _progress(done: int, total: int) -> BatchProgress:
 
 def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
     stream = _Stream(tty=True)
-    bar = cli._ProgressBar(stream)
+    bar = cli_common.ProgressBar(stream)
     for i in range(1, 11):
         bar.update(_progress(i, 10))
     bar.close()
@@ -185,7 +186,7 @@ def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
 
 def test_progress_bar_counts_resumed_rows_as_its_start() -> None:
     stream = _Stream(tty=True)
-    bar = cli._ProgressBar(stream)
+    bar = cli_common.ProgressBar(stream)
     for i in range(31, 41):  # 30 rows were already in the CSV
         bar.update(_progress(i, 40))
     bar.close()
@@ -197,7 +198,7 @@ def test_progress_bar_counts_resumed_rows_as_its_start() -> None:
 @pytest.mark.parametrize(("tty", "enabled"), [(False, True), (True, False), (False, False)])
 def test_no_progress_bar_when_quiet_or_not_a_terminal(tty: bool, enabled: bool) -> None:
     stream = _Stream(tty=tty)
-    bar = cli._ProgressBar(stream, enabled=enabled)
+    bar = cli_common.ProgressBar(stream, enabled=enabled)
     for i in range(1, 101):
         bar.update(_progress(i, 100))
     bar.close()

@@ -40,7 +40,7 @@ def sample_inputs(sample_paths) -> np.ndarray:
 
 
 def test_merged_network_returns_the_mean_of_the_members_logits(sample_inputs):
-    from trainer.ensemble import merge_members
+    from trainer.ensemble_merge import merge_members
 
     members = [_member(1), _member(2), _member(3)]
     merged = merge_members(members)
@@ -60,7 +60,7 @@ def test_members_that_do_not_fit_together_are_refused():
     import keras
 
     from trainer.backbones import build_backbone
-    from trainer.ensemble import merge_members
+    from trainer.ensemble_merge import merge_members
     from trainer.model import build_classifier
 
     with pytest.raises(ValueError, match="at least two"):
@@ -78,8 +78,8 @@ def test_exported_ensemble_keeps_the_contract_and_its_map_is_the_members_mean(tm
     (weights . feature map) is the mean of the members' own maps; the OOD score reads every member."""
     import keras
 
-    from trainer.card import build_card
-    from trainer.ensemble import CONCAT_LAYER, member_layer_names, merge_members
+    from trainer.card_builder import build_card
+    from trainer.ensemble_merge import CONCAT_LAYER, member_layer_names, merge_members
     from trainer.export import export_model_folder, tflite_outputs
     from trainer.ood import fit_ood, pooled_feature_model, pooled_features
 
@@ -147,7 +147,7 @@ def test_ensemble_recipe_trains_its_members_then_exports_one_model_the_app_runs(
     assert raw["refusal"]["statistics"]["layers"][-1].startswith("m1_")
     assert set(raw["training"]["stage_seconds"]) == {"member 0 stage 1", "member 0 stage 2",
                                                      "member 1 stage 1", "member 1 stage 2"}
-    from trainer.card import render_markdown
+    from trainer.card_builder import render_markdown
 
     text = render_markdown(raw)
     assert "## Ensemble" in text and members[1] in text

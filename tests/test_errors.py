@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_desktop import cli
+from pneumo_desktop.cli import common, dispatch
 from pneumo_desktop.core.batch import ResultsFileError
 from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import CorruptImageError, DicomDecodeError, ImageLoadError, load_image
@@ -17,7 +17,7 @@ def test_every_typed_family_is_a_pneumo_error() -> None:
     from trainer.data import DatasetError
     from trainer.torch_legacy import TorchFileError
 
-    for family in (ImageLoadError, DicomDecodeError, ModelIntegrityError, ResultsFileError, cli.UsageError,
+    for family in (ImageLoadError, DicomDecodeError, ModelIntegrityError, ResultsFileError, common.UsageError,
                    DatasetError, TorchFileError):
         assert issubclass(family, PneumoError), family
     assert issubclass(TorchFileError, ValueError)  # callers that catch ValueError keep working
@@ -35,7 +35,7 @@ def test_reason_is_the_sentence_and_the_message_adds_the_file(tmp_path: Path) ->
 
 def test_describe_error_needs_no_attribute_probing() -> None:
     pytest.importorskip("PySide6")
-    from pneumo_desktop.gui.workers import describe_error
+    from pneumo_desktop.gui.error_text import describe_error
 
     assert describe_error(CorruptImageError("/x/a.png", "the file is truncated")) == "the file is truncated"
     assert describe_error(ValueError("plain message")) == "plain message"
@@ -45,21 +45,21 @@ def test_describe_error_needs_no_attribute_probing() -> None:
 @pytest.mark.parametrize(
     ("error", "status"),
     [
-        (cli.UsageError("bad option"), cli.EXIT_USAGE),
-        (ResultsFileError("r.csv is not a results file"), cli.EXIT_USAGE),
-        (ModelIntegrityError("model.tflite does not match its card"), cli.EXIT_MODEL),
-        (CorruptImageError("a.png", "truncated"), cli.EXIT_FAILED),
-        (OSError(28, "No space left on device"), cli.EXIT_FAILED),
-        (KeyError("a bug"), cli.EXIT_FAILED),
-        (KeyboardInterrupt(), cli.EXIT_INTERRUPTED),
+        (common.UsageError("bad option"), common.EXIT_USAGE),
+        (ResultsFileError("r.csv is not a results file"), common.EXIT_USAGE),
+        (ModelIntegrityError("model.tflite does not match its card"), common.EXIT_MODEL),
+        (CorruptImageError("a.png", "truncated"), common.EXIT_FAILED),
+        (OSError(28, "No space left on device"), common.EXIT_FAILED),
+        (KeyError("a bug"), common.EXIT_FAILED),
+        (KeyboardInterrupt(), common.EXIT_INTERRUPTED),
     ],
 )
 def test_every_cli_error_is_one_line_and_a_status(monkeypatch, capsys, error: BaseException, status: int) -> None:
     def fail(args: list[str]) -> int:
         raise error
 
-    monkeypatch.setattr(cli, "_dispatch", fail)
-    assert cli.main(["score", "x", "-o", "y.csv"]) == status
+    monkeypatch.setattr(dispatch, "run_command", fail)
+    assert dispatch.main(["score", "x", "-o", "y.csv"]) == status
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.strip().startswith("pneumo-desktop: ")

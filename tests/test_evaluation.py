@@ -20,10 +20,12 @@ import pytest
 from PIL import Image
 
 from pneumo_desktop import cli
+from pneumo_desktop.cli.common import EXIT_USAGE
 from pneumo_desktop.core import evaluation as ev
 from pneumo_desktop.core import site_profiles as sp
 from pneumo_desktop.core.batch import score_paths
 from pneumo_desktop.core.calibration import PlattCalibration
+from pneumo_desktop.core.site_calibration import calibrate_site
 from tests.conftest import sample_label
 from tests.test_batch import FAKE_SHA, make_fake_model
 
@@ -227,7 +229,7 @@ def test_calibrate_on_half_a_then_score_half_b_with_the_profile(tmp_path, sample
     model = make_fake_model(tmp_path)
     _, on_a = ev.score_and_evaluate(labelled_folder(tmp_path / "A", half_a), tmp_path / "ra", model,
                                     sp.ThresholdChoice(0.5, sp.SOURCE_CARD), resamples=100)
-    profile = ev.calibrate(on_a, 0.95, "Ward A")
+    profile = calibrate_site(on_a, 0.95, "Ward A")
     sp.save_profile(profile)
     y_a, p_a = scores_from_csv(tmp_path / "ra" / "scores.csv")
     independent = sklearn_rule(y_a, p_a, 0.95)  # on the model's output (the fake card has no calibration)
@@ -259,7 +261,7 @@ def test_profile_for_another_model_is_refused(tmp_path, sample_paths):
     model = make_fake_model(tmp_path)
     _, result = ev.score_and_evaluate(labelled_folder(tmp_path / "A", sample_paths), tmp_path / "r", model,
                                       sp.ThresholdChoice(0.5, sp.SOURCE_CARD), resamples=50)
-    sp.save_profile(ev.calibrate(result, 0.9, "Old model"))
+    sp.save_profile(calibrate_site(result, 0.9, "Old model"))
     other = "0" * 64
     with pytest.raises(sp.ProfileError, match="another model"):
         sp.resolve_threshold(0.5, other, profile="Old model")
@@ -335,6 +337,6 @@ def test_cli_refuses_a_profile_of_another_model(tiny_model_dir, sample_paths, tm
                                    threshold=0.3, rule={"kind": "fixed"}, image_count={}, figures={}), activate=False)
     code = cli.main(["score", str(sample_paths[0]), "-o", str(tmp_path / "s.csv"), "--profile", "Elsewhere",
                      "--model", str(tiny_model_dir)])
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "Elsewhere" in err and "another model" in err and not (tmp_path / "s.csv").exists()

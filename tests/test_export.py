@@ -71,7 +71,7 @@ def test_cam_weights_equal_mean_gradient_of_logit(tiny_model_dir, sample_paths):
 def test_export_refuses_to_publish_a_model_that_disagrees(tmp_path, monkeypatch, sample_paths):
     from trainer import export
     from trainer.backbones import build_backbone
-    from trainer.card import build_card
+    from trainer.card_builder import build_card
     from trainer.model import build_classifier
 
     backbone, _ = build_backbone("tiny", 64, None)
@@ -85,7 +85,7 @@ def test_export_refuses_to_publish_a_model_that_disagrees(tmp_path, monkeypatch,
 
 
 def test_markdown_model_card_renders_the_facts(tiny_model_dir):
-    from trainer.card import render_markdown
+    from trainer.card_builder import render_markdown
 
     raw = json.loads((tiny_model_dir / mc.CARD_FILENAME).read_text())
     text = render_markdown(raw)

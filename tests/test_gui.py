@@ -30,10 +30,10 @@ from pneumo_desktop.gui.app import make_excepthook
 from pneumo_desktop.gui.file_list import format_probability
 from pneumo_desktop.gui.icons import RowStatus
 from pneumo_desktop.gui.main_window import MainWindow
+from pneumo_desktop.gui.model_loading import default_model_loader
 from pneumo_desktop.gui.options import OverlayOptions, WindowLevel
 from pneumo_desktop.gui.prediction_panel import PANEL_TITLE
 from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
-from pneumo_desktop.gui.workers import default_model_loader
 
 from .conftest import SAMPLES_DIR, sample_label
 
@@ -203,18 +203,18 @@ def test_overlay_controls_reblend_without_rerunning_the_model(qtbot, make_window
 
     window.overlay_controls.cutoff_slider.setValue(95)
     wait_rendered(qtbot, window)
-    assert window.state.overlay_rgb is not None
+    assert window.display.state.overlay_rgb is not None
 
     window.overlay_controls.side_by_side_box.setChecked(True)
     wait_rendered(qtbot, window)
     assert window.view2.isVisible() and not window.view2.primary_image().isNull()
-    assert window.act_side.isChecked()
+    assert window.view_actions.act_side.isChecked()
 
-    window.act_overlay.setChecked(False)  # toolbar toggle drives the same option
+    window.view_actions.act_overlay.setChecked(False)  # toolbar toggle drives the same option
     wait_rendered(qtbot, window)
     assert not window.overlay_controls.enabled_box.isChecked()
     shown = qimage_array(window.view.primary_image())
-    grey = window.state.image.grey
+    grey = window.display.state.image.grey
     assert np.array_equal(shown[..., 0], grey), "overlay off must show the plain image"
     assert len(spy.explained) == calls, "display changes must not re-run the model"
     assert not window.overlay_controls.colorbar_label.pixmap().isNull()
@@ -232,13 +232,13 @@ def test_window_level_and_invert_change_the_display_only(qtbot, make_window, tin
     wait_rendered(qtbot, window)
     shown = qimage_array(window.view.primary_image())[..., 0]
     assert not np.array_equal(shown, original)
-    assert np.array_equal(window.state.image.grey, original), "the decoded image must stay untouched"
-    assert window.act_invert.isChecked()
+    assert np.array_equal(window.display.state.image.grey, original), "the decoded image must stay untouched"
+    assert window.view_actions.act_invert.isChecked()
 
     # Ask for a fresh inference while the display is windowed and inverted: the model must see
     # exactly the decoded image and give the same output.
     spy.explained.clear()
-    window.requester.set_model(spy)  # drops cached explanations
+    window.display.requester.set_model(spy)  # drops cached explanations
     with qtbot.waitSignal(window.predictionShown, timeout=WAIT_MS) as blocker:
         window.open_paths([path])
     assert spy.explained == [path]
@@ -261,7 +261,7 @@ def test_view_zoom_fit_and_actual_size(qtbot, make_window, tiny_model) -> None:
     assert view.zoom() == pytest.approx(1.0)
     view.zoom_by(1.25)
     assert view.zoom() == pytest.approx(1.25)
-    window.act_fit.trigger()
+    window.view_actions.act_fit.trigger()
     assert view.zoom() == pytest.approx(fitted, rel=1e-3)
 
 
@@ -301,7 +301,7 @@ def test_selection_changes_never_block_and_stale_requests_are_dropped(
     spy = SpyModel(tiny_model, explain_delay=0.6)  # a slow model makes queueing visible
     window = make_window(model=spy)
     dropped: list = []
-    window.requester.dropped.connect(lambda path: dropped.append(path))
+    window.display.requester.dropped.connect(lambda path: dropped.append(path))
     with qtbot.waitSignal(window.imageShown, timeout=WAIT_MS):
         window.open_paths([folder])
 
@@ -318,7 +318,7 @@ def test_selection_changes_never_block_and_stale_requests_are_dropped(
         window.predictionShown, timeout=WAIT_MS, check_params_cb=lambda e: Path(e.prediction.path) == last
     ):
         pass
-    assert window.state.path == last
+    assert window.display.state.path == last
     assert window.prediction_panel.label_value.text() != "—"
     # Only the image that was first on screen (already running) and the latest one were inferred;
     # the ones passed over in between were dropped, never queued behind each other.
@@ -340,11 +340,11 @@ def test_batch_cancel_leaves_a_valid_csv_and_resume_completes_it(
     window = make_window(model=spy)
     output = tmp_path / "scores.csv"
     progress: list = []
-    window.batch.progress.connect(progress.append)
+    window.batch_actions.runner.progressMany.connect(progress.extend)
 
     assert window.start_batch(folder, output)
-    assert window.batch_progress.isVisible() and window.batch_cancel_button.isVisible()
-    assert not window.act_batch.isEnabled()
+    assert window.batch_actions.progress_bar.isVisible() and window.batch_actions.cancel_button.isVisible()
+    assert not window.batch_actions.act_batch.isEnabled()
     qtbot.waitUntil(lambda: len(progress) >= 1, timeout=WAIT_MS)
     # The list follows the results as they arrive (a few rows per event-loop turn).
     first = progress[0].row
@@ -355,13 +355,13 @@ def test_batch_cancel_leaves_a_valid_csv_and_resume_completes_it(
         ),
         timeout=5000,
     )
-    assert window.batch.running, "the list updated while the batch was still running"
+    assert window.batch_actions.running, "the list updated while the batch was still running"
     with qtbot.waitSignal(window.batchFinished, timeout=WAIT_MS) as blocker:
         window.cancel_batch()
     summary = blocker.args[0].summary
     assert summary.cancelled
     assert 0 < summary.scored < 40
-    assert not window.batch_progress.isVisible()
+    assert not window.batch_actions.progress_bar.isVisible()
     assert window.last_message is not None and "cancelled" in window.last_message[1].lower()
     assert threading.get_ident() not in spy.threads
 
@@ -382,29 +382,31 @@ def test_batch_cancel_leaves_a_valid_csv_and_resume_completes_it(
     with open(output, newline="", encoding="utf-8") as handle:
         final = list(csv.DictReader(handle))
     assert len(final) == 40 and len({r["path"] for r in final}) == 40
-    qtbot.waitUntil(lambda: window.rows_pending() == 0, timeout=5000)
+    qtbot.waitUntil(lambda: window.batch_actions.rows_pending() == 0, timeout=5000)
     counts = window.file_model.counts()
     assert counts[RowStatus.NORMAL] + counts[RowStatus.POSITIVE] == 40
 
 
 def test_exports_png_and_pdf(qtbot, make_window, tiny_model, tmp_path: Path) -> None:
     window = make_window(model=tiny_model)
-    assert not window.act_export_pdf.isEnabled()
+    assert not window.export_actions.act_export_pdf.isEnabled()
     path = pneumonia_sample()
     open_and_predict(qtbot, window, path)
-    assert window.act_export_pdf.isEnabled()
+    assert window.export_actions.act_export_pdf.isEnabled()
     png = tmp_path / "overlay.png"
-    assert window.export_overlay_png(png)
+    with qtbot.waitSignal(window.export_actions.exported, timeout=WAIT_MS):  # written in the background
+        assert window.export_actions.export_overlay_png(png)
     image = QImage(str(png))
     grey = load_image(path).grey
     # The overlay at full resolution, with a caption strip below it (label, P, colour bar).
     assert image.width() == grey.shape[1] and image.height() > grey.shape[0]
     pixels = qimage_array(image)
-    assert np.array_equal(pixels[: grey.shape[0]], window._export_arrays()[1])
+    assert np.array_equal(pixels[: grey.shape[0]], window.export_actions.snapshot().arrays()[1])
     caption = pixels[grey.shape[0] :]
     assert len(np.unique(caption.reshape(-1, 3), axis=0)) > 20, "the caption strip holds text and a colour bar"
     pdf = tmp_path / "report.pdf"
-    assert window.export_pdf_report(pdf)
+    with qtbot.waitSignal(window.export_actions.exported, timeout=WAIT_MS):
+        assert window.export_actions.export_pdf_report(pdf)
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF") and len(data) > 20_000
     assert data.count(b"/Type /Page\n") + data.count(b"/Type /Page ") + data.count(b"/Type/Page") >= 1
@@ -428,7 +430,7 @@ def test_missing_or_corrupt_model_shows_a_dialog_and_the_app_keeps_working(
     with qtbot.waitSignal(window.imageShown, timeout=WAIT_MS):
         window.open_paths([normal_sample()])
     assert "No model" in window.prediction_panel.status_value.text()
-    assert not window.act_batch.isEnabled()
+    assert not window.batch_actions.act_batch.isEnabled()
     assert window.model is None
 
 
@@ -459,8 +461,8 @@ def test_drop_and_recent_files_open_images(qtbot, make_window, tiny_model) -> No
 
     other = pneumonia_sample()
     window.open_paths([other])
-    window._fill_recent_menu()
-    recent = [a for a in window.recent_menu.actions() if a.statusTip() == str(path.absolute())]
+    window.file_actions.fill_recent_menu()
+    recent = [a for a in window.file_actions.recent_menu.actions() if a.statusTip() == str(path.absolute())]
     assert recent, "the dropped file is in Open Recent"
     with qtbot.waitSignal(window.imageShown, timeout=WAIT_MS):
         recent[0].trigger()
@@ -552,8 +554,8 @@ def test_run_gui_opens_command_line_paths_and_installs_the_excepthook(qtbot, mon
 
     def poll() -> None:
         windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
-        if windows and windows[0].state.explanation is not None:
-            seen["path"] = windows[0].state.path
+        if windows and windows[0].display.state.explanation is not None:
+            seen["path"] = windows[0].display.state.path
             seen["hook"] = sys.excepthook
             windows[0].close()
             QApplication.quit()

@@ -18,7 +18,6 @@ from pneumo_desktop.core import evaluation as ev
 from pneumo_desktop.core import site_profiles as sp
 from pneumo_desktop.core.calibration import PlattCalibration
 from pneumo_desktop.core.evaluation import work_dir_for
-from pneumo_desktop.gui.evaluation_dialogs import open_calibrate_dialog, open_evaluate_dialog
 from pneumo_desktop.gui.main_window import MainWindow
 from pneumo_desktop.gui.settings import SettingsStore, ini_qsettings
 from tests.test_batch import FAKE_SHA, FakeEngine, make_fake_model
@@ -87,7 +86,7 @@ def test_menu_has_both_actions(window):
 def test_evaluate_dialog_shows_metrics_plots_and_exports(window, qtbot, tmp_path, sample_paths):
     w = window()
     folder = labelled_folder(tmp_path / "data", sample_paths, junk=True)
-    dialog = open_evaluate_dialog(w, folder, resamples=100)
+    dialog = w.site_actions.open_evaluate_dialog(folder, resamples=100)
     wait_done(dialog)
     assert dialog.evaluation is not None, dialog.error
     y, p = scores_from_csv(work_dir_for(folder) / FAKE_SHA[:16] / "scores.csv")
@@ -109,7 +108,7 @@ def test_evaluate_dialog_shows_metrics_plots_and_exports(window, qtbot, tmp_path
 def test_evaluation_can_be_cancelled(window, qtbot, tmp_path, sample_paths):
     engine = SlowEngine()
     w = window(engine)
-    dialog = open_evaluate_dialog(w, labelled_folder(tmp_path / "data", sample_paths), resamples=50)
+    dialog = w.site_actions.open_evaluate_dialog(labelled_folder(tmp_path / "data", sample_paths), resamples=50)
     dialog.cancel()
     engine.release.set()
     assert wait_done(dialog) == [None]
@@ -120,7 +119,7 @@ def test_evaluation_can_be_cancelled(window, qtbot, tmp_path, sample_paths):
 def test_calibrate_dialog_saves_the_chosen_point_and_the_panel_shows_it(window, qtbot, tmp_path, sample_paths):
     w = window()
     folder = labelled_folder(tmp_path / "site", sample_paths)
-    dialog = open_calibrate_dialog(w, folder, resamples=50)
+    dialog = w.site_actions.open_calibrate_dialog(folder, resamples=50)
     wait_done(dialog)
     assert dialog.profile is not None, dialog.error
     y, p = scores_from_csv(work_dir_for(folder) / FAKE_SHA[:16] / "scores.csv")

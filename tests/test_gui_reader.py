@@ -86,15 +86,15 @@ def test_quit_during_a_batch_cancels_it_keeps_the_rows_and_leaves_no_window(
     window = make_window(model=SpyModel(tiny_model, run_delay=0.5))
     output = tmp_path / "scores.csv"
     progress: list = []
-    window.batch.progress.connect(progress.append)
+    window.batch_actions.runner.progressMany.connect(progress.extend)
     assert window.start_batch(folder, output)
     qtbot.waitUntil(lambda: len(progress) >= 1, timeout=WAIT_MS)
 
     with qtbot.waitSignal(window.closed, timeout=WAIT_MS):
         window.close()
     qtbot.wait(300)  # whatever the batch posted on its way out is delivered now
-    assert not window.batch.running
-    assert window.batch_pool.activeThreadCount() == 0, "no batch thread may outlive the window"
+    assert not window.batch_actions.running
+    assert window.batch_actions.pool.activeThreadCount() == 0, "no batch thread may outlive the window"
     assert visible_windows() == [], "a box left after the window closed keeps the process alive"
     rows = read_results(output)
     assert 0 < len(rows) < 40 and all(r.probability is not None for r in rows)
@@ -106,7 +106,7 @@ def test_a_dataset_shaped_folder_is_listed_and_scored_with_its_subfolders(
 ) -> None:
     test = dataset_folder(tmp_path)
     window = make_window(model=tiny_model)
-    assert window.act_recursive.isChecked(), "subfolders are included by default"
+    assert window.file_actions.act_recursive.isChecked(), "subfolders are included by default"
     assert window.open_paths([test]) == 6
     names = {window.file_model.entry(r).name for r in range(window.file_model.rowCount())}
     assert {n.split("/")[0] for n in names} == {"NORMAL", "PNEUMONIA"}, names
@@ -120,7 +120,7 @@ def test_a_dataset_shaped_folder_is_listed_and_scored_with_its_subfolders(
     assert scored == {"NORMAL", "PNEUMONIA"}
 
     # With subfolders off, the empty result says where the images are.
-    window.act_recursive.setChecked(False)
+    window.file_actions.act_recursive.setChecked(False)
     assert window.open_paths([test]) == 0
     assert "Include Subfolders" in window.view.placeholder()
 
@@ -165,7 +165,7 @@ def test_dicom_with_a_narrow_stored_window_can_be_widened_and_the_model_reads_wh
     qtbot.mouseMove(viewport, centre + QPoint(40, 0))
     qtbot.mouseRelease(viewport, Qt.MouseButton.RightButton, pos=centre + QPoint(40, 0))
     assert controls.window_level().width > before
-    assert np.array_equal(window.state.image.grey, expected) and len(spy.explained) == 1
+    assert np.array_equal(window.display.state.image.grey, expected) and len(spy.explained) == 1
 
 
 # ------------------------------------------------------------------------------------- item 4
@@ -212,8 +212,8 @@ def test_a_normal_result_does_not_draw_its_map_at_full_strength(qtbot, make_wind
     window = make_window(model=FixedOutputModel(tiny_model, probability=0.002))
     explanation = open_and_predict(qtbot, window, normal_sample())
     assert explanation.prediction.label == "NORMAL" and explanation.cam.max() > 0.99
-    overlay = window.state.overlay_rgb
-    grey = window.state.display_grey
+    overlay = window.display.state.overlay_rgb
+    grey = window.display.state.display_grey
     assert overlay is not None
     # Weak evidence looks weak: at P 0.002 nothing passes the cut-off, the film shows through unchanged.
     assert np.array_equal(overlay, np.repeat(grey[..., None], 3, axis=2))
@@ -222,7 +222,7 @@ def test_a_normal_result_does_not_draw_its_map_at_full_strength(qtbot, make_wind
 
     strong = make_window(model=FixedOutputModel(tiny_model, probability=0.95))
     open_and_predict(qtbot, strong, pneumonia_sample())
-    rgb = strong.state.overlay_rgb
+    rgb = strong.display.state.overlay_rgb
     assert rgb is not None and (rgb[..., 0] != rgb[..., 2]).mean() > 0.01, "a confident result is coloured"
 
 
@@ -277,11 +277,11 @@ def test_keys_move_through_the_list_after_a_slider_drag_and_from_anywhere(qtbot,
     qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Down)
     assert slider.value() == value
     assert window.file_list.currentIndex().row() == 1
-    window.act_next.trigger()
+    window.view_actions.act_next.trigger()
     assert window.file_list.currentIndex().row() == 2
-    window.act_previous.trigger()
+    window.view_actions.act_previous.trigger()
     assert window.file_list.currentIndex().row() == 1
-    assert any(name == "Next Image" for name, _keys in window.shortcut_rows())
+    assert any(name == "Next Image" for name, _keys in window.view_actions.shortcut_rows())
 
 
 def test_side_by_side_panes_are_linked_views(qtbot, make_window, tiny_model) -> None:
@@ -346,7 +346,7 @@ def test_first_start_offers_the_samples_in_one_click(qtbot, make_window, tiny_mo
     assert window.file_model.rowCount() == len(list(SAMPLES_DIR.glob("*.jpeg")))
     assert "1 other file" in window.other_files_label.text()  # ATTRIBUTION.md
     assert not button.isVisible()
-    assert window.act_samples in window.menuBar().actions()[-1].menu().actions()
+    assert window.file_actions.act_samples in window.menuBar().actions()[-1].menu().actions()
 
 
 # ------------------------------------------------------------------------------ expected by users
@@ -355,9 +355,9 @@ def test_pixel_readout_rotation_and_session_restore(qtbot, make_window, tiny_mod
     path = write_dicom(tmp_path / "img.dcm", stored, window=(2000, 4000))
     window = make_window(model=tiny_model)
     open_and_predict(qtbot, window, path)
-    window._on_pixel_hovered((5, 7))
+    window.display.on_pixel_hovered((5, 7))
     assert window.pixel_label.text().startswith(f"x 5 y 7 = {stored[7, 5]}")
-    window.act_rotate.trigger()
+    window.view_actions.act_rotate.trigger()
     assert window.view.transform().m12() != 0 and window.view.transform().m11() == pytest.approx(0, abs=1e-9)
     window.close()
 

@@ -101,11 +101,12 @@ def test_a_photo_shows_the_refusal_state(qtbot, window: MainWindow, photo: Path,
     assert window.file_model.data(window.file_model.index(0, FileListModel.COLUMN_RESULT)) == "refused"
     assert REASON in window.file_model.data(window.file_model.index(0, 0), Qt.ItemDataRole.ToolTipRole)
     # no Grad-CAM overlay, nothing to export as a result
-    assert window.state.overlay_rgb is None
-    assert not window.act_export_pdf.isEnabled() and not window.act_export_png.isEnabled()
-    assert not window.export_pdf_report(tmp_path / "r.pdf") and not (tmp_path / "r.pdf").exists()
+    assert window.display.state.overlay_rgb is None
+    exports = window.export_actions
+    assert not exports.act_export_pdf.isEnabled() and not exports.act_export_png.isEnabled()
+    assert not window.export_actions.export_pdf_report(tmp_path / "r.pdf") and not (tmp_path / "r.pdf").exists()
     assert window.last_message is not None and "refused" in window.last_message[2]
-    assert not window.export_overlay_png(tmp_path / "o.png") and not (tmp_path / "o.png").exists()
+    assert not window.export_actions.export_overlay_png(tmp_path / "o.png") and not (tmp_path / "o.png").exists()
     with pytest.raises(ExportError, match="refused"):
         check_presentable(explanation.prediction)
 
@@ -130,9 +131,11 @@ def test_score_anyway_shows_a_probability_marked_overridden(
     assert entry.status in (RowStatus.NORMAL, RowStatus.POSITIVE)
     assert window.file_model.data(window.file_model.index(0, FileListModel.COLUMN_RESULT)).endswith("*")
     # the overlay is drawn now, and the report can be made; it says overridden
-    assert window.state.overlay_rgb is not None
+    assert window.display.state.overlay_rgb is not None
     pdf = tmp_path / "overridden.pdf"
-    assert window.export_pdf_report(pdf) and pdf.read_bytes().startswith(b"%PDF")
+    with qtbot.waitSignal(window.export_actions.exported, timeout=WAIT_MS):  # written in the background
+        assert window.export_actions.export_pdf_report(pdf)
+    assert pdf.read_bytes().startswith(b"%PDF")
     # revisiting the image keeps the override
     samples = sorted(SAMPLES_DIR.glob("*.jpeg"))[:1]
     folder = tmp_path / "two"
@@ -197,7 +200,7 @@ def test_batch_rows_show_refusals_in_the_list(qtbot, window: MainWindow, negativ
         assert window.start_batch(folder, tmp_path / "scores.csv")
     summary = blocker.args[0].summary
     assert (summary.scored, summary.refused, summary.errors) == (3, 4, 0)
-    qtbot.waitUntil(lambda: window.rows_pending() == 0, timeout=5000)
+    qtbot.waitUntil(lambda: window.batch_actions.rows_pending() == 0, timeout=5000)
     model = window.file_model
     for path in refused:
         entry = model.entry(model.row_of(path))

@@ -16,13 +16,14 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from pneumo_desktop.core.model_card import ModelCard
-from pneumo_desktop.gui.display_workers import ResultCache
+from pneumo_desktop.gui.batch_runner import read_rows_back
+from pneumo_desktop.gui.display_jobs import ResultCache
+from pneumo_desktop.gui.error_text import describe_error
 from pneumo_desktop.gui.file_list import FileListModel, format_probability
 from pneumo_desktop.gui.icons import RowStatus, glyph, status_icon
 from pneumo_desktop.gui.model_info import about_html, metric_rows
 from pneumo_desktop.gui.options import OverlayOptions, WindowLevel, apply_window_level
 from pneumo_desktop.gui.settings import MAX_RECENT, SettingsStore, ini_qsettings
-from pneumo_desktop.gui.workers import describe_error, read_rows_back
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pneumo_desktop.core.calibration import PlattCalibration
 from pneumo_desktop.core.levels import LEVELS, OperatingLevels, OperatingPoint
 from pneumo_desktop.core.model_card import ModelCard
 from pneumo_desktop.core.runtime import PneumoniaModel
+from pneumo_desktop.core.site_calibration import calibrate_site
 from tests.conftest import make_fake_card, sample_label
 from tests.test_batch import FAKE_SHA, SIZE, FakeEngine, make_images
 
@@ -118,7 +119,7 @@ def test_site_profile_refits_calibration_and_levels_and_is_applied(tmp_path: Pat
     _, on_site = ev.score_and_evaluate(_labelled(tmp_path / "data", sample_paths), tmp_path / "r", model,
                                        sp.ThresholdChoice(model.card.threshold, sp.SOURCE_CARD), resamples=50)
     assert on_site is not None
-    profile = ev.calibrate(on_site, 0.9, "Ward A")
+    profile = calibrate_site(on_site, 0.9, "Ward A")
     assert profile.calibration is not None and profile.levels is not None
     site = PlattCalibration.from_dict(profile.calibration)
     assert site != PLATT  # refitted on the site's own images, from the raw outputs

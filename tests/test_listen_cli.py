@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from pneumo_desktop.cli import main
+from pneumo_desktop.cli.listen import EXIT_LOCKED, EXIT_PORT, EXIT_USAGE
 from pneumo_desktop.core.dicom_node.spool import MB, Spool
-from pneumo_desktop.listen_cli import EXIT_LOCKED, EXIT_PORT, EXIT_USAGE
 
 
 def test_help_lists_the_options(capsys):

@@ -139,7 +139,7 @@ def test_temperature_fit_matches_sklearn_logistic_scaling():
 
 
 def test_trainer_keeps_its_public_names():
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
 
     assert ev.compute_metrics is mx.compute_metrics and ev.choose_threshold is mx.choose_threshold
     assert ev.Metrics is mx.Metrics and ev.roc_auc is mx.roc_auc
@@ -152,7 +152,7 @@ def test_the_app_core_does_not_load_the_trainer_tensorflow_matplotlib_sklearn_qt
     code = (
         "import sys\n"
         "import pneumo_desktop.core.metrics, pneumo_desktop.core.evaluation, pneumo_desktop.core.plots\n"
-        "import pneumo_desktop.core.site_profiles, pneumo_desktop.site_cli\n"
+        "import pneumo_desktop.core.site_profiles, pneumo_desktop.cli.site\n"
         "bad = [m for m in ('trainer', 'tensorflow', 'keras', 'matplotlib', 'sklearn', 'PySide6', 'numpy.random')\n"
         "       if m in sys.modules]\n"
         "print(','.join(bad))\n"

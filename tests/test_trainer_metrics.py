@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer import evaluate as ev
+from trainer import metrics_and_plots as ev
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from trainer.evaluation_run import evaluate_exported
+    from trainer.evaluate_exported import evaluate_exported
 
     metrics = evaluate_exported(args.model, args.data, args.split, args.out)
     print(json.dumps(metrics, indent=2))
@@ -141,7 +141,7 @@ def _cmd_fit_operating_points(args: argparse.Namespace) -> int:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from trainer.card import render_markdown
+    from trainer.card_builder import render_markdown
 
     card = json.loads((args.model / "model_card.json").read_text(encoding="utf-8"))
     (args.model / "MODEL_CARD.md").write_text(render_markdown(card), encoding="utf-8")

@@ -88,7 +88,7 @@ def dev_probabilities(model_dir: Path, dev_dir: Path) -> tuple[np.ndarray, np.nd
 
 def load_candidate(run_dir: Path, dev_dir: Path, name: str | None = None) -> Candidate:
     """A run folder (report/ + export/) or a model folder holding the exported files beside report/."""
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
 
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
     export_dir = run_dir / "export" if (run_dir / "export" / mc.TFLITE_FILENAME).is_file() else run_dir

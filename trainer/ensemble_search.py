@@ -1,5 +1,5 @@
 """Which members make the best ensemble: every subset of finished runs, scored on validation and on test half A
-(development) from each run's own logits (the merged network's logit is exactly their mean, trainer/ensemble.py),
+(development) from each run's own logits (the merged network's logit is exactly their mean, trainer/ensemble_merge.py),
 so no subset has to be merged or exported to be measured."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def load_trained(run_dir: Path):
 
 
 def score_subsets(run_dirs: list[Path], min_sensitivity: float) -> list[SubsetScore]:
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
     from trainer.train import predict_logits, prepare_data
 
     logits: dict[str, tuple[np.ndarray, np.ndarray]] = {}

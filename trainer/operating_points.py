@@ -223,7 +223,7 @@ def refresh_manifest(model_dir: Path, names: tuple[str, ...] = (CARD_FILENAME,))
 
 def run(model_dir: Path, dev_dir: Path, fitted_on: str = DEV_NAME, command: str = "") -> OperatingPointsFit:
     """Fit and write everything for a model folder (see the module docstring)."""
-    from trainer.card import render_markdown
+    from trainer.card_builder import render_markdown
 
     model_dir = Path(model_dir)
     card_path = model_dir / CARD_FILENAME

@@ -188,7 +188,7 @@ def predict_logits(model, images_u8: np.ndarray, batch_size: int = 64) -> np.nda
 
 
 def _subtype_auc(split: Split, p_viral: np.ndarray | None) -> float:
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
 
     if p_viral is None:
         return float("nan")
@@ -210,7 +210,7 @@ def _epoch_scorer(model, data: RunData):
     (val_auc, dev_auc, and the subtype's val_viral_auc / dev_viral_auc), before CSVLogger writes them."""
     import keras
 
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
 
     flat: dict[str, np.ndarray] = {}  # the flattened copies, made once
 
@@ -344,7 +344,7 @@ def run_stages(model, strategy, data: RunData, cfg: TrainConfig, state: RunState
 
 def _subtype_report(split: Split, p_viral: np.ndarray | None, threshold: float | None) -> dict[str, Any] | None:
     """Bacterial-vs-viral figures on the pneumonia images whose subtype is known."""
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
 
     if p_viral is None:
         return None
@@ -359,7 +359,7 @@ def _subtype_report(split: Split, p_viral: np.ndarray | None, threshold: float |
 def evaluate_run(model, data: RunData, cfg: TrainConfig, report_dir: Path, input_size: int) -> dict[str, Any]:
     """Temperature and operating point (on the development set when there is one, else validation), then the
     figures on validation and the development set, plots, and the subtype's own operating point."""
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
 
     val_logits, val_viral = predict_outputs(model, data.val.images)
     dev_logits, dev_viral = predict_outputs(model, data.dev.images) if data.dev is not None else (None, None)
@@ -426,7 +426,7 @@ def fit_refusal(model, data: RunData, cfg: TrainConfig, layers_: tuple[str, ...]
 def model_layout(backbone: str, member_backbones: list[str] | None = None) -> tuple[str, tuple[str, ...]]:
     """(Grad-CAM layer, OOD layers) of one backbone's model, or of an ensemble merged from members' backbones."""
     from trainer.backbones import BACKBONES
-    from trainer.ensemble import CONCAT_LAYER, member_layer_names
+    from trainer.ensemble_merge import CONCAT_LAYER, member_layer_names
 
     if member_backbones:
         return CONCAT_LAYER, member_layer_names([BACKBONES[b].ood_layers for b in member_backbones])
@@ -437,8 +437,8 @@ def model_layout(backbone: str, member_backbones: list[str] | None = None) -> tu
 def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any], weights_source, stage_times,
                input_size: int, report_dir: Path, ensemble: list[dict[str, Any]] | None = None) -> None:
     from pneumo_desktop.core.resources import samples_dir
-    from trainer import evaluate as ev
-    from trainer.card import build_card
+    from trainer import metrics_and_plots as ev
+    from trainer.card_builder import build_card
     from trainer.export import export_model_folder, sample_reference
     from trainer.model import has_subtype_head
 
@@ -600,7 +600,7 @@ def _train_ensemble(cfg: TrainConfig, strategy) -> dict[str, Any]:
     import keras
 
     from trainer.backbones import WeightsSource
-    from trainer.ensemble import merge_members
+    from trainer.ensemble_merge import merge_members
 
     input_size, report_dir = _start_run(cfg)
     member_cfgs = [_member_config(cfg, recipe, input_size) for recipe in cfg.members]  # all checked first
@@ -646,7 +646,7 @@ def _copy_report(src: Path, dst: Path) -> None:
 
 def _evaluate_official_val(model, root: Path, input_size: int, temperature: float, threshold: float, run_dir: Path):
     """The dataset's 16-image val folder: a sanity check only, never used for choices."""
-    from trainer import evaluate as ev
+    from trainer import metrics_and_plots as ev
 
     try:
         samples = list_split(root, "val")

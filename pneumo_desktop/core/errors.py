@@ -2,14 +2,19 @@
 
 `reason` is one sentence for a person (the GUI shows it, the CLIs print it on one line); the message
 (`str(exc)`) may add context such as the file name. Anything that is not a PneumoError is a bug and keeps
-its traceback (in the log, never in front of a user).
+its traceback (in the log, never in front of a user). docs/ARCHITECTURE.md has the same tree, with what each
+means; tests/test_docs.py keeps both in line with the classes.
 
     PneumoError
-      ImageLoadError            core.imaging (UnsupportedFormat, EmptyFile, CorruptImage, ImageTooLarge, DicomDecode)
+      ImageLoadError            core.imaging, per file:
+        UnsupportedFormatError, EmptyFileError, CorruptImageError, ImageTooLargeError, DicomDecodeError,
+        UnsupportedEncodingError, ImplausibleGeometryError
       ModelIntegrityError       core.model_card
       ResultsFileError          core.batch
+      OutputError               core.batch (the results cannot be written)
+      OutputLockedError         core.batch (another run writes the same CSV)
       ExportError               gui.report
-      UsageError                cli (pneumo-desktop's bad arguments)
+      UsageError                cli.common (pneumo-desktop's bad arguments)
       DatasetError              trainer.data
       TorchFileError            trainer.torch_legacy (also a ValueError)
 """

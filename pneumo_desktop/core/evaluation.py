@@ -34,7 +34,6 @@ from pneumo_desktop.core.imaging import find_images
 from pneumo_desktop.core.site_profiles import (
     APP_DIR_NAME,
     CONFIG_ENV,
-    SiteProfile,
     ThresholdChoice,
     config_dir,
     describe_source,
@@ -584,13 +583,3 @@ Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}; ({CALIBRATION_ECE_
 <p><small>Pneumo Desktop {e(__version__)}</small></p>
 </body></html>
 """
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def calibrate(evaluation: Evaluation, target_sensitivity: float, name: str) -> SiteProfile:
-    """A site profile for these images (core/site_calibration.py: Platt, threshold and levels refitted)."""
-    from pneumo_desktop.core.site_calibration import calibrate_site
-
-    return calibrate_site(evaluation, target_sensitivity, name)

@@ -1,6 +1,6 @@
 """Binary-classification metrics, operating-point rules, calibration and bootstrap intervals. Pure numpy.
 
-One source for the maths used by the app (evaluate, calibrate) and by the trainer (trainer/evaluate.py
+One source for the maths used by the app (evaluate, calibrate) and by the trainer (trainer/metrics_and_plots.py
 imports these). Convention everywhere: predict positive when p >= threshold.
 """
 

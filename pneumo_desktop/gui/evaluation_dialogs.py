@@ -3,6 +3,7 @@
 Both score the folder in the background through the batch scorer (resumable scores in the user's cache),
 with progress and cancel; the evaluation dialog then shows the metrics and plots and exports the report;
 the calibration dialog shows the sensitivity/specificity trade-off with the chosen point before saving.
+The File-menu actions that open them are in controllers/site_actions.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from PySide6.QtCore import QObject, Qt, QThreadPool, Signal, Slot
-from PySide6.QtGui import QAction, QPixmap
+from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -25,7 +26,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
-    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -36,10 +36,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .background import run_in_background
-from .workers import describe_error
+from .background import Progress, run_in_background
+from .error_text import describe_error
 
 if TYPE_CHECKING:
+    from ..core.batch import BatchProgress
     from ..core.evaluation import Evaluation
     from ..core.runtime import PneumoniaModel
     from ..core.site_profiles import SiteProfile, ThresholdChoice
@@ -69,13 +70,13 @@ class EvaluationRunner(QObject):
         cancel = threading.Event()
         self._cancel = cancel
 
-        def work(report: Any) -> Evaluation | None:
+        def work(report: Progress) -> Evaluation | None:
             from ..core import metrics as mx
             from ..core.evaluation import score_and_evaluate, work_dir_for
 
             last = [-1]
 
-            def on_progress(p: Any) -> None:  # worker thread: at most ~100 updates per run
+            def on_progress(p: BatchProgress) -> None:  # worker thread: at most ~100 updates per run
                 step = max(p.total // 100, 1)
                 if p.done == p.total or p.done - last[0] >= step:
                     last[0] = p.done
@@ -359,7 +360,8 @@ class CalibrateDialog(_ScoringDialog):
 
     def _update(self) -> None:
         from ..core import plots
-        from ..core.evaluation import LabelsError, calibrate
+        from ..core.evaluation import LabelsError
+        from ..core.site_calibration import calibrate_site as calibrate
 
         if self.evaluation is None:
             return
@@ -410,57 +412,3 @@ class CalibrateDialog(_ScoringDialog):
         self.status.setText(f'Saved site profile "{profile.name}" to {path}; it is now the active profile.')
         self.profileSaved.emit(profile)
         return True
-
-
-# --------------------------------------------------------------------------- main-window hooks
-
-
-def install_site_actions(window: Any, menu: QMenu) -> None:
-    """Adds the two actions to `menu` (the main window's File menu)."""
-    window.act_evaluate = QAction("&Evaluate Labelled Folder…", window)
-    window.act_evaluate.setStatusTip("Score a folder with NORMAL/ and PNEUMONIA/ sub-folders and show the metrics")
-    window.act_evaluate.triggered.connect(lambda: _choose_folder(window, open_evaluate_dialog))
-    window.act_calibrate = QAction("Cali&brate to This Site…", window)
-    window.act_calibrate.setStatusTip("Choose this site's threshold on a labelled folder and save it as a profile")
-    window.act_calibrate.triggered.connect(lambda: _choose_folder(window, open_calibrate_dialog))
-    menu.addAction(window.act_evaluate)
-    menu.addAction(window.act_calibrate)
-
-
-def apply_site_profile(window: Any, model: PneumoniaModel) -> ThresholdChoice:
-    """Use the active site profile's threshold (if it is for this model) and show where the threshold comes from."""
-    from ..core.site_profiles import resolve_threshold
-
-    choice = resolve_threshold(model.card.threshold, model.sha256)
-    model.use_operating_point(choice)
-    window.prediction_panel.set_threshold_source(choice.describe())
-    if choice.note:
-        window.statusBar().showMessage(choice.note, 15000)
-    return choice
-
-
-def _choose_folder(window: Any, opener: Any) -> None:
-    if window.model is None:
-        QMessageBox.information(window, "No model", "The model is not loaded yet.")
-        return
-    folder = QFileDialog.getExistingDirectory(window, "Labelled folder (with NORMAL and PNEUMONIA sub-folders)")
-    if folder:
-        opener(window, Path(folder))
-
-
-def open_evaluate_dialog(window: Any, folder: Path, resamples: int | None = None) -> EvaluateDialog:
-    dialog = EvaluateDialog(folder, window.model, window.pool, window)
-    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-    dialog.start(window.model.operating_point, resamples)
-    dialog.show()
-    return dialog
-
-
-def open_calibrate_dialog(window: Any, folder: Path, resamples: int | None = None) -> CalibrateDialog:
-    dialog = CalibrateDialog(folder, window.model, window.pool, window)
-    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-    # the new profile applies at once: re-run the model hook (it re-reads the active profile, re-predicts)
-    dialog.profileSaved.connect(lambda _p: window._set_model(window.model))
-    dialog.start_scoring(resamples)
-    dialog.show()
-    return dialog

@@ -1,6 +1,6 @@
 """`pneumo-desktop evaluate`, `calibrate` and `profiles`: local validation and site operating points.
 
-Kept apart from cli.py (which dispatches here) so the scoring commands stay small; same exit codes.
+Registered in dispatch.COMMANDS; the shared plumbing (exit codes, model, threshold) is in common.py.
 """
 
 from __future__ import annotations
@@ -9,42 +9,35 @@ import argparse
 import json
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pneumo_desktop.cli import (
+from .common import (
     EXIT_INTERRUPTED,
     EXIT_MODEL,
     EXIT_OK,
     PROFILE_HELP,
     PROG,
     THRESHOLD_HELP,
+    ProgressBar,
+    StopOnSignals,
     UsageError,
-    _load_model,
-    _parse,
-    _positive_int,
-    _ProgressBar,
-    _StopOnSignals,
-    _threshold,
+    load_model,
+    parse_args,
+    positive_int,
+    threshold_arg,
+    use_threshold,
 )
 
-
-def use_threshold(model, threshold: float | None, profile: str | None):  # PneumoniaModel, ThresholdChoice
-    """Resolve the threshold (command line > --profile > active profile > card) and make it the model's default."""
-    from pneumo_desktop.core.site_profiles import ProfileError, resolve_threshold
-
-    try:
-        choice = resolve_threshold(model.card.threshold, model.sha256, threshold=threshold, profile=profile)
-    except ProfileError as exc:
-        raise UsageError(str(exc)) from None
-    if choice.note:
-        print(f"{PROG}: note: {choice.note}", file=sys.stderr)
-    model.use_operating_point(choice)
-    return choice
+if TYPE_CHECKING:
+    from pneumo_desktop.core.evaluation import Evaluation
+    from pneumo_desktop.core.runtime import PneumoniaModel
+    from pneumo_desktop.core.site_profiles import ThresholdChoice
 
 
 def _sensitivity(text: str) -> float:
-    value = _threshold(text)
+    value = threshold_arg(text)
     if value <= 0.0:
         raise argparse.ArgumentTypeError("must be above 0")
     return value
@@ -58,7 +51,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--fresh", action="store_true", help="score everything again (default: resume REPORT_DIR/scores.csv)"
     )
     parser.add_argument(
-        "--resamples", type=_positive_int, default=None, metavar="N", help="bootstrap resamples (default 1000)"
+        "--resamples", type=positive_int, default=None, metavar="N", help="bootstrap resamples (default 1000)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -72,7 +65,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     _common(parser)
     parser.add_argument("-o", "--output", type=Path, metavar="REPORT_DIR",
                         help="report folder (default: ./evaluation-<DIR name>)")
-    parser.add_argument("--threshold", type=_threshold, metavar="T", help=THRESHOLD_HELP)
+    parser.add_argument("--threshold", type=threshold_arg, metavar="T", help=THRESHOLD_HELP)
     parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the table")
     return parser
@@ -110,19 +103,21 @@ def _profiles_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_scoring(parsed: argparse.Namespace, report_dir: Path, choose):
+def _run_scoring(
+    parsed: argparse.Namespace, report_dir: Path, choose: Callable[[PneumoniaModel], ThresholdChoice]
+) -> tuple[Evaluation | None, int]:
     from pneumo_desktop.core.evaluation import LabelsError, score_and_evaluate
     from pneumo_desktop.core.metrics import BOOTSTRAP_RESAMPLES
 
     if not parsed.data.exists():
         raise UsageError(f"input not found: {parsed.data}")
-    model = _load_model(parsed.model)
+    model = load_model(parsed.model)
     if model is None:
         return None, EXIT_MODEL
     choice = choose(model)
-    bar = _ProgressBar(sys.stderr, enabled=not parsed.quiet)
+    bar = ProgressBar(sys.stderr, enabled=not parsed.quiet)
     cancel = threading.Event()
-    with _StopOnSignals(cancel):
+    with StopOnSignals(cancel):
         try:
             summary, evaluation = score_and_evaluate(
                 parsed.data, report_dir, model, choice, fresh=parsed.fresh, progress=bar.update, cancel=cancel,
@@ -142,10 +137,10 @@ def _run_scoring(parsed: argparse.Namespace, report_dir: Path, choose):
     return evaluation, EXIT_OK
 
 
-def _evaluate(argv: Sequence[str]) -> int:
+def evaluate(argv: Sequence[str]) -> int:
     from pneumo_desktop.core.evaluation import to_json, write_report
 
-    parsed = _parse(_evaluate_parser(), argv)
+    parsed = parse_args(_evaluate_parser(), argv)
     if isinstance(parsed, int):
         return parsed
     report_dir = parsed.output or Path.cwd() / f"evaluation-{parsed.data.resolve().name or 'data'}"
@@ -160,9 +155,9 @@ def _evaluate(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _calibrate(argv: Sequence[str]) -> int:
-    from pneumo_desktop.core.evaluation import LabelsError, calibrate, write_report
-    from pneumo_desktop.core.site_calibration import site_evaluation
+def calibrate(argv: Sequence[str]) -> int:
+    from pneumo_desktop.core.evaluation import LabelsError, write_report
+    from pneumo_desktop.core.site_calibration import calibrate_site, site_evaluation
     from pneumo_desktop.core.site_profiles import (
         SOURCE_CARD,
         ProfileError,
@@ -171,7 +166,7 @@ def _calibrate(argv: Sequence[str]) -> int:
         save_profile,
     )
 
-    parsed = _parse(_calibrate_parser(), argv)
+    parsed = parse_args(_calibrate_parser(), argv)
     if isinstance(parsed, int):
         return parsed
     name = (parsed.name or parsed.data.resolve().stem).strip()
@@ -187,7 +182,7 @@ def _calibrate(argv: Sequence[str]) -> int:
     if evaluation is None:
         return code
     try:
-        profile = calibrate(evaluation, parsed.sensitivity, name)
+        profile = calibrate_site(evaluation, parsed.sensitivity, name)
     except LabelsError as exc:
         raise UsageError(str(exc)) from None
     path = save_profile(profile, activate=not parsed.no_activate)
@@ -223,7 +218,7 @@ def _calibrate(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _profiles(argv: Sequence[str]) -> int:
+def profiles(argv: Sequence[str]) -> int:
     from pneumo_desktop.core.site_profiles import (
         ProfileError,
         active_profile_name,
@@ -233,7 +228,7 @@ def _profiles(argv: Sequence[str]) -> int:
         set_active_profile,
     )
 
-    parsed = _parse(_profiles_parser(), argv)
+    parsed = parse_args(_profiles_parser(), argv)
     if isinstance(parsed, int):
         return parsed
     try:
@@ -259,6 +254,3 @@ def _profiles(argv: Sequence[str]) -> int:
     except ProfileError as exc:
         raise UsageError(str(exc)) from None
     return EXIT_OK
-
-
-SITE_COMMANDS = {"evaluate": _evaluate, "calibrate": _calibrate, "profiles": _profiles}

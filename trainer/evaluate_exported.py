@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pneumo_desktop.core import model_card as mc
-from trainer import evaluate as ev
+from trainer import metrics_and_plots as ev
 from trainer.data import list_split, load_or_prepare, write_integrity_report
 from trainer.export import tflite_outputs
 

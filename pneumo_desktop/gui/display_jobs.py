@@ -20,9 +20,9 @@ from PySide6.QtGui import QImage
 
 from ..core.overlay import render_overlay
 from .background import LatestOnly
+from .error_text import describe_error
 from .image_view import array_to_qimage
 from .options import OverlayOptions, WindowLevel, apply_window_level
-from .workers import describe_error
 
 if TYPE_CHECKING:
     from ..core.imaging import LoadedImage

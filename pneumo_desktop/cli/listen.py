@@ -1,7 +1,8 @@
 """`pneumo-desktop listen`: a DICOM node that scores the X-rays sent to it and sends results back as DICOM.
 
-Kept apart from cli.py (which only dispatches here). Settings: built-in defaults, then the TOML file
-(`dicom_node.toml` in the config folder, or --config), then the command line. See docs/DICOM_NODE.md.
+One row of COMMANDS in dispatch.py; it sets up its own logging (a long-running service). Settings: built-in
+defaults, then the TOML file (`dicom_node.toml` in the config folder, or --config), then the command line.
+See docs/DICOM_NODE.md.
 Exit status: 0 stopped (Ctrl+C, SIGTERM); 2 bad options or config file; 3 model missing or corrupt;
 4 the port cannot be opened; 5 another listener uses the spool.
 """

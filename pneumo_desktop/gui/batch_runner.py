@@ -1,9 +1,8 @@
-"""Model loading and batch scoring in the background (through background.run_in_background)."""
+"""Batch scoring to CSV in the background (through background.run_in_background): BatchRunner."""
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
-from ..core.errors import PneumoError
 from .background import run_in_background
 
 if TYPE_CHECKING:  # only for annotations: the runtime is imported lazily, in a worker
@@ -21,68 +19,7 @@ if TYPE_CHECKING:  # only for annotations: the runtime is imported lazily, in a 
 
 log = logging.getLogger(__name__)
 
-ModelLoader = Callable[[], "PneumoniaModel"]
 
-
-def default_model_loader(model_dir: Path | None = None) -> ModelLoader:
-    """Loader for the bundled model (or `model_dir`); runs in a worker, so the import is lazy."""
-
-    def load() -> PneumoniaModel:
-        from ..core.runtime import PneumoniaModel
-
-        return PneumoniaModel.load(model_dir)
-
-    return load
-
-
-_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
-
-
-def describe_error(exc: BaseException) -> str:
-    """One sentence for a person: the project's errors (PneumoError) carry `.reason`; others get their message.
-
-    Library messages that quote Python object reprs ("cannot identify image file <_io.BytesIO object
-    at 0x...>") lose the repr: it means nothing to a person.
-    """
-    text = exc.reason if isinstance(exc, PneumoError) and exc.reason else str(exc).strip()
-    text = _OBJECT_REPR.sub("", text).replace(" ()", "").strip()
-    return text or type(exc).__name__
-
-
-# ---------------------------------------------------------------------------------------------
-# Model loading
-# ---------------------------------------------------------------------------------------------
-class ModelLoadController(QObject):
-    loaded = Signal(object)  # PneumoniaModel
-    failed = Signal(object)  # exception
-
-    def __init__(self, pool: QThreadPool, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._pool = pool
-        self._busy = False
-
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
-    def start(self, loader: ModelLoader) -> None:
-        self._busy = True
-        run_in_background(
-            self._pool, lambda _progress: loader(), on_result=self._on_result, on_error=self._on_error, owner=self
-        )
-
-    def _on_result(self, model: object) -> None:
-        self._busy = False
-        self.loaded.emit(model)
-
-    def _on_error(self, exc: BaseException) -> None:
-        self._busy = False
-        self.failed.emit(exc)
-
-
-# ---------------------------------------------------------------------------------------------
-# Batch scoring to CSV
-# ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BatchOutcome:
     summary: BatchSummary
@@ -100,11 +37,10 @@ def read_rows_back(csv_path: Path) -> list[BatchRow]:
         return []
 
 
-class BatchController(QObject):
+class BatchRunner(QObject):
     """Runs core.batch.score_paths in the pool with progress signals and cooperative cancel."""
 
     started = Signal(object)  # output csv path
-    progress = Signal(object)  # BatchProgress, one per file (emitted on the GUI thread)
     progressMany = Signal(object)  # list[BatchProgress]: what arrived since the last delivery
     finished = Signal(object)  # BatchOutcome
     failed = Signal(object)  # exception
@@ -183,8 +119,6 @@ class BatchController(QObject):
             self._wake_pending = False
         if not items:
             return
-        for item in items:
-            self.progress.emit(item)
         self.progressMany.emit(items)
 
     def _on_result(self, outcome: object) -> None:

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from pneumo_desktop import cli
-from pneumo_desktop.core import batch, imaging
+from pneumo_desktop.core import batch, imaging, reading
 from pneumo_desktop.core.batch import (
     CSV_COLUMNS,
     OutputError,
@@ -338,7 +338,7 @@ def test_dev_zero_is_refused_within_bounded_memory() -> None:
 def test_the_read_cap_holds_on_bytes_read(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "big.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000)
-    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(reading, "MAX_FILE_BYTES", 1000)
     real_fstat = os.fstat
 
     def lying_fstat(fd):  # a file that grows after it was measured (or a size that lies)
@@ -346,7 +346,7 @@ def test_the_read_cap_holds_on_bytes_read(tmp_path: Path, monkeypatch) -> None:
         return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 10,
                                st.st_atime, st.st_mtime, st.st_ctime))
 
-    monkeypatch.setattr(imaging.os, "fstat", lying_fstat)
+    monkeypatch.setattr(reading.os, "fstat", lying_fstat)
     with pytest.raises(imaging.ImageTooLargeError):
         read_image_file(path)
 

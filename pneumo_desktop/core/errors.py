@@ -5,7 +5,8 @@
 its traceback (in the log, never in front of a user).
 
     PneumoError
-      ImageLoadError            core.imaging (UnsupportedFormat, EmptyFile, CorruptImage, ImageTooLarge, DicomDecode)
+      ImageLoadError            core.image_types (UnsupportedFormat, EmptyFile, CorruptImage, ImageTooLarge,
+                                DicomDecode, UnsupportedEncoding, ImplausibleGeometry)
       ModelIntegrityError       core.model_card
       ResultsFileError          core.batch
       ExportError               gui.report

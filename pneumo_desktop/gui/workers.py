@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
-from ..core.errors import PneumoError
+from ..core.messages import describe_error as describe_error  # one scrubbing helper, in core
 from .background import run_in_background
 
 if TYPE_CHECKING:  # only for annotations: the runtime is imported lazily, in a worker
@@ -33,20 +32,6 @@ def default_model_loader(model_dir: Path | None = None) -> ModelLoader:
         return PneumoniaModel.load(model_dir)
 
     return load
-
-
-_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
-
-
-def describe_error(exc: BaseException) -> str:
-    """One sentence for a person: the project's errors (PneumoError) carry `.reason`; others get their message.
-
-    Library messages that quote Python object reprs ("cannot identify image file <_io.BytesIO object
-    at 0x...>") lose the repr: it means nothing to a person.
-    """
-    text = exc.reason if isinstance(exc, PneumoError) and exc.reason else str(exc).strip()
-    text = _OBJECT_REPR.sub("", text).replace(" ()", "").strip()
-    return text or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------

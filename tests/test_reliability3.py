@@ -71,3 +71,143 @@ def test_damaged_active_profile_is_skipped_and_profiles_list_works(tiny_model_di
     assert cli.main(["predict", str(image), "--model", str(tiny_model_dir)]) == 0
     (site_profiles.config_dir() / site_profiles.ACTIVE_FILE).write_text("[" * 100_000)
     assert site_profiles.active_profile_name() is None
+
+
+# ------------------------------------------------------------------ 3. decoder libraries kept off the terminal
+
+
+def jpeg_dicom(path: Path, jpeg: bytes, rows: int, cols: int) -> Path:
+    """A DICOM holding one baseline JPEG frame, with the header's Rows/Columns as given."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([jpeg])
+    ds["PixelData"].VR = "OB"
+    ds.preamble = b"\0" * 128
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header is edited to declare width x height."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(sample_grey(0, max_side=64)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 7] = height.to_bytes(2, "big")
+    data[sof + 7 : sof + 9] = width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_dicom_frame_bomb_gives_one_row_and_no_traceback(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    grey = sample_grey(0, max_side=64)
+    bomb = jpeg_dicom(tmp_path / "bomb.dcm", jpeg_declaring(60000, 60000), *grey.shape)
+    out = tmp_path / "r.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "pneumo_desktop", "score", str(bomb), "-o", str(out), "--model", str(tiny_model_dir),
+         "-q"], capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "pydicom" not in done.stderr, done.stderr[-3000:]
+    row = read_csv(out)[1][0]
+    assert "declares 60000x60000 pixels" in row["error"] and "header says" in row["error"]
+
+
+def test_decoder_log_records_go_to_debug_not_the_terminal(caplog) -> None:
+    import logging
+
+    from pneumo_desktop.core.decoder_noise import quiet_decoders
+
+    terminal: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            terminal.append(record)
+
+    root_handler = Collect(level=logging.WARNING)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="pneumo_desktop.decoders"), quiet_decoders():
+            for name in ("pydicom", "PIL.TiffImagePlugin", "gdcm"):
+                try:
+                    raise RuntimeError("inside the plugin")
+                except RuntimeError:
+                    logging.getLogger(name).exception("plugin %s failed", name)
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert [r for r in terminal if not r.name.startswith("pneumo_desktop")] == []
+    assert [r for r in terminal if r.levelno >= logging.WARNING] == []
+    ours = [r for r in caplog.records if r.name == "pneumo_desktop.decoders"]
+    assert len(ours) == 3 and all(r.levelno == logging.DEBUG for r in ours)
+    assert "plugin pydicom failed" in ours[0].getMessage()
+
+
+# ------------------------------------------------------------------ 4. orientation applied exactly once
+
+
+def _oriented_reference() -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """A stored image and, for each Orientation value, what a viewer shows (Pillow's exif_transpose)."""
+    from PIL import ImageOps
+
+    stored = np.zeros((72, 96), np.uint8)
+    stored[:, :] = np.linspace(40, 200, 96, dtype=np.uint8)[None, :]
+    stored[:24, :32] = 255  # a bright block in the top-left corner: any flip or turn moves it
+    stored[60:, 80:] = 0
+    shown = {}
+    for orientation in range(1, 9):
+        im = Image.fromarray(stored)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        im.info["exif"] = exif.tobytes()
+        im.getexif()[0x0112] = orientation
+        shown[orientation] = np.asarray(ImageOps.exif_transpose(im))
+    return stored, shown
+
+
+def _encode(stored: np.ndarray, fmt: str, orientation: int) -> bytes:
+    import io
+
+    from PIL import TiffImagePlugin
+
+    buf = io.BytesIO()
+    im = Image.fromarray(stored)
+    if fmt == "TIFF":
+        info = TiffImagePlugin.ImageFileDirectory_v2()
+        info[0x0112] = orientation
+        im.save(buf, "TIFF", tiffinfo=info)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        im.save(buf, fmt, exif=exif.tobytes(), **({"quality": 98} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_is_applied_exactly_once(fmt: str, orientation: int) -> None:
+    from pneumo_desktop.core.imaging import decode_image
+
+    stored, shown = _oriented_reference()
+    image = decode_image(_encode(stored, fmt, orientation), f"x.{fmt.lower()}")
+    expected = shown[orientation]
+    assert image.grey.shape == expected.shape
+    tolerance = 4.0 if fmt == "JPEG" else 0.0
+    assert np.abs(image.grey.astype(int) - expected.astype(int)).mean() <= tolerance
+    if orientation != 1:  # the reference really differs from the stored pixels: the test can fail
+        assert image.grey.shape != stored.shape or not np.array_equal(expected, stored)

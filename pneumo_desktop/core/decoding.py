@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from pneumo_desktop.core.decoder_noise import quiet_decoders
 from pneumo_desktop.core.dicom import decode_dicom, dicom_to_image, try_parse_raw_dicom
 from pneumo_desktop.core.formats import describe_unknown, looks_like_raw_dicom, sniff_format
 from pneumo_desktop.core.image_types import (
+    DECODE_MEMORY_BUDGET,
     MAX_FILE_BYTES,
     MAX_PIXELS,
     CorruptImageError,
@@ -77,7 +79,7 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
     except Image.DecompressionBombError:
         raise ImageTooLargeError(path, f"image is too large to open safely (more than {max_pixels:,} pixels)") from None
     except Exception as exc:  # Pillow raises many types for bad headers
-        raise CorruptImageError(path, f"damaged {fmt} file: the header cannot be read ({exc})") from None
+        raise CorruptImageError(path, _pillow_reason(fmt, exc, "the header cannot be read")) from None
     with im:
         width, height = im.size
         if width <= 0 or height <= 0:
@@ -86,10 +88,10 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
             raise ImageTooLargeError(
                 path, f"image is too large: {width}x{height} pixels (the limit is {max_pixels:,} pixels)"
             )
-        try:
-            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-        except Exception:  # a broken EXIF block must not lose the image
-            orientation = 1
+        reduce = _reduction_needed(path, im, fmt)
+        if reduce > 1:  # JPEG over the memory budget: libjpeg decodes it at 1/2, 1/4 or 1/8 scale, in grey
+            im.draft("L", (width // reduce, height // reduce))
+            log.info("%s: %dx%d JPEG decoded at 1/%d scale (memory limit)", path, width, height, reduce)
         try:
             im.load()
             grey, bit_depth = _pillow_to_grey(im)
@@ -105,9 +107,76 @@ def _decode_pillow(data: bytes, path: Path, fmt: str, max_pixels: int) -> Loaded
                 raise CorruptImageError(
                     path, f"truncated {fmt}: the file ends before the image data is complete"
                 ) from None
-            raise CorruptImageError(path, f"damaged {fmt} file: {msg or type(exc).__name__}") from None
+            raise CorruptImageError(path, _pillow_reason(fmt, exc, "")) from None
+        # Read after load(): Pillow's TIFF loader applies the Orientation tag itself and then drops it, JPEG
+        # and PNG (EXIF, eXIf) keep it for us. So whatever is left is applied here, exactly once.
+        try:
+            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        except Exception:  # a broken EXIF block must not lose the image
+            orientation = 1
     grey = _apply_orientation(grey, orientation)
     return image_result(path, grey, fmt, bit_depth)
+
+
+# The estimate (checked against DECODE_MEMORY_BUDGET) is the decoded image in Pillow's storage plus the
+# conversions to 8-bit grey below.
+_PEAK_BYTES_PER_PIXEL = {"1": 3, "L": 3, "P": 7, "I;16": 6, "I;16L": 6, "I;16B": 6, "I;16N": 6, "CMYK": 10}
+_DEFAULT_PEAK_BYTES = 7  # RGB, RGBA, LA, I, F, YCbCr...: 4 bytes a pixel in Pillow, then grey copies
+
+
+def estimated_decode_bytes(width: int, height: int, mode: str, fmt: str) -> int:
+    per_pixel = _PEAK_BYTES_PER_PIXEL.get(mode, _DEFAULT_PEAK_BYTES)
+    if fmt == "TIFF":
+        per_pixel += 4  # Pillow applies the TIFF orientation on a copy
+    return width * height * per_pixel
+
+
+def _reduction_needed(path: Path, im: Image.Image, fmt: str) -> int:
+    """1 if the image decodes within DECODE_MEMORY_BUDGET; for a JPEG over it, the scale divisor (2, 4, 8) that
+    fits; any other format over it is refused before a byte of pixel data is decoded."""
+    width, height = im.size
+    need = estimated_decode_bytes(width, height, im.mode, fmt)
+    if need <= DECODE_MEMORY_BUDGET:
+        return 1
+    if fmt == "JPEG":
+        for divisor in (2, 4, 8):
+            if estimated_decode_bytes(width // divisor + 1, height // divisor + 1, "L", fmt) <= DECODE_MEMORY_BUDGET:
+                return divisor
+    raise ImageTooLargeError(
+        path,
+        f"image is too large to decode safely: {width}x{height} pixels in {_describe_mode(im.mode)} would need about "
+        f"{need / 2**20:,.0f} MB of memory (the limit is {DECODE_MEMORY_BUDGET / 2**20:,.0f} MB); "
+        "save it smaller or as 8-bit grey",
+    )
+
+
+def _describe_mode(mode: str) -> str:
+    return {"1": "black and white", "L": "8-bit grey", "P": "palette colour", "RGB": "colour", "RGBA": "colour",
+            "CMYK": "CMYK colour", "I": "32-bit integer", "F": "floating point"}.get(
+        mode, "16-bit grey" if mode.startswith("I;16") else f"mode {mode}")
+
+
+_PILLOW_ERROR_CODE = re.compile(r"decoder error (-?\d+)")
+
+
+def _pillow_reason(fmt: str, exc: BaseException, stage: str) -> str:
+    """Pillow's message turned into a sentence a person can act on."""
+    msg = str(exc)
+    if "MAX_TEXT_CHUNK" in msg or "MAX_TEXT_MEMORY" in msg:
+        return (
+            "the PNG holds a compressed text (metadata) chunk that expands to an excessive size, a decompression "
+            "bomb; it is not read: re-export the image without its text metadata"
+        )
+    code = _PILLOW_ERROR_CODE.search(msg)
+    if code is not None or "decoding error" in msg or "buffer overrun" in msg:
+        detail = f" (the {fmt} decoder stopped with error {code.group(1)})" if code is not None else ""
+        return (
+            f"damaged {fmt} file: its compressed image data cannot be decoded{detail}; the file is damaged or "
+            f"uses an encoding variant this program cannot read: re-save it as PNG"
+        )
+    if stage:
+        return f"damaged {fmt} file: {stage} ({msg or type(exc).__name__})"
+    return f"damaged {fmt} file: {msg or type(exc).__name__}"
 
 
 _TIFF_PHOTOMETRIC = 262
@@ -126,9 +195,10 @@ def _pillow_to_grey(im: Image.Image) -> tuple[np.ndarray, int]:
     mode = im.mode
     if mode == "L":
         return np.asarray(im, dtype=np.uint8), 8
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        bits = 16 if mode.startswith("I;16") else 32
-        return scale_to_uint8(np.asarray(im)), bits
+    if mode.startswith("I;16"):
+        return scale_to_uint8(np.asarray(im)), 16
+    if mode in ("I", "F"):
+        return _wide_to_uint8(im), 32
     if mode == "1":
         return np.asarray(im.convert("L"), dtype=np.uint8), 1
     if mode == "CMYK":
@@ -138,6 +208,28 @@ def _pillow_to_grey(im: Image.Image) -> tuple[np.ndarray, int]:
         return np.asarray(im.convert("RGBA").convert("L"), dtype=np.uint8), 8
     # RGB, RGBA, LA, YCbCr, LAB, HSV, ...: luminance (alpha ignored: X-rays are opaque)
     return np.asarray(im.convert("L"), dtype=np.uint8), 8
+
+
+def _wide_to_uint8(im: Image.Image, strip_rows: int = 1024) -> np.ndarray:
+    """32-bit (I or F) data scaled by its real range, strip by strip: a whole float copy of a large image would
+    double the memory that decoding needs."""
+    width, height = im.size
+    lo = hi = None
+    for top in range(0, height, strip_rows):
+        strip = np.asarray(im.crop((0, top, width, min(height, top + strip_rows))))
+        finite = strip[np.isfinite(strip)] if strip.dtype.kind == "f" else strip
+        if finite.size:
+            lo = finite.min() if lo is None else min(lo, finite.min())
+            hi = finite.max() if hi is None else max(hi, finite.max())
+    out = np.zeros((height, width), np.uint8)
+    if lo is None or hi is None or hi <= lo:
+        return out
+    scale = np.float32(255.0 / (float(hi) - float(lo)))
+    for top in range(0, height, strip_rows):
+        strip = np.asarray(im.crop((0, top, width, min(height, top + strip_rows)))).astype(np.float32)
+        strip = np.where(np.isfinite(strip), strip, np.float32(lo))
+        out[top : top + strip.shape[0]] = np.clip(np.rint((strip - np.float32(lo)) * scale), 0, 255)
+    return out
 
 
 def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 
 from pneumo_desktop.core.decoder_noise import route_decoder_logs
 from pneumo_desktop.core.image_types import (
+    DECODE_MEMORY_BUDGET,
     DicomDecodeError,
     ImageLoadError,
     ImageTooLargeError,
@@ -20,7 +21,7 @@ from pneumo_desktop.core.image_types import (
     rgb_to_grey,
     scale_to_uint8,
 )
-from pneumo_desktop.core.jpeg import JPEG_EXTENDED_12BIT, gdcm_decode_jpeg
+from pneumo_desktop.core.jpeg import JPEG_EXTENDED_12BIT, gdcm_decode_jpeg, jpeg_frame_header
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,18 @@ def dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
         raise DicomDecodeError(path, f"DICOM image has no pixels ({cols}x{rows})")
     if rows * cols > max_pixels:  # header dimensions, checked before decoding
         raise ImageTooLargeError(path, f"image is too large: {cols}x{rows} pixels (the limit is {max_pixels:,} pixels)")
+    need = _estimated_decode_bytes(ds, rows, cols)
+    if need > DECODE_MEMORY_BUDGET:
+        raise ImageTooLargeError(
+            path,
+            f"image is too large to decode safely: {cols}x{rows} pixels would need about {need / 2**20:,.0f} MB of "
+            f"memory (the limit is {DECODE_MEMORY_BUDGET / 2**20:,.0f} MB)",
+        )
 
     tsyntax = _transfer_syntax(ds)
     own_gdcm = tsyntax == JPEG_EXTENDED_12BIT and bits_stored > 8 and photometric in _MONOCHROME
+    if tsyntax is not None and tsyntax.is_compressed:
+        _check_jpeg_frame_size(ds, path, rows, cols, frames)
     if tsyntax is not None and tsyntax.is_compressed and not own_gdcm:
         try:
             decoder = get_decoder(tsyntax)
@@ -148,6 +158,36 @@ def dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
     else:
         raise DicomDecodeError(path, f"unsupported DICOM photometric interpretation {photometric!r}")
     return image_result(path, grey, "DICOM", bits_stored)
+
+
+def _estimated_decode_bytes(ds, rows: int, cols: int) -> int:
+    """Memory to decode the first frame: the stored pixels (twice: the element's bytes and the array), the
+    float32 modality values and window, the 8-bit result."""
+    try:
+        stored = max(1, int(ds.get("BitsAllocated") or 16) // 8) * max(1, int(ds.get("SamplesPerPixel") or 1))
+    except (TypeError, ValueError):
+        stored = 2
+    return rows * cols * (2 * stored + 14)
+
+
+def _check_jpeg_frame_size(ds, path: Path, rows: int, cols: int, frames: int) -> None:
+    """A JPEG frame inside a DICOM must have the header's size: a frame that declares more pixels (a crafted
+    or damaged file) would make the decoders allocate for its size, not the header's. Checked before decoding."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        first = next(generate_frames(ds.PixelData, number_of_frames=frames))
+    except Exception:  # unreadable items: the decoding below reports it
+        return
+    if not first.startswith(b"\xff\xd8"):
+        return  # not a JPEG stream (RLE, JPEG 2000...): their decoders check sizes themselves
+    frame = jpeg_frame_header(first)
+    if frame is not None and (frame.width, frame.height) != (cols, rows):
+        raise DicomDecodeError(
+            path,
+            f"damaged DICOM file: its compressed image declares {frame.width}x{frame.height} pixels but the "
+            f"DICOM header says {cols}x{rows}; the image is not decoded",
+        )
 
 
 def _truncated_fragments(ds, frames: int) -> bool:

@@ -12,7 +12,12 @@ from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.messages import clean_reason
 
 MAX_PIXELS = 100_000_000  # decompression-bomb guard (width * height)
-MAX_FILE_BYTES = 1 << 30  # a file is read into memory once (hash + decode); refuse absurd sizes
+# A file is read into memory once (hash + decode), so its size counts towards the memory one decoding may use:
+# with DECODE_MEMORY_BUDGET, decoding any single input stays under 1 GB. A chest X-ray is tens of MB.
+MAX_FILE_BYTES = 256 << 20
+# Decoding one image (pixels and their conversions to 8-bit grey) stays within this many bytes on top of the
+# file itself; declared sizes are checked against it before any pixel data is decoded.
+DECODE_MEMORY_BUDGET = 600 << 20
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DICOM")
 # Geometry a chest X-ray can have. Smaller or more elongated images (icons, 1x1 pixels, strips) would
 # still be scored with confident-looking numbers after the resize, so they are refused up front.

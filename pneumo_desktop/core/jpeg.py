@@ -28,7 +28,7 @@ _JPEG_EXTENDED_SYNTAX = (JPEG_EXTENDED_12BIT, "JPEG Extended (12-bit)")
 
 
 @dataclass(frozen=True)
-class _JpegFrame:
+class JpegFrame:
     marker: int
     precision: int
     height: int
@@ -36,7 +36,7 @@ class _JpegFrame:
     components: int
 
 
-def _jpeg_frame_header(data: bytes) -> _JpegFrame | None:
+def jpeg_frame_header(data: bytes) -> JpegFrame | None:
     """The first SOF header of a JPEG stream, or None if there is none before the data is cut."""
     pos = 2
     end = len(data)
@@ -57,7 +57,7 @@ def _jpeg_frame_header(data: bytes) -> _JpegFrame | None:
             p = data[pos + 4]
             h = int.from_bytes(data[pos + 5 : pos + 7], "big")
             w = int.from_bytes(data[pos + 7 : pos + 9], "big")
-            return _JpegFrame(marker, p, h, w, data[pos + 9])
+            return JpegFrame(marker, p, h, w, data[pos + 9])
         if marker == 0xDA or length < 2:  # scan data before any frame header: not a valid JPEG
             return None
         pos += 2 + length
@@ -65,12 +65,12 @@ def _jpeg_frame_header(data: bytes) -> _JpegFrame | None:
 
 
 def jpeg_needs_gdcm(data: bytes) -> bool:
-    frame = _jpeg_frame_header(data)
+    frame = jpeg_frame_header(data)
     return frame is not None and (frame.precision > 8 or frame.marker in _SOF_LOSSLESS)
 
 
 def decode_jpeg_gdcm(data: bytes, path: Path, max_pixels: int) -> LoadedImage:
-    frame = _jpeg_frame_header(data)
+    frame = jpeg_frame_header(data)
     assert frame is not None
     lossless = frame.marker in _SOF_LOSSLESS
     uid, _ = _JPEG_LOSSLESS_SYNTAX if lossless else _JPEG_EXTENDED_SYNTAX

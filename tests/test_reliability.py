@@ -352,7 +352,7 @@ def test_the_read_cap_holds_on_bytes_read(tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
-def test_broken_links_get_a_row_and_linked_files_one_row(fake_model, tmp_path: Path) -> None:
+def test_broken_links_get_a_row_and_linked_files_a_same_file_row(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     write_png(folder / "a.png", sample_grey(0, max_side=96))
@@ -361,8 +361,10 @@ def test_broken_links_get_a_row_and_linked_files_one_row(fake_model, tmp_path: P
     assert [p.name for p in find_images([folder])] == ["a.png", "c_broken.png"]
     score_paths([folder], tmp_path / "r.csv", model=fake_model(tmp_path))
     rows = read_csv(tmp_path / "r.csv")[1]
-    assert [Path(r["path"]).name for r in rows] == ["a.png", "c_broken.png"]
-    assert "broken link" in rows[1]["error"] and "gone.png" in rows[1]["error"]
+    assert [Path(r["path"]).name for r in rows] == ["a.png", "b_link_to_a.png", "c_broken.png"]
+    assert rows[0]["probability"] and not rows[0]["error"]
+    assert rows[1]["error"].startswith(f"same file as {folder / 'a.png'}") and rows[1]["status"] == "error"
+    assert "broken link" in rows[2]["error"] and "gone.png" in rows[2]["error"]
 
 
 def test_deeply_nested_folders_are_walked(tmp_path: Path) -> None:

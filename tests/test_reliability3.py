@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,121 @@ def test_orientation_is_applied_exactly_once(fmt: str, orientation: int) -> None
     assert np.abs(image.grey.astype(int) - expected.astype(int)).mean() <= tolerance
     if orientation != 1:  # the reference really differs from the stored pixels: the test can fail
         assert image.grey.shape != stored.shape or not np.array_equal(expected, stored)
+
+
+# ------------------------------------------------------------------ 1. long names and heat maps
+
+
+def test_heatmap_names_fit_the_name_limit() -> None:
+    from pneumo_desktop.core.batch import heatmap_name
+
+    sha = "ab" * 32
+    for stem in ("a" * 250, "é" * 127 + "a", "\u6f22" * 84, "x"):
+        name = heatmap_name(Path(stem + ".png"), sha)
+        assert len(os.fsencode(name)) <= 255 and name.endswith("_abababab.png")
+        name.encode("utf-8")  # no half character: strict UTF-8 still encodes it
+    assert heatmap_name(Path("short.png"), sha) == "short_abababab.png"
+
+
+def test_long_names_with_heatmaps_complete_and_resume(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ["a" * 250 + ".png", "\u00e9" * 124 + ".png", "ok.png"]
+    for i, name in enumerate(names):
+        write_png(folder / name, sample_grey(i, max_side=96))
+    out, heat = tmp_path / "r.csv", tmp_path / "heat"
+    args = ["score", str(folder), "-o", str(out), "--heatmaps", str(heat), "--model", str(tiny_model_dir), "-q",
+            "--no-refuse"]
+    status = cli.main(args)
+    err = capsys.readouterr().err
+    assert status == 0, err
+    rows = read_csv(out)[1]
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(names)
+    scored = [r for r in rows if r["status"] == "scored"]
+    assert all(not r["error"] for r in rows), [r["error"] for r in rows]
+    assert len(scored) == 3 and len(list(heat.glob("*.png"))) == 3
+    assert all(len(os.fsencode(p.name)) <= 255 for p in heat.iterdir())
+    assert cli.main([*args, "--resume"]) == 0
+    assert len(read_csv(out)[1]) == 3
+
+
+def test_a_failed_heatmap_is_that_files_row(fake_model, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from pneumo_desktop.core import batch
+
+    images = [write_png(tmp_path / f"{i}.png", sample_grey(i, max_side=96)) for i in range(3)]
+    real = batch.write_png_atomic
+
+    def fail_second(target, rgb, *args, **kwargs):
+        if "1_" in Path(target).name:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(target, rgb, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_png_atomic", fail_second)
+    summary = batch.score_paths(images, tmp_path / "r.csv", model=fake_model(tmp_path), heatmaps_dir=tmp_path / "h",
+                                refuse=False)
+    rows = read_csv(tmp_path / "r.csv")[1]
+    assert summary.total == 3 and len(rows) == 3
+    failed = [r for r in rows if r["error"]]
+    assert len(failed) == 1 and failed[0]["path"].endswith("1.png") and failed[0]["probability"]
+    assert "heat map could not be written: Invalid argument" in failed[0]["error"]
+
+
+# ------------------------------------------------------------------ 6. a row for every file, with a reason
+
+
+def test_files_beyond_path_max_get_a_path_too_long_row(fake_model, tmp_path: Path) -> None:
+    from pneumo_desktop.core.batch import score_paths
+
+    top = tmp_path / "deep"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    depth = 0
+    try:  # build it through descriptors: the path itself is too long for mkdir
+        while len(str(top)) + depth * 201 < 4300:
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd, depth = child, depth + 1
+        with open(os.open("x.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as handle:
+            Image.fromarray(sample_grey(0, max_side=64)).save(handle, "PNG")
+    finally:
+        os.close(fd)
+    out = tmp_path / "r.csv"
+    score_paths([top], out, model=fake_model(tmp_path), recursive=True)
+    rows = read_csv(out)[1]
+    assert len(rows) == 1 and rows[0]["path"].endswith("x.png")
+    assert rows[0]["error"].startswith("path too long"), rows[0]["error"]
+    subprocess.run(["rm", "-rf", str(top)], check=False)  # rm copes with paths beyond PATH_MAX
+
+
+def test_text_chunk_bomb_and_decoder_errors_say_what_is_wrong() -> None:
+    import io
+    import struct
+    import zlib
+
+    from pneumo_desktop.core.imaging import ImageLoadError, decode_image
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    buf = io.BytesIO()
+    Image.fromarray(sample_grey(0, max_side=64)).save(buf, "PNG")
+    png = buf.getvalue()
+    bomb = chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(b"\x00" * (200 << 20), 9))
+    data = png[:33] + bomb + png[33:]
+    with pytest.raises(ImageLoadError) as caught:
+        decode_image(data, "bomb.png")
+    assert "decompression bomb" in caught.value.reason and "text" in caught.value.reason
+    # a deflate TIFF whose compressed data is damaged: libtiff's "decoder error -2" made a sentence
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(200 * 200) % 251).astype(np.uint8).reshape(200, 200)).save(
+        buf, "TIFF", compression="tiff_adobe_deflate")
+    tiff = bytearray(buf.getvalue())
+    for k in range(40, 90):
+        tiff[k] ^= 0x5A
+    with pytest.raises(ImageLoadError) as caught:
+        decode_image(bytes(tiff), "bad.tif")
+    assert "decoder error" not in caught.value.reason
+    assert "compressed image data cannot be decoded" in caught.value.reason and "re-save" in caught.value.reason

@@ -3,6 +3,7 @@ with errors a person understands."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -27,7 +28,7 @@ def read_image_file(path: Path | str) -> bytes:
     except PermissionError:
         raise ImageLoadError(path, "permission denied: the file cannot be read") from None
     except OSError as exc:
-        raise ImageLoadError(path, f"the file cannot be read: {exc.strerror or exc}") from None
+        raise ImageLoadError(path, _os_error_text(path, exc)) from None
     _check_regular(path, st)
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
@@ -35,7 +36,7 @@ def read_image_file(path: Path | str) -> bytes:
     except PermissionError:
         raise ImageLoadError(path, "permission denied: the file cannot be read") from None
     except OSError as exc:
-        raise ImageLoadError(path, f"the file cannot be read: {exc.strerror or exc}") from None
+        raise ImageLoadError(path, _os_error_text(path, exc)) from None
     try:
         st = os.fstat(fd)
         _check_regular(path, st)
@@ -54,10 +55,21 @@ def read_image_file(path: Path | str) -> bytes:
     except PermissionError:
         raise ImageLoadError(path, "permission denied: the file cannot be read") from None
     except OSError as exc:
-        raise ImageLoadError(path, f"the file cannot be read: {exc.strerror or exc}") from None
+        raise ImageLoadError(path, _os_error_text(path, exc)) from None
     finally:
         os.close(fd)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _os_error_text(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        size = len(os.fsencode(os.path.abspath(path)))
+        longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+        if longest > 255:
+            return f"path too long: a name in it has {longest} bytes, more than the system allows (255)"
+        return (f"path too long: {size} bytes, more than the system allows (4096); move the file to a folder "
+                "with a shorter path")
+    return f"the file cannot be read: {exc.strerror or exc}"
 
 
 def _link_target(path: Path) -> str:

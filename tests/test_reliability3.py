@@ -34,7 +34,8 @@ _DAMAGED = {
     "huge_number": '{"name": "Ward A", "threshold": 1e400}',
     "huge_count": json.dumps(_GOOD_PROFILE).replace('"scored": 10', '"scored": 1e400'),
     "deep": "[" * 100_000 + "]" * 100_000,
-    "deep_field": json.dumps({**_GOOD_PROFILE, "rule": {}}).replace('"rule": {}', '"rule": ' + "[" * 50_000 + "]" * 50_000),
+    "deep_field": json.dumps({**_GOOD_PROFILE, "rule": {}}).replace(
+        '"rule": {}', '"rule": ' + "[" * 50_000 + "]" * 50_000),
     "wrong_types": json.dumps({**_GOOD_PROFILE, "threshold": "0.4", "rule": [1, 2]}),
     "bool_threshold": json.dumps({**_GOOD_PROFILE, "threshold": True}),
     "list": "[1, 2, 3]",
@@ -330,3 +331,89 @@ def test_text_chunk_bomb_and_decoder_errors_say_what_is_wrong() -> None:
         decode_image(bytes(tiff), "bad.tif")
     assert "decoder error" not in caught.value.reason
     assert "compressed image data cannot be decoded" in caught.value.reason and "re-save" in caught.value.reason
+
+
+# ------------------------------------------------------------------ 5. every card field checked; the manifest
+
+
+def _model_variant(tiny_model_dir: Path, tmp_path: Path, change, manifest: bool = True) -> Path:
+    import shutil
+
+    from pneumo_desktop.core import model_card as mc
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    card = json.loads((folder / mc.CARD_FILENAME).read_text())
+    change(card)
+    (folder / mc.CARD_FILENAME).write_text(json.dumps(card))
+    if manifest:  # the values alone are wrong, not the checksum
+        (folder / mc.MANIFEST_FILENAME).write_text(json.dumps({"schema_version": 1, "algorithm": "sha256", "files": {
+            name: mc.sha256_of_file(folder / name) for name in (mc.CARD_FILENAME, mc.TFLITE_FILENAME, mc.KERAS_FILENAME)
+        }}))
+    return folder
+
+
+BAD_CARD_VALUES = {
+    "subtype-threshold-7": (lambda c: c["subtype"]["threshold"].__setitem__("value", 7), "subtype threshold"),
+    "subtype-threshold-nan": (lambda c: c["subtype"]["threshold"].__setitem__("value", "nan"), "subtype threshold"),
+    "subtype-same-classes": (lambda c: c["subtype"].__setitem__("classes", ["viral", "viral"]), "subtype classes"),
+    "refusal-limit-negative": (lambda c: c["refusal"].__setitem__("limit", -1), "refusal limit"),
+    "refusal-limit-zero": (lambda c: c["refusal"].__setitem__("limit", 0), "refusal limit"),
+    "refusal-limit-inf": (lambda c: c["refusal"].__setitem__("limit", "inf"), "refusal limit"),
+    "threshold-7": (lambda c: c["threshold"].__setitem__("value", 7), "threshold"),
+    "temperature-0": (lambda c: c.setdefault("calibration", {}).__setitem__("temperature", 0), "temperature"),
+    "input-size-huge": (lambda c: c.__setitem__("input_size", 100_000), "input_size"),
+    "gradcam-layer-empty": (lambda c: c["gradcam"].__setitem__("layer", " "), "gradcam"),
+    "artifact-path": (lambda c: c["artifacts"].__setitem__("../x", {"sha256": "0" * 64}), "plain file name"),
+    "tolerance-negative": (lambda c: c.__setitem__("sample_reference", {"tolerance": -1}), "tolerance"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CARD_VALUES))
+def test_every_card_field_is_validated_at_load(kind: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from pneumo_desktop.core import model_card as mc
+    from pneumo_desktop.core.runtime import PneumoniaModel
+
+    change, words = BAD_CARD_VALUES[kind]
+    card = json.loads((tiny_model_dir / mc.CARD_FILENAME).read_text())
+    if ("subtype" in kind and card.get("subtype") is None) or ("refusal" in kind and card.get("refusal") is None):
+        pytest.skip("the tiny model has no such section")
+    folder = _model_variant(tiny_model_dir, tmp_path, change)
+    with pytest.raises(mc.ModelIntegrityError) as caught:
+        PneumoniaModel.load(folder)
+    assert "malformed" in str(caught.value) and words in str(caught.value)
+
+
+def test_export_writes_a_manifest_covering_the_card(tiny_model_dir: Path) -> None:
+    from pneumo_desktop.core import model_card as mc
+
+    manifest = json.loads((tiny_model_dir / mc.MANIFEST_FILENAME).read_text())["files"]
+    assert set(manifest) == {mc.CARD_FILENAME, mc.TFLITE_FILENAME, mc.KERAS_FILENAME}
+    for name, sha in manifest.items():
+        assert mc.sha256_of_file(tiny_model_dir / name) == sha
+
+
+def test_a_changed_card_is_detected_at_load_and_by_self_test(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    from pneumo_desktop.core import model_card as mc
+    from pneumo_desktop.core.runtime import PneumoniaModel
+
+    # a plausible edit: the threshold moved, model.tflite untouched (its checksum in the card still matches)
+    folder = _model_variant(tiny_model_dir, tmp_path, lambda c: c["threshold"].__setitem__("value", 0.01),
+                            manifest=False)
+    with pytest.raises(mc.ModelIntegrityError, match=r"model card .* was changed after export"):
+        PneumoniaModel.load(folder)
+    assert cli.main(["--self-test", "--model", str(folder)]) == 3
+    assert "self-test FAILED" in capsys.readouterr().out
+    (folder / mc.MANIFEST_FILENAME).unlink()
+    with pytest.raises(mc.ModelIntegrityError, match=r"no manifest\.json"):
+        PneumoniaModel.load(folder)
+
+
+def test_the_bundled_model_has_a_valid_manifest() -> None:
+    from pneumo_desktop.core import model_card as mc
+    from pneumo_desktop.core.resources import bundled_model_dir
+
+    folder = bundled_model_dir()
+    if not (folder / mc.CARD_FILENAME).is_file():
+        pytest.skip("no bundled model")
+    checked = mc.verify_manifest(folder, mc.load_model_card(folder), required=(mc.CARD_FILENAME, mc.TFLITE_FILENAME))
+    assert mc.CARD_FILENAME in checked and mc.TFLITE_FILENAME in checked

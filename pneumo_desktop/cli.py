@@ -183,6 +183,10 @@ def _exit_status(exc: PneumoError) -> int:
 def _dispatch(args: list[str]) -> int:
     from pneumo_desktop.site_cli import SITE_COMMANDS  # evaluate, calibrate, profiles
 
+    if args and args[0] == "log":  # the scoring log: show, verify (log_cli.py)
+        from pneumo_desktop.log_cli import run as run_log
+
+        return run_log(args[1:])
     if args and args[0] in ("score", "predict", "merge", *SITE_COMMANDS):
         _configure_logging()
         command = {"score": _score, "predict": _predict, "merge": _merge, **SITE_COMMANDS}[args[0]]
@@ -333,6 +337,9 @@ def _predict(argv: Sequence[str]) -> int:
     else:
         pred = model.predict([image], refuse=refuse)[0]
     heatmap = parsed.heatmap if parsed.heatmap is not None and not pred.refused else None
+    from pneumo_desktop.core.scoring_log import record_prediction
+
+    record_prediction(pred, "predict")  # every result shown is in the scoring log
     if parsed.json:
         print(
             json.dumps(

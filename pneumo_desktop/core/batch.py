@@ -37,6 +37,7 @@ from typing import Any, cast
 import numpy as np
 from filelock import FileLock, Timeout
 
+from pneumo_desktop.core import scoring_log
 from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import ImageLoadError, decode_image, read_image_file
 from pneumo_desktop.core.overlay import render_overlay, write_png_atomic
@@ -486,6 +487,7 @@ def score_paths(
     workers: int | None = None,
     refuse: bool = True,
     overwrite: bool = True,
+    log_source: str | None = "score",
 ) -> BatchSummary:
     """Score every file under `inputs` into `output_csv` (see the module docstring for the guarantees).
 
@@ -498,12 +500,13 @@ def score_paths(
     Raises OutputLockedError (another run holds the CSV), OutputError (cannot write), ResultsFileError.
     Without `threshold`, the model's operating point (card or site profile) is used and named in each row;
     a `threshold` given is named by `threshold_source` (default "explicit").
+    Every row is also recorded in the scoring log (core.scoring_log) with `log_source` (None: not logged).
     """
     if str(output_csv) == STDOUT:
         if resume:
             raise ResultsFileError("--resume needs an output file, not standard output")
         return _score_paths_locked(inputs, None, model, recursive, False, threshold, threshold_source, heatmaps_dir,
-                                   progress, cancel, batch_size, workers, refuse)
+                                   progress, cancel, batch_size, workers, refuse, log_source)
     output_csv = Path(output_csv)
     with _OutputLock(output_csv):
         if not resume and not overwrite and output_csv.is_file() and output_csv.stat().st_size > 0:
@@ -511,12 +514,12 @@ def score_paths(
                 f"{output_csv} already exists: use --resume to continue it or --overwrite to replace it"
             )
         return _score_paths_locked(inputs, output_csv, model, recursive, resume, threshold, threshold_source,
-                                   heatmaps_dir, progress, cancel, batch_size, workers, refuse)
+                                   heatmaps_dir, progress, cancel, batch_size, workers, refuse, log_source)
 
 
 def _score_paths_locked(
     inputs, output_csv: Path | None, model, recursive, resume, threshold, threshold_source, heatmaps_dir, progress,
-    cancel, batch_size, workers, refuse,
+    cancel, batch_size, workers, refuse, log_source=None,
 ) -> BatchSummary:
     started = time.monotonic()
     batch_size = batch_size or model.batch_size
@@ -579,6 +582,8 @@ def _score_paths_locked(
                     for r in _score_items(items, model, cut, heatmaps, executor, refuse)]
             for row in rows:
                 writer.append(row)
+                if log_source is not None:
+                    scoring_log.record_row(row, log_source)  # queued: never slows the run
                 done += 1
                 if row.error:
                     errors += 1

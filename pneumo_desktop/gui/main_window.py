@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from .. import RESEARCH_USE_STATEMENT
+from ..core import scoring_log
 from ..core.imaging import MODEL_INPUT_PIXELS, find_images
 from ..core.model_card import ModelIntegrityError
 from ..core.overlay import colorbar, render_overlay
@@ -845,7 +846,7 @@ class MainWindow(QMainWindow):
         # The result is kept for the image either way and shown if it is still on screen.
         run_in_background(
             self.pool,
-            lambda _progress: model.explain(image, refuse=False),
+            lambda _progress: scoring_log.shown(model.explain(image, refuse=False), "window-override"),
             on_result=lambda explanation: self._on_override_ready(path, model, explanation),
             on_error=lambda exc: self._on_override_failed(path, exc),
             owner=self,

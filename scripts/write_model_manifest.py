@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pneumo_desktop.core.model_card import ModelIntegrityError, write_manifest  # noqa: E402
+from pneumo_desktop.core.model_card import ModelIntegrityError, write_manifest
 
 
 def main(argv: list[str]) -> int:

@@ -26,10 +26,12 @@ def _entry(i: int, **extra) -> dict:
         overridden=False, **extra)
 
 
-def _write(folder: Path, n: int) -> scoring_log.ScoringLog:
+def _write(folder: Path, n: int, flush_every: int = 0) -> scoring_log.ScoringLog:
     target = scoring_log.ScoringLog(folder)
     for i in range(n):
         target.record(_entry(i))
+        if flush_every and i % flush_every == flush_every - 1:
+            assert target.flush()  # separate appends (the writer otherwise writes what is queued at once)
     assert target.flush()
     return target
 
@@ -65,7 +67,7 @@ def test_a_chain_verifies_and_any_single_edit_removal_or_move_is_named(tmp_path:
 
 def test_rotation_keeps_one_chain(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(scoring_log, "MAX_BYTES", 2000)
-    _write(tmp_path, 40)
+    _write(tmp_path, 40, flush_every=4)
     rotated = sorted(tmp_path.glob("scoring-log.*.jsonl"))
     assert len(rotated) >= 3
     result = scoring_log.verify_log(tmp_path)

@@ -43,7 +43,7 @@ APP_DIR_NAME = "pneumo-desktop"
 DATA_ENV = "PNEUMO_DESKTOP_DATA_DIR"
 SWITCH_ENV = "PNEUMO_DESKTOP_SCORING_LOG"
 LOG_NAME = "scoring-log.jsonl"
-HEAD_NAME = "scoring-log.head.json"
+HEAD_NAME = "scoring-log.head"
 LOCK_NAME = ".scoring-log.lock"
 ROTATED = re.compile(r"scoring-log\.(\d+)\.jsonl$")
 MAX_BYTES = 32 << 20  # rotate past this size (about 60,000 lines)
@@ -173,18 +173,30 @@ def _previous_hash(folder: Path) -> tuple[str, int]:
     return GENESIS, 0
 
 
+_HEAD_FORMAT = "{hash} {lines:020d}\n"  # fixed width: rewritten in place with one pwrite, no temp file
+
+
 def _read_head(folder: Path) -> tuple[str, int] | None:
     try:
-        data = json.loads((folder / HEAD_NAME).read_text(encoding="utf-8"))
-        return str(data["hash"]), int(data["lines"])
-    except (OSError, ValueError, KeyError, TypeError):
+        text = (folder / HEAD_NAME).read_text(encoding="ascii")
+        digest, lines = text.split()
+        return digest, int(lines)
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
 
 
 def _write_head(folder: Path, last_hash: str, lines: int) -> None:
-    tmp = folder / f".{HEAD_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"hash": last_hash, "lines": lines}) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / HEAD_NAME)
+    """The chain's last hash and line count (under the log's lock): catches a removed last line."""
+    fd = os.open(folder / HEAD_NAME, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        data = _HEAD_FORMAT.format(hash=last_hash, lines=lines).encode("ascii")
+        if hasattr(os, "pwrite"):
+            os.pwrite(fd, data, 0)
+        else:  # Windows
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 class ScoringLog:
@@ -217,32 +229,46 @@ class ScoringLog:
 
     def _run(self) -> None:
         while True:
-            fields = self._queue.get()
-            if fields is None:
-                return
-            if "__flush__" in fields:
-                self._sync()
-                fields["__flush__"].set()
-                continue
-            if "__noop__" in fields:
-                continue
-            try:
-                self._append(fields)
-            except Exception as exc:  # the log must never stop scoring; say it once
-                if not self._failed:
-                    log.warning("cannot write the scoring log in %s: %s", self.folder, exc)
-                    self._failed = True
+            batch = [self._queue.get()]
+            while len(batch) < 512:  # whatever queued meanwhile goes out under one lock, in one write
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            entries: list[dict[str, Any]] = []
+            for fields in batch:
+                if fields is None or "__flush__" in fields:
+                    self._write_safely(entries)
+                    entries = []
+                    if fields is None:
+                        return
+                    self._sync()
+                    fields["__flush__"].set()
+                elif "__noop__" not in fields:
+                    entries.append(fields)
+            self._write_safely(entries)
 
-    def _append(self, fields: dict[str, Any]) -> None:
-        if fields.pop("__hash_file__", False) and fields.get("file"):
-            fields["file_sha256"] = _file_sha256(Path(fields["file"]))  # the window and predict: not at hand
+    def _write_safely(self, entries: list[dict[str, Any]]) -> None:
+        if not entries:
+            return
+        try:
+            self._append(entries)
+        except Exception as exc:  # the log must never stop scoring; say it once
+            if not self._failed:
+                log.warning("cannot write the scoring log in %s: %s", self.folder, exc)
+                self._failed = True
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        for fields in entries:
+            if fields.pop("__hash_file__", False) and fields.get("file"):
+                fields["file_sha256"] = _file_sha256(Path(fields["file"]))  # the window and predict: not at hand
         self.folder.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.folder / LOCK_NAME, timeout=self._lock_timeout_s)
         try:
             lock.acquire()
         except Timeout:
-            log.warning("scoring log %s is locked by another process; entry for %s not written",
-                        self.folder, fields.get("file"))
+            log.warning("scoring log %s is locked by another process; %d entries not written", self.folder,
+                        len(entries))
             return
         try:
             prev, count = _previous_hash(self.folder)
@@ -254,23 +280,28 @@ class ScoringLog:
             if size >= MAX_BYTES:
                 numbers = [int(ROTATED.match(p.name).group(1)) for p in _rotated_files(self.folder)]  # type: ignore[union-attr]
                 os.replace(current, self.folder / f"scoring-log.{max(numbers, default=0) + 1:06d}.jsonl")
-            body = {k: v for k, v in fields.items() if k not in ("prev", "hash")}
-            digest = line_hash(prev, body)
-            line = json.dumps({**body, "prev": prev, "hash": digest}, ensure_ascii=False, separators=(",", ":"))
-            data = (line + "\n").encode("utf-8")
+            lines = []
+            for fields in entries:
+                body = {k: v for k, v in fields.items() if k not in ("prev", "hash")}
+                digest = line_hash(prev, body)
+                lines.append(json.dumps({**body, "prev": prev, "hash": digest}, ensure_ascii=False,
+                                        separators=(",", ":")) + "\n")
+                prev = digest
+            data = "".join(lines).encode("utf-8")
             fd = os.open(current, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), 0o600)
             try:
+                start = os.fstat(fd).st_size
                 written = os.write(fd, data)  # one write on O_APPEND: a kill leaves whole lines (or none)
                 if written != len(data):
-                    os.ftruncate(fd, os.fstat(fd).st_size - written)
+                    os.ftruncate(fd, start)  # never a partial line
                     raise OSError("short write to the scoring log")
-                self._unsynced += 1
+                self._unsynced += len(entries)
                 if self._unsynced >= FSYNC_EVERY:
                     os.fsync(fd)
                     self._unsynced = 0
             finally:
                 os.close(fd)
-            _write_head(self.folder, digest, count + 1 if count >= 0 else _count_lines(self.folder))
+            _write_head(self.folder, prev, count + len(entries) if count >= 0 else _count_lines(self.folder))
         finally:
             lock.release()
 

@@ -417,3 +417,27 @@ def test_the_bundled_model_has_a_valid_manifest() -> None:
         pytest.skip("no bundled model")
     checked = mc.verify_manifest(folder, mc.load_model_card(folder), required=(mc.CARD_FILENAME, mc.TFLITE_FILENAME))
     assert mc.CARD_FILENAME in checked and mc.TFLITE_FILENAME in checked
+
+
+# ------------------------------------------------------------------ memory bound: generated bombs
+
+BOMB_LIMIT_MIB = 1024
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="peak RSS through resource (POSIX)")
+@pytest.mark.parametrize("kind", ["png-rgb-100mpx", "png-rgb-64mpx", "png-16bit-100mpx", "jpeg-grey-100mpx",
+                                  "jpeg-rgb-100mpx", "tiff-float-100mpx", "tiff-float-49mpx", "dicom-jpeg-100mpx"])
+def test_decoding_a_bomb_stays_under_1_gb(kind: str, tmp_path: Path) -> None:
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    path = tmp_path / f"bomb-{kind}"
+    subprocess.run([sys.executable, "-m", "tests.bombs", "make", kind, str(path)], check=True, cwd=root, env=env,
+                   timeout=600)
+    done = subprocess.run([sys.executable, "-m", "tests.bombs", "decode", str(path)], capture_output=True, text=True,
+                          cwd=root, env=env, timeout=600)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    outcome, peak = done.stdout.split()
+    print(f"{kind}: {outcome} peak {peak} MiB")
+    assert float(peak) < BOMB_LIMIT_MIB, f"{kind}: {outcome} peaked at {peak} MiB"

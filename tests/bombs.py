@@ -13,8 +13,6 @@ import sys
 import zlib
 from pathlib import Path
 
-import numpy as np
-
 KINDS = ("png-rgb-100mpx", "png-rgb-64mpx", "png-16bit-100mpx", "jpeg-grey-100mpx", "jpeg-rgb-100mpx",
          "tiff-float-100mpx", "tiff-float-49mpx", "dicom-jpeg-100mpx")
 
@@ -81,6 +79,18 @@ def make(kind: str, path: Path) -> None:
         raise SystemExit(f"unknown bomb {kind}")
 
 
+def _peak_rss_kib() -> float:
+    """This process's peak resident memory. VmHWM starts afresh at exec; ru_maxrss may carry the parent's peak
+    (a pytest process with TensorFlow loaded) into the child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def decode(path: Path) -> str:
     from pneumo_desktop.core.errors import PneumoError
     from pneumo_desktop.core.imaging import load_image
@@ -90,7 +100,7 @@ def decode(path: Path) -> str:
         outcome = f"decoded:{image.width}x{image.height}"
     except PneumoError as exc:
         outcome = f"refused:{exc.reason[:60].replace(' ', '_')}"
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = _peak_rss_kib() / 1024
     return f"{outcome} {peak_mib:.0f}"
 
 

@@ -441,3 +441,21 @@ def test_decoding_a_bomb_stays_under_1_gb(kind: str, tmp_path: Path) -> None:
     outcome, peak = done.stdout.split()
     print(f"{kind}: {outcome} peak {peak} MiB")
     assert float(peak) < BOMB_LIMIT_MIB, f"{kind}: {outcome} peaked at {peak} MiB"
+
+
+# ------------------------------------------------------------------ fuzzing the loaders (make fuzz: many more)
+
+FUZZ_CASES = 800  # about 25 s on a loaded 2-core machine
+
+
+def test_fuzzed_files_give_an_image_or_a_pneumo_error() -> None:
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "tests.fuzz_loaders", "--count", str(FUZZ_CASES), "--seed", "7",
+                           "--per-file-s", "10"], capture_output=True, text=True, cwd=root, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"fuzz: {FUZZ_CASES} cases" in done.stdout and "FAIL" not in done.stdout
+    print(done.stdout.strip().splitlines()[-1])

@@ -80,6 +80,20 @@ _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 
 def dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
+    """The image of a parsed dataset. pydicom converts elements lazily, so a damaged element (an unknown VR, a
+    value that is not a number) surfaces here as any exception: it is this file's DicomDecodeError."""
+    try:
+        return _dataset_to_image(ds, path, max_pixels)
+    except ImageLoadError:
+        raise
+    except MemoryError:
+        raise ImageTooLargeError(path, "not enough memory to decode this DICOM image") from None
+    except Exception as exc:  # pydicom raises many types for damaged elements
+        reason = f"damaged DICOM file: an element cannot be read ({exc or type(exc).__name__})"
+        raise DicomDecodeError(path, reason) from None
+
+
+def _dataset_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
     from pydicom.pixels.decoders.base import get_decoder
 
@@ -105,6 +119,10 @@ def dicom_to_image(ds, path: Path, max_pixels: int) -> LoadedImage:
         )
 
     tsyntax = _transfer_syntax(ds)
+    if tsyntax is not None and not tsyntax.is_transfer_syntax:  # a damaged or invented UID
+        raise DicomDecodeError(
+            path, f"damaged DICOM file: its transfer syntax {str(tsyntax)[:64]!r} is not a known DICOM encoding"
+        )
     own_gdcm = tsyntax == JPEG_EXTENDED_12BIT and bits_stored > 8 and photometric in _MONOCHROME
     if tsyntax is not None and tsyntax.is_compressed:
         _check_jpeg_frame_size(ds, path, rows, cols, frames)

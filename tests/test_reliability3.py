@@ -30,7 +30,7 @@ _GOOD_PROFILE = {
     "created": "2026-01-01T00:00:00+00:00",
 }
 
-_DAMAGED = {
+_DAMAGED: dict[str, str | bytes] = {
     "huge_number": '{"name": "Ward A", "threshold": 1e400}',
     "huge_count": json.dumps(_GOOD_PROFILE).replace('"scored": 10', '"scored": 1e400'),
     "deep": "[" * 100_000 + "]" * 100_000,
@@ -59,7 +59,7 @@ def test_damaged_active_profile_is_skipped_and_profiles_list_works(tiny_model_di
                                                                    capsys) -> None:
     folder = site_profiles.profiles_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ward_a.json").write_text(_DAMAGED["huge_number"])
+    (folder / "ward_a.json").write_text(str(_DAMAGED["huge_number"]))
     (site_profiles.config_dir() / site_profiles.ACTIVE_FILE).write_text('{"active": "Ward A"}')
     assert cli.main(["profiles", "list"]) == 0
     capsys.readouterr()
@@ -82,10 +82,10 @@ def jpeg_dicom(path: Path, jpeg: bytes, rows: int, cols: int) -> Path:
     """A DICOM holding one baseline JPEG frame, with the header's Rows/Columns as given."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds = Dataset()

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/data/chest_xray
 WEIGHTS ?= ../shared/weights
 
-.PHONY: run test lint train bench package clean
+.PHONY: run test lint fuzz train bench package clean
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ run: $(VENV)/.run-installed
 
 test: $(VENV)/.test-installed
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+
+# The loaders under seeded mutations of valid PNG, JPEG, TIFF and DICOM files (make test runs 800 cases).
+FUZZ_COUNT ?= 20000
+FUZZ_SEED ?= 1
+fuzz: $(VENV)/.test-installed
+	$(PY) -m tests.fuzz_loaders --count $(FUZZ_COUNT) --seed $(FUZZ_SEED)
 
 $(VENV)/.lint-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

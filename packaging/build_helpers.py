@@ -73,6 +73,8 @@ def tree(src: Path, dest: str, skip: Iterable[str] = ()) -> list[DataPair]:
 def model_datas(model_dir: Path, dest: str = "resources/model") -> list[DataPair]:
     """The model's runtime files, its human-readable card and report/ (the evaluation figures) when present."""
     pairs = [(str(model_dir / name), dest) for name in MODEL_RUNTIME_FILES]
+    if (model_dir / "manifest.json").is_file():  # the checksums the app verifies at load (core.model_card)
+        pairs.append((str(model_dir / "manifest.json"), dest))
     if (model_dir / "MODEL_CARD.md").is_file():
         pairs.append((str(model_dir / "MODEL_CARD.md"), dest))
     if (model_dir / "report").is_dir():

@@ -40,6 +40,7 @@ FAKE_SHA256 = "f" * 64  # what a fake card says model.tflite hashes to
 def _private_config_dir(tmp_path_factory, monkeypatch):
     """Site profiles live in the user's config folder: tests get their own, never the real one."""
     monkeypatch.setenv("PNEUMO_DESKTOP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+    monkeypatch.setenv("PNEUMO_DESKTOP_DATA_DIR", str(tmp_path_factory.mktemp("data")))  # the scoring log
 
 
 def make_fake_card(

@@ -18,7 +18,7 @@ from pneumo_desktop.core import model_card as mc
 from pneumo_desktop.core import runtime
 from pneumo_desktop.core.batch import CSV_COLUMNS, read_results, score_paths
 from pneumo_desktop.core.imaging import load_image
-from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError
+from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError, write_manifest
 from pneumo_desktop.core.runtime import PneumoniaModel
 from tests.conftest import SAMPLES_DIR
 from tests.refusal_fakes import (
@@ -383,6 +383,7 @@ def test_real_model_without_the_sections_scores_everything(tiny_model_dir: Path,
     card.pop("refusal", None)
     card.pop("subtype", None)
     (folder / "model_card.json").write_text(json.dumps(card))
+    write_manifest(folder)  # a deliberate edit: the manifest follows it
     model = PneumoniaModel.load(folder)
     assert model.card.refusal is None and model.card.subtype is None
     for pred in model.predict([load_image(p) for p in sample_paths[:4]]):
@@ -404,8 +405,9 @@ def test_real_model_with_a_refusal_section_needs_the_output(tiny_model_dir: Path
     ]
     folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "v2_card"))
     card = json.loads((folder / "model_card.json").read_text())
-    card["refusal"] = {"limit": -1e9, "method": "test: refuse everything", "rule": "test"}
+    card["refusal"] = {"limit": 1e-12, "method": "test: refuse everything", "rule": "test"}
     (folder / "model_card.json").write_text(json.dumps(card))
+    write_manifest(folder)  # a deliberate edit: the manifest follows it
     if "ood_score" not in outputs:  # a graph exported before model v2
         with pytest.raises(ModelIntegrityError, match="no 'ood_score' output"):
             PneumoniaModel.load(folder)

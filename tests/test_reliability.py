@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from pneumo_desktop import cli
-from pneumo_desktop.core import batch, imaging
+from pneumo_desktop.core import batch, imaging, reading
 from pneumo_desktop.core.batch import (
     CSV_COLUMNS,
     OutputError,
@@ -338,7 +338,7 @@ def test_dev_zero_is_refused_within_bounded_memory() -> None:
 def test_the_read_cap_holds_on_bytes_read(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "big.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000)
-    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(reading, "MAX_FILE_BYTES", 1000)
     real_fstat = os.fstat
 
     def lying_fstat(fd):  # a file that grows after it was measured (or a size that lies)
@@ -346,13 +346,13 @@ def test_the_read_cap_holds_on_bytes_read(tmp_path: Path, monkeypatch) -> None:
         return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 10,
                                st.st_atime, st.st_mtime, st.st_ctime))
 
-    monkeypatch.setattr(imaging.os, "fstat", lying_fstat)
+    monkeypatch.setattr(reading.os, "fstat", lying_fstat)
     with pytest.raises(imaging.ImageTooLargeError):
         read_image_file(path)
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
-def test_broken_links_get_a_row_and_linked_files_one_row(fake_model, tmp_path: Path) -> None:
+def test_broken_links_get_a_row_and_linked_files_a_same_file_row(fake_model, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     write_png(folder / "a.png", sample_grey(0, max_side=96))
@@ -361,8 +361,10 @@ def test_broken_links_get_a_row_and_linked_files_one_row(fake_model, tmp_path: P
     assert [p.name for p in find_images([folder])] == ["a.png", "c_broken.png"]
     score_paths([folder], tmp_path / "r.csv", model=fake_model(tmp_path))
     rows = read_csv(tmp_path / "r.csv")[1]
-    assert [Path(r["path"]).name for r in rows] == ["a.png", "c_broken.png"]
-    assert "broken link" in rows[1]["error"] and "gone.png" in rows[1]["error"]
+    assert [Path(r["path"]).name for r in rows] == ["a.png", "b_link_to_a.png", "c_broken.png"]
+    assert rows[0]["probability"] and not rows[0]["error"]
+    assert rows[1]["error"].startswith(f"same file as {folder / 'a.png'}") and rows[1]["status"] == "error"
+    assert "broken link" in rows[2]["error"] and "gone.png" in rows[2]["error"]
 
 
 def test_deeply_nested_folders_are_walked(tmp_path: Path) -> None:

@@ -160,6 +160,7 @@ def _rewrite_card(model_dir: Path, **changes) -> None:
     card.update(changes)
     card["artifacts"][mc.TFLITE_FILENAME]["sha256"] = mc.sha256_of_file(model_dir / mc.TFLITE_FILENAME)
     path.write_text(json.dumps(card))
+    mc.write_manifest(model_dir)  # a deliberate edit: the manifest follows it (an unnoticed one fails the load)
 
 
 def test_invalid_tflite_with_matching_hash(model_copy: Path) -> None:

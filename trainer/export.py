@@ -96,7 +96,7 @@ def export_model_folder(
     temperature: float = 1.0,
     ood: OODStats | None = None,
 ) -> dict[str, Any]:
-    """Write model.keras, model.tflite and model_card.json into out_dir (replacing a previous export).
+    """Write model.keras, model.tflite, model_card.json and manifest.json into out_dir (replacing a previous export).
 
     `card` holds everything but the artefact hashes and the parity figure, which are added here.
     Files are built in a temporary folder beside out_dir and moved in at the end, so a failed export
@@ -130,8 +130,10 @@ def export_model_folder(
         _write_json_atomic(staging / mc.CARD_FILENAME, card)
         mc.ModelCard.from_dict(card)  # the runtime must be able to read what we wrote
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / mc.MANIFEST_FILENAME).unlink(missing_ok=True)  # never a manifest of the previous export
         for name in (mc.TFLITE_FILENAME, mc.KERAS_FILENAME, mc.CARD_FILENAME):
             os.replace(staging / name, out_dir / name)
+        mc.write_manifest(out_dir)  # sha256 of every artefact and of the card: checked at load and by --self-test
         return card
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -171,4 +173,5 @@ def record_sample_reference(model_dir: Path, samples_dir: Path) -> dict[str, Any
         model, samples_dir, int(card["input_size"]), float(card.get("calibration", {}).get("temperature", 1.0)),
         float(card["threshold"]["value"]))
     _write_json_atomic(card_path, card)
+    mc.write_manifest(model_dir)  # the card changed: its checksum too
     return card["sample_reference"]

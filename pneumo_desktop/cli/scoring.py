@@ -114,6 +114,9 @@ def predict(argv: Sequence[str]) -> int:
     else:
         pred = model.predict([image], refuse=refuse)[0]
     heatmap = parsed.heatmap if parsed.heatmap is not None and not pred.refused else None
+    from pneumo_desktop.core.scoring_log import record_prediction
+
+    record_prediction(pred, "predict")  # every result shown is in the scoring log
     if parsed.json:
         print(
             json.dumps(

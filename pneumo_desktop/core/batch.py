@@ -16,8 +16,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import logging
@@ -35,10 +37,13 @@ from typing import Any, cast
 import numpy as np
 from filelock import FileLock, Timeout
 
+from pneumo_desktop.core import scoring_log
 from pneumo_desktop.core.errors import PneumoError
-from pneumo_desktop.core.imaging import ImageLoadError, decode_image, find_images, read_image_file
+from pneumo_desktop.core.imaging import ImageLoadError, decode_image, read_image_file
 from pneumo_desktop.core.overlay import render_overlay, write_png_atomic
 from pneumo_desktop.core.runtime import STATUS_ERROR, STATUS_REFUSED, STATUS_SCORED
+from pneumo_desktop.core.walk import find_images as find_images  # part of batch's namespace
+from pneumo_desktop.core.walk import find_inputs
 
 log = logging.getLogger(__name__)
 
@@ -424,9 +429,44 @@ def _load(path: Path, prepare: Callable[[np.ndarray], np.ndarray], keep_grey: bo
     return item
 
 
-def heatmap_name(path: Path, image_sha256: str) -> str:
-    """<stem>_<first 8 hex of the file's sha256>.png: same-named files from different folders do not clash."""
-    return f"{path.stem}_{image_sha256[:8]}.png"
+NAME_MAX = 255  # bytes in one file name on the common file systems (ext4, XFS, APFS, NTFS in UTF-16 units)
+PATH_MAX = 4096  # bytes in a whole path on Linux
+
+
+def _same_file_text(first: Path) -> str:
+    return f"same file as {csv_path(first)} (a link to it, or reached twice): it is scored once, in that row"
+
+
+def heatmap_name(path: Path, image_sha256: str, max_bytes: int = NAME_MAX) -> str:
+    """<stem>_<first 8 hex of the file's sha256>.png: same-named files from different folders do not clash.
+
+    The name always fits `max_bytes` (encoded as the file system sees it): a long stem is cut, on a character
+    boundary; the hash keeps cut names apart.
+    """
+    suffix = f"_{image_sha256[:8]}.png"
+    return _cut_to_bytes(path.stem, max_bytes - len(suffix)) + suffix
+
+
+def _cut_to_bytes(text: str, budget: int) -> str:
+    encoded = os.fsencode(text)
+    if len(encoded) <= budget:
+        return text
+    # the incremental decoder holds back a multi-byte character cut in two, so no half character is kept
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    return decoder.decode(encoded[: max(budget, 0)], final=False)
+
+
+def heatmap_path(folder: Path, path: Path, image_sha256: str) -> Path:
+    """Where the heat map of `path` goes: a name that fits the folder's name limit and the whole path PATH_MAX."""
+    try:
+        name_max = int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):
+        name_max = NAME_MAX
+    folder_bytes = len(os.fsencode(os.path.abspath(folder)))
+    budget = min(name_max, NAME_MAX, PATH_MAX - 1 - folder_bytes - 1)
+    if budget < len(f"_{image_sha256[:8]}.png") + 1:
+        raise OSError(errno.ENAMETOOLONG, f"the heat-map folder path is too long ({folder_bytes} bytes)")
+    return folder / heatmap_name(path, image_sha256, budget)
 
 
 def _heatmap_job(folder: Path, item: _Item, raw: Any, k: int) -> Path:
@@ -437,8 +477,13 @@ def _heatmap_job(folder: Path, item: _Item, raw: Any, k: int) -> Path:
 
 def _write_heatmap(folder: Path, item: _Item, cam: np.ndarray) -> Path:
     assert item.grey is not None
-    target = folder / heatmap_name(item.path, item.image_sha256)
+    target = heatmap_path(folder, item.path, item.image_sha256)
     return write_png_atomic(target, render_overlay(item.grey, cam))  # a reader never sees half a PNG
+
+
+# Errors of the output medium itself: every later heat map (and the CSV) would fail the same way, so the run
+# stops (exit 4) rather than fill the CSV with the same error. Anything else is that one file's error row.
+_MEDIUM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 # --------------------------------------------------------------------------- the run
@@ -460,6 +505,7 @@ def score_paths(
     workers: int | None = None,
     refuse: bool = True,
     overwrite: bool = True,
+    log_source: str | None = "score",
 ) -> BatchSummary:
     """Score every file under `inputs` into `output_csv` (see the module docstring for the guarantees).
 
@@ -472,12 +518,13 @@ def score_paths(
     Raises OutputLockedError (another run holds the CSV), OutputError (cannot write), ResultsFileError.
     Without `threshold`, the model's operating point (card or site profile) is used and named in each row;
     a `threshold` given is named by `threshold_source` (default "explicit").
+    Every row is also recorded in the scoring log (core.scoring_log) with `log_source` (None: not logged).
     """
     if str(output_csv) == STDOUT:
         if resume:
             raise ResultsFileError("--resume needs an output file, not standard output")
         return _score_paths_locked(inputs, None, model, recursive, False, threshold, threshold_source, heatmaps_dir,
-                                   progress, cancel, batch_size, workers, refuse)
+                                   progress, cancel, batch_size, workers, refuse, log_source)
     output_csv = Path(output_csv)
     with _OutputLock(output_csv):
         if not resume and not overwrite and output_csv.is_file() and output_csv.stat().st_size > 0:
@@ -485,12 +532,12 @@ def score_paths(
                 f"{output_csv} already exists: use --resume to continue it or --overwrite to replace it"
             )
         return _score_paths_locked(inputs, output_csv, model, recursive, resume, threshold, threshold_source,
-                                   heatmaps_dir, progress, cancel, batch_size, workers, refuse)
+                                   heatmaps_dir, progress, cancel, batch_size, workers, refuse, log_source)
 
 
 def _score_paths_locked(
     inputs, output_csv: Path | None, model, recursive, resume, threshold, threshold_source, heatmaps_dir, progress,
-    cancel, batch_size, workers, refuse,
+    cancel, batch_size, workers, refuse, log_source=None,
 ) -> BatchSummary:
     started = time.monotonic()
     batch_size = batch_size or model.batch_size
@@ -507,7 +554,9 @@ def _score_paths_locked(
         except OSError as exc:
             raise OutputError(f"cannot create the heat-map folder {heatmaps}: {_describe_os_error(exc)}") from None
 
-    paths = _inputs_without_outputs(find_images(inputs, recursive), output_csv, heatmaps)
+    found = find_inputs(inputs, recursive)
+    duplicate_of = {f.path: f.duplicate_of for f in found if f.duplicate_of is not None}
+    paths = _inputs_without_outputs([f.path for f in found], output_csv, heatmaps)
     done_keys: set[str] = set()
     if resume and output_csv is not None and output_csv.exists():
         done_keys = repair_and_read(output_csv)
@@ -533,7 +582,11 @@ def _score_paths_locked(
             path = next(queue, None)
             if path is None:
                 return
-            pending.append(executor.submit(_load, path, model.prepare, keep_grey))
+            first = duplicate_of.get(path)
+            if first is not None:  # the same file again (a link, or reached twice): a row that says so
+                pending.append(executor.submit(_Item, path, error=_same_file_text(first)))
+            else:
+                pending.append(executor.submit(_load, path, model.prepare, keep_grey))
 
     try:
         refill()
@@ -547,6 +600,8 @@ def _score_paths_locked(
                     for r in _score_items(items, model, cut, heatmaps, executor, refuse)]
             for row in rows:
                 writer.append(row)
+                if log_source is not None:
+                    scoring_log.record_row(row, log_source)  # queued: never slows the run
                 done += 1
                 if row.error:
                     errors += 1
@@ -619,18 +674,25 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
             if heatmaps is not None and not prediction.refused:
                 item = items[i]
                 cams[i] = executor.submit(_heatmap_job, heatmaps, item, raw, k)
-    for future in cams.values():
+    heat_errors: dict[int, str] = {}
+    for i, future in cams.items():
         try:
-            future.result()  # a heat map that cannot be written (disk full, ...) stops the run
+            future.result()
         except OSError as exc:
-            raise OutputError(f"cannot write a heat map into {heatmaps}: {_describe_os_error(exc)}") from None
+            if exc.errno in _MEDIUM_ERRNOS:  # disk full, read-only...: the run stops cleanly
+                raise OutputError(f"cannot write a heat map into {heatmaps}: {_describe_os_error(exc)}") from None
+            heat_errors[i] = f"scored, but its heat map could not be written: {_describe_os_error(exc)}"
+        except Exception as exc:  # one file's heat map must never stop a batch
+            log.warning("%s: heat map failed: %s: %s", items[i].path, type(exc).__name__, exc)
+            heat_errors[i] = f"scored, but its heat map could not be made: {type(exc).__name__}: {exc}"
     rows = []
     for i, item in enumerate(items):
         if i in predictions:
             p = predictions[i]
             rows.append(
                 BatchRow(
-                    item.path, p.probability, p.label or "", cut, p.model_sha256, item.image_sha256, "",
+                    item.path, p.probability, p.label or "", cut, p.model_sha256, item.image_sha256,
+                    heat_errors.get(i, ""),
                     status=p.status, ood_score=p.ood_score, ood_limit=p.ood_limit, overridden=p.overridden,
                     refusal_reason=p.refusal_reason or "", p_viral=p.p_viral, subtype=p.subtype or "",
                     level=p.level or "", raw_probability=p.raw_probability,

@@ -6,9 +6,8 @@ its traceback (in the log, never in front of a user). docs/ARCHITECTURE.md has t
 means; tests/test_docs.py keeps both in line with the classes.
 
     PneumoError
-      ImageLoadError            core.imaging, per file:
-        UnsupportedFormatError, EmptyFileError, CorruptImageError, ImageTooLargeError, DicomDecodeError,
-        UnsupportedEncodingError, ImplausibleGeometryError
+      ImageLoadError            core.image_types (UnsupportedFormat, EmptyFile, CorruptImage, ImageTooLarge,
+                                DicomDecode, UnsupportedEncoding, ImplausibleGeometry)
       ModelIntegrityError       core.model_card
       ResultsFileError          core.batch
       OutputError               core.batch (the results cannot be written)

@@ -446,7 +446,7 @@ def score_and_evaluate(
         resume = _same_calibration(scores_csv, model)
     summary = score_paths([i.path for i in items], scores_csv, model=model, resume=resume,
                           threshold=threshold.value, threshold_source=threshold.source,
-                          progress=progress, cancel=cancel)
+                          progress=progress, cancel=cancel, log_source="evaluate")
     if summary.cancelled:
         return summary, None
     evaluation = evaluate_scored(read_scored(scores_csv, items), threshold, _model_info(model), Path(source),

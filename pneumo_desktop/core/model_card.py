@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from pneumo_desktop.core.levels import OperatingLevels
 CARD_FILENAME = "model_card.json"
 TFLITE_FILENAME = "model.tflite"
 KERAS_FILENAME = "model.keras"
+MANIFEST_FILENAME = "manifest.json"  # sha256 of every artefact, the card included (written at export)
+MANIFEST_SCHEMA_VERSION = 1
 CARD_SCHEMA_VERSION = 1
 
 # Output names of the exported TFLite signature (the contract between trainer and app).
@@ -64,11 +67,16 @@ class SubtypeSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SubtypeSpec:
-        return cls(
+        spec = cls(
             classes=(str(data["classes"][0]), str(data["classes"][1])),
-            threshold=float(data["threshold"]["value"]),
+            threshold=_finite(data["threshold"]["value"], "subtype threshold"),
             rule=str(data["threshold"].get("rule", "")),
         )
+        if not 0.0 <= spec.threshold <= 1.0:
+            raise ValueError(f"subtype threshold must be between 0 and 1, got {spec.threshold}")
+        if spec.classes[0] == spec.classes[1] or not all(spec.classes):
+            raise ValueError(f"subtype classes must be two different names, got {list(spec.classes)}")
+        return spec
 
 
 @dataclass(frozen=True)
@@ -89,13 +97,13 @@ class RefusalSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RefusalSpec:
-        limit = float(data["limit"])
-        if not math.isfinite(limit):
-            raise ValueError(f"refusal limit {limit}")
+        limit = _finite(data["limit"], "refusal limit")
+        if not limit > 0:  # OOD scores are distances: a limit <= 0 would refuse every image
+            raise ValueError(f"refusal limit must be a positive number, got {limit}")
         inversion = data.get("inversion_check") or {}
-        gate = None if inversion.get("gate") is None else float(inversion["gate"])
-        if gate is not None and not (math.isfinite(gate) and gate >= 0):
-            raise ValueError(f"inversion gate {gate}")
+        gate = None if inversion.get("gate") is None else _finite(inversion["gate"], "inversion gate")
+        if gate is not None and gate < 0:
+            raise ValueError(f"inversion gate must not be negative, got {gate}")
         return cls(limit=limit, method=str(data.get("method", "")), rule=str(data.get("rule", "")),
                    inversion_gate=gate)
 
@@ -180,12 +188,33 @@ class ModelCard:
             raise bad(f"threshold must be a number between 0 and 1, got {self.threshold}")
         if not math.isfinite(self.temperature) or self.temperature <= 0:
             raise bad(f"calibration temperature must be a positive number, got {self.temperature}")
-        if not 8 <= self.input_size <= 4096:
-            raise bad(f"input_size must be between 8 and 4096 pixels, got {self.input_size}")
+        if not 8 <= self.input_size <= 2048:
+            raise bad(f"input_size must be between 8 and 2048 pixels, got {self.input_size}")
         if self.class_names[0] == self.class_names[1] or not all(self.class_names):
             raise bad(f"class_names must be two different names, got {list(self.class_names)}")
         if TFLITE_FILENAME not in self.artifacts:
             raise bad(f"artifacts must list {TFLITE_FILENAME} with its sha256")
+        if not self.gradcam_layer.strip():
+            raise bad("gradcam.layer must name a layer")
+        if not self.preprocessing.strip():
+            raise bad("preprocessing.id must name the preprocessing")
+        for name in self.artifacts:
+            if Path(name).name != name or name in (CARD_FILENAME, MANIFEST_FILENAME):
+                raise bad(f"artifact {name!r} must be a plain file name in the model folder")
+        reference = self.raw.get("sample_reference")
+        if reference is not None:
+            tolerance = reference.get("tolerance", 1e-3) if isinstance(reference, dict) else None
+            if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+                raise bad(f"sample_reference.tolerance must be a number in [0, 1), got {tolerance!r}")
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite number, got {value}")
+    return number
 
 
 def _platt(section: Any) -> PlattCalibration | None:
@@ -246,3 +275,85 @@ def verify_artifacts(model_dir: Path, card: ModelCard, names: tuple[str, ...] | 
                 f"model file {path} is corrupted or was changed: sha256 {actual[:12]}... "
                 f"does not match the model card ({expected[:12]}...); reinstall or re-export the model"
             )
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def manifest_names(card: ModelCard) -> tuple[str, ...]:
+    """What the manifest covers: the card and every artefact it lists."""
+    return (CARD_FILENAME, *sorted(card.artifacts))
+
+
+def write_manifest(model_dir: Path) -> Path:
+    """Write manifest.json (sha256 of the card and of every artefact the card lists) into a model folder.
+
+    Called by the trainer's export, and for an existing folder by scripts/write_model_manifest.py. The card
+    must already be valid and its artefacts match it: a manifest never vouches for a broken folder.
+    """
+    model_dir = Path(model_dir)
+    card = load_model_card(model_dir)
+    verify_artifacts(model_dir, card, tuple(name for name in card.artifacts if (model_dir / name).is_file()))
+    files = {name: sha256_of_file(model_dir / name) for name in manifest_names(card) if (model_dir / name).is_file()}
+    manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "algorithm": "sha256", "files": files}
+    path = model_dir / MANIFEST_FILENAME
+    tmp = path.with_name(f".{MANIFEST_FILENAME}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(model_dir: Path) -> dict[str, str]:
+    path = Path(model_dir) / MANIFEST_FILENAME
+    if not path.is_file():
+        raise ModelIntegrityError(
+            f"no {MANIFEST_FILENAME} in {model_dir}: the model card is not covered by a checksum; reinstall or "
+            "re-export the model (or write one with scripts/write_model_manifest.py)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+        files = data["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files must be an object")
+        manifest = {}
+        for name, sha in files.items():
+            if not isinstance(sha, str) or not _SHA256_HEX.fullmatch(sha.lower()):
+                raise ValueError(f"{name!r} has no valid sha256")
+            manifest[str(name)] = sha.lower()
+    except OSError as exc:
+        raise ModelIntegrityError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError, AttributeError) as exc:
+        raise ModelIntegrityError(f"{path} is malformed: {exc}") from None
+    return manifest
+
+
+def verify_manifest(model_dir: Path, card: ModelCard, required: tuple[str, ...] = (CARD_FILENAME,)) -> list[str]:
+    """Check every file the manifest lists that is present (and `required` ones, which must be) against it.
+
+    The manifest must cover the card and every artefact the card lists. Returns the names checked.
+    """
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    uncovered = [name for name in manifest_names(card) if name not in manifest]
+    if uncovered:
+        raise ModelIntegrityError(
+            f"{model_dir / MANIFEST_FILENAME} does not cover {', '.join(uncovered)}; reinstall or re-export the model"
+        )
+    checked = []
+    for name, expected in manifest.items():
+        path = model_dir / name
+        if Path(name).name != name:
+            raise ModelIntegrityError(f"{model_dir / MANIFEST_FILENAME} names a file outside the folder: {name!r}")
+        if not path.is_file():
+            if name in required:
+                raise ModelIntegrityError(f"model file {path} is missing; reinstall or re-export the model")
+            continue  # e.g. model.keras, which a packaged app does not ship
+        actual = sha256_of_file(path)
+        if actual != expected:
+            what = "the model card" if name == CARD_FILENAME else "model file"
+            raise ModelIntegrityError(
+                f"{what} {path} was changed after export: sha256 {actual[:12]}... does not match {MANIFEST_FILENAME} "
+                f"({expected[:12]}...); its values cannot be trusted: reinstall or re-export the model"
+            )
+        checked.append(name)
+    return checked

@@ -98,7 +98,8 @@ def write_png_atomic(path: Path | str, rgb: np.ndarray, compression: int = 3) ->
     except (ValueError, TypeError) as exc:
         raise OSError(f"could not encode {path.name} as PNG: {exc}") from None
     encoded = buffer.getbuffer()
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # a short hidden temporary name: the target's name may already use the whole 255-byte name limit
+    tmp = path.with_name(f".pneumo-{uuid.uuid4().hex[:16]}.tmp")
     try:
         with open(tmp, "wb") as handle:
             handle.write(encoded)

@@ -254,6 +254,8 @@ class PneumoniaModel:
         card = mc.load_model_card(model_dir)
         # Only what runs is verified: a packaged app ships model.tflite and the card, not model.keras.
         mc.verify_artifacts(model_dir, card, names=(mc.TFLITE_FILENAME,))
+        # the card itself (threshold, refusal limit...) is covered by the manifest, as is every artefact present
+        mc.verify_manifest(model_dir, card, required=(mc.CARD_FILENAME, mc.TFLITE_FILENAME))
         engine = LiteRTEngine(model_dir / mc.TFLITE_FILENAME, card.input_size, num_threads, batch_size)
         _check_optional_outputs(model_dir, card, engine.output_names)
         log.info("loaded model %s %s from %s (%d threads)", card.name, card.version, model_dir, engine.num_threads)

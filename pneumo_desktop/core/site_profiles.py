@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -92,28 +93,35 @@ class SiteProfile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SiteProfile:
+    def from_dict(cls, data: Any) -> SiteProfile:
+        """Parse and validate; anything malformed (wrong types, out-of-range numbers) is a ProfileError."""
+        if not isinstance(data, dict):
+            raise ProfileError(f"site profile is malformed: expected a JSON object, got {type(data).__name__}")
         try:
             profile = cls(
-                name=str(data["name"]),
-                model_sha256=str(data["model_sha256"]),
-                model_name=str(data["model_name"]),
-                model_version=str(data["model_version"]),
-                threshold=float(data["threshold"]),
-                rule=dict(data["rule"]),
-                image_count={k: int(v) for k, v in dict(data["image_count"]).items()},
-                figures=dict(data["figures"]),
-                created=str(data["created"]),
-                data_folder=str(data.get("data_folder", "")),
-                temperature=None if data.get("temperature") is None else float(data["temperature"]),
+                name=_text(data["name"]),
+                model_sha256=_text(data["model_sha256"]),
+                model_name=_text(data["model_name"]),
+                model_version=_text(data["model_version"]),
+                threshold=_number(data["threshold"]),
+                rule=_mapping(data["rule"]),
+                image_count={str(k): int(v) for k, v in _mapping(data["image_count"]).items()},
+                figures=_mapping(data["figures"]),
+                created=_text(data["created"]),
+                data_folder=_text(data.get("data_folder", "")),
+                temperature=None if data.get("temperature") is None else _number(data["temperature"]),
                 schema_version=int(data.get("schema_version", PROFILE_SCHEMA_VERSION)),
                 calibration=None if data.get("calibration") is None else dict(data["calibration"]),
                 levels=None if data.get("levels") is None else dict(data["levels"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProfileError(f"site profile is malformed: missing or invalid field {exc}") from exc
+        except KeyError as exc:
+            raise ProfileError(f"site profile is malformed: missing field {exc}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProfileError(f"site profile is malformed: invalid field ({exc})") from None
         if not 0.0 <= profile.threshold <= 1.0:
             raise ProfileError(f"site profile {profile.name!r} has an invalid threshold {profile.threshold}")
+        if profile.temperature is not None and not profile.temperature > 0:
+            raise ProfileError(f"site profile {profile.name!r} has an invalid temperature {profile.temperature}")
         return profile
 
     def choice(self) -> ThresholdChoice:
@@ -134,6 +142,70 @@ class SiteProfile:
                 f"{self.model_name} {self.model_version}); the loaded model is sha256 {model_sha256[:12]}.... "
                 f"Its threshold does not apply: recalibrate with 'pneumo-desktop calibrate DIR --name \"{self.name}\"'"
             )
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value}")
+    return number
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _reject(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a number JSON allows")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: too large for a float
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value
+
+
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a few kilobytes; a bigger file is not one of ours
+
+
+def read_json_file(path: Path) -> Any:
+    """The one reader of the profile files: any malformed file (not UTF-8, not JSON, numbers too large for a
+    float, nesting too deep, too big) becomes a ProfileError with a one-line reason."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PROFILE_BYTES + 1)
+        if len(raw) > MAX_PROFILE_BYTES:
+            raise ProfileError(f"cannot read {path}: the file is too large to be a site profile")
+        return json.loads(raw.decode("utf-8"), parse_float=_parse_float, parse_constant=_reject)
+    except ProfileError:
+        raise
+    except OSError as exc:
+        raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"cannot read {path}: the file is not UTF-8 text") from None
+    except RecursionError:
+        raise ProfileError(f"cannot read {path}: the JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, our number checks
+        raise ProfileError(f"cannot read {path}: not valid JSON ({exc})") from None
+
+
+def read_profile_file(path: Path) -> SiteProfile:
+    data = read_json_file(path)
+    try:
+        return SiteProfile.from_dict(data)
+    except RecursionError:  # a deeply nested value in a field
+        raise ProfileError(f"site profile {path} is malformed: nested too deeply") from None
 
 
 # --------------------------------------------------------------------------- storage
@@ -185,11 +257,7 @@ def load_profile(name: str) -> SiteProfile:
     if not path.is_file():
         known = ", ".join(f'"{p.name}"' for p in list_profiles()) or "none"
         raise ProfileError(f'no site profile named "{name}" in {profiles_dir()} (profiles: {known})')
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProfileError(f"cannot read site profile {path}: {exc}") from exc
-    return SiteProfile.from_dict(data)
+    return read_profile_file(path)
 
 
 def list_profiles() -> list[SiteProfile]:
@@ -197,22 +265,23 @@ def list_profiles() -> list[SiteProfile]:
     folder = profiles_dir()
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            profiles.append(SiteProfile.from_dict(json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ProfileError) as exc:
+            profiles.append(read_profile_file(path))
+        except ProfileError as exc:
             log.warning("skipping unreadable site profile %s: %s", path, exc)
     return profiles
 
 
 def active_profile_name() -> str | None:
     path = config_dir() / ACTIVE_FILE
-    try:
-        name = json.loads(path.read_text(encoding="utf-8")).get("active")
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+    try:
+        data = read_json_file(path)
+        name = data.get("active") if isinstance(data, dict) else None
+    except ProfileError as exc:
         log.warning("ignoring unreadable %s: %s", path, exc)
         return None
-    return str(name) if name else None
+    return name if isinstance(name, str) and name else None
 
 
 def set_active_profile(name: str | None) -> None:

@@ -93,6 +93,7 @@ class BatchRunner(QObject):
                 resume=resume,
                 progress=report,
                 cancel=cancel,
+                log_source="window-batch",  # the scoring log says where the result was made
             )
             # Read the CSV back so rows resumed from an earlier run show up in the list too.
             return BatchOutcome(summary, read_rows_back(output_csv))

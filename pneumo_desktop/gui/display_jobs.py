@@ -18,6 +18,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
+from ..core import scoring_log
 from ..core.overlay import render_overlay
 from .background import LatestOnly
 from .error_text import describe_error
@@ -143,7 +144,7 @@ class LatestImageRequester(QObject):
             if model is None or not is_current():
                 return None
             if cached.explanation is None:
-                cached = CachedResult(cached.image, model.explain(cached.image))
+                cached = CachedResult(cached.image, scoring_log.shown(model.explain(cached.image)))  # logged once
                 cache.put(path, cached)
             return cached.explanation
 

@@ -3,9 +3,7 @@ texts that go with it. Every place in the GUI that shows an error takes its word
 
 from __future__ import annotations
 
-import re
-
-from ..core.errors import PneumoError
+from ..core.messages import describe_error as describe_error  # the one scrubbing helper, in core
 
 MODEL_HELP = (
     "What to do: reinstall Pneumo Desktop so that its bundled model folder (resources/model) is "
@@ -14,17 +12,3 @@ MODEL_HELP = (
 )
 BATCH_FAILED_HELP = "Rows written before the error are kept; run it again and choose Resume."
 REFUSED_EXPORT_HELP = "There is no result to export. Use Score anyway first if you need one."
-
-
-_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
-
-
-def describe_error(exc: BaseException) -> str:
-    """One sentence for a person: the project's errors (PneumoError) carry `.reason`; others get their message.
-
-    Library messages that quote Python object reprs ("cannot identify image file <_io.BytesIO object
-    at 0x...>") lose the repr: it means nothing to a person.
-    """
-    text = exc.reason if isinstance(exc, PneumoError) and exc.reason else str(exc).strip()
-    text = _OBJECT_REPR.sub("", text).replace(" ()", "").strip()
-    return text or type(exc).__name__

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
+from ...core import scoring_log
 from ...core.imaging import MODEL_INPUT_PIXELS
 from ..background import run_in_background
 from ..display_jobs import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
@@ -182,7 +183,7 @@ class DisplayController(QObject):
         # The result is kept for the image either way and shown if it is still on screen.
         run_in_background(
             self.host.pool,
-            lambda _progress: model.explain(image, refuse=False),
+            lambda _progress: scoring_log.shown(model.explain(image, refuse=False), "window-override"),
             on_result=lambda explanation: self._on_override_ready(path, model, explanation),
             on_error=lambda exc: self._on_override_failed(path, exc),
             owner=self,

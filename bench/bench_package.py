@@ -393,12 +393,16 @@ def bench_gui(exe: Path, runs: int, cold_runs: int, scratch: Path, display_arg: 
                                    f"last log lines:\n{first['log_tail']}")
                 return result
             warm = [gui_run(exe, display.name, watcher, scratch) for _ in range(runs)]
-            result["warm"] = summary([r["window_s"] for r in warm if r["window_s"] is not None])
+            shown = [r["window_s"] for r in warm if r["window_s"] is not None]
+            if not shown:
+                result["error"] = f"no window appeared within {GUI_TIMEOUT_S:.0f} s in the measured runs"
+                return result
+            result["warm"] = summary(shown)
             model = [r["model_ready_s"] for r in warm if r["model_ready_s"] is not None]
             if model:
                 result["warm_model_ready"] = summary(model)
             cold = cold_runs_of(lambda: gui_run(exe, display.name, watcher, scratch), cold_runs, result)
-            if cold:
+            if any(r["window_s"] is not None for r in cold):
                 result["cold"] = summary([r["window_s"] for r in cold if r["window_s"] is not None])
                 cold_model = [r["model_ready_s"] for r in cold if r["model_ready_s"] is not None]
                 if cold_model:

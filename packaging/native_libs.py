@@ -23,7 +23,7 @@ def _elf_header(data: bytes) -> bool:
     return data[:4] == b"\x7fELF" and data[4:6] == b"\x02\x01"  # 64-bit, little-endian
 
 
-def _u(data: bytes, offset: int, size: int) -> int:
+def _u(data: bytes | bytearray, offset: int, size: int) -> int:
     return int.from_bytes(data[offset : offset + size], "little")
 
 

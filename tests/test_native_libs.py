@@ -30,7 +30,7 @@ def _icu_data_library() -> Path:
 
 def _wheel_library(package: str, pattern: str) -> Path:
     module = __import__(package)
-    site = Path(module.__file__).resolve().parent.parent
+    site = Path(str(module.__file__)).resolve().parent.parent
     found = sorted(site.glob(pattern))
     if not found:
         pytest.skip(f"no {pattern} in this environment")

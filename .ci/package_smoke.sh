@@ -41,7 +41,8 @@ for f in LICENSE THIRD_PARTY_NOTICES.md install-desktop-entry.sh; do
     [ -f "$app/$f" ] || fail "missing next to the executable: $f"
 done
 [ ! -e "$bundle/resources/model/model.keras" ] || fail "model.keras is bundled (it is for retraining only)"
-for forbidden in tensorflow keras trainer matplotlib scipy skimage torch pytest IPython tkinter PySide6/QtQml.abi3.so \
+for forbidden in tensorflow keras trainer matplotlib scipy skimage torch pytest IPython tkinter cv2 opencv_python_headless.libs \
+                 PySide6/QtQml.abi3.so \
                  PySide6/QtQuick.abi3.so PySide6/QtNetwork.abi3.so PySide6/Qt/translations; do
     [ ! -e "$bundle/$forbidden" ] || fail "excluded module bundled anyway: $forbidden"
 done

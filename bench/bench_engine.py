@@ -3,12 +3,16 @@
 (a) probability + Grad-CAM per image (PneumoniaModel.run + prediction + map at the original resolution)
     vs a bare LiteRT invoke of the same model, both from the same prepared input; medians. Target: <= 1.2x.
     Also shown: explain() from a decoded image, i.e. including prepare_input (the shared preprocessing).
-(b) throughput of score_paths (files -> CSV) vs a seed-style loop (cv2.imread + Keras model.predict per
-    image on model.keras; same images, same process) [target >= 10x] and vs the pure-inference ceiling
-    (ready inputs through PneumoniaModel.run in batches) [target >= 90%].
+(b) throughput on --n full-resolution JPEGs (hard links cycling through the 12 samples, 656x1024 to
+    1353x1566): the whole-process `pneumo-desktop score` command (a fresh interpreter: start-up, model load,
+    decoding, CSV) vs the study-style loop (cv2.imread + cv2.resize + Keras model.predict one image at a
+    time on model.keras, in this process) [target >= 12x]; and score_paths vs the pure-inference ceiling
+    (ready inputs through PneumoniaModel.run in batches) [target >= 85%], the median of --rounds rounds,
+    each timing the ceiling right before score_paths so that background load hits both alike.
+    The load average is printed: on a shared or busy machine compare only ratios from the same run.
 (c) RSS while scoring --rss-n images (hard links to the samples in a temp folder), at 500/1000/2000.
 
-Usage: python bench/bench_engine.py [--model DIR] [--n N] [--rss-n N] [--json OUT]
+Usage: python bench/bench_engine.py [--model DIR] [--n N] [--seed-n N] [--rounds R] [--rss-n N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -119,7 +124,19 @@ def bench_gradcam_overhead(model: PneumoniaModel, repeats: int) -> dict:
     }
 
 
-def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int) -> dict:
+def time_cli_score(folder: Path, out: Path) -> float:
+    """Seconds for the whole `pneumo-desktop score` process (python -m pneumo_desktop, this source tree)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pneumo_desktop", "score", str(folder), "-o", str(out), "-q",
+                           "--overwrite"], env=env, capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"pneumo-desktop score failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return elapsed
+
+
+def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int, rounds: int) -> dict:
     paths = link_copies(sample_files(), work / "throughput", n)
     # pure-inference ceiling: inputs already decoded and prepared, in batches of the runtime's size
     size = model.batch_size
@@ -127,17 +144,24 @@ def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int) -> 
     batch = np.concatenate([ready] * (size // len(ready) + 1))[:size]
     model.run(batch)
     runs = max(1, n // size)
-    start = time.perf_counter()
-    for _ in range(runs):
-        model.run(batch)
-    ceiling = runs * size / (time.perf_counter() - start)
+    ceilings, scored_rates = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(runs):
+            model.run(batch)
+        ceilings.append(runs * size / (time.perf_counter() - start))
+        summary = score_paths(paths, work / "throughput.csv", model=model)
+        assert summary.scored == n, summary
+        scored_rates.append(n / summary.elapsed_s)
+    ratios = [s / c for s, c in zip(scored_rates, ceilings)]
+    cli_s = [time_cli_score(work / "throughput", work / "cli.csv") for _ in range(rounds)]
+    cli = n / statistics.median(cli_s)
 
-    summary = score_paths(paths, work / "throughput.csv", model=model)
-    assert summary.scored == n, summary
-    scored = n / summary.elapsed_s
-
-    result: dict[str, float | str] = {"images": n, "score_paths_img_s": scored, "ceiling_img_s": ceiling,
-              "vs_ceiling": scored / ceiling, "target_vs_ceiling_min": 0.9}
+    result: dict[str, float | str | list] = {
+        "images": n, "score_paths_img_s": statistics.median(scored_rates), "ceiling_img_s": statistics.median(ceilings),
+        "vs_ceiling": statistics.median(ratios), "vs_ceiling_rounds": ratios, "target_vs_ceiling_min": 0.85,
+        "cli_img_s": cli, "cli_seconds": cli_s,
+    }
     keras_path = model.model_dir / mc.KERAS_FILENAME
     if not keras_path.exists():
         result["seed_loop"] = "skipped: no model.keras in the model folder"
@@ -159,8 +183,9 @@ def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int) -> 
     for p in seed_paths:
         seed_one(p)
     seed = len(seed_paths) / (time.perf_counter() - start)
-    result.update({"seed_images": len(seed_paths), "seed_loop_img_s": seed, "vs_seed": scored / seed,
-                   "target_vs_seed_min": 10.0})
+    result.update({"seed_images": len(seed_paths), "seed_loop_img_s": seed,
+                   "vs_seed": statistics.median(scored_rates) / seed, "cli_vs_seed": cli / seed,
+                   "target_cli_vs_seed_min": 12.0})
     return result
 
 
@@ -185,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="images for the throughput comparison")
     parser.add_argument("--seed-n", type=int, default=None, help="images for the slow seed loop (default: --n)")
     parser.add_argument("--rss-n", type=int, default=2000, help="images for the memory run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (b) (medians reported)")
     parser.add_argument("--repeats", type=int, default=60, help="timed calls for the medians in (a)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -196,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     model = PneumoniaModel.load(model_dir)
     print(f"bench_engine: model {model.describe()} ({model.card.backbone}, {model.input_size}px) from {model_dir}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    results: dict = {"model": model.describe(), "cpus": os.cpu_count()}
+    results: dict = {"model": model.describe(), "cpus": os.cpu_count(),
+                     "load_average_before": tuple(round(x, 1) for x in os.getloadavg())}
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as tmp:
         work = Path(tmp)
         a = results["gradcam_overhead"] = bench_gradcam_overhead(model, args.repeats)
@@ -210,16 +237,22 @@ def main(argv: list[str] | None = None) -> int:
         marks = ", ".join(f"{k}: {v:.0f} MiB" for k, v in c["rss_at_mib"].items() if v is not None)
         print(f"(c) RSS scoring {c['images']} images: before {c['rss_before_mib']:.0f} MiB; {marks}; "
               f"peak {c['peak_rss_mib']:.0f} MiB ({c['img_s']:.1f} img/s)")
-        b = results["throughput"] = bench_throughput(model, args.n, work, args.seed_n or args.n)
+        b = results["throughput"] = bench_throughput(model, args.n, work, args.seed_n or args.n, args.rounds)
+        rounds = ", ".join(f"{r:.0%}" for r in b["vs_ceiling_rounds"])
         line = (f"(b) score_paths {b['score_paths_img_s']:.1f} img/s over {b['images']} files | pure inference "
-                f"{b['ceiling_img_s']:.1f} img/s -> {b['vs_ceiling']:.0%} of the ceiling (target >= 90%: "
-                f"{'met' if b['vs_ceiling'] >= 0.9 else 'MISSED'})")
+                f"{b['ceiling_img_s']:.1f} img/s -> {b['vs_ceiling']:.0%} of the ceiling (median of {rounds}; "
+                f"target >= 85%: {'met' if b['vs_ceiling'] >= 0.85 else 'MISSED'}) | whole-process "
+                f"`pneumo-desktop score` {b['cli_img_s']:.1f} img/s")
         if "seed_loop_img_s" in b:
-            line += (f" | seed loop {b['seed_loop_img_s']:.2f} img/s over {b['seed_images']} files -> "
-                     f"{b['vs_seed']:.1f}x (target >= 10x: {'met' if b['vs_seed'] >= 10 else 'MISSED'})")
+            line += (f" | study-style loop {b['seed_loop_img_s']:.2f} img/s over {b['seed_images']} files -> "
+                     f"score command {b['cli_vs_seed']:.1f}x (target >= 12x: "
+                     f"{'met' if b['cli_vs_seed'] >= 12 else 'MISSED'}), score_paths {b['vs_seed']:.1f}x")
         else:
             line += f" | seed loop {b['seed_loop']}"
         print(line)
+        results["load_average_after"] = os.getloadavg()
+        print(f"load average (1, 5, 15 min) at the start {results['load_average_before']}, at the end "
+              f"{tuple(round(x, 1) for x in results['load_average_after'])} on {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0

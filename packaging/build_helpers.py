@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
+from native_libs import drop_debug_sections, elf_load_segments, elf_sections
+
 from pneumo_desktop.core.model_card import (
     CARD_FILENAME,
     TFLITE_FILENAME,
@@ -234,28 +236,41 @@ def prune_unlinked(
     return binaries, datas, dropped
 
 
+# Libraries every start of the app loads (numpy and its OpenBLAS at `import numpy`, ICU with Qt Core), shipped
+# with their static symbol tables: `--strip-unneeded` drops those (~3 MB) and keeps the dynamic symbols; the
+# package smoke test (--self-test, score, GUI start) then runs each of them.
+_STRIP_UNNEEDED = ("ai_edge_litert/", "numpy.libs/libscipy_openblas", "numpy/_core/_multiarray_umath",
+                   "PySide6/Qt/lib/libicu")
+
+
 def strip_mode(dest: str, src: str, kind: str, python_root: Path) -> str | None:
     """How to strip a binary, or None to leave it alone.
 
     * the Python runtime built from source (pyenv) ships libpython and lib-dynload with DWARF debug info
       (~24 MB): `--strip-debug` removes only that (code identical, symbol table kept for backtraces);
-    * LiteRT's libraries ship their full static symbol table (~4 MB): `--strip-unneeded` keeps the dynamic
-      symbols that linking and import use;
-    * other wheels' libraries are already stripped, and strip can mangle auditwheel's patchelf output.
+    * LiteRT's libraries, numpy's core and OpenBLAS and Qt's ICU ship their full static symbol table
+      (_STRIP_UNNEEDED): `--strip-unneeded` keeps the dynamic symbols that linking and import use;
+    * any other library still carrying DWARF debug sections (CharLS 6 MB, Pillow's core 2.6 MB, ...) gets
+      `--strip-debug`, which removes those sections only and leaves what the loader reads untouched;
+    * the rest is left alone (strip_binaries also keeps the original if its loadable segments changed).
     """
     if kind not in ("BINARY", "EXTENSION"):
         return None
     if "site-packages" not in src and Path(src).resolve().is_relative_to(python_root):
         return "--strip-debug"
-    if Path(dest).parts[0] == "ai_edge_litert":
+    if Path(dest).as_posix().startswith(_STRIP_UNNEEDED):
         return "--strip-unneeded"
+    if any(name.startswith(".debug_") for name, *_rest in elf_sections(Path(src))):
+        return "--strip-debug"
     return None
 
 
 def strip_binaries(binaries: list[Entry], out_dir: Path, python_root: Path) -> tuple[list[Entry], int]:
     """Stripped copies (in `out_dir`) replace the sources of the binaries `strip_mode` picks; returns bytes saved.
 
-    A copy that `strip` fails on is not used (the original stays).
+    A copy that `strip` fails on, or whose loadable segments (what the dynamic loader maps) differ from the
+    original's, is not used: that happens to libraries patchelf rewrote (auditwheel), for which
+    native_libs.drop_debug_sections makes the copy instead, or the original stays.
     """
     result, saved = [], 0
     for dest, src, kind in binaries:
@@ -264,7 +279,14 @@ def strip_binaries(binaries: list[Entry], out_dir: Path, python_root: Path) -> t
             target = out_dir / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
-            if subprocess.run(["strip", mode, str(target)], capture_output=True).returncode == 0:
+            ok = (subprocess.run(["strip", mode, str(target)], capture_output=True).returncode == 0
+                  and elf_load_segments(target) == elf_load_segments(Path(src)))
+            if not ok:
+                rewritten = drop_debug_sections(Path(src).read_bytes())
+                if rewritten is not None:
+                    target.write_bytes(rewritten)
+                    ok = True
+            if ok:
                 saved += Path(src).stat().st_size - target.stat().st_size
                 src = str(target)
         result.append((dest, src, kind))

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "packaging"))
 
 import build_helpers as bh  # noqa: E402 - packaging/ is not a package (its name is taken by PyPI's `packaging`)
+import native_libs  # noqa: E402
 
 import pneumo_desktop  # noqa: E402
 
@@ -28,6 +29,10 @@ def test_the_spec_is_data_and_calls() -> None:
               and isinstance(node.func.value, ast.Name) and node.func.value.id == "bh"}
     assert {"check_model", "excluded_uses", "keep_qt_entry", "prune_unlinked", "strip_binaries"} <= called
     assert all(hasattr(bh, name) for name in called)
+    native = {node.func.attr for node in ast.walk(tree)
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "native_libs"}
+    assert "replace_icu_data" in native and all(hasattr(native_libs, name) for name in native)
 
 
 def test_app_version_is_the_packages() -> None:
@@ -175,6 +180,16 @@ def test_strip_mode(tmp_path: Path) -> None:
     assert bh.strip_mode("ai_edge_litert/_pywrap.so", str(site), "EXTENSION", python_root) == "--strip-unneeded"
     assert bh.strip_mode("cv2/cv2.so", "/elsewhere/cv2.so", "EXTENSION", python_root) is None
     assert bh.strip_mode("lib-dynload/_ssl.so", str(lib), "DATA", python_root) is None
+    # libraries every start loads, shipped with their static symbol tables
+    for dest in ("numpy.libs/libscipy_openblas64_-1234.so", "numpy/_core/_multiarray_umath.cpython-311.so",
+                 "PySide6/Qt/lib/libicui18n.so.73"):
+        assert bh.strip_mode(dest, "/elsewhere/x.so", "BINARY", python_root) == "--strip-unneeded"
+    # any other library: --strip-debug only if it carries DWARF sections
+    with_debug = tmp_path / "with_debug.so"
+    shutil.copy2(sys.executable, with_debug)
+    has_debug = any(name.startswith(".debug_") for name, *_ in bh.elf_sections(with_debug))
+    assert bh.strip_mode("x/with_debug.so", str(with_debug), "BINARY", python_root) == (
+        "--strip-debug" if has_debug else None)
 
 
 @pytest.mark.skipif(shutil.which("strip") is None, reason="needs binutils' strip")

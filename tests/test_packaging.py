@@ -73,3 +73,20 @@ def test_bench_package_skips_without_a_build(tmp_path):
     )
     assert out.returncode == 0
     assert "SKIPPED" in out.stdout
+
+
+BUILT = REPO / "dist" / "pneumo-desktop"
+
+
+@pytest.mark.skipif(not (BUILT / "_internal").is_dir(), reason="no package built (make package)")
+def test_the_built_package_holds_no_opencv():
+    found = sorted(str(p.relative_to(BUILT)) for p in BUILT.rglob("*")
+                   if p.name.lower().startswith(("cv2", "opencv", "libopencv")))
+    assert found == [], f"OpenCV in the package: {found[:5]}"
+
+
+def test_the_spec_excludes_opencv_and_the_smoke_test_checks_for_it():
+    spec = (REPO / "pyinstaller.spec").read_text(encoding="utf-8")
+    assert '"cv2",' in spec
+    smoke = (REPO / ".ci" / "package_smoke.sh").read_text(encoding="utf-8")
+    assert "cv2 opencv_python_headless.libs" in smoke

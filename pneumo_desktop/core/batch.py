@@ -12,6 +12,11 @@ Guarantees:
 - every cell is valid UTF-8: bytes of a file name that are not UTF-8 are written as `\\xNN`;
 - spreadsheet formula cells are neutralised with a leading quote, reversibly (resume maps them back);
 - decoding runs ahead of inference in a small thread pool and nothing accumulates: memory stays flat.
+
+Pipelining (issue 25): decoder threads read, hash, decode and resize each file straight into its slot of
+a batch buffer (a small ring of preallocated (batch, S, S, 3) arrays), so a full batch goes to the model
+as it lies, without stacking copies; the main thread only waits for a batch's slots and runs inference
+while the decoders fill the next batches.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from pneumo_desktop.core import scoring_log
+from pneumo_desktop.core.batch_buffers import BatchRing, PrepareInto, prepare_into_of
 from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.imaging import ImageLoadError, decode_image, read_image_file
 from pneumo_desktop.core.overlay import render_overlay, write_png_atomic
@@ -406,18 +412,19 @@ class _Item:
     path: Path
     image_sha256: str = ""
     error: str = ""
-    model_input: np.ndarray | None = None
+    model_input: np.ndarray | None = None  # its slot of a batch buffer once prepared
     grey: np.ndarray | None = None  # kept only when a heat map is wanted
 
 
-def _load(path: Path, prepare: Callable[[np.ndarray], np.ndarray], keep_grey: bool) -> _Item:
+def _load(path: Path, prepare_into: PrepareInto, slot: np.ndarray, keep_grey: bool) -> _Item:
     item = _Item(path)
     try:
         data = read_image_file(path)
         item.image_sha256 = hashlib.sha256(data).hexdigest()
         image = decode_image(data, path)
         del data  # the encoded bytes are not needed any more
-        item.model_input = prepare(image.grey)
+        prepare_into(image.grey, slot)
+        item.model_input = slot
         if keep_grey:
             item.grey = image.grey
     except ImageLoadError as exc:
@@ -573,11 +580,15 @@ def _score_paths_locked(
     pending: deque[Future[_Item]] = deque()
     queue = iter(todo)
     prefetch = batch_size * 2 + n_workers
+    ring = BatchRing(batch_size, model.input_size, prefetch)
+    prepare_into = prepare_into_of(model)
+    submitted = consumed = 0  # items handed to the decoders / taken back as batches
     scored = errors = refused = 0
     done = resumed
     cancelled = False
 
     def refill() -> None:
+        nonlocal submitted
         while len(pending) < prefetch:
             path = next(queue, None)
             if path is None:
@@ -586,7 +597,8 @@ def _score_paths_locked(
             if first is not None:  # the same file again (a link, or reached twice): a row that says so
                 pending.append(executor.submit(_Item, path, error=_same_file_text(first)))
             else:
-                pending.append(executor.submit(_load, path, model.prepare, keep_grey))
+                pending.append(executor.submit(_load, path, prepare_into, ring.slot(submitted), keep_grey))
+            submitted += 1  # slots follow submissions, so a batch's items sit in consecutive slots
 
     try:
         refill()
@@ -594,10 +606,14 @@ def _score_paths_locked(
             if cancel is not None and cancel.is_set():
                 cancelled = True
                 break
+            # pending holds >= prefetch > batch_size items until the files run out: every batch but the
+            # last is full, so batch k is exactly items k*batch_size .. and lies in one ring buffer
             items = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            first, consumed = consumed, consumed + len(items)
             refill()  # keep the decoders busy while this batch is inferred
+            whole = ring.batch(first, len(items)) if all(item.model_input is not None for item in items) else None
             rows = [dataclasses.replace(r, threshold_source=source)
-                    for r in _score_items(items, model, cut, heatmaps, executor, refuse)]
+                    for r in _score_items(items, model, cut, heatmaps, executor, refuse, whole)]
             for row in rows:
                 writer.append(row)
                 if log_source is not None:
@@ -650,13 +666,18 @@ def _inputs_without_outputs(paths: list[Path], output_csv: Path | None, heatmaps
 
 
 def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, executor: ThreadPoolExecutor,
-                 refuse: bool = True) -> list[BatchRow]:
+                 refuse: bool = True, whole: np.ndarray | None = None) -> list[BatchRow]:
+    """`whole`: the batch buffer holding every item's input in order, when all were prepared (no copy)."""
     ready = [i for i, item in enumerate(items) if not item.error]
     predictions: dict = {}  # index -> Prediction
     cams: dict[int, Future[Path]] = {}
     if ready:
         try:
-            raw = model.run(np.stack([cast(np.ndarray, items[i].model_input) for i in ready]))  # set: no error
+            if whole is not None and len(ready) == len(items):
+                inputs = whole
+            else:  # some files failed: gather the others' slots (a copy, only for such batches)
+                inputs = np.stack([cast(np.ndarray, items[i].model_input) for i in ready])  # set: no error
+            raw = model.run(inputs)
             outputs = {i: (raw, k) for k, i in enumerate(ready)}
         except Exception as exc:  # isolate the image the model cannot score
             log.warning("batch inference failed (%s); retrying image by image", exc)

@@ -61,3 +61,12 @@ def to_model_input(resized_grey: np.ndarray) -> np.ndarray:
 def prepare_input(grey: np.ndarray, input_size: int) -> np.ndarray:
     """2-D uint8 grey image of any size -> model input (input_size, input_size, 3) float32."""
     return to_model_input(resize_grey(grey, input_size))
+
+
+def prepare_input_into(grey: np.ndarray, input_size: int, out: np.ndarray) -> np.ndarray:
+    """prepare_input written into `out` (input_size, input_size, 3) float32, e.g. one slot of a batch buffer:
+    the same values (uint8 -> float32 is exact), without the intermediate arrays or a later copy into a batch."""
+    if out.shape != (input_size, input_size, 3) or out.dtype != np.float32:
+        raise ValueError(f"expected a ({input_size}, {input_size}, 3) float32 slot, got {out.dtype} {out.shape}")
+    out[...] = resize_grey(grey, input_size)[:, :, None]
+    return out

@@ -24,7 +24,7 @@ from pneumo_desktop.core.gradcam import gradcam
 from pneumo_desktop.core.imaging import LoadedImage
 from pneumo_desktop.core.levels import LevelBand, OperatingLevels
 from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError
-from pneumo_desktop.core.preprocess import prepare_input
+from pneumo_desktop.core.preprocess import prepare_input, prepare_input_into
 from pneumo_desktop.core.resources import bundled_model_dir
 from pneumo_desktop.core.site_profiles import SOURCE_CARD, ThresholdChoice
 
@@ -308,6 +308,10 @@ class PneumoniaModel:
         """The model input for one image: the shared preprocessing, never a copy of it."""
         grey = image.grey if isinstance(image, LoadedImage) else image
         return prepare_input(grey, self.card.input_size)
+
+    def prepare_into(self, grey: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """prepare() written into `out`, a slot of a batch buffer (batch scoring: no per-image copies)."""
+        return prepare_input_into(grey, self.card.input_size, out)
 
     def run(self, batch: np.ndarray) -> RawOutputs:
         """Run prepared inputs (N, S, S, 3) float32; returns the raw outputs."""

@@ -1,0 +1,53 @@
+"""Batch buffers of the scoring pipeline (core/batch.py): decoder threads prepare each image straight into
+its slot of a preallocated batch, and a full batch goes to the model as it lies (no stacking copy)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+PrepareInto = Callable[[np.ndarray, np.ndarray], object]  # (grey image, slot to fill)
+
+
+# One image's area averaging at a time: it is two float32 matrix products, which numpy hands to OpenBLAS, and
+# OpenBLAS already spreads each product over its own threads. Two decoder threads calling it at once make
+# those threads contend (and spin-wait) with each other and with LiteRT's; serialised, the products keep
+# OpenBLAS's multi-threaded path (the exact preprocessing: its single-threaded path rounds a few pixels
+# differently, so limiting OpenBLAS to one thread is not an option) while reading and decoding the files
+# stay parallel.
+_RESIZE_LOCK = threading.Lock()
+
+
+def prepare_into_of(model) -> PrepareInto:
+    """The model's in-place preprocessing (PneumoniaModel.prepare_into, or its prepare() copied into the
+    slot), one image at a time (_RESIZE_LOCK)."""
+    into = getattr(model, "prepare_into", None)
+
+    def prepare_into(grey: np.ndarray, out: np.ndarray) -> None:
+        with _RESIZE_LOCK:
+            if into is not None:
+                into(grey, out)
+            else:
+                out[...] = model.prepare(grey)
+
+    return prepare_into
+
+
+class BatchRing:
+    """Preallocated batch buffers, reused in turn: item n of a run fills slot n % batch_size of buffer
+    (n // batch_size) % count. `count` covers the batch being inferred plus every batch the decoders may
+    be filling meanwhile (see score_paths' prefetch), so no slot is overwritten while the model reads it."""
+
+    def __init__(self, batch_size: int, input_size: int, prefetch: int) -> None:
+        self.batch_size = batch_size
+        count = 2 + (prefetch - 1) // batch_size
+        self._buffers = [np.zeros((batch_size, input_size, input_size, 3), np.float32) for _ in range(count)]
+
+    def slot(self, n: int) -> np.ndarray:
+        return self._buffers[(n // self.batch_size) % len(self._buffers)][n % self.batch_size]
+
+    def batch(self, first: int, count: int) -> np.ndarray:
+        """The buffer view of items first .. first+count-1 (one batch: first is a multiple of batch_size)."""
+        return self._buffers[(first // self.batch_size) % len(self._buffers)][:count]

@@ -183,6 +183,11 @@ def _exit_status(exc: PneumoError) -> int:
 def _dispatch(args: list[str]) -> int:
     from pneumo_desktop.site_cli import SITE_COMMANDS  # evaluate, calibrate, profiles
 
+    if args and args[0] == "audit-explanations":  # the explanation audit (audit_cli.py)
+        from pneumo_desktop.audit_cli import run as audit_explanations
+
+        return audit_explanations(args[1:])
+
     if args and args[0] in ("score", "predict", "merge", *SITE_COMMANDS):
         _configure_logging()
         command = {"score": _score, "predict": _predict, "merge": _merge, **SITE_COMMANDS}[args[0]]

@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
                         "the first is used for the examples and the randomisation test)")
     p.add_argument("--randomisation-images", type=int, default=32, metavar="N",
                    help="images for the model-randomisation test (default 32; 0 skips it)")
+    p.add_argument("--resamples", type=_positive, default=1000, metavar="N", help="bootstrap resamples (1000)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the deletion/insertion curves (faster)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
@@ -91,7 +92,8 @@ def run(argv: Sequence[str]) -> int:
     try:
         summary, files = full_audit(model, items, out_dir, label, methods=methods, seed=parsed.seed,
                                     randomisation_images=max(0, parsed.randomisation_images),
-                                    faithfulness=not parsed.no_faithfulness, progress=progress, cancel=cancel)
+                                    faithfulness=not parsed.no_faithfulness, progress=progress, cancel=cancel,
+                                    resamples=parsed.resamples)
     except (KeyboardInterrupt, AuditCancelled):
         print(f"\n{PROG}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -72,6 +72,40 @@ def body_share(cam: np.ndarray, grey: np.ndarray) -> float:
     return mass_share(cam, body_mask(grey, cam.shape[0], cam.shape[1]))
 
 
+def with_body_share(explanation: Any, grey: np.ndarray) -> Any:
+    """The Explanation with its map's share of mass inside the body filled in (None without a map or evidence)."""
+    import dataclasses
+
+    cam = getattr(explanation, "cam", None)
+    if cam is None:
+        return explanation
+    share = body_share(cam, grey)
+    return dataclasses.replace(explanation, body_share=share if math.isfinite(share) else None)
+
+
+def reliability(spec: Any) -> str:
+    """One word for an audited map (card section `explanation_audit`, model_card.ExplanationAuditSpec):
+    "good" when it meets every bar of the audit, else "weak"."""
+    good = (spec.mass_outside_body <= 0.10 and (spec.top_random_drop_ratio or 0.0) >= 2.5
+            and spec.randomisation_passed is not False)
+    return "good" if good else "weak"
+
+
+def map_trust_text(spec: Any, body_share: float | None) -> str:
+    """The result panel's line: how far this model's maps can be trusted (from its card) and this map's own
+    share of mass inside the body. `spec` is a model_card.ExplanationAuditSpec or None (never audited)."""
+    here = ("this map: no evidence to place" if body_share is None else
+            f"this map: {body_share:.0%} of its weight inside the body")
+    if spec is None:
+        return f"Heat map not audited for this model; {here}."
+    parts = [f"{spec.mass_outside_body:.0%} of map weight outside the body"]
+    if spec.top_random_drop_ratio is not None:
+        parts.append(f"top squares {spec.top_random_drop_ratio:.1f}× random")
+    if spec.randomisation_passed is not None:
+        parts.append("randomisation check " + ("passed" if spec.randomisation_passed else "failed"))
+    return f"Heat-map reliability: {reliability(spec)} (audit on {spec.data}: {', '.join(parts)}); {here}."
+
+
 # --------------------------------------------------------------------------- faithfulness
 
 

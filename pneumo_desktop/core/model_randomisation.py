@@ -113,6 +113,13 @@ def randomised_models(model_dir: Path, seed: int = 0) -> list[tuple[str, bytes]]
             values[d["index"]] = np.array(v)
     stages = _groups([d for d in details if d["index"] in values])
     copies = _grad_copies(details, values, stages[0][1])
+    offsets: dict[int, int] = {}  # where each constant to randomise is stored in the file (found once)
+    for index in {i for _, indices in stages for i in indices} | set(copies):
+        old = values[index].tobytes()
+        at = data.find(old)
+        if at < 0 or data.find(old, at + 1) >= 0:
+            raise RandomisationError(f"constant {_short(details[index]['name'])} is not stored once in the file")
+        offsets[index] = at
     rng = np.random.default_rng(seed)
     out = []
     for name, indices in stages:
@@ -126,12 +133,8 @@ def randomised_models(model_dir: Path, seed: int = 0) -> list[tuple[str, bytes]]
                 new = replaced[kernel].T if transposed else replaced[kernel]
                 replaced[copy] = (new * scale).astype(np.float32)
         for index, fresh in replaced.items():
-            old = values[index].tobytes()
-            at = data.find(old)
-            if at < 0 or data.find(old, at + 1) >= 0:
-                raise RandomisationError(f"constant {_short(details[index]['name'])} is not stored once in the file")
-            data[at:at + len(old)] = np.ascontiguousarray(fresh).tobytes()
-            values[index] = fresh
+            raw = np.ascontiguousarray(fresh).tobytes()
+            data[offsets[index]:offsets[index] + len(raw)] = raw
         out.append((name, bytes(data)))
     return out
 
@@ -195,8 +198,9 @@ def randomisation_test(model, inputs: np.ndarray, *, method: str = DEFAULT_METHO
         for name, content in randomised_models(model.model_dir, seed):
             path = Path(folder) / f"{name}.tflite"
             path.write_bytes(content)
-            engine = LiteRTEngine(path, model.input_size, batch_size=model.batch_size)
-            randomised = PneumoniaModel(model.model_dir, model.card, engine, model.batch_size)
+            batch = max(1, min(model.batch_size, len(inputs)))  # one interpreter when one batch holds them all
+            engine = LiteRTEngine(path, model.input_size, batch_size=batch)
+            randomised = PneumoniaModel(model.model_dir, model.card, engine, batch)
             maps = _maps(randomised, inputs, method)
             rho, sim, zeros = [], [], 0
             for before, after in zip(reference, maps, strict=True):

@@ -143,7 +143,10 @@ class LatestImageRequester(QObject):
             if model is None or not is_current():
                 return None
             if cached.explanation is None:
-                cached = CachedResult(cached.image, model.explain(cached.image))
+                from ..core.explanation_audit import with_body_share
+
+                explained = with_body_share(model.explain(cached.image), cached.image.grey)
+                cached = CachedResult(cached.image, explained)
                 cache.put(path, cached)
             return cached.explanation
 

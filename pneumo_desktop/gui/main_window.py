@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from .. import RESEARCH_USE_STATEMENT
+from ..core.explanation_audit import with_body_share
 from ..core.imaging import MODEL_INPUT_PIXELS, find_images
 from ..core.model_card import ModelIntegrityError
 from ..core.overlay import colorbar, render_overlay
@@ -585,6 +586,7 @@ class MainWindow(QMainWindow):
         self.model_status_label.setText(f"Model: {card.name} v{card.version}")
         self.model_status_label.setToolTip(f"{model.model_dir}\nthreshold {card.threshold:.3f} ({card.threshold_rule})")
         self.prediction_panel.set_model_info(card.name, f"v{card.version}")
+        self.prediction_panel.set_map_audit(card.explanation_audit)
         self._update_actions()
         self.modelReady.emit(model)
         # An image opened while the model was loading gets its prediction now.
@@ -818,6 +820,7 @@ class MainWindow(QMainWindow):
         self._render()
         positive = self.model.card.positive_class if self.model is not None else "PNEUMONIA"
         self.prediction_panel.set_prediction(prediction, positive)
+        self.prediction_panel.set_map_share(explanation.body_share, has_map=explanation.cam is not None)
         # (a prediction that is not refused has a probability and a label: the casts below say so to mypy)
         self.overlay_controls.set_meaning(
             REFUSED_MEANING
@@ -845,7 +848,7 @@ class MainWindow(QMainWindow):
         # The result is kept for the image either way and shown if it is still on screen.
         run_in_background(
             self.pool,
-            lambda _progress: model.explain(image, refuse=False),
+            lambda _progress: with_body_share(model.explain(image, refuse=False), image.grey),
             on_result=lambda explanation: self._on_override_ready(path, model, explanation),
             on_error=lambda exc: self._on_override_failed(path, exc),
             owner=self,

@@ -108,6 +108,20 @@ def run(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def add_audit(evaluation, parsed: argparse.Namespace) -> None:  # core.evaluation.Evaluation
+    """`evaluate --audit light|full`: the explanation audit of the scored images into the evaluation's report."""
+    from pneumo_desktop.core.evaluation import audit_items
+    from pneumo_desktop.core.explanation_audit import light_audit
+    from pneumo_desktop.core.metrics import BOOTSTRAP_RESAMPLES
+    from pneumo_desktop.core.runtime import PneumoniaModel
+
+    model = PneumoniaModel.load(parsed.model, batch_size=16)
+    if not parsed.quiet:
+        print("explanation audit…", file=sys.stderr)
+    evaluation.audit = light_audit(model, audit_items(evaluation), faithfulness=parsed.audit == "full",
+                                   resamples=parsed.resamples or BOOTSTRAP_RESAMPLES)
+
+
 def main() -> int:  # pragma: no cover - for `python -m pneumo_desktop.audit_cli`
     return run(sys.argv[1:])
 

@@ -102,7 +102,8 @@ def test_gradcam_pp_matches_the_per_position_formula_and_drops_negative_channels
 def test_map_trust_line() -> None:
     from pneumo_desktop.core.model_card import ExplanationAuditSpec
 
-    assert ea.map_trust_text(None, 0.81) == "Heat map not audited for this model; this map: 81% of its weight inside the body."
+    assert ea.map_trust_text(None, 0.81) == (
+        "Heat map not audited for this model; this map: 81% of its weight inside the body.")
     spec = ExplanationAuditSpec.from_dict({"data": "test half A (development)", "mass_outside_body": 0.23,
                                            "top_random_drop_ratio": 1.7, "randomisation_passed": True})
     text = ea.map_trust_text(spec, None)

@@ -238,7 +238,8 @@ figure{{display:inline-block;margin:4px;vertical-align:top}}img{{max-width:310px
 </head><body>
 <h1>Does the map read the lungs? Explanation audit on {e(label)}</h1>
 <p class="note">{e(RESEARCH_USE_STATEMENT)}</p>
-<p>Model: {e(model.get('name', ''))} {e(model.get('version', ''))} (sha256 <code>{e(model.get('sha256', ''))}</code>)<br>
+<p>Model: {e(model.get('name', ''))} {e(model.get('version', ''))}
+(sha256 <code>{e(model.get('sha256', ''))}</code>)<br>
 Images: {images['audited']} audited ({images['pneumonia']} PNEUMONIA, {images['normal']} NORMAL), {images['errors']}
 could not be read. All figures: {e(label)}.</p>
 <h2>In short</h2><ul>{findings}</ul>
@@ -264,6 +265,27 @@ is scored on images whose body, or background, or outer border has been painted 
 <p><small>Pneumo Desktop {e(__version__)}; audit run in {summary.get('elapsed_s', 0):.0f} s.</small></p>
 </body></html>
 """
+
+
+def evaluation_section(summary: dict[str, Any]) -> str:
+    """The explanation-audit section of `evaluate`'s report.html (light: no examples, no randomisation)."""
+    e = html.escape
+    fig = summary.get("figures", {})
+    rows = [("map mass outside the body", fig.get(f"{DEFAULT_METHOD}/mass_outside_body")),
+            ("uniform map: area outside the body", fig.get("outside_area_share")),
+            ("map mass in the border band", fig.get(f"{DEFAULT_METHOD}/mass_in_border")),
+            ("uniform map: border band area", fig.get("border_area_share"))]
+    if f"{DEFAULT_METHOD}/top_random_drop_ratio" in fig:
+        rows.append((f"top/random logit drop after {TOP_K} of {GRID * GRID} cells",
+                     fig[f"{DEFAULT_METHOD}/top_random_drop_ratio"]))
+    rows += [(f"ROC-AUC, {VARIANT_NAMES[k]}", v) for k, v in summary.get("shortcut_roc_auc", {}).items()]
+    table = "".join(f"<tr><td>{e(name)}</td><td>{_f(value)}</td></tr>" for name, value in rows)
+    findings = "".join(f"<li>{e(v)}</li>" for v in verdicts(summary))
+    return (f"<h2>Explanation audit ({e(summary.get('kind', 'light'))})</h2><ul>{findings}</ul>"
+            f"<table><tr><th>figure</th><th>value (95% CI)</th></tr>{table}</table>"
+            "<p>Where the heat map's weight lies relative to the patient's body, and whether the model still "
+            "separates the classes with the body or the background painted flat grey. The full audit (faithfulness, "
+            "randomisation, examples): <code>pneumo-desktop audit-explanations</code> (docs/EXPLANATIONS.md).</p>")
 
 
 def write_outputs(run: AuditRun, summary: dict[str, Any], out_dir: Path, label: str,

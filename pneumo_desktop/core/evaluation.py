@@ -201,6 +201,7 @@ class Evaluation:
     resamples: int = mx.BOOTSTRAP_RESAMPLES
     card_threshold: float | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    audit: dict[str, Any] | None = None  # explanation_audit.light_audit's summary, when it was run
 
     @property
     def scored(self) -> list[ScoredImage]:
@@ -243,6 +244,7 @@ class Evaluation:
                 "accuracy_at_0.5": self.subtype.accuracy_at_half,
             },
             "app_version": __version__,
+            **({"explanation_audit": self.audit} if self.audit is not None else {}),
         }
 
     def table(self) -> str:
@@ -482,10 +484,24 @@ Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}.</p>
 <tr><td>true PNEUMONIA</td><td>{fn}</td><td>{tp}</td></tr></table>
 {subtype}
 <h2>Plots</h2>{images}
+{_audit_section(evaluation)}
 {not_scored}
 <p><small>Pneumo Desktop {e(__version__)}</small></p>
 </body></html>
 """
+
+
+def _audit_section(evaluation: Evaluation) -> str:
+    if evaluation.audit is None:
+        return ""
+    from pneumo_desktop.core.audit_report import evaluation_section  # lazy: audit_report imports this module
+
+    return evaluation_section(evaluation.audit)
+
+
+def audit_items(evaluation: Evaluation) -> list[tuple[Path, bool]]:
+    """The scored images of an evaluation, for explanation_audit.light_audit."""
+    return [(i.path, i.positive) for i in evaluation.scored]
 
 
 # --------------------------------------------------------------------------- calibration

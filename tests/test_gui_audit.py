@@ -17,10 +17,9 @@ def test_panel_says_how_far_the_map_can_be_trusted(qtbot) -> None:
     from pneumo_desktop.gui.prediction_panel import PredictionPanel
 
     panel = PredictionPanel()
-    qtbot.addWidget(panel)
-    panel.show()
+    qtbot.addWidget(panel)  # (not shown: a visible label is one not hidden, isHidden() says so without a screen)
     panel.set_map_share(0.8)
-    assert panel.map_trust_value.isVisible()
+    assert not panel.map_trust_value.isHidden()
     assert panel.map_trust_value.text() == (
         "Heat map not audited for this model; this map: 80% of its weight inside the body.")
     panel.set_map_audit(ExplanationAuditSpec.from_dict(
@@ -31,10 +30,11 @@ def test_panel_says_how_far_the_map_can_be_trusted(qtbot) -> None:
     assert text.startswith("Heat-map reliability: weak (audit on test half A (development)")
     assert text.endswith("this map: 65% of its weight inside the body.")
     panel.set_map_share(None, has_map=False)  # a refused image has no map: no line
-    assert not panel.map_trust_value.isVisible()
+    assert panel.map_trust_value.isHidden()
     panel.set_map_share(0.5)
+    assert not panel.map_trust_value.isHidden()
     panel.clear("No image")
-    assert not panel.map_trust_value.isVisible()
+    assert panel.map_trust_value.isHidden()
 
 
 def test_evaluation_dialog_audit_tab_runs_and_feeds_the_report(qtbot, tmp_path: Path) -> None:
@@ -56,6 +56,8 @@ def test_evaluation_dialog_audit_tab_runs_and_feeds_the_report(qtbot, tmp_path: 
     with qtbot.waitSignal(widget.auditDone, timeout=60000) as blocker:
         widget.run_button.click()
     summary = blocker.args[0]
+    pool.waitForDone(10000)  # the job's last queued signal ("done") is delivered here, inside the test
+    qtbot.wait(50)
     assert summary is not None and summary["images"]["audited"] == 4
     assert evaluation.audit is summary
     names = [cell.text() for r in range(widget.table.rowCount()) if (cell := widget.table.item(r, 0)) is not None]
@@ -66,4 +68,3 @@ def test_evaluation_dialog_audit_tab_runs_and_feeds_the_report(qtbot, tmp_path: 
     assert "<h2>Explanation audit (light)</h2>" in page
     shortcut = evaluation.as_dict()["explanation_audit"]["shortcut_roc_auc"]
     assert shortcut["body_flattened"]["value"] == pytest.approx(0.5)
-    pool.waitForDone(5000)

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pneumo_desktop.core.imaging import ImageLoadError, find_images, load_image  # noqa: E402
-from pneumo_desktop.core.model_card import CARD_FILENAME  # noqa: E402
+from pneumo_desktop.core.model_card import CARD_FILENAME, MANIFEST_FILENAME, write_manifest  # noqa: E402
 from pneumo_desktop.core.runtime import INVERTED_REASON, PneumoniaModel  # noqa: E402
 
 
@@ -99,6 +99,8 @@ def write_gate(model_dir: Path, result: dict) -> None:
     tmp = card_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     tmp.replace(card_path)
+    if (model_dir / MANIFEST_FILENAME).is_file():
+        write_manifest(model_dir)  # the card changed: its checksum too
     print(f"inversion gate {result['suggested_gate']} written to {card_path}")
 
 

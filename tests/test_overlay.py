@@ -92,3 +92,18 @@ def test_write_png_atomic_round_trips_and_leaves_no_temp_file(tmp_path, grey: np
     write_png_atomic(target, rgb)
     assert np.array_equal(np.asarray(Image.open(target).convert("RGB")), rgb)
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_cutoff_edge_fades_in_instead_of_a_hard_block(grey: np.ndarray) -> None:
+    from pneumo_desktop.core.overlay import CUTOFF_RAMP
+
+    cam = _ramp_cam(grey.shape)
+    out = render_overlay(grey, cam, "jet", opacity=0.5, cutoff=0.3).astype(int)
+    full = render_overlay(grey, cam, "jet", opacity=0.5).astype(int)
+    base = np.repeat(grey[:, :, None], 3, axis=2).astype(int)
+    edge = (cam > 0.3) & (cam < 0.3 + CUTOFF_RAMP / 4)
+    inside = cam > 0.3 + CUTOFF_RAMP
+    assert edge.any() and inside.any()
+    # just above the cut-off the colour is weaker than the full blend; well above it, it is the full blend
+    assert np.abs(out[edge] - base[edge]).sum() < 0.5 * np.abs(full[edge] - base[edge]).sum()
+    assert np.array_equal(out[inside], full[inside])

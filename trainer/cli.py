@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labelled folder with NORMAL/ and PNEUMONIA/ (default: ../shared/data/test_half_a)")
     points.add_argument("--fitted-on", default="test half A (development)",
                         help="how the card names the development set (default: test half A (development))")
+    points.add_argument("--main-at-rule-out", action="store_true",
+                        help="move the main threshold to the rule-out point (sensitivity >= 0.98): NORMAL is then "
+                             "said only where the level is low")
     card = sub.add_parser("card", help="render MODEL_CARD.md from a model folder's model_card.json")
     card.add_argument("model", type=Path)
 
@@ -134,7 +137,8 @@ def _cmd_fit_operating_points(args: argparse.Namespace) -> int:
 
     if not args.dev.is_dir():
         raise ValueError(f"development folder not found: {args.dev}")
-    result = run(args.model, args.dev, args.fitted_on, "pneumo-trainer " + shlex.join(sys.argv[1:]))
+    result = run(args.model, args.dev, args.fitted_on, "pneumo-trainer " + shlex.join(sys.argv[1:]),
+                 main_at_rule_out=args.main_at_rule_out)
     print(result.summary())
     print(f"wrote {args.model / 'model_card.json'}")
     return 0

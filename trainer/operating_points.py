@@ -26,7 +26,7 @@ import numpy as np
 
 from pneumo_desktop.core import metrics as mx
 from pneumo_desktop.core.calibration import METHOD_PLATT, CalibrationFit, PlattCalibration, fit_calibration
-from pneumo_desktop.core.levels import OperatingLevels, fit_levels
+from pneumo_desktop.core.levels import RULE_OUT_SENSITIVITY, OperatingLevels, fit_levels, rule_out_threshold
 from pneumo_desktop.core.model_card import CARD_FILENAME, ModelCard, ModelIntegrityError
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,8 @@ def refresh_manifest(model_dir: Path, names: tuple[str, ...] = (CARD_FILENAME,))
     return found
 
 
-def run(model_dir: Path, dev_dir: Path, fitted_on: str = DEV_NAME, command: str = "") -> OperatingPointsFit:
+def run(model_dir: Path, dev_dir: Path, fitted_on: str = DEV_NAME, command: str = "",
+        main_at_rule_out: bool = False) -> OperatingPointsFit:
     """Fit and write everything for a model folder (see the module docstring)."""
     from trainer.card_builder import render_markdown
 
@@ -229,7 +230,17 @@ def run(model_dir: Path, dev_dir: Path, fitted_on: str = DEV_NAME, command: str 
     card_path = model_dir / CARD_FILENAME
     card = json.loads(card_path.read_text(encoding="utf-8"))
     y, raw, refused, errors = score_development(model_dir, dev_dir)
-    result = fit_operating_points(y, raw, _raw_threshold(card), fitted_on, refused, errors)
+    threshold_raw = _raw_threshold(card)
+    if main_at_rule_out:
+        # The label's cut at the rule-out point: NORMAL only where the level is low (a missed pneumonia costs
+        # more than a second look), chosen on the model output as the levels are.
+        threshold_raw = rule_out_threshold(y, raw)
+        card = json.loads(json.dumps(card))
+        card["threshold"]["raw_value"] = threshold_raw
+        card["threshold"]["rule"] = (
+            f"highest threshold with sensitivity >= {RULE_OUT_SENSITIVITY} on {fitted_on}, scored as a user "
+            "scores (refusal on): the rule-out point, so NORMAL is said only where the level is low")
+    result = fit_operating_points(y, raw, threshold_raw, fitted_on, refused, errors)
     new_card = updated_card(card, result, fitted_on, command)
     try:
         ModelCard.from_dict(new_card)  # never write a card the app would refuse

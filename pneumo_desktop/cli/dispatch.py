@@ -17,7 +17,7 @@ from pathlib import Path
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
 from pneumo_desktop.core.errors import PneumoError
 
-from . import listen, log_commands, scoring, site
+from . import audit, listen, log_commands, scoring, site
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -46,6 +46,7 @@ COMMANDS: dict[str, Command] = {
     "profiles": site.profiles,
     "listen": listen.run,  # the DICOM node (docs/DICOM_NODE.md)
     "log": log_commands.run,  # the scoring log: show, verify
+    "audit-explanations": audit.run,  # the explanation audit (docs/EXPLANATIONS.md)
 }
 # Commands that set up logging themselves (a long-running service writes its own log).
 OWN_LOGGING = frozenset({"listen"})

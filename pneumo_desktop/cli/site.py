@@ -68,6 +68,10 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=threshold_arg, metavar="T", help=THRESHOLD_HELP)
     parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the table")
+    parser.add_argument("--audit", choices=("light", "full"),
+                        help="add an explanation audit to the report: light = the map's mass outside the body and "
+                             "the shortcut ROC-AUCs (4 extra runs per image), full = also deletion/insertion "
+                             "(~60 runs per image); see audit-explanations for the complete audit")
     return parser
 
 
@@ -149,6 +153,10 @@ def evaluate(argv: Sequence[str]) -> int:
     )
     if evaluation is None:
         return code
+    if parsed.audit:
+        from .audit import add_audit
+
+        add_audit(evaluation, parsed)
     files = write_report(evaluation, report_dir)
     print(to_json(evaluation.as_dict()) if parsed.json else evaluation.table())
     print(f"report: {files['html']} (plots, metrics.json and scores.csv beside it)", file=sys.stderr)

@@ -11,7 +11,6 @@ import base64
 import csv
 import hashlib
 import html
-import json
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from pneumo_desktop.core.batch import BatchProgress, BatchSummary, csv_path, sco
 from pneumo_desktop.core.calibration import ECE_BINS as CALIBRATION_ECE_BINS
 from pneumo_desktop.core.calibration import PlattCalibration, ece
 from pneumo_desktop.core.imaging import find_images
+from pneumo_desktop.core.report_files import to_json, write_atomic
 from pneumo_desktop.core.site_profiles import (
     APP_DIR_NAME,
     CONFIG_ENV,
@@ -230,6 +230,7 @@ class Evaluation:
         summary["points"] = {"rule_out": self.levels.rule_out.threshold, "rule_in": self.levels.rule_in.threshold,
                              "source": self.levels.source}
         return summary
+    audit: dict[str, Any] | None = None  # explanation_audit.light_audit's summary, when it was run
 
     @property
     def scored(self) -> list[ScoredImage]:
@@ -274,6 +275,7 @@ class Evaluation:
                 "accuracy_at_0.5": self.subtype.accuracy_at_half,
             },
             "app_version": __version__,
+            **({"explanation_audit": self.audit} if self.audit is not None else {}),
         }
 
     def table(self) -> str:
@@ -499,32 +501,11 @@ def write_report(evaluation: Evaluation, report_dir: Path) -> dict[str, Path]:
     pngs = render_plots(evaluation)
     written: dict[str, Path] = {}
     for name, data in pngs.items():
-        written[name] = _write_atomic(report_dir / PLOT_FILES[name], data)
-    written["json"] = _write_atomic(report_dir / "metrics.json", to_json(evaluation.as_dict()).encode())
-    written["html"] = _write_atomic(report_dir / "report.html", report_html(evaluation, pngs).encode("utf-8"))
+        written[name] = write_atomic(report_dir / PLOT_FILES[name], data)
+    written["json"] = write_atomic(report_dir / "metrics.json", to_json(evaluation.as_dict()).encode())
+    written["html"] = write_atomic(report_dir / "report.html", report_html(evaluation, pngs).encode("utf-8"))
     evaluation.files.update(written)
     return written
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return None  # an undefined metric (e.g. precision with no positive calls): null, not JSON-invalid NaN
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
-def to_json(data: dict[str, Any]) -> str:
-    return json.dumps(_finite_or_none(data), indent=2, allow_nan=False)
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def report_html(evaluation: Evaluation, pngs: dict[str, bytes]) -> str:
@@ -579,7 +560,21 @@ Expected calibration error ({mx.ECE_BINS} bins): {m.ece:.3f}; ({CALIBRATION_ECE_
 <tr><td>true PNEUMONIA</td><td>{fn}</td><td>{tp}</td></tr></table>
 {subtype}
 <h2>Plots</h2>{images}
+{_audit_section(evaluation)}
 {not_scored}
 <p><small>Pneumo Desktop {e(__version__)}</small></p>
 </body></html>
 """
+
+
+def _audit_section(evaluation: Evaluation) -> str:
+    if evaluation.audit is None:
+        return ""
+    from pneumo_desktop.core.audit_report import evaluation_section  # lazy: audit_report imports this module
+
+    return evaluation_section(evaluation.audit)
+
+
+def audit_items(evaluation: Evaluation) -> list[tuple[Path, bool]]:
+    """The scored images of an evaluation, for explanation_audit.light_audit."""
+    return [(i.path, i.positive) for i in evaluation.scored]

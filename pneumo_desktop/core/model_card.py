@@ -6,7 +6,8 @@ and is verified before the model is used.
 
 Optional parts (model v2 and later): a `subtype` section (P(viral | pneumonia), output `p_viral`) and a
 `refusal` section (the out-of-distribution limit for output `ood_score`). An older model without
-them still loads and scores; it simply gives no subtype and refuses nothing.
+them still loads and scores; it simply gives no subtype and refuses nothing. An optional
+`explanation_audit` section carries the explanation audit's development-set figures (shown in the window).
 """
 
 from __future__ import annotations
@@ -109,6 +110,52 @@ class RefusalSpec:
 
 
 @dataclass(frozen=True)
+class ExplanationAuditSpec:
+    """The explanation audit's figures on a development set (docs/EXPLANATIONS.md): how far to trust the map.
+
+    Card section `explanation_audit`: {"data": "test half A (development)", "method": "gradcam",
+    "mass_outside_body": 0.23, "outside_area_share": 0.22, "top_random_drop_ratio": 1.7,
+    "randomisation_passed": true, "body_flattened_roc_auc": 0.91}; only `data` and `mass_outside_body` are
+    required. Absent: the map was never audited for this model.
+    """
+
+    data: str
+    method: str
+    mass_outside_body: float
+    outside_area_share: float | None = None
+    top_random_drop_ratio: float | None = None
+    randomisation_passed: bool | None = None
+    body_flattened_roc_auc: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExplanationAuditSpec:
+        if not isinstance(data, dict):
+            raise ValueError(f"explanation_audit must be an object, got {type(data).__name__}")
+
+        def share(name: str, required: bool = False) -> float | None:
+            if data.get(name) is None and not required:
+                return None
+            value = float(data[name])
+            if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"explanation_audit {name} must be between 0 and 1, got {value}")
+            return value
+
+        ratio = data.get("top_random_drop_ratio")
+        if ratio is not None and not math.isfinite(float(ratio)):
+            raise ValueError(f"explanation_audit top_random_drop_ratio {ratio}")
+        passed = data.get("randomisation_passed")
+        mass = share("mass_outside_body", required=True)
+        assert mass is not None  # required above
+        return cls(
+            data=str(data["data"]), method=str(data.get("method", "gradcam")), mass_outside_body=mass,
+            outside_area_share=share("outside_area_share"),
+            top_random_drop_ratio=None if ratio is None else float(ratio),
+            randomisation_passed=None if passed is None else bool(passed),
+            body_flattened_roc_auc=share("body_flattened_roc_auc"),
+        )
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     version: str
@@ -128,6 +175,7 @@ class ModelCard:
     # Platt scaling applied by the runtime (calibration.method "platt"); None: the output is used as it is
     calibration: PlattCalibration | None = None
     levels: OperatingLevels | None = None  # rule-out / rule-in points (calibrated space); None: no levels
+    explanation_audit: ExplanationAuditSpec | None = None  # None: the map was never audited for this model
 
     @property
     def positive_class(self) -> str:
@@ -170,6 +218,8 @@ class ModelCard:
                 refusal=RefusalSpec.from_dict(data["refusal"]) if data.get("refusal") is not None else None,
                 calibration=_platt(data.get("calibration")),
                 levels=OperatingLevels.from_dict(data["levels"]) if data.get("levels") is not None else None,
+                explanation_audit=(ExplanationAuditSpec.from_dict(data["explanation_audit"])
+                                   if data.get("explanation_audit") is not None else None),
             )
         except ModelIntegrityError:
             raise

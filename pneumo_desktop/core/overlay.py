@@ -20,6 +20,7 @@ COLORMAPS: dict[str, np.ndarray] = {
     for name, encoded in TABLES_B64.items()
 }
 DEFAULT_COLORMAP = "jet"
+CUTOFF_RAMP = 0.08  # map values over which the colour fades in above the cut-off (display only; audits use the map)
 
 
 def _colormap_table(colormap: str) -> np.ndarray:
@@ -47,7 +48,7 @@ def render_overlay(
 
     opacity: weight of the colour where it is shown (0 = image only, 1 = colour only).
     cutoff: activations below it are left transparent (the X-ray shows through unchanged), so weak
-    evidence does not tint the whole image.
+    evidence does not tint the whole image; above it the colour fades in over CUTOFF_RAMP (no hard edge).
     A `cam` of another size than `grey` is resized to it (bilinear).
     """
     if grey.ndim != 2:
@@ -65,12 +66,16 @@ def render_overlay(
     base = np.repeat(np.asarray(grey, dtype=np.uint8)[:, :, None], 3, axis=2)
     colour = colorize(cam, colormap)
     # Weighted sum in float, rounded once: what OpenCV's addWeighted did for uint8 inputs.
-    mixed = base.astype(np.float32) * np.float32(1.0 - opacity) + colour.astype(np.float32) * np.float32(opacity)
-    blended = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     if cutoff > 0.0:
-        keep = cam < cutoff
-        blended[keep] = base[keep]
-    return blended
+        # A soft edge: the colour fades in over CUTOFF_RAMP above the cut-off instead of starting at full
+        # strength, so the map's outline is not drawn as a hard-edged block. Below the cut-off: the X-ray only.
+        alpha = (np.clip((cam - np.float32(cutoff)) / np.float32(CUTOFF_RAMP), 0.0, 1.0) * np.float32(opacity))
+        alpha[cam < cutoff] = 0.0
+        alpha = alpha[:, :, None]
+    else:
+        alpha = np.float32(opacity)
+    mixed = base.astype(np.float32) * (np.float32(1.0) - alpha) + colour.astype(np.float32) * alpha
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
 def colorbar(

@@ -96,6 +96,8 @@ class Explanation:
     # float32 (H, W) in 0..1 at the original image resolution; None for a refused image (no map is
     # drawn for what the model cannot read, unless the refusal is overridden)
     cam: np.ndarray | None = field(repr=False)
+    # share of the map's mass inside the patient's body (explanation_audit.with_body_share); None: not computed
+    body_share: float | None = None
 
 
 class Extras(TypedDict):

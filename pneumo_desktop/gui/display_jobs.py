@@ -144,7 +144,10 @@ class LatestImageRequester(QObject):
             if model is None or not is_current():
                 return None
             if cached.explanation is None:
-                cached = CachedResult(cached.image, scoring_log.shown(model.explain(cached.image)))  # logged once
+                from ..core.explanation_audit import with_body_share
+
+                explained = with_body_share(scoring_log.shown(model.explain(cached.image)), cached.image.grey)
+                cached = CachedResult(cached.image, explained)  # logged once
                 cache.put(path, cached)
             return cached.explanation
 

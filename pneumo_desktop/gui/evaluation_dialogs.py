@@ -247,12 +247,16 @@ class EvaluateDialog(_ScoringDialog):
         grid.addWidget(QLabel("Refused and unreadable files"))
         grid.addWidget(self.not_scored, 1)
         self.tabs.addTab(page, "Metrics")
+        from .audit_summary import AuditSummary  # the explanation audit's tab (gui/audit_summary.py)
+
+        self.audit_tab = AuditSummary(pool, self)
         self.plot_labels: dict[str, QLabel] = {}
         for key, title in PLOT_TITLES.items():
             label = QLabel()
             label.setAlignment(Qt.AlignmentFlag.AlignCenter)
             self.plot_labels[key] = label
             self.tabs.addTab(label, title)
+        self.tabs.addTab(self.audit_tab, "Explanation audit")
         body = QVBoxLayout(self.body)
         body.setContentsMargins(0, 0, 0, 0)
         body.addWidget(self.tabs)
@@ -289,7 +293,12 @@ class EvaluateDialog(_ScoringDialog):
             self.not_scored.addItem("none")
         for key, png in render_plots(evaluation).items():
             self.plot_labels[key].setPixmap(_pixmap(png))
+        self.audit_tab.set_evaluation(evaluation, self.model)
         self.export_button.setEnabled(True)
+
+    def reject(self) -> None:
+        self.audit_tab.cancel()
+        super().reject()
 
     def export(self, folder: Path) -> Path:
         """report.html, the PNGs, metrics.json and scores.csv into `folder`; returns the HTML path."""

@@ -176,6 +176,13 @@ class PredictionPanel(QGroupBox):
         self.subtype_value.setStyleSheet("color: #5f6368;")
         self.subtype_value.setFont(small)
 
+        # How far the heat map can be trusted for this model (its card's audit) and this map's share in the body.
+        self.map_trust_value = QLabel("")
+        self.map_trust_value.setObjectName("mapTrustValue")
+        self.map_trust_value.setWordWrap(True)
+        self.map_trust_value.setFont(small)
+        self._map_audit: object | None = None
+
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
@@ -202,6 +209,7 @@ class PredictionPanel(QGroupBox):
         layout.addLayout(form)
         layout.addWidget(self.subtype_value)
         layout.addWidget(self.subtype_caveat)
+        layout.addWidget(self.map_trust_value)
         layout.addWidget(self.note)
         self.clear("No image")
 
@@ -218,6 +226,7 @@ class PredictionPanel(QGroupBox):
         self._show_refusal("", button=False)
         self._show_subtype(None)
         self.override_note.setVisible(False)
+        self.map_trust_value.setVisible(False)
 
     def _show_refusal(self, reason: str, button: bool) -> None:
         self.refusal_value.setText(reason)
@@ -266,6 +275,17 @@ class PredictionPanel(QGroupBox):
         """While the refused image is being scored anyway."""
         self.score_anyway_button.setEnabled(False)
         self.score_anyway_button.setText("Scoring…")
+
+    def set_map_audit(self, spec: object | None) -> None:
+        """The model card's `explanation_audit` section (None: the model's maps were never audited)."""
+        self._map_audit = spec
+
+    def set_map_share(self, body_share: float | None, has_map: bool = True) -> None:
+        """This image's map: its share of mass inside the body (None: no positive evidence)."""
+        from ..core.explanation_audit import map_trust_text
+
+        self.map_trust_value.setText(map_trust_text(self._map_audit, body_share) if has_map else "")
+        self.map_trust_value.setVisible(has_map)
 
     def set_model_info(self, name: str, version: str) -> None:
         self.model_value.setText(f"{name} {version}".strip() if name else "—")

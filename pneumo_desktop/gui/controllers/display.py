@@ -14,6 +14,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from ...core import scoring_log
+from ...core.explanation_audit import with_body_share
 from ...core.imaging import MODEL_INPUT_PIXELS
 from ..background import run_in_background
 from ..display_jobs import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
@@ -155,6 +156,7 @@ class DisplayController(QObject):
         self.render()
         positive = host.model.card.positive_class if host.model is not None else "PNEUMONIA"
         host.prediction_panel.set_prediction(prediction, positive)
+        host.prediction_panel.set_map_share(explanation.body_share, has_map=explanation.cam is not None)
         # (a prediction that is not refused has a probability and a label: the casts below say so to mypy)
         host.overlay_controls.set_meaning(
             REFUSED_MEANING
@@ -183,7 +185,8 @@ class DisplayController(QObject):
         # The result is kept for the image either way and shown if it is still on screen.
         run_in_background(
             self.host.pool,
-            lambda _progress: scoring_log.shown(model.explain(image, refuse=False), "window-override"),
+            lambda _progress: with_body_share(
+                scoring_log.shown(model.explain(image, refuse=False), "window-override"), image.grey),
             on_result=lambda explanation: self._on_override_ready(path, model, explanation),
             on_error=lambda exc: self._on_override_failed(path, exc),
             owner=self,

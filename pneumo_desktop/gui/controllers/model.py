@@ -75,6 +75,7 @@ class ModelController(QObject):
             f"{model.model_dir}\nthreshold {card.threshold:.3f} ({card.threshold_rule})"
         )
         host.prediction_panel.set_model_info(card.name, f"v{card.version}")
+        host.prediction_panel.set_map_audit(card.explanation_audit)
         host.update_actions()
         self.modelReady.emit(model)
         self.display.set_model(model)  # re-reads the image on screen with this model

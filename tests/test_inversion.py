@@ -46,6 +46,7 @@ def test_the_check_runs_only_where_the_card_asks(bundled_model_dir, sample_paths
     card = json.loads(card_path.read_text())
     del card["refusal"]["inversion_check"]
     card_path.write_text(json.dumps(card))
+    mc.write_manifest(folder)  # a deliberate edit: its checksum follows
     model = PneumoniaModel.load(folder)
     assert model.card.refusal is not None and model.card.refusal.inversion_gate is None
     image = load_image(sample_paths[0])

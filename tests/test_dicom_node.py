@@ -154,6 +154,11 @@ def test_sr_and_sc_hold_the_result_and_validate(model, dx_file, tmp_path):
     [source_ref] = _named(items, "Source of Measurement")
     assert source_ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert "Research use only" in _named(items, "Comment")[0].TextValue
+    assert prediction.level is not None  # the bundled model has levels: the SR carries the level and its figures
+    [level] = _named(items, "Result level")
+    assert level.ConceptCodeSequence[0].CodeMeaning.lower().startswith(prediction.level)
+    assert prediction.level_band is not None
+    assert _named(items, "Result level operating figures")[0].TextValue == prediction.level_band.figures()
     has_viral = bool(_named(items, "Probability of viral pneumonia given pneumonia"))
     assert has_viral == (prediction.p_viral is not None)
 

@@ -40,6 +40,13 @@ THRESHOLD = Code("PNEU-T", SCHEME, "Decision threshold")
 THRESHOLD_SOURCE = Code("PNEU-TS", SCHEME, "Decision threshold source")
 RESULT = Code("PNEU-R", SCHEME, "AI result")
 REFUSAL_REASON = Code("PNEU-RR", SCHEME, "Reason for refusal")
+LEVEL = Code("PNEU-L", SCHEME, "Result level")
+LEVELS = {
+    "low": Code("PNEU-LOW", SCHEME, "Low: below the rule-out point"),
+    "indeterminate": Code("PNEU-IND", SCHEME, "Indeterminate: needs a reader"),
+    "high": Code("PNEU-HIGH", SCHEME, "High: at or above the rule-in point"),
+}
+LEVEL_FIGURES = Code("PNEU-LF", SCHEME, "Result level operating figures")
 RESULTS = {
     "PNEUMONIA": Code("PNEU-POS", SCHEME, "Pneumonia suggested"),
     "NORMAL": Code("PNEU-NEG", SCHEME, "Pneumonia not suggested"),
@@ -119,6 +126,11 @@ def build_content(source: Dataset, prediction: Prediction) -> hd.sr.ContainerCon
         children.append(_num(P_PNEUMONIA, float(prediction.probability or 0.0)))
         children.append(hd.sr.CodeContentItem(name=RESULT, value=RESULTS[str(prediction.label)],
                                               relationship_type="HAS PROPERTIES"))
+        if prediction.level in LEVELS:
+            children.append(hd.sr.CodeContentItem(name=LEVEL, value=LEVELS[str(prediction.level)],
+                                                  relationship_type="HAS PROPERTIES"))
+            if prediction.level_band is not None:
+                children.append(_text(LEVEL_FIGURES, prediction.level_band.figures()))
         if prediction.p_viral is not None:
             children.append(_num(P_VIRAL, prediction.p_viral))
         if prediction.overridden:

@@ -64,7 +64,7 @@ def run(argv: Sequence[str]) -> int:
     from pneumo_desktop.core.audit_report import choose_items, dataset_label, full_audit, verdicts
     from pneumo_desktop.core.cam_methods import check_method
     from pneumo_desktop.core.evaluation import LabelsError, load_labels
-    from pneumo_desktop.core.explanation_audit import AuditCancelled, AuditProgress
+    from pneumo_desktop.core.explanation_audit import AuditCancelledError, AuditProgress
     from pneumo_desktop.core.model_card import ModelIntegrityError
     from pneumo_desktop.core.runtime import PneumoniaModel
 
@@ -94,7 +94,7 @@ def run(argv: Sequence[str]) -> int:
                                     randomisation_images=max(0, parsed.randomisation_images),
                                     faithfulness=not parsed.no_faithfulness, progress=progress, cancel=cancel,
                                     resamples=parsed.resamples)
-    except (KeyboardInterrupt, AuditCancelled):
+    except (KeyboardInterrupt, AuditCancelledError):
         print(f"\n{PROG}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:

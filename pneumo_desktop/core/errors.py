@@ -6,8 +6,9 @@ its traceback (in the log, never in front of a user). docs/ARCHITECTURE.md has t
 means; tests/test_docs.py keeps both in line with the classes.
 
     PneumoError
-      ImageLoadError            core.image_types (UnsupportedFormat, EmptyFile, CorruptImage, ImageTooLarge,
-                                DicomDecode, UnsupportedEncoding, ImplausibleGeometry)
+      ImageLoadError            core.image_types, per file:
+        UnsupportedFormatError, EmptyFileError, CorruptImageError, ImageTooLargeError, DicomDecodeError,
+        UnsupportedEncodingError, ImplausibleGeometryError
       ModelIntegrityError       core.model_card
       ResultsFileError          core.batch
       OutputError               core.batch (the results cannot be written)
@@ -16,6 +17,13 @@ means; tests/test_docs.py keeps both in line with the classes.
       UsageError                cli.common (pneumo-desktop's bad arguments)
       DatasetError              trainer.data
       TorchFileError            trainer.torch_legacy (also a ValueError)
+      CalibrationError          core.calibration
+      AuditCancelledError       core.explanation_audit
+      RandomisationError        core.model_randomisation
+      NodeConfigError           core.dicom_node.config
+      SpoolFullError            core.dicom_node.spool
+      SpoolLockedError          core.dicom_node.spool
+      NotSendableError          gui.pacs_actions
 """
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ def _grey_band(grey: np.ndarray, band: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the whole set
 
 
-class AuditCancelled(PneumoError):
+class AuditCancelledError(PneumoError):
     """The audit was stopped before it finished."""
 
 
@@ -302,7 +302,7 @@ def audit_images(model, items: Sequence[tuple[Path, bool]], *, methods: Sequence
     errors: list[tuple[Path, str]] = []
     for index, (path, positive) in enumerate(items):
         if cancel is not None and cancel.is_set():
-            raise AuditCancelled("the explanation audit was cancelled")
+            raise AuditCancelledError("the explanation audit was cancelled")
         try:
             image = load_image(path)
             done.append(audit_image(model, image.grey, Path(path), bool(positive), methods=methods,

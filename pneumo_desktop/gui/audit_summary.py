@@ -150,9 +150,9 @@ class AuditSummary(QWidget):
     def _on_error(self, exc: BaseException) -> None:
         self.progress.setVisible(False)
         self.run_button.setEnabled(True)
-        from ..core.explanation_audit import AuditCancelled
+        from ..core.explanation_audit import AuditCancelledError
 
-        self.findings.setText("Audit cancelled." if isinstance(exc, AuditCancelled) else
+        self.findings.setText("Audit cancelled." if isinstance(exc, AuditCancelledError) else
                               f"The audit failed: {describe_error(exc)}")
         self.auditDone.emit(None)
 

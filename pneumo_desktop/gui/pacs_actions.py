@@ -32,7 +32,7 @@ CurrentResult = tuple[Path | None, LoadedImage | None, Explanation | None]
 Message = Callable[[str, str, str], object]  # (kind: information|warning|critical, title, text)
 
 
-class NotSendable(PneumoError):
+class NotSendableError(PneumoError):
     """The image on screen cannot be sent as DICOM results (no result yet, or not a DICOM image)."""
 
 
@@ -59,15 +59,15 @@ def send_results(current: CurrentResult, peer: Peer, calling_ae: str) -> SendRep
 
     path, image, explanation = current
     if path is None or image is None or explanation is None:
-        raise NotSendable("there is no result on screen to send yet")
+        raise NotSendableError("there is no result on screen to send yet")
     if image.format != "DICOM":
-        raise NotSendable(f"{path.name} is not a DICOM image: its results have no study to join in the PACS")
+        raise NotSendableError(f"{path.name} is not a DICOM image: its results have no study to join in the PACS")
     try:
         source = dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError) as exc:
-        raise NotSendable(f"{path.name} cannot be read as DICOM: {exc}") from None
+        raise NotSendableError(f"{path.name} cannot be read as DICOM: {exc}") from None
     if "StudyInstanceUID" not in source or "SOPInstanceUID" not in source:
-        raise NotSendable(f"{path.name} has no study or instance UID")
+        raise NotSendableError(f"{path.name} has no study or instance UID")
     objects = build_results(source, image.grey, explanation)
     with tempfile.TemporaryDirectory(prefix="pneumo-send-") as folder:
         files = []

@@ -44,6 +44,8 @@ def format_row(row: BatchRow, sop_instance_uid: str, sender_ae: str) -> str:
         _number(row.p_viral, ".6f"),
         row.subtype,
         neutralise(row.threshold_source),
+        row.level,
+        _number(row.raw_probability, ".6f"),
         sop_instance_uid,
         neutralise(" ".join(sender_ae.split())),
     ])

@@ -69,7 +69,7 @@ def test_gradcam_returns_the_requested_resolution() -> None:
 
 
 def _keras_gradcam(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
-    """Textbook Grad-CAM with tf.GradientTape: d(pre-sigmoid logit)/d(Grad-CAM layer output)."""
+    """Textbook Grad-CAM (Grad-CAM++ if the card says so) with tf.GradientTape on the pre-sigmoid logit."""
     import keras
     import tensorflow as tf
 
@@ -90,8 +90,18 @@ def _keras_gradcam(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
             x = layer(x, training=False)
         logit = tf.reduce_sum(x)  # one logit per image; the sum keeps per-image gradients separate
     grads = tape.gradient(logit, fmap).numpy()
-    weights = grads.mean(axis=(1, 2))  # (N, C)
-    cams = np.maximum(np.einsum("nhwc,nc->nhw", fmap.numpy(), weights), 0.0)
+    activations = fmap.numpy()
+    if card.map_method == "gradcam++":
+        # Textbook Grad-CAM++ (Chattopadhay et al. 2018) from the per-position gradients of the tape:
+        # alpha = g^2 / (2 g^2 + sum_ab A_ab g^3), weight = sum_ij alpha_ij ReLU(g_ij).
+        g2, g3 = grads**2, grads**3
+        denominator = 2 * g2 + activations.sum(axis=(1, 2), keepdims=True) * g3
+        safe = np.where(np.abs(denominator) > 1e-30, denominator, 1.0)
+        alpha = np.where(np.abs(denominator) > 1e-30, g2 / safe, 0.0)
+        weights = (alpha * np.maximum(grads, 0.0)).sum(axis=(1, 2))
+    else:
+        weights = grads.mean(axis=(1, 2))  # (N, C)
+    cams = np.maximum(np.einsum("nhwc,nc->nhw", activations, weights), 0.0)
     peaks = cams.max(axis=(1, 2), keepdims=True)
     return np.where(peaks > 0, cams / np.where(peaks > 0, peaks, 1.0), 0.0)
 

@@ -45,9 +45,9 @@ def test_decoding_leaves_no_warning_filter_behind(tmp_path: Path) -> None:
 def test_one_scrubbing_helper_for_core_and_gui() -> None:
     from pneumo_desktop.core import messages
     from pneumo_desktop.core.imaging import CorruptImageError
-    from pneumo_desktop.gui import workers
+    from pneumo_desktop.gui import error_text
 
-    assert workers.describe_error is messages.describe_error
+    assert error_text.describe_error is messages.describe_error
     error = CorruptImageError("/x/a.png", "cannot identify image file <_io.BytesIO object at 0x7f00aa>\n(PNG)")
     assert error.reason == "cannot identify image file (PNG)"
     assert messages.describe_error(ValueError("bad <foo.Bar object at 0xdeadbeef> value ()")) == "bad value"

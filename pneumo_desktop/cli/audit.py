@@ -44,9 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, metavar="N", help="audit a seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random orders and subsets (0)")
     p.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
-    p.add_argument("--methods", default=DEFAULT_METHOD, metavar="LIST",
-                   help=f"comma-separated map methods to compare: {', '.join(METHODS)} (default {DEFAULT_METHOD}; "
-                        "the first is used for the examples and the randomisation test)")
+    p.add_argument("--methods", default=None, metavar="LIST",
+                   help=f"comma-separated map methods to compare: {', '.join(METHODS)} (default: the model card's, "
+                        f"else {DEFAULT_METHOD}; the first is used for the examples and the randomisation test)")
     p.add_argument("--randomisation-images", type=int, default=32, metavar="N",
                    help="images for the model-randomisation test (default 32; 0 skips it)")
     p.add_argument("--resamples", type=_positive, default=1000, metavar="N", help="bootstrap resamples (1000)")
@@ -69,8 +69,8 @@ def run(argv: Sequence[str]) -> int:
     from pneumo_desktop.core.runtime import PneumoniaModel
 
     try:
-        methods = tuple(check_method(m.strip()) for m in parsed.methods.split(",") if m.strip())
-        if not methods:
+        methods = tuple(check_method(m.strip()) for m in (parsed.methods or "").split(",") if m.strip())
+        if parsed.methods is not None and not methods:
             raise ValueError("--methods names no method")
         items = choose_items(load_labels(parsed.data), parsed.limit, parsed.seed)
     except (ValueError, LabelsError, OSError) as exc:
@@ -81,6 +81,7 @@ def run(argv: Sequence[str]) -> int:
     except ModelIntegrityError as exc:
         print(f"{PROG}: model integrity error: {exc}", file=sys.stderr)
         return EXIT_MODEL
+    methods = methods or (model.card.map_method,)  # by default, the map the app draws for this model
     out_dir = parsed.output or Path.cwd() / f"audit-{parsed.data.resolve().name or 'data'}"
     label = dataset_label(parsed.data)
 

@@ -271,13 +271,14 @@ def evaluation_section(summary: dict[str, Any]) -> str:
     """The explanation-audit section of `evaluate`'s report.html (light: no examples, no randomisation)."""
     e = html.escape
     fig = summary.get("figures", {})
-    rows = [("map mass outside the body", fig.get(f"{DEFAULT_METHOD}/mass_outside_body")),
+    method = (summary.get("methods") or [DEFAULT_METHOD])[0]  # the map the app draws for this model
+    rows = [(f"map mass outside the body ({METHOD_NAMES.get(method, method)})", fig.get(f"{method}/mass_outside_body")),
             ("uniform map: area outside the body", fig.get("outside_area_share")),
-            ("map mass in the border band", fig.get(f"{DEFAULT_METHOD}/mass_in_border")),
+            ("map mass in the border band", fig.get(f"{method}/mass_in_border")),
             ("uniform map: border band area", fig.get("border_area_share"))]
-    if f"{DEFAULT_METHOD}/top_random_drop_ratio" in fig:
+    if f"{method}/top_random_drop_ratio" in fig:
         rows.append((f"top/random logit drop after {TOP_K} of {GRID * GRID} cells",
-                     fig[f"{DEFAULT_METHOD}/top_random_drop_ratio"]))
+                     fig[f"{method}/top_random_drop_ratio"]))
     rows += [(f"ROC-AUC, {VARIANT_NAMES[k]}", v) for k, v in summary.get("shortcut_roc_auc", {}).items()]
     table = "".join(f"<tr><td>{e(name)}</td><td>{_f(value)}</td></tr>" for name, value in rows)
     findings = "".join(f"<li>{e(v)}</li>" for v in verdicts(summary))

@@ -428,7 +428,9 @@ def light_audit(model, items: Sequence[tuple[Path, bool]], *, faithfulness: bool
                 cancel: threading.Event | None = None) -> dict[str, Any]:
     """The audit `evaluate` adds to its report: where the map's mass lies and the shortcut ROC-AUCs (4 extra
     model runs per image); with `faithfulness`, the deletion/insertion curves too (~60 runs per image)."""
-    run = audit_images(model, items, faithfulness=faithfulness, seed=seed, progress=progress, cancel=cancel)
+    methods = (getattr(model.card, "map_method", DEFAULT_METHOD),)  # the map this app draws for the model
+    run = audit_images(model, items, methods=methods, faithfulness=faithfulness, seed=seed, progress=progress,
+                       cancel=cancel)
     summary = summarise(run, resamples)
     summary["kind"] = "full" if faithfulness else "light"
     return summary

@@ -175,7 +175,9 @@ class ModelCard:
     # Platt scaling applied by the runtime (calibration.method "platt"); None: the output is used as it is
     calibration: PlattCalibration | None = None
     levels: OperatingLevels | None = None  # rule-out / rule-in points (calibrated space); None: no levels
-    explanation_audit: ExplanationAuditSpec | None = None  # None: the map was never audited for this model
+    explanation_audit: ExplanationAuditSpec | None = None
+    # How the map is drawn from the exported outputs (core/cam_methods.py): chosen by the explanation audit
+    map_method: str = "gradcam"  # None: the map was never audited for this model
 
     @property
     def positive_class(self) -> str:
@@ -210,6 +212,7 @@ class ModelCard:
                 threshold=float(data["threshold"]["value"]),
                 threshold_rule=str(data["threshold"]["rule"]),
                 gradcam_layer=str(data["gradcam"]["layer"]),
+                map_method=str(data["gradcam"].get("map_method", "gradcam")),
                 temperature=float((data.get("calibration") or {}).get("temperature", 1.0)),
                 artifacts=_artifacts(data["artifacts"]),
                 intended_use=str(data["intended_use"]),
@@ -236,6 +239,10 @@ class ModelCard:
 
         if not math.isfinite(self.threshold) or not 0.0 <= self.threshold <= 1.0:
             raise bad(f"threshold must be a number between 0 and 1, got {self.threshold}")
+        from pneumo_desktop.core.cam_methods import METHODS  # the map methods this app can draw
+
+        if self.map_method not in METHODS:
+            raise bad(f"gradcam.map_method must be one of {', '.join(METHODS)}, got {self.map_method!r}")
         if not math.isfinite(self.temperature) or self.temperature <= 0:
             raise bad(f"calibration temperature must be a positive number, got {self.temperature}")
         if not 8 <= self.input_size <= 2048:

@@ -20,7 +20,8 @@ import numpy as np
 
 from pneumo_desktop.core import model_card as mc
 from pneumo_desktop.core.calibration import PlattCalibration
-from pneumo_desktop.core.gradcam import gradcam
+from pneumo_desktop.core.cam_methods import DEFAULT_METHOD, raw_map
+from pneumo_desktop.core.gradcam import upsample
 from pneumo_desktop.core.imaging import LoadedImage
 from pneumo_desktop.core.levels import LevelBand, OperatingLevels
 from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError
@@ -118,9 +119,11 @@ class RawOutputs:
     p_viral: np.ndarray | None = None  # (N,) float32, when the model has a subtype head
     ood_score: np.ndarray | None = None  # (N,) float32, when the model has a refusal limit
     looks_inverted: np.ndarray | None = None  # (N,) bool, when the card has an inversion check
+    map_method: str = DEFAULT_METHOD  # the card's map method (core/cam_methods.py)
 
     def cam(self, index: int, height: int, width: int) -> np.ndarray:
-        return gradcam(self.feature_map[index], self.cam_weights[index], height, width)
+        """The map of one image at (height, width), float32 in 0..1, by the card's method."""
+        return upsample(raw_map(self.feature_map[index], self.cam_weights[index], self.map_method), height, width)
 
     def extras(self, index: int) -> Extras:
         """The optional outputs of one image, as keyword arguments of PneumoniaModel.prediction()."""
@@ -335,6 +338,7 @@ class PneumoniaModel:
             cam_weights=np.asarray(out[mc.OUTPUT_CAM_WEIGHTS], dtype=np.float32),
             p_viral=None if p_viral is None else np.clip(p_viral, 0.0, 1.0),
             ood_score=ood,  # not clipped: a non-finite score is refused (RefusalSpec.refuses)
+            map_method=self.card.map_method,
         )
 
     def _inversion_check(self, batch: np.ndarray, ood: np.ndarray | None) -> np.ndarray | None:

@@ -48,12 +48,13 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     from ..core.explanation_audit import GRID, TOP_K, VARIANT_NAMES
 
     fig = summary.get("figures", {})
-    wanted = [("Map mass outside the body", fig.get(f"{DEFAULT_METHOD}/mass_outside_body")),
+    method = (summary.get("methods") or [DEFAULT_METHOD])[0]  # the map the app draws for this model
+    wanted = [("Map mass outside the body", fig.get(f"{method}/mass_outside_body")),
               ("Uniform map: area outside the body", fig.get("outside_area_share")),
-              ("Map mass in the border band", fig.get(f"{DEFAULT_METHOD}/mass_in_border")),
+              ("Map mass in the border band", fig.get(f"{method}/mass_in_border")),
               ("Uniform map: border band area", fig.get("border_area_share")),
               (f"Top/random logit drop ({TOP_K} of {GRID * GRID} cells)",
-               fig.get(f"{DEFAULT_METHOD}/top_random_drop_ratio"))]
+               fig.get(f"{method}/top_random_drop_ratio"))]
     wanted += [(f"ROC-AUC, {VARIANT_NAMES[k]}", v) for k, v in summary.get("shortcut_roc_auc", {}).items()]
     rows = []
     for name, value in wanted:

@@ -13,18 +13,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from .common import EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OK, EXIT_USAGE, positive_int
+
 PROG = "pneumo-desktop audit-explanations"
-EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 2, 3, 130
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
                    help="labelled folder with NORMAL/ and PNEUMONIA/ sub-folders, or a CSV of path,label")
     p.add_argument("-o", "--output", type=Path, metavar="OUT_DIR",
                    help="report folder (default: ./audit-<DIR name>)")
-    p.add_argument("--limit", type=_positive, metavar="N", help="audit a seeded random subset of N images")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="audit a seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random orders and subsets (0)")
     p.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
     p.add_argument("--methods", default=None, metavar="LIST",
@@ -49,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
                         f"else {DEFAULT_METHOD}; the first is used for the examples and the randomisation test)")
     p.add_argument("--randomisation-images", type=int, default=32, metavar="N",
                    help="images for the model-randomisation test (default 32; 0 skips it)")
-    p.add_argument("--resamples", type=_positive, default=1000, metavar="N", help="bootstrap resamples (1000)")
+    p.add_argument("--resamples", type=positive_int, default=1000, metavar="N", help="bootstrap resamples (1000)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the deletion/insertion curves (faster)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p

@@ -111,6 +111,7 @@ class PredictionPanel(QGroupBox):
         self.level_figures.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.label_caption = QLabel(LABEL_CAPTION)
         self.label_caption.setObjectName("labelCaption")
+        self.label_caption.setWordWrap(True)  # a long caption must not widen the side panel past the window
 
         self.probability_value = QLabel("—")
         self.probability_value.setObjectName("probabilityValue")

@@ -1,4 +1,5 @@
-"""Screenshots of the evaluation and calibration dialogs: docs/screenshots/{evaluate,evaluate_roc,calibrate}.png.
+"""Screenshots of the evaluation and calibration dialogs: docs/screenshots/{evaluate,evaluate_roc,evaluate_audit,
+calibrate}.png.
 
 Runs the real main window under Xvfb (xcb) like scripts/screenshots.py. The labelled folder is --data, else the
 development test half (../shared/data/test_half_a) when present, else the bundled samples sorted by name.
@@ -88,6 +89,11 @@ def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> in
     dialog.tabs.setCurrentIndex(1)
     qt_wait(200)
     dialog.grab().save(str(out / "evaluate_roc.png"))
+    dialog.tabs.setCurrentWidget(dialog.audit_tab)  # the explanation audit (light: map mass + shortcut tests)
+    dialog.audit_tab.start()
+    wait(dialog.audit_tab.auditDone)
+    qt_wait(300)
+    dialog.grab().save(str(out / "evaluate_audit.png"))
     dialog.close()
 
     calibrate = window.site_actions.open_calibrate_dialog(data)
@@ -99,7 +105,7 @@ def take(model_dir: Path, data: Path, out: Path, scratch: Path, note: str) -> in
     calibrate.close()
     window.close()
     app.processEvents()
-    log.info("wrote %s/{evaluate,evaluate_roc,calibrate}.png on %s with the %s", out, data, note)
+    log.info("wrote %s/{evaluate,evaluate_roc,evaluate_audit,calibrate}.png on %s with the %s", out, data, note)
     return 0
 
 

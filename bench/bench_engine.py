@@ -175,6 +175,8 @@ def bench_throughput(model: PneumoniaModel, n: int, work: Path, seed_n: int, rou
 
     def seed_one(path: Path) -> float:  # what the original script did, per image
         grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if grey is None:
+            raise OSError(f"OpenCV could not read {path}")
         x = np.repeat(cv2.resize(grey, (input_size, input_size))[:, :, None], 3, axis=2).astype(np.float32)
         return float(keras_model.predict(x[None], verbose=0)[0, 0])
 

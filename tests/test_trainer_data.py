@@ -75,6 +75,7 @@ def make_dataset_folder(root: Path, sample_paths: list[Path], copies: int, size:
         (root / "train" / cls).mkdir(parents=True, exist_ok=True)
     for k, src in enumerate(sample_paths):
         grey = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+        assert grey is not None, src
         small = cv2.resize(grey, (size, int(size * grey.shape[0] / grey.shape[1])), interpolation=cv2.INTER_AREA)
         pneumonia = src.name.startswith("person")
         for c in range(copies):

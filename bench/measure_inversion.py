@@ -50,10 +50,9 @@ def main() -> None:
             continue
         total += 1
         up, inv = model.predict([image, replace(image, grey=255 - image.grey)])
-        raw = model.run(np.stack([model.prepare(image.grey), model.prepare(255 - image.grey)]))
-        if raw.ood_score is not None:
-            ood_upright.append(float(raw.ood_score[0]))
-            ood_inverted.append(float(raw.ood_score[1]))
+        if up.ood_score is not None and inv.ood_score is not None:  # refused or not, the score is kept
+            ood_upright.append(up.ood_score)
+            ood_inverted.append(inv.ood_score)
         if up.refused:
             upright_reasons["inverted" if up.refusal_reason == INVERTED_REASON else "out of distribution"] += 1
         if inv.refused:

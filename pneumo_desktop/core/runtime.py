@@ -20,8 +20,7 @@ import numpy as np
 
 from pneumo_desktop.core import model_card as mc
 from pneumo_desktop.core.calibration import PlattCalibration
-from pneumo_desktop.core.cam_methods import DEFAULT_METHOD, raw_map
-from pneumo_desktop.core.gradcam import upsample
+from pneumo_desktop.core.cam_methods import DEFAULT_METHOD, map_at
 from pneumo_desktop.core.imaging import LoadedImage
 from pneumo_desktop.core.levels import LevelBand, OperatingLevels
 from pneumo_desktop.core.model_card import ModelCard, ModelIntegrityError
@@ -123,7 +122,7 @@ class RawOutputs:
 
     def cam(self, index: int, height: int, width: int) -> np.ndarray:
         """The map of one image at (height, width), float32 in 0..1, by the card's method."""
-        return upsample(raw_map(self.feature_map[index], self.cam_weights[index], self.map_method), height, width)
+        return map_at(self.feature_map[index], self.cam_weights[index], height, width, self.map_method)
 
     def extras(self, index: int) -> Extras:
         """The optional outputs of one image, as keyword arguments of PneumoniaModel.prediction()."""

@@ -1,5 +1,5 @@
-"""Writing report files: JSON that stays valid (undefined figures become null) and files that are never half
-written. Shared by the evaluation report and the explanation audit's report."""
+"""Writing files that are never half written, and JSON that stays valid (undefined figures become null). Shared by
+the evaluation and audit reports (write_atomic), merged shard results and the DICOM node's spool (write_durably)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def write_atomic(path: Path, data: bytes) -> Path:
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def write_durably(target: Path, data: bytes, tmp: Path) -> None:
+    """Write `data` to `tmp` (same file system as `target`), fsync it and rename it into place: after a crash
+    `target` is either the old file or the whole new one. The folder's own fsync is the caller's."""
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from pathlib import Path, PurePath
 
 from pneumo_desktop.core.batch import CSV_COLUMNS, OLDER_CSV_COLUMNS, _path_key, csv_path, unneutralise
 from pneumo_desktop.core.imaging import find_images
+from pneumo_desktop.core.report_files import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -307,20 +308,7 @@ def merge_shards(output: Path | str, shard_csvs: Sequence[Path | str]) -> MergeS
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     writer.writerows(cells for _, cells in merged)
-    _write_atomic(output, buffer.getvalue().encode(*_ENCODING))
+    write_durably(output, buffer.getvalue().encode(*_ENCODING), output.with_name(f".{output.name}.{os.getpid()}.tmp"))
     errors = sum(1 for _, cells in merged if cells[6])
     log.info("merged %d shards into %s: %d rows", len(shards), output, len(merged))
     return MergeSummary(output=output, shards=len(shards), rows=len(merged), errors=errors)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo_desktop.core.errors import PneumoError
+from pneumo_desktop.core.report_files import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,7 @@ class Spool:
 
     def _write_durably(self, target: Path, data: bytes, sync_folder: bool = True) -> None:
         """tmp file, fsync, rename; then the folder's fsync (or the caller's, once for several files)."""
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_durably(target, data, self.tmp / f"{uuid.uuid4().hex}.part")
         if sync_folder:
             _fsync_dir(target.parent)
 

@@ -511,13 +511,22 @@ def test_cli_second_run_exits_5_and_a_finished_csv_is_not_replaced(
 # ====================================================================== full disks and pipes
 
 
-def _failing_write(after_rows: int, error: int):
-    """os.write that writes `after_rows` rows, then half of the next one, then fails."""
+def _failing_write(after_rows: int, error: int, target: Path):
+    """os.write that writes `after_rows` rows of `target`, then half of the next one, then fails.
+
+    Only writes to `target` are counted and failed: os.write is patched process-wide, and other writers (the
+    scoring log's background thread) must neither use up the count nor hit the full disk meant for the CSV."""
     real_write = os.write
     state = {"rows": 0}
 
+    def is_target(fd) -> bool:
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(target))
+        except OSError:
+            return False
+
     def write(fd, data):
-        if data.startswith(b"path,"):
+        if data.startswith(b"path,") or not is_target(fd):
             return real_write(fd, data)
         if state["rows"] >= after_rows:
             real_write(fd, data[: len(data) // 2])  # the disk fills up in the middle of a row
@@ -534,7 +543,7 @@ def test_full_disk_leaves_whole_rows_only(fake_model, tmp_path: Path, monkeypatc
     for i in range(7):
         write_png(folder / f"{i}.png", sample_grey(i, max_side=64))
     out = tmp_path / "r.csv"
-    monkeypatch.setattr(batch.os, "write", _failing_write(3, errno.ENOSPC))
+    monkeypatch.setattr(batch.os, "write", _failing_write(3, errno.ENOSPC, out))
     with pytest.raises(OutputError, match="No space left on device"):
         score_paths([folder], out, model=fake_model(tmp_path))
     monkeypatch.undo()
@@ -546,7 +555,7 @@ def test_full_disk_leaves_whole_rows_only(fake_model, tmp_path: Path, monkeypatc
 def test_cli_full_disk_is_exit_4_with_one_line(tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     images = [write_png(tmp_path / f"{i}.png", sample_grey(i, max_side=96)) for i in range(3)]
     out = tmp_path / "r.csv"
-    monkeypatch.setattr(batch.os, "write", _failing_write(1, errno.ENOSPC))
+    monkeypatch.setattr(batch.os, "write", _failing_write(1, errno.ENOSPC, out))
     status = cli.main(["score", *map(str, images), "-o", str(out), "--model", str(tiny_model_dir), "-q"])
     err = capsys.readouterr().err
     assert status == 4, err

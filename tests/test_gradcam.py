@@ -77,18 +77,18 @@ def _keras_gradcam(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
 
     card = mc.load_model_card(model_dir)
     model = keras.models.load_model(model_dir / mc.KERAS_FILENAME, compile=False)
-    # card.gradcam_layer is "<outer layer>/<its last inner layer>"; the outer layer's output is the map.
-    outer = card.gradcam_layer.split("/")[0]
-    feature_layer = model.get_layer(outer)
-    # GAP ... logit by name: with a subtype head, model.layers interleaves its layers with these.
-    head = [model.get_layer(name) for name in HEAD_LAYERS]
-    fmap = tf.constant(feature_layer(inputs, training=False))
+    # card.gradcam_layer is "<outer layer>/<inner layer>": the backbone's output (7x7) or an inner layer (14x14),
+    # whose gradient the tape takes through every block above it.
+    outer, _, inner = card.gradcam_layer.partition("/")
+    backbone = model.get_layer(outer)
+    x = backbone.output
+    for name in HEAD_LAYERS:  # GAP ... logit by name: with a subtype head, model.layers interleaves others
+        x = model.get_layer(name)(x, training=False)
+    probe = keras.Model(backbone.input, [backbone.get_layer(inner).output if inner else backbone.output, x])
+    images = tf.constant(inputs)
     with tf.GradientTape() as tape:
-        tape.watch(fmap)
-        x = fmap
-        for layer in head:
-            x = layer(x, training=False)
-        logit = tf.reduce_sum(x)  # one logit per image; the sum keeps per-image gradients separate
+        fmap, logits = probe(images, training=False)
+        logit = tf.reduce_sum(logits)  # one logit per image; the sum keeps per-image gradients separate
     grads = tape.gradient(logit, fmap).numpy()
     activations = fmap.numpy()
     if card.map_method == "gradcam++":

@@ -30,6 +30,9 @@ class BackboneSpec:
     build: Callable[[int, Path | None], keras.Model]
     # Layers whose pooled activations feed the out-of-distribution score (shallow to deep).
     ood_layers: tuple[str, ...] = ()
+    # Layer of the exported Grad-CAM map when finer than feature_layer (its gradient is computed in the graph:
+    # trainer/cam_backward.py); None: the map is taken at feature_layer.
+    cam_layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,14 +132,14 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 224, "block11_expand_conv", "top_activation",
                                        "PyTorch efficientnet-lite0 ImageNet state_dict (.pth, legacy format)",
                                        _efficientnet_lite_builder("efficientnet_lite0"),
-                                       ("block4_add", "block10_add", "top_activation")),
+                                       ("block4_add", "block10_add", "top_activation"), "block10_add"),
     # Lite2: the same depths as Lite0's (end of stage 3, end of stage 5, the head) at its own block numbers.
     "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 260, "block15_expand_conv", "top_activation",
                                        "PyTorch efficientnet-lite2 ImageNet state_dict (.pth, legacy format)",
                                        _efficientnet_lite_builder("efficientnet_lite2"),
-                                       ("block6_add", "block14_add", "top_activation")),
+                                       ("block6_add", "block14_add", "top_activation"), "block14_add"),
     "tiny": BackboneSpec("tiny", 64, "conv2", "top_activation", "none (random initialisation; tests only)", _build_tiny,
-                       ("relu0", "relu1", "top_activation")),
+                       ("relu0", "relu1", "top_activation"), "relu1"),
 }
 
 

@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument("--main-at-rule-out", action="store_true",
                         help="move the main threshold to the rule-out point (sensitivity >= 0.98): NORMAL is then "
                              "said only where the level is low")
+    rex = sub.add_parser("reexport", help="rebuild a model folder's graph with its Grad-CAM map at another layer "
+                         "(no retraining; outputs checked against the old graph)")
+    rex.add_argument("model", type=Path, metavar="MODEL_DIR")
+    rex.add_argument("--recipe", type=Path, required=True, help="the recipe the model was trained with (its data)")
+    rex.add_argument("--cam-layer", default=None,
+                     help="backbone layer of the map (default: the backbone's own choice, e.g. block10_add for "
+                          "EfficientNet-Lite0; 'top' for the backbone's output)")
+    rex.add_argument("--method-note", default="", help="replaces the card's gradcam.method text")
     card = sub.add_parser("card", help="render MODEL_CARD.md from a model folder's model_card.json")
     card.add_argument("model", type=Path)
 
@@ -153,6 +161,19 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reexport(args: argparse.Namespace) -> int:
+    from trainer.backbones import BACKBONES
+    from trainer.config import config_from_recipe
+    from trainer.reexport import reexport
+
+    layer = args.cam_layer
+    if layer is None:
+        layer = BACKBONES[config_from_recipe(args.recipe).backbone].cam_layer
+    result = reexport(args.model, args.recipe, None if layer == "top" else layer, args.method_note)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from trainer.fetch import fetch_dataset
 
@@ -177,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet_tensorflow()
     handlers = {"train": _cmd_train, "check-data": _cmd_check, "evaluate": _cmd_evaluate, "fetch-data": _cmd_fetch,
                 "compare": _cmd_compare, "card": _cmd_card, "ensembles": _cmd_ensembles,
-                "record-samples": _cmd_record_samples, "fit-operating-points": _cmd_fit_operating_points}
+                "record-samples": _cmd_record_samples, "fit-operating-points": _cmd_fit_operating_points,
+                "reexport": _cmd_reexport}
     # Every error is one line on stderr and an exit status; -v also logs its traceback.
     try:
         return handlers[args.command](args)

@@ -20,25 +20,36 @@ import tensorflow as tf
 from keras import layers, ops
 
 from pneumo_desktop.core import model_card as mc
-from trainer.model import has_subtype_head
+from trainer.cam_backward import gradient_at, relu_layers_above
+from trainer.model import has_subtype_head, head_logit
 from trainer.ood import OODStats, backbone_taps, ood_score_tensor
 
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
+CAM_PARITY_TOLERANCE = 1e-3  # relative to the largest weight: float32 sums in another order
 
 
-def build_export_model(model: keras.Model, temperature: float = 1.0, ood: OODStats | None = None) -> keras.Model:
+def build_export_model(model: keras.Model, temperature: float = 1.0, ood: OODStats | None = None,
+                       cam_layer: str | None = None) -> keras.Model:
     """A functional model with the outputs of the export contract, sharing the trained layers.
 
     Always: probability, feature_map, cam_weights. With a subtype head: p_viral. With OOD statistics: ood_score.
+    `cam_layer` (a backbone layer below the top): feature_map and cam_weights are that layer's activations and
+    mean logit gradient (trainer/cam_backward.py), for a finer map; None: the backbone's output.
     """
-    size = model.get_layer("backbone").input_shape[1]
+    backbone = model.get_layer("backbone")
+    size = backbone.input_shape[1]
     image = keras.Input((size, size, 3), name=mc.INPUT_NAME)
-    if ood is not None:  # one backbone pass for both the Grad-CAM map and the OOD depths
-        fmap, *ood_maps = backbone_taps(model, tuple(d.layer for d in ood.depths))(image, training=False)
+    ood_names = tuple(d.layer for d in ood.depths) if ood is not None else ()
+    relu_names = relu_layers_above(backbone, cam_layer) if cam_layer else ()
+    tap_names = tuple(dict.fromkeys(ood_names + ((cam_layer,) if cam_layer else ()) + relu_names))
+    if tap_names:  # one backbone pass for the map, its backward masks and the OOD depths
+        fmap, *tapped = backbone_taps(model, tap_names)(image, training=False)
+        taps = dict(zip(tap_names, tapped))
     else:
-        fmap = model.get_layer("backbone")(image, training=False)
+        fmap, taps = backbone(image, training=False), {}
+    ood_maps = [taps[name] for name in ood_names]
     pre_activation = model.get_layer("head_dense")(model.get_layer("gap")(fmap))
     logit = model.get_layer("logit")(model.get_layer("head_relu")(pre_activation))
     probability = layers.Activation("sigmoid", name=mc.OUTPUT_PROBABILITY)(logit / float(temperature))
@@ -49,7 +60,14 @@ def build_export_model(model: keras.Model, temperature: float = 1.0, ood: OODSta
     gate = ops.cast(ops.greater(pre_activation, 0.0), "float32") * w2
     area = float(fmap.shape[1] * fmap.shape[2])
     cam_weights = ops.matmul(gate, ops.transpose(w1)) / area
-    outputs = {mc.OUTPUT_PROBABILITY: probability, mc.OUTPUT_FEATURE_MAP: fmap, mc.OUTPUT_CAM_WEIGHTS: cam_weights}
+    cam_map = fmap
+    if cam_layer:
+        # d logit / d fmap: the same weights at every position (fmap * 0 + w broadcasts them without the dynamic
+        # shape ops that ones_like would bring into the graph)
+        top_gradient = fmap * 0.0 + ops.reshape(cam_weights, (-1, 1, 1, int(fmap.shape[-1])))
+        gradient = gradient_at(backbone, cam_layer, top_gradient, taps)
+        cam_map, cam_weights = taps[cam_layer], ops.mean(gradient, axis=(1, 2))
+    outputs = {mc.OUTPUT_PROBABILITY: probability, mc.OUTPUT_FEATURE_MAP: cam_map, mc.OUTPUT_CAM_WEIGHTS: cam_weights}
     if has_subtype_head(model):
         viral_logit = model.get_layer("viral_logit")(model.get_layer("head_relu")(pre_activation))
         outputs[mc.OUTPUT_P_VIRAL] = layers.Activation("sigmoid", name=mc.OUTPUT_P_VIRAL)(viral_logit)
@@ -58,10 +76,11 @@ def build_export_model(model: keras.Model, temperature: float = 1.0, ood: OODSta
     return keras.Model(image, outputs, name="pneumonia_export")
 
 
-def convert_to_tflite(model: keras.Model, temperature: float = 1.0, ood: OODStats | None = None) -> bytes:
+def convert_to_tflite(model: keras.Model, temperature: float = 1.0, ood: OODStats | None = None,
+                      cam_layer: str | None = None) -> bytes:
     # Built as a Keras model and converted with from_keras_model: a hand-written tf.function around the same
     # layers converted to a graph that produced NaN in TFLite (TF 2.21 / Keras 3.15).
-    export_model = build_export_model(model, temperature, ood)
+    export_model = build_export_model(model, temperature, ood, cam_layer)
     return tf.lite.TFLiteConverter.from_keras_model(export_model).convert()
 
 
@@ -82,6 +101,29 @@ def parity_error(model: keras.Model, tflite_path: Path, images: np.ndarray, temp
     return float(np.max(np.abs(keras_p - tfl_p)))
 
 
+def cam_reference(model: keras.Model, images: np.ndarray, cam_layer: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(channel weights, activations) of the map layer by tf.GradientTape: the spatial mean of d logit / d A,
+    which the graph's cam_weights must equal."""
+    backbone = model.get_layer("backbone")
+    layer = cam_layer or backbone.output.name
+    probe = keras.Model(backbone.input, [backbone.get_layer(cam_layer).output if cam_layer else backbone.output,
+                                         head_logit(model, backbone.output)])
+    x = tf.convert_to_tensor(images, tf.float32)
+    with tf.GradientTape() as tape:
+        activations, logit = probe(x, training=False)
+    gradient = tape.gradient(logit, activations)
+    if gradient is None:
+        raise RuntimeError(f"the logit has no gradient at {layer!r}")
+    return gradient.numpy().mean(axis=(1, 2)), activations.numpy()
+
+
+def cam_parity_error(model: keras.Model, tflite_path: Path, images: np.ndarray, cam_layer: str | None) -> float:
+    """Largest |cam_weights (TFLite) - GradientTape reference|, relative to the reference's largest |value|."""
+    reference, _ = cam_reference(model, images, cam_layer)
+    exported = tflite_outputs(tflite_path, images)[mc.OUTPUT_CAM_WEIGHTS]
+    return float(np.abs(exported - reference).max() / max(float(np.abs(reference).max()), 1e-30))
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
@@ -95,6 +137,7 @@ def export_model_folder(
     parity_images: np.ndarray,
     temperature: float = 1.0,
     ood: OODStats | None = None,
+    cam_layer: str | None = None,
 ) -> dict[str, Any]:
     """Write model.keras, model.tflite, model_card.json and manifest.json into out_dir (replacing a previous export).
 
@@ -115,14 +158,20 @@ def export_model_folder(
         stripped = keras.Model.from_config(model.get_config())
         stripped.set_weights(model.get_weights())
         stripped.save(keras_path)
-        tflite_path.write_bytes(convert_to_tflite(model, temperature, ood))
+        tflite_path.write_bytes(convert_to_tflite(model, temperature, ood, cam_layer))
         error = parity_error(model, tflite_path, parity_images, temperature)
         log.info("TFLite vs Keras: max |dp| = %.2e over %d images", error, len(parity_images))
         if not error <= PARITY_TOLERANCE:  # also catches NaN
             raise RuntimeError(f"TFLite export differs from the Keras model by {error:.2e} (> {PARITY_TOLERANCE})")
+        cam_error = cam_parity_error(model, tflite_path, parity_images, cam_layer)
+        log.info("Grad-CAM weights vs GradientTape: max relative error %.2e", cam_error)
+        if not cam_error <= CAM_PARITY_TOLERANCE:
+            raise RuntimeError(f"the graph's Grad-CAM weights differ from tf.GradientTape's by {cam_error:.2e} "
+                               f"(relative; > {CAM_PARITY_TOLERANCE})")
         card = dict(card)
         card.setdefault("calibration", {})["temperature"] = float(temperature)
-        card["export_check"] = {"tflite_vs_keras_max_abs_diff": error, "images": len(parity_images)}
+        card["export_check"] = {"tflite_vs_keras_max_abs_diff": error, "images": len(parity_images),
+                                "cam_weights_vs_gradient_tape_max_rel_diff": cam_error}
         card["artifacts"] = {
             name: {"sha256": mc.sha256_of_file(staging / name), "bytes": (staging / name).stat().st_size}
             for name in (mc.TFLITE_FILENAME, mc.KERAS_FILENAME)

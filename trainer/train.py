@@ -424,14 +424,21 @@ def fit_refusal(model, data: RunData, cfg: TrainConfig, layers_: tuple[str, ...]
 
 
 def model_layout(backbone: str, member_backbones: list[str] | None = None) -> tuple[str, tuple[str, ...]]:
-    """(Grad-CAM layer, OOD layers) of one backbone's model, or of an ensemble merged from members' backbones."""
+    """(Grad-CAM map layer, OOD layers) of one backbone's model, or of an ensemble merged from members' backbones."""
     from trainer.backbones import BACKBONES
     from trainer.ensemble_merge import CONCAT_LAYER, member_layer_names
 
     if member_backbones:
         return CONCAT_LAYER, member_layer_names([BACKBONES[b].ood_layers for b in member_backbones])
     spec = BACKBONES[backbone]
-    return spec.feature_layer, spec.ood_layers
+    return spec.cam_layer or spec.feature_layer, spec.ood_layers
+
+
+def cam_layer_of(backbone: str, member_backbones: list[str] | None = None) -> str | None:
+    """The inner layer the exported map is taken at (its gradient computed in the graph), or None for the top."""
+    from trainer.backbones import BACKBONES
+
+    return None if member_backbones else BACKBONES[backbone].cam_layer
 
 
 def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any], weights_source, stage_times,
@@ -506,7 +513,8 @@ def export_run(model, data: RunData, cfg: TrainConfig, evaluation: dict[str, Any
     )
     parity = np.repeat(data.val.images[:8][..., None].astype(np.float32), 3, axis=3)
     assert cfg.export_dir is not None  # _train exports only when it is set
-    export_model_folder(model, Path(cfg.export_dir), card, parity, evaluation["temperature"], stats)
+    export_model_folder(model, Path(cfg.export_dir), card, parity, evaluation["temperature"], stats,
+                        cam_layer_of(cfg.backbone, [m["backbone"] for m in ensemble] if ensemble else None))
     _copy_report(report_dir, Path(cfg.export_dir) / "report")
     log.info("exported to %s", cfg.export_dir)
 

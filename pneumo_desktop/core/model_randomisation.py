@@ -8,9 +8,12 @@ compared with the trained model's (Spearman rank correlation and SSIM; both near
 How, with no flatbuffer parser: the interpreter lists its constant tensors by name; each chosen constant's
 raw bytes are found in model.tflite's bytes (they occur once) and overwritten with seeded normal values of
 the same dtype, shape, mean and spread, and a new interpreter is built from the modified file. The graph
-computes the Grad-CAM channel weights from scaled copies of the head's kernels (1/49 of the dense kernel,
+computes the Grad-CAM channel weights from scaled copies of the head's kernels (1/(h*w) of the dense kernel,
 transposed; 1/T of the logit kernel): those copies are rewritten with the same random values and the same
-scale, so each randomised model's map is still that model's own Grad-CAM.
+scale, so each randomised model's map is still that model's own Grad-CAM. A map taken below the top (e.g. the
+14x14 layer) has its gradient written as a backward pass inside the graph (trainer/cam_backward.py), whose
+kernels are the forward kernels rearranged (transposed, spatially flipped): each such mirror is found by its
+values (the same numbers in another order) and rewritten with the randomised values in that same order.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pneumo_desktop.core.gradcam import upsample
 
 log = logging.getLogger(__name__)
 
-COMPARE_SIZE = 56  # maps are compared at 56x56 (bilinear from the 7x7 grid): 8 pixels per cell
+COMPARE_SIZE = 56  # maps are compared at 56x56 (bilinear from the 7x7 or 14x14 grid): 8 or 4 pixels per cell
 PASS_LEVEL = 0.5  # the check passes when the last stage's mean Spearman and mean SSIM are both below this
 TOP_BLOCKS = 3  # after the head and the top conv: this many of the last blocks, last first
 
@@ -96,6 +99,42 @@ def _grad_copies(details: list[dict[str, Any]], values: dict[int, np.ndarray], h
     return out
 
 
+def _mirrors(values: dict[int, np.ndarray], sources: Sequence[int], taken: set[int]
+             ) -> dict[int, tuple[int, np.ndarray]]:
+    """For each source constant, the other constants holding exactly its values in another order (a transposed
+    or flipped copy): copy -> (source, order) with copy.ravel() == source.ravel()[order]."""
+    by_size: dict[int, list[int]] = {}
+    for index, v in values.items():
+        if index not in taken and v.size >= 16:
+            by_size.setdefault(v.size, []).append(index)
+    sorted_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def ordered(index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index not in sorted_cache:
+            flat = values[index].ravel()
+            order = np.argsort(flat, kind="stable")
+            sorted_cache[index] = (order, flat[order])
+        return sorted_cache[index]
+
+    out: dict[int, tuple[int, np.ndarray]] = {}
+    for source in sources:
+        if values[source].size < 16:
+            continue
+        source_order, source_sorted = ordered(source)
+        scale = float(np.abs(source_sorted).max()) or 1.0
+        for candidate in by_size.get(values[source].size, []):
+            if candidate in out:
+                continue
+            candidate_order, candidate_sorted = ordered(candidate)
+            # Same multiset of values (LiteRT folds BatchNorm into the forward kernel with its own rounding):
+            if not np.allclose(candidate_sorted, source_sorted, rtol=1e-4, atol=1e-6 * scale):
+                continue
+            order = np.empty_like(source_order)
+            order[candidate_order] = source_order
+            out[candidate] = (source, order)
+    return out
+
+
 def randomised_models(model_dir: Path, seed: int = 0) -> list[tuple[str, bytes]]:
     """(stage name, model file bytes) for each cumulative stage of the cascade."""
     from ai_edge_litert.interpreter import Interpreter
@@ -113,8 +152,10 @@ def randomised_models(model_dir: Path, seed: int = 0) -> list[tuple[str, bytes]]
             values[d["index"]] = np.array(v)
     stages = _groups([d for d in details if d["index"] in values])
     copies = _grad_copies(details, values, stages[0][1])
+    staged = {i for _, indices in stages for i in indices}
+    mirrors = _mirrors(values, sorted(staged), staged | set(copies))
     offsets: dict[int, int] = {}  # where each constant to randomise is stored in the file (found once)
-    for index in {i for _, indices in stages for i in indices} | set(copies):
+    for index in staged | set(copies) | set(mirrors):
         old = values[index].tobytes()
         at = data.find(old)
         if at < 0 or data.find(old, at + 1) >= 0:
@@ -132,6 +173,9 @@ def randomised_models(model_dir: Path, seed: int = 0) -> list[tuple[str, bytes]]
             if kernel in replaced:
                 new = replaced[kernel].T if transposed else replaced[kernel]
                 replaced[copy] = (new * scale).astype(np.float32)
+        for mirror, (source, order) in mirrors.items():
+            if source in replaced:
+                replaced[mirror] = replaced[source].ravel()[order].reshape(values[mirror].shape)
         for index, fresh in replaced.items():
             raw = np.ascontiguousarray(fresh).tobytes()
             data[offsets[index]:offsets[index] + len(raw)] = raw

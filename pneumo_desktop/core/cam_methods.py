@@ -1,9 +1,12 @@
 """Class-activation map methods computed from the model's exported outputs (no gradients needed here).
 
-The exported graph returns the last convolutional block's activations A (h, w, C) and the channel weights
-g_c = mean over positions of d score / d A[i, j, c]. The model's head is global average pooling followed by
-dense layers, so d score / d A[i, j, c] is the same at every position: g_c IS the gradient at each position.
-That makes the gradient-based methods below exact functions of (A, g):
+The exported graph returns the map layer's activations A (h, w, C) and the channel weights
+g_c = mean over positions of d score / d A[i, j, c] (computed exactly in the graph). At the backbone's last
+layer (7x7; the head is global average pooling followed by dense layers) d score / d A[i, j, c] is the same at
+every position, so g_c IS the gradient at each position and the methods below are exact functions of (A, g).
+At an inner layer (model v4's map is at block10_add, 14x14; the card's gradcam.layer says which) "gradcam" is
+still exact Grad-CAM; "gradcam++" then uses the mean gradient in its closed form, an approximation of the
+textbook per-position formula:
 
 - "gradcam" (Selvaraju et al. 2017): ReLU(sum_c g_c A_c). For a pooled head, HiResCAM (element-wise
   gradient x activation) is the same map, so it is not listed separately.

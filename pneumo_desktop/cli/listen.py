@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
     parser.add_argument("--tls-ca", type=Path, metavar="FILE", help="require callers' certificates signed by this CA")
     parser.add_argument("--max-associations", type=int, metavar="N", help="concurrent associations (default 8)")
+    parser.add_argument("--send-associations", type=int, metavar="N",
+                        help="concurrent associations (or STOW-RS requests) per destination (default 4)")
     parser.add_argument("--max-instance-mb", type=float, metavar="MB", help="largest instance accepted (default 256)")
     parser.add_argument("--spool-max-mb", type=float, metavar="MB",
                         help="most data waiting in the spool; beyond it senders get 0xA700 (default 20480)")
@@ -65,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _OPTION_KEYS = ("port", "ae_title", "bind", "allow", "send_to", "stow", "spool", "output", "profile", "threshold",
                 "model", "tls_cert", "tls_key", "tls_ca", "max_associations", "max_instance_mb", "spool_max_mb",
-                "min_free_mb")
+                "min_free_mb", "send_associations")
 
 
 def _error(message: str) -> None:

@@ -17,6 +17,9 @@ import uuid
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
+
+from pydicom.errors import InvalidDicomError
 
 from pneumo_desktop.core.dicom_node.config import Peer
 
@@ -92,25 +95,67 @@ def _is_transient(code: int) -> bool:
     return (code & 0xFF00) == 0xA700 or code in (0x0210, 0x0211, 0x0212, 0xA702)
 
 
-def send_dimse(peer: Peer, calling_ae: str, files: list[Path]) -> list[SendResult]:
-    from pydicom import dcmread
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
-    try:
-        assoc = _associate(peer, calling_ae, SR_AND_SC)
-    except (OSError, ssl.SSLError) as exc:
-        return [SendResult(p, Outcome.RETRY, str(exc)) for p in files]
-    if not assoc.is_established:
-        return [SendResult(p, Outcome.RETRY, _why_not(assoc)) for p in files]
-    results = []
-    try:
+
+def _enable_chunked_send() -> None:
+    """pynetdicom sends a file given by path straight from disk, in PDU-sized chunks, without decoding and
+    re-encoding it (its documented STORE_SEND_CHUNKED_DATASET setting); used only when the peer accepted the
+    file's own transfer syntax (see PeerConnection._store)."""
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+class PeerConnection:
+    """C-STORE to one peer over an association that is kept between calls of send() (reopened when lost).
+
+    One thread uses it (the destination's sender, or the window's one-shot send); close() releases it."""
+
+    def __init__(self, peer: Peer, calling_ae: str) -> None:
+        self.peer, self.calling_ae = peer, calling_ae
+        self._assoc: Any = None  # pynetdicom Association (untyped)
+        self._explicit: set[str] = set()  # SOP classes accepted in Explicit VR Little Endian
+        _enable_chunked_send()
+
+    @property
+    def is_open(self) -> bool:
+        return self._assoc is not None and self._assoc.is_established
+
+    def _open(self) -> str:
+        """'' once an association is established, else why not."""
+        if self.is_open:
+            return ""
+        self._assoc = None
+        try:
+            assoc = _associate(self.peer, self.calling_ae, SR_AND_SC)
+        except (OSError, ssl.SSLError) as exc:
+            return str(exc)
+        if not assoc.is_established:
+            return _why_not(assoc)
+        self._assoc = assoc
+        self._explicit = {str(c.abstract_syntax) for c in assoc.accepted_contexts
+                          if str(c.transfer_syntax[0]) == EXPLICIT_VR_LE}
+        return ""
+
+    def close(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+
+    def send(self, files: list[Path]) -> list[SendResult]:
+        why = self._open()
+        if why:
+            return [SendResult(p, Outcome.RETRY, why) for p in files]
+        results = []
         for index, path in enumerate(files):
-            if not assoc.is_established:  # dropped mid-way: the rest waits for the next try
+            if not self.is_open:  # dropped mid-way: the rest waits for the next try (on a new association)
                 results += [SendResult(p, Outcome.RETRY, "association lost") for p in files[index:]]
                 break
             try:
-                ds = dcmread(path)
-                status = assoc.send_c_store(ds)
-            except (OSError, ValueError, RuntimeError) as exc:  # unreadable queued file or no context
+                status = self._store(path)
+            except (OSError, ValueError, RuntimeError, AttributeError, InvalidDicomError) as exc:
+                # an unreadable queued file, or no presentation context for it: this object, not the peer
                 results.append(SendResult(path, Outcome.REJECTED, f"{type(exc).__name__}: {exc}"))
                 continue
             code = int(status.get("Status", 0xFFFF)) if status else None
@@ -122,10 +167,29 @@ def send_dimse(peer: Peer, calling_ae: str, files: list[Path]) -> list[SendResul
                 results.append(SendResult(path, Outcome.RETRY, f"status 0x{code:04X}"))
             else:
                 results.append(SendResult(path, Outcome.REJECTED, f"status 0x{code:04X}"))
+        if any(r.outcome is Outcome.RETRY for r in results):
+            self.close()  # the next try starts on a fresh association
+        return results
+
+    def _store(self, path: Path):  # -> the C-STORE response status (pydicom Dataset), or None
+        from pydicom import dcmread
+        from pynetdicom.dsutils import split_dataset
+
+        assert self._assoc is not None
+        meta, _offset = split_dataset(path)
+        if str(meta.get("MediaStorageSOPClassUID", "")) in self._explicit and \
+                str(meta.get("TransferSyntaxUID", "")) == EXPLICIT_VR_LE:
+            return self._assoc.send_c_store(path)  # straight from the file (the results are written so)
+        return self._assoc.send_c_store(dcmread(path))  # the peer wants another encoding: pynetdicom converts
+
+
+def send_dimse(peer: Peer, calling_ae: str, files: list[Path]) -> list[SendResult]:
+    """Send the files over one association (opened and released here)."""
+    connection = PeerConnection(peer, calling_ae)
+    try:
+        return connection.send(files)
     finally:
-        if assoc.is_established:
-            assoc.release()
-    return results
+        connection.close()
 
 
 def send_stow(url: str, files: list[Path], timeout: float = TIMEOUT_S) -> list[SendResult]:
@@ -176,6 +240,29 @@ class Destination:
         return self.peer.label if self.peer is not None else f"STOW-RS {self.stow_url}"
 
     def send(self, files: list[Path], calling_ae: str) -> list[SendResult]:
+        """One-shot: a new association (or request) for these files."""
         if self.peer is not None:
             return send_dimse(self.peer, calling_ae, files)
         return send_stow(str(self.stow_url), files)
+
+    def sender(self, calling_ae: str) -> Sender:
+        """What a sender thread keeps: the files go over one association while there is work."""
+        return Sender(self, calling_ae)
+
+
+class Sender:
+    """A destination's sending side for one thread: a kept association to a peer, or STOW-RS requests."""
+
+    def __init__(self, destination: Destination, calling_ae: str) -> None:
+        self.destination = destination
+        self._connection = PeerConnection(destination.peer, calling_ae) if destination.peer is not None else None
+
+    def send(self, files: list[Path]) -> list[SendResult]:
+        if self._connection is not None:
+            return self._connection.send(files)
+        return send_stow(str(self.destination.stow_url), files)
+
+    def idle(self) -> None:
+        """Nothing to send for a while: let the peer go (it may limit associations)."""
+        if self._connection is not None:
+            self._connection.close()

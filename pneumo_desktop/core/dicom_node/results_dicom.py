@@ -19,10 +19,13 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from pneumo_desktop import __version__
 from pneumo_desktop.core.dicom_node.result_image import NOTICE, render_result
@@ -50,6 +53,7 @@ __all__ = [
 
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+JPEG_QUALITY = 95  # the burned-in text stays sharp; ~150-200 KB for a 1024 px picture instead of ~2.5 MB
 COMPREHENSIVE_SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 IMPLEMENTATION_VERSION = f"PNEUMO_{__version__}"[:16]  # PS3.7 D.3.3.2: at most 16 characters
 
@@ -196,8 +200,10 @@ def build_sr(source: Dataset, prediction: Prediction, uids: ResultUids) -> Datas
     return ds
 
 
-def build_sc(source: Dataset, rgb: np.ndarray, prediction: Prediction, uids: ResultUids) -> Dataset:
-    """The Secondary Capture Image (PS3.3 A.8.1): RGB 8-bit, the picture of render_result."""
+def build_sc(source: Dataset, rgb: np.ndarray, prediction: Prediction, uids: ResultUids,
+             compress: bool = True) -> Dataset:
+    """The Secondary Capture Image (PS3.3 A.8.1): the picture of render_result, 8-bit colour, as JPEG
+    Baseline (or, with compress=False, uncompressed RGB in Explicit VR Little Endian)."""
     _study, _series, sop_class, sop_uid = _source_uids(source)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 picture, got {rgb.dtype} {rgb.shape}")
@@ -223,28 +229,66 @@ def build_sc(source: Dataset, rgb: np.ndarray, prediction: Prediction, uids: Res
     reference = Dataset()
     reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = sop_class, sop_uid
     ds.SourceImageSequence = [reference]
-    if str(source.get("LossyImageCompression", "")) == "01":  # once lossy, always lossy (PS3.3 C.7.6.1.1.5)
-        ds.LossyImageCompression = "01"
-        _copy(source, ds, ("LossyImageCompressionMethod", "LossyImageCompressionRatio"))
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    pixels = np.ascontiguousarray(rgb).tobytes()
-    if len(pixels) % 2:
-        pixels += b"\0"  # OB values have an even length
-    ds[0x7FE00010] = DataElement(0x7FE00010, "OB", pixels)
+    if compress:
+        _jpeg_pixels(ds, source, rgb)
+    else:
+        _copy_lossy_history(source, ds)
+        ds.PhotometricInterpretation = "RGB"
+        pixels = np.ascontiguousarray(rgb).tobytes()
+        if len(pixels) % 2:
+            pixels += b"\0"  # OB values have an even length
+        ds[0x7FE00010] = DataElement(0x7FE00010, "OB", pixels)
     return ds
 
 
-def build_results(source: Dataset, grey: np.ndarray, explanation: Explanation) -> ResultObjects:
+def _copy_lossy_history(source: Dataset, ds: Dataset) -> None:
+    if str(source.get("LossyImageCompression", "")) == "01":  # once lossy, always lossy (PS3.3 C.7.6.1.1.5)
+        ds.LossyImageCompression = "01"
+        _copy(source, ds, ("LossyImageCompressionMethod", "LossyImageCompressionRatio"))
+
+
+def _values(source: Dataset, keyword: str) -> list[str]:
+    value = source.get(keyword)
+    if value is None or value == "":
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple, MultiValue)) else [str(value)]
+
+
+def _jpeg_pixels(ds: Dataset, source: Dataset, rgb: np.ndarray) -> None:
+    """JPEG Baseline pixel data (4:2:2, YBR_FULL_422, PS3.5 8.2.1): a sixteenth of the RGB bytes to store,
+    queue and send. The picture is a rendering (the X-ray, its map and text), not the X-ray itself."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, "JPEG", quality=JPEG_QUALITY, subsampling=1)
+    frame = buffer.getvalue()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ratio = rgb.nbytes / len(frame)
+    # The lossy history: the source's steps (when it gives them consistently), then this one.
+    methods, ratios = _values(source, "LossyImageCompressionMethod"), _values(source, "LossyImageCompressionRatio")
+    if str(source.get("LossyImageCompression", "")) != "01" or len(ratios) != len(methods):
+        methods, ratios = [], []
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = [*methods, "ISO_10918_1"]
+    ds.LossyImageCompressionRatio = [*ratios, f"{ratio:.2f}"]
+    element = DataElement(0x7FE00010, "OB", encapsulate([frame]), is_undefined_length=True)
+    ds[0x7FE00010] = element
+
+
+def build_results(source: Dataset, grey: np.ndarray, explanation: Explanation, compress: bool = True,
+                  ) -> ResultObjects:
     """The SR and the SC for one scored source instance (`source`: its header, pixel data not needed).
 
-    `explanation.cam` may be at the grey image's size or already at the picture's (see result_image)."""
+    `explanation.cam` may be at the grey image's size or already at the picture's (see result_image).
+    The SC is JPEG Baseline unless compress=False (a peer that does not take it gets it decompressed by
+    send.PeerConnection)."""
     prediction = explanation.prediction
     _source_uids(source)
     uids = result_uids(str(source.StudyInstanceUID), str(source.SOPInstanceUID), prediction.model_sha256)
     sr = build_sr(source, prediction, uids)
-    sc = build_sc(source, render_result(grey, explanation.cam, prediction), prediction, uids)
+    sc = build_sc(source, render_result(grey, explanation.cam, prediction), prediction, uids, compress)
     return ResultObjects(sr=sr, sc=sc, uids=uids)
 
 

@@ -25,7 +25,13 @@ from pneumo_desktop.core.dicom_node.config import Peer
 
 log = logging.getLogger(__name__)
 
-SR_AND_SC = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7")
+SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"
+EXPLICIT_VR_LE, IMPLICIT_VR_LE, JPEG_BASELINE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50"
+UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)  # what the results are encoded in first; Implicit VR: for
+# peers that only take that
+# The results' presentation contexts: the SC in its own JPEG Baseline and, in a second context, uncompressed
+# for a peer that does not take JPEG (PeerConnection decompresses it for that peer).
+RESULT_CONTEXTS = ((SR_CLASS, UNCOMPRESSED), (SC_CLASS, (JPEG_BASELINE,)), (SC_CLASS, UNCOMPRESSED))
 TIMEOUT_S = 30.0
 
 
@@ -50,13 +56,14 @@ def client_ssl_context(peer: Peer) -> ssl.SSLContext:
     return context
 
 
-def _associate(peer: Peer, calling_ae: str, contexts: tuple[str, ...]):  # -> pynetdicom Association
+def _associate(peer: Peer, calling_ae: str, contexts: tuple[tuple[str, tuple[str, ...]], ...]):
+    # -> pynetdicom Association
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
-    for uid in contexts:  # what the results are encoded in first; Implicit VR for peers that only take that
-        ae.add_requested_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    for uid, syntaxes in contexts:
+        ae.add_requested_context(uid, list(syntaxes))
     tls = (client_ssl_context(peer), peer.host) if peer.uses_tls else None
     return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls)
 
@@ -64,7 +71,7 @@ def _associate(peer: Peer, calling_ae: str, contexts: tuple[str, ...]):  # -> py
 def echo(peer: Peer, calling_ae: str = "PNEUMO") -> str:
     """C-ECHO the peer; returns a sentence for a person ('... answered') or raises ConnectionError."""
     try:
-        assoc = _associate(peer, calling_ae, ("1.2.840.10008.1.1",))
+        assoc = _associate(peer, calling_ae, (("1.2.840.10008.1.1", UNCOMPRESSED),))
     except (OSError, ssl.SSLError) as exc:
         raise ConnectionError(f"{peer.label}: {exc}") from None
     if not assoc.is_established:
@@ -95,9 +102,6 @@ def _is_transient(code: int) -> bool:
     return (code & 0xFF00) == 0xA700 or code in (0x0210, 0x0211, 0x0212, 0xA702)
 
 
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-
-
 def _enable_chunked_send() -> None:
     """pynetdicom sends a file given by path straight from disk, in PDU-sized chunks, without decoding and
     re-encoding it (its documented STORE_SEND_CHUNKED_DATASET setting); used only when the peer accepted the
@@ -115,7 +119,7 @@ class PeerConnection:
     def __init__(self, peer: Peer, calling_ae: str) -> None:
         self.peer, self.calling_ae = peer, calling_ae
         self._assoc: Any = None  # pynetdicom Association (untyped)
-        self._explicit: set[str] = set()  # SOP classes accepted in Explicit VR Little Endian
+        self._accepted: set[tuple[str, str]] = set()  # (SOP class, transfer syntax) the peer accepted
         _enable_chunked_send()
 
     @property
@@ -128,14 +132,13 @@ class PeerConnection:
             return ""
         self._assoc = None
         try:
-            assoc = _associate(self.peer, self.calling_ae, SR_AND_SC)
+            assoc = _associate(self.peer, self.calling_ae, RESULT_CONTEXTS)
         except (OSError, ssl.SSLError) as exc:
             return str(exc)
         if not assoc.is_established:
             return _why_not(assoc)
         self._assoc = assoc
-        self._explicit = {str(c.abstract_syntax) for c in assoc.accepted_contexts
-                          if str(c.transfer_syntax[0]) == EXPLICIT_VR_LE}
+        self._accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
         return ""
 
     def close(self) -> None:
@@ -177,10 +180,14 @@ class PeerConnection:
 
         assert self._assoc is not None
         meta, _offset = split_dataset(path)
-        if str(meta.get("MediaStorageSOPClassUID", "")) in self._explicit and \
-                str(meta.get("TransferSyntaxUID", "")) == EXPLICIT_VR_LE:
-            return self._assoc.send_c_store(path)  # straight from the file (the results are written so)
-        return self._assoc.send_c_store(dcmread(path))  # the peer wants another encoding: pynetdicom converts
+        key = (str(meta.get("MediaStorageSOPClassUID", "")), str(meta.get("TransferSyntaxUID", "")))
+        if key in self._accepted:
+            return self._assoc.send_c_store(path)  # straight from the file, as it is
+        ds = dcmread(path)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            # the peer does not take the JPEG SC: uncompressed RGB (Explicit VR Little Endian) instead
+            ds.decompress(generate_instance_uid=False)  # the same object: its UID must not change
+        return self._assoc.send_c_store(ds)  # pynetdicom converts to the encoding the peer accepted
 
 
 def send_dimse(peer: Peer, calling_ae: str, files: list[Path]) -> list[SendResult]:

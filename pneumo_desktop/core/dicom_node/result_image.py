@@ -81,11 +81,24 @@ def blend(grey: np.ndarray, cam: np.ndarray, out: np.ndarray) -> None:
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != grey.shape:
         cam = resize_float(cam, height, width)
-    level = np.rint(np.clip(cam, 0.0, 1.0) * 255.0).astype(np.uint8)  # overlay.colorize's quantisation
+    # overlay.colorize's quantisation, rint(clip(cam, 0, 1) * 255), in place (the same values: scaling by 255
+    # before clipping to 0..255 is monotonic in float32)
+    scaled = np.multiply(cam, np.float32(255.0), dtype=np.float32)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    level = np.rint(scaled, out=scaled).astype(np.uint8)
     index = np.left_shift(grey, 8, dtype=np.uint16)
     index |= level
     rgbx = np.take(_blend_table(), index).view(np.uint8).reshape(height, width, 4)
     out[...] = rgbx[:, :, :3]
+
+
+@lru_cache(maxsize=16)
+def _notice_band(width: int, band: int, size: int) -> np.ndarray:
+    """The band below the picture: the same words for every picture of a width, so drawn once."""
+    strip = _band(width, band, [(NOTICE, (255, 220, 0)),
+                                ("AI estimate: check against the original image", (220, 220, 220))], size)
+    strip.setflags(write=False)
+    return strip
 
 
 def _band(width: int, band: int, lines: list[tuple[str, tuple[int, int, int]]], size: int) -> np.ndarray:
@@ -118,7 +131,5 @@ def render_result(grey: np.ndarray, cam: np.ndarray | None, prediction: Predicti
     colour = (255, 80, 80) if prediction.refused or prediction.label == "PNEUMONIA" else (255, 255, 255)
     canvas[:band] = _band(width, band, [(headline(prediction), colour),
                                         (_detail(prediction)[:160], (220, 220, 220))], size)
-    canvas[band + height :] = _band(width, band, [(NOTICE, (255, 220, 0)),
-                                                  ("AI estimate: check against the original image",
-                                                   (220, 220, 220))], size)
+    canvas[band + height :] = _notice_band(width, band, size)
     return canvas

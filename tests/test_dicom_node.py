@@ -54,6 +54,14 @@ def test_config_file_then_command_line(tmp_path):
         load_config(path)
 
 
+def test_send_associations_setting(tmp_path):
+    assert NodeConfig().send_associations == 4
+    assert apply(NodeConfig(), {"send-associations": 2}).send_associations == 2
+    for bad in (0, 17):
+        with pytest.raises(NodeConfigError, match="send_associations"):
+            apply(NodeConfig(), {"send_associations": bad})
+
+
 def test_missing_config_file_gives_defaults(tmp_path):
     assert load_config(tmp_path / "none.toml") == NodeConfig()
 

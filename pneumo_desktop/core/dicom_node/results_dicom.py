@@ -20,21 +20,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from pydicom.dataelem import DataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from pneumo_desktop import __version__
 from pneumo_desktop.core.dicom_node.result_image import NOTICE, render_result
 from pneumo_desktop.core.dicom_node.sr_content import (
+    CONTENT_SEQUENCE,
     MANUFACTURER,
     PNEUMONIA,
     TITLE,
     code_item,
-    content_items,
+    content_sequence,
 )
 from pneumo_desktop.core.errors import PneumoError
 from pneumo_desktop.core.runtime import Explanation, Prediction
@@ -196,7 +199,13 @@ def build_sr(source: Dataset, prediction: Prediction, uids: ResultUids) -> Datas
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = [code_item(TITLE)]
     ds.ContinuityOfContent = "SEPARATE"
-    ds.ContentSequence = content_items(prediction, _device_uid(prediction.model_sha256), sop_class, sop_uid)
+    # The content tree, encoded (sr_content), as a raw element: pydicom writes it as it is, since the dataset
+    # says it is in the encoding it will be written in (set_original_encoding), and parses it when read.
+    encodings = convert_encodings(ds.SpecificCharacterSet) if "SpecificCharacterSet" in ds else default_encoding
+    charset = (encodings,) if isinstance(encodings, str) else tuple(encodings)
+    value = content_sequence(prediction, _device_uid(prediction.model_sha256), sop_class, sop_uid, charset)
+    ds[CONTENT_SEQUENCE] = RawDataElement(BaseTag(CONTENT_SEQUENCE), "SQ", len(value), value, 0, False, True)
+    ds.set_original_encoding(False, True, encodings)  # what pydicom compares with the dataset's own
     return ds
 
 

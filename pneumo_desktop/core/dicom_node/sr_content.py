@@ -1,18 +1,23 @@
 """The SR's content tree, template PNEUMO-CXR-1 (docs/DICOM_NODE.md), built directly on pydicom.
 
-Content items are plain pydicom Datasets with the SR content item attributes of PS3.3 C.17.3 (Relationship
-Type, Value Type, Concept Name Code Sequence, and the value's own attributes). Most of a report is the same
-for every instance of a model: the observer context, the algorithm identification (TID 4019), the coded
-results and the notice. Those items are built once and shared by every report (they are never modified
-after they are built; pydicom only reads them when it writes a report); only the numbers, the texts that
-vary and the reference to the source image are new for each instance.
+Content items are pydicom Datasets with the SR content item attributes of PS3.3 C.17.3 (Relationship
+Type, Value Type, Concept Name Code Sequence, and the value's own attributes), each encoded by pydicom's
+own writer (Explicit VR Little Endian, the SR's transfer syntax) into a sequence item. Most of a report
+is the same for every instance of a model: the observer context, the algorithm identification (TID 4019),
+the coded results and the notice. Those items are encoded once and their bytes reused; only the numbers,
+the texts that vary and the reference to the source image are encoded for each instance. The Content
+Sequence's value (content_sequence) is those items framed with defined lengths; results_dicom puts it
+into the SR as a raw element, which pydicom writes as it is and parses when someone reads it.
 """
 
 from __future__ import annotations
 
+import struct
 from functools import lru_cache
 
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sr.coding import Code
 from pydicom.valuerep import DSfloat
 
@@ -62,6 +67,22 @@ RESULTS = {
 CONTAINS, PROPERTIES, OBS_CONTEXT = "CONTAINS", "HAS PROPERTIES", "HAS OBS CONTEXT"
 CONCEPT_MOD, INFERRED_FROM = "HAS CONCEPT MOD", "INFERRED FROM"
 TEXT_LIMIT = 1024  # characters kept of a free text (a refusal reason is one sentence; UT allows far more)
+CONTENT_SEQUENCE = 0x0040A730
+Charset = tuple[str, ...]  # Python codec names of the report's Specific Character Set (pydicom's)
+
+
+def encode_item(item: Dataset, charset: Charset) -> bytes:
+    """A sequence item with a defined length: (FFFE,E000), its length, the item's elements (pydicom)."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, item, list(charset))
+    body = buffer.getvalue()
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+
+
+def sequence_element(tag: int, value: bytes) -> bytes:
+    """An SQ element with a defined length (Explicit VR Little Endian: tag, 'SQ', 2 reserved bytes, length)."""
+    return struct.pack("<HH2s2xI", tag >> 16, tag & 0xFFFF, b"SQ", len(value)) + value
 
 
 def code_item(code: Code) -> Dataset:
@@ -86,27 +107,33 @@ def _item(relationship: str, value_type: str, name: Code) -> Dataset:
     return item
 
 
-@lru_cache(maxsize=256)
 def code_content(relationship: str, name: Code, value: Code) -> Dataset:
     item = _item(relationship, "CODE", name)
     item.ConceptCodeSequence = [_code_sequence_item(value)]
     return item
 
 
-def _new_text(relationship: str, name: Code, value: str) -> Dataset:
+def text_content(relationship: str, name: Code, value: str) -> Dataset:
     item = _item(relationship, "TEXT", name)
     item.TextValue = value[:TEXT_LIMIT] or "-"  # TEXT is Type 1: never empty
     return item
 
 
 @lru_cache(maxsize=256)
-def _shared_text(relationship: str, name: Code, value: str) -> Dataset:
-    return _new_text(relationship, name, value)
+def _code_bytes(relationship: str, name: Code, value: Code, charset: Charset) -> bytes:
+    return encode_item(code_content(relationship, name, value), charset)
 
 
-def text_content(relationship: str, name: Code, value: str) -> Dataset:
-    """A TEXT item; short texts recur (sources, level figures, reasons) and are built once."""
-    return _shared_text(relationship, name, value) if len(value) <= 200 else _new_text(relationship, name, value)
+@lru_cache(maxsize=256)
+def _short_text_bytes(relationship: str, name: Code, value: str, charset: Charset) -> bytes:
+    return encode_item(text_content(relationship, name, value), charset)
+
+
+def _text_bytes(relationship: str, name: Code, value: str, charset: Charset) -> bytes:
+    """A TEXT item; short texts recur (sources, level figures, reasons) and are encoded once."""
+    if len(value) <= 200:
+        return _short_text_bytes(relationship, name, value, charset)
+    return encode_item(text_content(relationship, name, value), charset)
 
 
 def ds_text(value: float) -> str:
@@ -142,60 +169,75 @@ def uidref_content(relationship: str, name: Code, uid: str) -> Dataset:
     return item
 
 
-@lru_cache(maxsize=16)
-def observer_context(device_uid: str, model_label: str) -> tuple[Dataset, ...]:
+def observer_context(device_uid: str, model_label: str) -> list[Dataset]:
     """TID 1002 observer context for a device observer (TID 1004): the same for every report of a model."""
-    return (
+    return [
         code_content(OBS_CONTEXT, OBSERVER_TYPE, DEVICE),
         uidref_content(OBS_CONTEXT, DEVICE_UID, device_uid),
-        _new_text(OBS_CONTEXT, DEVICE_NAME, "Pneumo Desktop"),
-        _new_text(OBS_CONTEXT, DEVICE_MANUFACTURER, MANUFACTURER),
-        _new_text(OBS_CONTEXT, DEVICE_MODEL, model_label),
-    )
+        text_content(OBS_CONTEXT, DEVICE_NAME, "Pneumo Desktop"),
+        text_content(OBS_CONTEXT, DEVICE_MANUFACTURER, MANUFACTURER),
+        text_content(OBS_CONTEXT, DEVICE_MODEL, model_label),
+    ]
+
+
+def algorithm_identification(name: str, version: str, sha256: str) -> list[Dataset]:
+    """TID 4019 algorithm identification: name, version, and the parameters that pin the exact model."""
+    return [
+        text_content(CONCEPT_MOD, ALGORITHM_NAME, name),
+        text_content(CONCEPT_MOD, ALGORITHM_VERSION, version),
+        text_content(CONCEPT_MOD, ALGORITHM_PARAMETERS, f"model.tflite sha256 {sha256}"),
+        text_content(CONCEPT_MOD, ALGORITHM_PARAMETERS, f"software pneumo-desktop {__version__}"),
+    ]
 
 
 @lru_cache(maxsize=16)
-def algorithm_identification(name: str, version: str, sha256: str) -> tuple[Dataset, ...]:
-    """TID 4019 algorithm identification: name, version, and the parameters that pin the exact model."""
-    return (
-        _new_text(CONCEPT_MOD, ALGORITHM_NAME, name),
-        _new_text(CONCEPT_MOD, ALGORITHM_VERSION, version),
-        _new_text(CONCEPT_MOD, ALGORITHM_PARAMETERS, f"model.tflite sha256 {sha256}"),
-        _new_text(CONCEPT_MOD, ALGORITHM_PARAMETERS, f"software pneumo-desktop {__version__}"),
-    )
+def _observer_bytes(device_uid: str, model_label: str, charset: Charset) -> bytes:
+    return b"".join(encode_item(item, charset) for item in observer_context(device_uid, model_label))
 
 
-def finding_properties(prediction: Prediction) -> list[Dataset]:
-    """The finding's HAS PROPERTIES children: the result, its numbers and where the threshold came from."""
-    children: list[Dataset] = []
+@lru_cache(maxsize=16)
+def _algorithm_bytes(name: str, version: str, sha256: str, charset: Charset) -> bytes:
+    return b"".join(encode_item(item, charset) for item in algorithm_identification(name, version, sha256))
+
+
+def finding_properties(prediction: Prediction, charset: Charset) -> list[bytes]:
+    """The finding's HAS PROPERTIES children (encoded): the result, its numbers and the threshold's source."""
+    children: list[bytes] = []
     if prediction.refused:
-        children.append(code_content(PROPERTIES, RESULT, RESULTS["REFUSED"]))
-        children.append(text_content(PROPERTIES, REFUSAL_REASON, prediction.refusal_reason or "refused"))
+        children.append(_code_bytes(PROPERTIES, RESULT, RESULTS["REFUSED"], charset))
+        children.append(_text_bytes(PROPERTIES, REFUSAL_REASON, prediction.refusal_reason or "refused", charset))
     else:
-        children.append(num_content(PROPERTIES, P_PNEUMONIA, float(prediction.probability or 0.0)))
-        children.append(code_content(PROPERTIES, RESULT, RESULTS[str(prediction.label)]))
+        children.append(encode_item(num_content(PROPERTIES, P_PNEUMONIA, float(prediction.probability or 0.0)),
+                                    charset))
+        children.append(_code_bytes(PROPERTIES, RESULT, RESULTS[str(prediction.label)], charset))
         if prediction.level in LEVELS:
-            children.append(code_content(PROPERTIES, LEVEL, LEVELS[str(prediction.level)]))
+            children.append(_code_bytes(PROPERTIES, LEVEL, LEVELS[str(prediction.level)], charset))
             if prediction.level_band is not None:
-                children.append(text_content(PROPERTIES, LEVEL_FIGURES, prediction.level_band.figures()))
+                children.append(_text_bytes(PROPERTIES, LEVEL_FIGURES, prediction.level_band.figures(), charset))
         if prediction.p_viral is not None:
-            children.append(num_content(PROPERTIES, P_VIRAL, prediction.p_viral))
+            children.append(encode_item(num_content(PROPERTIES, P_VIRAL, prediction.p_viral), charset))
         if prediction.overridden:
-            children.append(text_content(PROPERTIES, REFUSAL_REASON, f"overridden: {prediction.refusal_reason}"))
-    children.append(num_content(PROPERTIES, THRESHOLD, prediction.threshold))
-    children.append(text_content(PROPERTIES, THRESHOLD_SOURCE, prediction.threshold_source))
+            children.append(_text_bytes(PROPERTIES, REFUSAL_REASON, f"overridden: {prediction.refusal_reason}",
+                                        charset))
+    children.append(encode_item(num_content(PROPERTIES, THRESHOLD, prediction.threshold), charset))
+    children.append(_text_bytes(PROPERTIES, THRESHOLD_SOURCE, prediction.threshold_source, charset))
     return children
 
 
-def content_items(prediction: Prediction, device_uid: str, source_sop_class: str, source_sop_uid: str,
-                  ) -> list[Dataset]:
-    """The root container's Content Sequence (template PNEUMO-CXR-1, see docs/DICOM_NODE.md)."""
+def content_sequence(prediction: Prediction, device_uid: str, source_sop_class: str, source_sop_uid: str,
+                     charset: Charset) -> bytes:
+    """The value of the root container's Content Sequence (template PNEUMO-CXR-1, see docs/DICOM_NODE.md):
+    its items, encoded, each with a defined length."""
+    children = b"".join([
+        *finding_properties(prediction, charset),
+        _algorithm_bytes(prediction.model_name, prediction.model_version, prediction.model_sha256, charset),
+        encode_item(image_content(INFERRED_FROM, SOURCE_IMAGE, source_sop_class, source_sop_uid), charset),
+    ])
     finding = _item(CONTAINS, "CODE", FINDING)
     finding.ConceptCodeSequence = [_code_sequence_item(PNEUMONIA)]
-    finding.ContentSequence = [
-        *finding_properties(prediction),
-        *algorithm_identification(prediction.model_name, prediction.model_version, prediction.model_sha256),
-        image_content(INFERRED_FROM, SOURCE_IMAGE, source_sop_class, source_sop_uid),
-    ]
-    observer = observer_context(device_uid, f"{prediction.model_name} {prediction.model_version}")
-    return [*observer, finding, _shared_text(CONTAINS, COMMENT, NOTICE)]
+    # the finding's own Content Sequence is its last element (the highest tag of a content item): appended
+    finding_item = encode_item(finding, charset)
+    body = finding_item[8:] + sequence_element(CONTENT_SEQUENCE, children)
+    finding_bytes = struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+    observer = _observer_bytes(device_uid, f"{prediction.model_name} {prediction.model_version}", charset)
+    return observer + finding_bytes + _short_text_bytes(CONTAINS, COMMENT, NOTICE, charset)

@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import hashlib
 import io
+import os
 import pstats
 import shutil
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `pneumo-desktop listen` sets it (cli/listen.py)
 
 import numpy as np  # noqa: E402
 from bench_node import make_instances  # noqa: E402

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -74,7 +75,16 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
+# The node runs its receivers, senders and the scorer at once, on machines where the PACS often runs too:
+# a second BLAS thread for the preprocessing's matrix products mostly spins waiting for a core (it cost 3-4
+# times the CPU of one thread on 2 busy cores, bench/profile_node.py). Set before numpy loads (nothing
+# before this command imports it); a value the user set wins.
+BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "1")
+
+
 def run(argv: Sequence[str]) -> int:
+    if "numpy" not in sys.modules:  # (in a process that already loaded it, e.g. a test, it would not apply)
+        os.environ.setdefault(*BLAS_THREADS_ENV)
     try:
         parsed = _parser().parse_args(list(argv))
     except SystemExit as exc:

@@ -27,10 +27,9 @@ log = logging.getLogger(__name__)
 
 SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"
 EXPLICIT_VR_LE, IMPLICIT_VR_LE, JPEG_BASELINE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50"
-UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)  # what the results are encoded in first; Implicit VR: for
-# peers that only take that
-# The results' presentation contexts: the SC in its own JPEG Baseline and, in a second context, uncompressed
-# for a peer that does not take JPEG (PeerConnection decompresses it for that peer).
+UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)  # the SR's own encoding first; Implicit VR for peers that
+# take only that. The results' presentation contexts: the SC in its own JPEG Baseline and, in a second
+# context, uncompressed for a peer that does not take JPEG (PeerConnection decompresses it for that peer).
 RESULT_CONTEXTS = ((SR_CLASS, UNCOMPRESSED), (SC_CLASS, (JPEG_BASELINE,)), (SC_CLASS, UNCOMPRESSED))
 TIMEOUT_S = 30.0
 

@@ -1,11 +1,11 @@
-"""The node's two kinds of worker: one scorer, and one sender per destination.
+"""The node's two kinds of worker: one scorer, and `associations` senders per destination.
 
 The scorer takes received instances from the spool (oldest first, up to a model batch at a time), scores
 them with Grad-CAM, builds the SR and the SC, queues them for every destination, writes the CSV rows, and
 marks the instances done (in that order, so a kill between steps repeats only idempotent work).
-A sender sends its destination's queue over one association that it keeps while there is work; on failure
-it waits (1 s, doubling up to retry_max_s) and tries again; the files stay on disk meanwhile. Both wake at
-once when there is new work (an Event).
+A sender sends its share of its destination's queue over one association that it keeps while there is
+work; on failure it waits (1 s, doubling up to retry_max_s) and tries again; the files stay on disk
+meanwhile. All wake at once when there is new work (Events).
 
 Per instance the work is done once and at the size it is needed: each received file is read once (pixels
 and header from the same bytes), the heat map is computed at the Secondary Capture's size rather than the

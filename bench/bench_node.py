@@ -8,8 +8,9 @@ storescu failed sends its whole share again (what a modality does), so duplicate
 
 Reported: lost (instances without both an SR and an SC in Orthanc), duplicated (extra CSV rows, extra
 objects in Orthanc), sustained throughput (results stored in Orthanc per second, from the first instance
-sent to the last SR stored, the restart included; also the best 10 s window), and the listener's RSS over
-time (sampled from /proc every second). Linux only (/proc).
+sent to the last SR stored, the restart included; also the best 10 s window), the listener's RSS over
+time (sampled from /proc every second), and the CPU seconds the listener and Orthanc used per instance
+(independent of the machine's other load, unlike the throughput). Linux only (/proc).
 
 Usage: python bench/bench_node.py [--count 1000] [--senders 4] [--kill-at 0.5] [--side 1024] [--json OUT]
 """
@@ -49,6 +50,15 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat), its threads included."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_instances(folder: Path, count: int, side: int) -> list[tuple[Path, Identity]]:
@@ -131,6 +141,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     for sender in senders:
         sender.start()
     killed_at = None
+    cpu: dict[int, float] = {}  # listener run -> its CPU seconds (last reading)
+    startup = {1: cpu_s(listeners[0].process.pid) or 0.0}  # listener run -> CPU seconds to start (model load)
+    orthanc_cpu_start = cpu_s(orthanc.process.pid) or 0.0
     try:
         while time.monotonic() < deadline:
             now = time.monotonic() - start
@@ -140,15 +153,24 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             stored = orthanc.get("/statistics")["CountInstances"]
             progress.append((now, stored))
             received = sum(1 for _ in (spool / "done").iterdir()) + sum(1 for _ in (spool / "incoming").glob("*.dcm"))
+            for listener in listeners[-1:]:
+                used = cpu_s(listener.process.pid)
+                cpu[len(listeners)] = used if used is not None else cpu.get(len(listeners), 0.0)
             if killed_at is None and received >= args.kill_at * args.count:
+                cpu[1] = cpu_s(listeners[-1].process.pid) or cpu.get(1, 0.0)
                 listeners[-1].kill()
                 killed_at = now
                 print(f"SIGKILL at {now:.1f} s with {received} received; restarting", flush=True)
                 listeners.append(start_listener(spool, port, *listen_args, log_name="listen2.log"))
+                startup[2] = cpu_s(listeners[-1].process.pid) or 0.0
             if stored >= 2 * args.count and all(not s.is_alive() for s in senders):
                 break
             time.sleep(1.0)
     finally:
+        used = cpu_s(listeners[-1].process.pid)
+        if used is not None:
+            cpu[len(listeners)] = used
+        orthanc_cpu = (cpu_s(orthanc.process.pid) or 0.0) - orthanc_cpu_start
         for listener in listeners:
             listener.stop()
     end = progress[-1][0]
@@ -165,6 +187,14 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         "rss_mb": {f"run{run}": _summary([mb for _, r, mb in rss if r == run]) for run in (1, 2)},
         "rss_series": [(round(t, 1), run, round(mb, 1)) for t, run, mb in rss],
         "sender_attempts": [s.attempts for s in senders],
+        # CPU time does not depend on what else runs on the machine: the node's own cost per instance
+        # (both listener runs, start-up and model loading included), and Orthanc's for storing the results
+        "listener_cpu_s": round(sum(cpu.values()), 1),
+        "listener_cpu_ms_per_instance": round(1000 * sum(cpu.values()) / args.count, 1),
+        "listener_cpu_ms_per_instance_without_startup": round(
+            1000 * (sum(cpu.values()) - sum(startup.values())) / args.count, 1),
+        "orthanc_cpu_ms_per_instance": round(1000 * orthanc_cpu / args.count, 1),
+        "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end",
     })
     print(json.dumps({k: v for k, v in figures.items() if k != "rss_series"}, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 
@@ -51,6 +52,14 @@ def test_config_file_then_command_line(tmp_path):
     save_peers(peers[1:], path)  # the peer `send_to` names is gone: the file is refused, with the reason
     with pytest.raises(NodeConfigError, match="'main' is not a peer"):
         load_config(path)
+
+
+def test_send_associations_setting(tmp_path):
+    assert NodeConfig().send_associations == 4
+    assert apply(NodeConfig(), {"send-associations": 2}).send_associations == 2
+    for bad in (0, 17):
+        with pytest.raises(NodeConfigError, match="send_associations"):
+            apply(NodeConfig(), {"send_associations": bad})
 
 
 def test_missing_config_file_gives_defaults(tmp_path):
@@ -163,7 +172,9 @@ def test_sr_and_sc_hold_the_result_and_validate(model, dx_file, tmp_path):
     assert has_viral == (prediction.p_viral is not None)
 
     sc = pydicom.dcmread(sc_path)
-    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "RGB"
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "YBR_FULL_422"
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"  # JPEG Baseline: ~1/16 of the RGB bytes
+    assert sc.LossyImageCompression == "01" and "ISO_10918_1" in sc.LossyImageCompressionMethod
     assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesInstanceUID not in (
         source.SeriesInstanceUID, sr.SeriesInstanceUID)
     assert sc.BurnedInAnnotation == "YES"
@@ -174,6 +185,12 @@ def test_sr_and_sc_hold_the_result_and_validate(model, dx_file, tmp_path):
 
     again = build_results(source, image.grey, explanation)
     assert again.uids == objects.uids  # scored again after a crash: the same objects for the receiver
+    assert encode(again.sr) == sr_path.read_bytes() and encode(again.sc) == sc_path.read_bytes()  # byte for byte
+    # the SR carries the documented template's frame: root container, observer context, flags
+    assert (sr.ContinuityOfContent, sr.CompletionFlag, sr.VerificationFlag) == ("SEPARATE", "COMPLETE", "UNVERIFIED")
+    assert _named(items, "Observer Type")[0].ConceptCodeSequence[0].CodeMeaning == "Device"
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 
 
 def test_refused_image_gets_a_refusal_report(model, dx_file, tmp_path):
@@ -237,3 +254,120 @@ def test_scorer_scores_good_instances_and_keeps_undecodable_ones(tmp_path, model
     assert str(spool.failed / "1.2.3.999.dcm") in rows["1.2.3.999"]
     assert spool.receive("1.2.3.999", broken_path.read_bytes(), "CR1") is False  # not retried on a resend
     spool.close()
+
+
+def test_uncompressed_sc_and_a_source_with_its_own_character_set_validate(model, dx_file, tmp_path):
+    """A source in Latin-1 (ISO_IR 100) with an accented name; the SC without compression (as a peer that
+    takes no JPEG receives it)."""
+    image = load_image(dx_file)
+    source = pydicom.dcmread(dx_file, stop_before_pixels=True)
+    source.SpecificCharacterSet = "ISO_IR 100"
+    source.PatientName = "Müller^Jürgen"
+    explanation = model.explain(image)
+    objects = build_results(source, image.grey, explanation, compress=False)
+    sr_path, sc_path = tmp_path / "sr.dcm", tmp_path / "sc.dcm"
+    sr_path.write_bytes(encode(objects.sr))
+    sc_path.write_bytes(encode(objects.sc))
+    assert _dciodvfy_errors(sr_path) == [] and _dciodvfy_errors(sc_path) == []
+    for path in (sr_path, sc_path):
+        back = pydicom.dcmread(path)
+        assert back.SpecificCharacterSet == "ISO_IR 100" and str(back.PatientName) == "Müller^Jürgen"
+    sc = pydicom.dcmread(sc_path)
+    assert sc.PhotometricInterpretation == "RGB" and sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    jpeg = pydicom.dcmread(io.BytesIO(encode(build_results(source, image.grey, explanation).sc))).pixel_array
+    difference = np.abs(sc.pixel_array.astype(int) - jpeg.astype(int))
+    assert difference.mean() < 2.0  # the JPEG SC is the same picture, with JPEG's small errors
+
+
+def test_a_source_without_a_series_uid_cannot_get_results(model, dx_file):
+    from pneumo_desktop.core.dicom_node.results_dicom import ResultBuildError
+
+    image = load_image(dx_file)
+    source = pydicom.dcmread(dx_file, stop_before_pixels=True)
+    del source.SeriesInstanceUID
+    with pytest.raises(ResultBuildError, match="SeriesInstanceUID"):
+        build_results(source, image.grey, model.explain(image))
+
+
+def test_result_picture_blend_is_the_apps_overlay(model, dx_file):
+    """The node's table look-up gives render_overlay's pixels exactly, for a real map and for random ones."""
+    from pneumo_desktop.core.dicom_node.result_image import blend
+    from pneumo_desktop.core.overlay import render_overlay
+
+    image = load_image(dx_file)
+    cam = model.explain(image).cam
+    assert cam is not None
+    rng = np.random.default_rng(7)
+    cases = [(image.grey, cam), (rng.integers(0, 256, (90, 70), dtype=np.uint8), rng.random((7, 7)) * 1.2 - 0.1)]
+    for grey, values in cases:
+        out = np.empty((*grey.shape, 3), np.uint8)
+        blend(grey, values, out)
+        assert np.array_equal(out, render_overlay(grey, values))
+
+
+def test_partial_batches_score_like_explain_many(model, sample_paths):
+    """The node runs full batches together and the rest one by one, with maps at the picture's size."""
+    from pneumo_desktop.core.dicom_node.result_image import picture_size
+    from pneumo_desktop.core.dicom_node.service import explain_for_results
+
+    images = [load_image(p) for p in sample_paths[: model.batch_size + 3]]
+    ours = explain_for_results(model, images)
+    reference = model.explain_many(images)
+    assert len(ours) == len(images)
+    for image, mine, theirs in zip(images, ours, reference):
+        assert mine.prediction.status == theirs.prediction.status
+        if theirs.prediction.probability is not None:
+            assert mine.prediction.probability == pytest.approx(theirs.prediction.probability, abs=1e-5)
+        if mine.cam is not None:
+            assert mine.cam.shape == picture_size(image.height, image.width)
+
+
+def test_spool_shares_split_the_queue_without_overlap(tmp_path):
+    spool = Spool(tmp_path / "spool", max_bytes=10 * MB, min_free_bytes=0)
+    spool.queue_results({"dest": [(f"1.2.{i}", b"x") for i in range(40)]})
+    shares = [set(spool.queued("dest", share=(i, 3))) for i in range(3)]
+    assert set().union(*shares) == set(spool.queued("dest")) and sum(len(s) for s in shares) == 40
+    assert all(shares)  # each sender gets some
+    spool.close()
+
+
+def test_peer_without_jpeg_gets_the_sc_uncompressed_over_one_kept_association(model, dx_file, tmp_path):
+    """A real pynetdicom Storage SCP that takes the SC uncompressed only; two sends, one association."""
+    from pynetdicom import AE, evt
+
+    from pneumo_desktop.core.dicom_node.send import Outcome, PeerConnection
+    from tests.dicom_node_support import free_port
+
+    received: list[pydicom.Dataset] = []
+    opened: list[int] = []
+
+    def on_store(event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    scp = AE(ae_title="NOJPEG")
+    scp.add_supported_context("1.2.840.10008.5.1.4.1.1.88.33", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    scp.add_supported_context("1.2.840.10008.5.1.4.1.1.7", ["1.2.840.10008.1.2"])  # Implicit VR only
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, lambda event: opened.append(1))])
+    try:
+        image = load_image(dx_file)
+        objects = build_results(pydicom.dcmread(dx_file, stop_before_pixels=True), image.grey, model.explain(image))
+        files = []
+        for name, ds in (("sr", objects.sr), ("sc", objects.sc)):
+            files.append(tmp_path / f"{name}.dcm")
+            files[-1].write_bytes(encode(ds))
+        connection = PeerConnection(Peer("NOJPEG", "127.0.0.1", port), "PNEUMO")
+        first = connection.send(files[:1])
+        second = connection.send(files[1:])
+        connection.close()
+    finally:
+        server.shutdown()
+    assert [r.outcome for r in first + second] == [Outcome.SENT, Outcome.SENT]
+    assert len(opened) == 1  # the second send went over the association the first opened
+    sc = next(ds for ds in received if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7")
+    assert sc.PhotometricInterpretation == "RGB" and sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert sc.pixel_array.shape[2] == 3 and sc.SOPInstanceUID == objects.uids.sc_instance

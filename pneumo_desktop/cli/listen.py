@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
     parser.add_argument("--tls-ca", type=Path, metavar="FILE", help="require callers' certificates signed by this CA")
     parser.add_argument("--max-associations", type=int, metavar="N", help="concurrent associations (default 8)")
+    parser.add_argument("--send-associations", type=int, metavar="N",
+                        help="concurrent associations (or STOW-RS requests) per destination (default 4)")
     parser.add_argument("--max-instance-mb", type=float, metavar="MB", help="largest instance accepted (default 256)")
     parser.add_argument("--spool-max-mb", type=float, metavar="MB",
                         help="most data waiting in the spool; beyond it senders get 0xA700 (default 20480)")
@@ -65,14 +68,23 @@ def _parser() -> argparse.ArgumentParser:
 
 _OPTION_KEYS = ("port", "ae_title", "bind", "allow", "send_to", "stow", "spool", "output", "profile", "threshold",
                 "model", "tls_cert", "tls_key", "tls_ca", "max_associations", "max_instance_mb", "spool_max_mb",
-                "min_free_mb")
+                "min_free_mb", "send_associations")
 
 
 def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
+# The node runs its receivers, senders and the scorer at once, on machines where the PACS often runs too:
+# a second BLAS thread for the preprocessing's matrix products mostly spins waiting for a core (it cost 3-4
+# times the CPU of one thread on 2 busy cores, bench/profile_node.py). Set before numpy loads (nothing
+# before this command imports it); a value the user set wins.
+BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "1")
+
+
 def run(argv: Sequence[str]) -> int:
+    if "numpy" not in sys.modules:  # (in a process that already loaded it, e.g. a test, it would not apply)
+        os.environ.setdefault(*BLAS_THREADS_ENV)
     try:
         parsed = _parser().parse_args(list(argv))
     except SystemExit as exc:

@@ -23,6 +23,7 @@ means; tests/test_docs.py keeps both in line with the classes.
       NodeConfigError           core.dicom_node.config
       SpoolFullError            core.dicom_node.spool
       SpoolLockedError          core.dicom_node.spool
+      ResultBuildError          core.dicom_node.results_dicom
       NotSendableError          gui.pacs_actions
 """
 

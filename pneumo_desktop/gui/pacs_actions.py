@@ -55,7 +55,7 @@ def send_results(current: CurrentResult, peer: Peer, calling_ae: str) -> SendRep
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    from ..core.dicom_node.results_dicom import build_results, encode  # highdicom: loaded when first sending
+    from ..core.dicom_node.results_dicom import build_results, encode  # loaded when first sending
 
     path, image, explanation = current
     if path is None or image is None or explanation is None:

@@ -119,6 +119,7 @@ class NodeConfig:
     spool_max_mb: float = 20_480.0  # received + results waiting, in MB
     min_free_mb: float = 512.0  # free disk space the spool leaves
     retry_max_s: float = 60.0  # longest wait between two tries of a destination
+    send_associations: int = 4  # concurrent associations (or STOW requests) per destination
     peers: tuple[Peer, ...] = field(default=(), compare=False)
 
     def destinations(self) -> list[Peer]:
@@ -186,6 +187,10 @@ def apply(config: NodeConfig, values: dict[str, Any], source: str = "the command
             value = check_ae_title(str(value))
         elif key == "port":
             value = check_port(int(value))
+        elif key == "send_associations":
+            value = int(value)
+            if not 1 <= value <= 16:
+                raise NodeConfigError(f"{source}: send_associations must be between 1 and 16, got {value}")
         changes[key] = value
     result = replace(config, **changes)
     if (result.tls_cert is None) != (result.tls_key is None):

@@ -30,7 +30,7 @@ class Node:
         try:
             self.csv = NodeResultsCsv(config.results_csv())
             self.service = NodeService(self.spool, model, self.csv, destinations(config), config.ae_title,
-                                       config.retry_max_s)
+                                       config.retry_max_s, config.send_associations)
             self.listener = StorageListener(config, self.spool, on_stored=self.service.notify)
         except BaseException:
             self.spool.close()

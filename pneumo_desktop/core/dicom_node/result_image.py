@@ -1,19 +1,29 @@
 """The picture of a result: the Grad-CAM overlay with the probability and the research-use notice burned in.
 
 It goes into the Secondary Capture the node sends back, so it has to say everything on its own: a viewer
-shows only pixels. The overlay is the app's own (core.overlay.render_overlay); text is drawn with Pillow.
+shows only pixels. The overlay is the app's own (core.overlay.render_overlay, default colormap and
+opacity); text is drawn with Pillow.
+
+The node draws one of these per instance, so it is drawn without full-resolution work: the X-ray is
+scaled down first (the map can be asked for at the picture's size: picture_size), and the blend is one
+table look-up per pixel. The table holds render_overlay's own arithmetic for every (grey, map level)
+pair, so the pixels are exactly render_overlay's (tests/test_dicom_node.py checks it).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pneumo_desktop.core.overlay import render_overlay
+from pneumo_desktop.core.overlay import COLORMAPS, DEFAULT_COLORMAP
+from pneumo_desktop.core.resize import resize_float
 from pneumo_desktop.core.runtime import Prediction
 
 MAX_SIDE = 1024  # px: a viewer's thumbnail-to-screen size; keeps each result a few MB at most
 NOTICE = "Research use only, not a diagnosis"
+OPACITY = 0.45  # render_overlay's default
 
 
 def headline(prediction: Prediction) -> str:
@@ -33,6 +43,7 @@ def _detail(prediction: Prediction) -> str:
     return f"{prediction.model_name} {prediction.model_version}"
 
 
+@lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow's bundled scalable font (needs FreeType)
@@ -40,29 +51,85 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def render_result(grey: np.ndarray, cam: np.ndarray | None, prediction: Prediction) -> np.ndarray:
-    """RGB uint8: the (downscaled) X-ray with its heat map, a text band above and the notice below."""
-    height, width = grey.shape
+def picture_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of the X-ray in the picture: scaled down to MAX_SIDE, never up."""
     scale = min(1.0, MAX_SIDE / max(height, width))
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey = np.asarray(Image.fromarray(np.ascontiguousarray(grey)).resize(size, Image.Resampling.BOX))
-        height, width = grey.shape
-    if cam is not None:
-        picture = render_overlay(grey, cam)  # resizes the map to the picture
-    else:
-        picture = np.repeat(np.asarray(grey, dtype=np.uint8)[:, :, None], 3, axis=2)
-    size = max(12, width // 40)
-    font = _font(size)
-    band = 2 * size + 3 * (size // 3) + 4
-    canvas = Image.new("RGB", (width, height + 2 * band), (0, 0, 0))
-    canvas.paste(Image.fromarray(picture), (0, band))
-    draw = ImageDraw.Draw(canvas)
+    if scale >= 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+@lru_cache(maxsize=2)
+def _blend_table(colormap: str = DEFAULT_COLORMAP, opacity: float = OPACITY) -> np.ndarray:
+    """(256 * 256,) uint32: RGB(X) of render_overlay's blend for grey g and map level m at index g * 256 + m.
+
+    The same float32 operations as render_overlay (weighted sum, rounded once), done for the 65,536 pairs
+    instead of for every pixel."""
+    grey = np.arange(256, dtype=np.float32)[:, None, None]
+    colour = COLORMAPS[colormap].astype(np.float32)[None, :, :]
+    alpha = np.float32(opacity)
+    mixed = grey * (np.float32(1.0) - alpha) + colour * alpha
+    rgb = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)  # (256 grey, 256 levels, 3)
+    rgbx = np.zeros((256, 256, 4), np.uint8)
+    rgbx[:, :, :3] = rgb
+    return rgbx.reshape(-1, 4).view(np.uint32).reshape(-1)
+
+
+def blend(grey: np.ndarray, cam: np.ndarray, out: np.ndarray) -> None:
+    """render_overlay(grey, cam) (default colormap and opacity, no cut-off), written into `out` (H, W, 3)."""
+    height, width = grey.shape
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape != grey.shape:
+        cam = resize_float(cam, height, width)
+    # overlay.colorize's quantisation, rint(clip(cam, 0, 1) * 255), in place (the same values: scaling by 255
+    # before clipping to 0..255 is monotonic in float32)
+    scaled = np.multiply(cam, np.float32(255.0), dtype=np.float32)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    level = np.rint(scaled, out=scaled).astype(np.uint8)
+    index = np.left_shift(grey, 8, dtype=np.uint16)
+    index |= level
+    rgbx = np.take(_blend_table(), index).view(np.uint8).reshape(height, width, 4)
+    out[...] = rgbx[:, :, :3]
+
+
+@lru_cache(maxsize=16)
+def _notice_band(width: int, band: int, size: int) -> np.ndarray:
+    """The band below the picture: the same words for every picture of a width, so drawn once."""
+    strip = _band(width, band, [(NOTICE, (255, 220, 0)),
+                                ("AI estimate: check against the original image", (220, 220, 220))], size)
+    strip.setflags(write=False)
+    return strip
+
+
+def _band(width: int, band: int, lines: list[tuple[str, tuple[int, int, int]]], size: int) -> np.ndarray:
+    """A black strip with up to two lines of text."""
+    strip = Image.new("RGB", (width, band), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
     pad = max(4, size // 3)
+    font = _font(size)
+    for row, (text, colour) in enumerate(lines):
+        draw.text((pad, pad + row * (pad + size)), text, fill=colour, font=font)
+    return np.asarray(strip, dtype=np.uint8)
+
+
+def render_result(grey: np.ndarray, cam: np.ndarray | None, prediction: Prediction) -> np.ndarray:
+    """RGB uint8: the (downscaled) X-ray with its heat map, a text band above and the notice below.
+
+    `cam` may be at the X-ray's size or at picture_size() of it (cheaper: the node asks for that)."""
+    height, width = picture_size(*grey.shape)
+    grey = np.ascontiguousarray(grey, dtype=np.uint8)
+    if (height, width) != grey.shape:
+        grey = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.BOX))
+    size = max(12, width // 40)
+    band = 2 * size + 3 * (size // 3) + 4
+    canvas = np.empty((height + 2 * band, width, 3), np.uint8)
+    picture = canvas[band : band + height]
+    if cam is not None:
+        blend(grey, cam, picture)
+    else:
+        picture[...] = grey[:, :, None]
     colour = (255, 80, 80) if prediction.refused or prediction.label == "PNEUMONIA" else (255, 255, 255)
-    draw.text((pad, pad), headline(prediction), fill=colour, font=font)
-    draw.text((pad, 2 * pad + size), _detail(prediction)[:160], fill=(220, 220, 220), font=font)
-    draw.text((pad, height + band + pad), NOTICE, fill=(255, 220, 0), font=font)
-    draw.text((pad, height + band + 2 * pad + size), "AI estimate: check against the original image",
-              fill=(220, 220, 220), font=font)
-    return np.asarray(canvas, dtype=np.uint8)
+    canvas[:band] = _band(width, band, [(headline(prediction), colour),
+                                        (_detail(prediction)[:160], (220, 220, 220))], size)
+    canvas[band + height :] = _notice_band(width, band, size)
+    return canvas

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pneumo_desktop.core.dicom_node.config import NodeConfig
+from pneumo_desktop.core.dicom_node.send import quieter_polling
 from pneumo_desktop.core.dicom_node.spool import MB, Spool, SpoolFullError, valid_uid
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ class StorageListener:
         for uid in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(uid, syntaxes)
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
-                    (evt.EVT_REJECTED, self._on_rejected)]
+                               (evt.EVT_REJECTED, self._on_rejected),
+                               (evt.EVT_ACCEPTED, lambda event: quieter_polling(event.assoc))]
         self._server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers,
                                        ssl_context=server_ssl_context(self.config))
         log.info("listening as %s on %s:%d (%s)", self.config.ae_title, self.config.bind, self.config.port,

@@ -1,30 +1,61 @@
-"""The node's two kinds of worker: one scorer, and one sender per destination.
+"""The node's two kinds of worker: one scorer, and `associations` senders per destination.
 
-The scorer takes received instances from the spool (oldest first, a model batch at a time), scores them
-with Grad-CAM, builds the SR and the SC, queues them for every destination, writes the CSV row, and marks
-the instance done (spool.finish: in that order, so a kill between steps repeats only idempotent work).
-A sender sends its destination's queue; on failure it waits (1 s, doubling up to retry_max_s) and tries
-again; the files stay on disk meanwhile. Both wake at once when there is new work (an Event).
+The scorer takes received instances from the spool (oldest first, up to a model batch at a time), scores
+them with Grad-CAM, builds the SR and the SC, queues them for every destination, writes the CSV rows, and
+marks the instances done (in that order, so a kill between steps repeats only idempotent work).
+A sender sends its share of its destination's queue over one association that it keeps while there is
+work; on failure it waits (1 s, doubling up to retry_max_s) and tries again; the files stay on disk
+meanwhile. All wake at once when there is new work (Events).
+
+Per instance the work is done once and at the size it is needed: each received file is read once (pixels
+and header from the same bytes), the heat map is computed at the Secondary Capture's size rather than the
+X-ray's, and a partial batch is run image by image (the batch interpreter pads to its full size, so three
+images in a batch of eight would cost eight; a single image costs what one slot of a batch costs).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from pneumo_desktop.core.batch import BatchRow
+from pneumo_desktop.core.dicom_node.result_image import picture_size
 from pneumo_desktop.core.dicom_node.results_csv import NodeResultsCsv
 from pneumo_desktop.core.dicom_node.results_dicom import build_results, encode
-from pneumo_desktop.core.dicom_node.send import Destination, Outcome, SendResult
+from pneumo_desktop.core.dicom_node.send import Destination, Outcome, Sender, SendResult
 from pneumo_desktop.core.dicom_node.spool import Pending, Spool
-from pneumo_desktop.core.imaging import ImageLoadError, decode_image
-from pneumo_desktop.core.runtime import STATUS_ERROR, PneumoniaModel
+from pneumo_desktop.core.imaging import ImageLoadError, LoadedImage, decode_image
+from pneumo_desktop.core.runtime import STATUS_ERROR, Explanation, PneumoniaModel
 
 log = logging.getLogger(__name__)
 
-SEND_BATCH = 16  # files per association / STOW request
+SEND_BATCH = 16  # files per STOW request, and between two looks at the queue of a DIMSE peer
+IDLE_RELEASE_S = 2.0  # an association with nothing to send is released after this long
+
+
+def explain_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) -> list[Explanation]:
+    """model.explain_many's results, with each map at the size the Secondary Capture draws it.
+
+    Full batches go through the batch interpreter; the rest one image at a time (see the module's notes)."""
+    explanations: list[Explanation] = []
+    size = model.batch_size
+    full = len(images) - len(images) % size if size > 1 else 0
+    chunks = [images[i : i + size] for i in range(0, full, size)] + [[image] for image in images[full:]]
+    for chunk in chunks:
+        raw = model.run(np.stack([model.prepare(image) for image in chunk]))
+        for i, image in enumerate(chunk):
+            prediction = model.prediction(image.path, raw.probability[i], **raw.extras(i))
+            cam = None if prediction.refused else raw.cam(i, *picture_size(image.height, image.width))
+            explanations.append(Explanation(prediction=prediction, cam=cam))
+    return explanations
 
 
 @dataclass
@@ -37,13 +68,18 @@ class Counters:
 
 class NodeService:
     def __init__(self, spool: Spool, model: PneumoniaModel, csv: NodeResultsCsv, destinations: list[Destination],
-                 calling_ae: str, retry_max_s: float = 60.0) -> None:
+                 calling_ae: str, retry_max_s: float = 60.0, associations: int = 1) -> None:
         self.spool, self.model, self.csv = spool, model, csv
         self.destinations, self.calling_ae, self.retry_max_s = destinations, calling_ae, retry_max_s
+        # Senders per destination, each with its own association and its own share of the queue: a PACS
+        # answers each C-STORE only once it has indexed the object (Orthanc: ~0.1 s, mostly waiting), so
+        # one association at a time would cap the node at a few results per second whatever its CPU.
+        self.associations = max(1, int(associations))
         self.counters = Counters()
+        self._counter_lock = threading.Lock()
         self._stop = threading.Event()
         self._work = threading.Event()
-        self._outbox = {d.key: threading.Event() for d in destinations}
+        self._outbox = {d.key: [threading.Event() for _ in range(self.associations)] for d in destinations}
         self._threads: list[threading.Thread] = []
         known = {d.key for d in destinations}
         for key in spool.queued_keys():
@@ -54,8 +90,9 @@ class NodeService:
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._score_loop, name="pneumo-scorer", daemon=True)]
         for dest in self.destinations:
-            self._threads.append(threading.Thread(target=self._send_loop, args=(dest,),
-                                                  name=f"pneumo-send-{dest.key}", daemon=True))
+            for share in range(self.associations):
+                self._threads.append(threading.Thread(target=self._send_loop, args=(dest, share),
+                                                      name=f"pneumo-send-{dest.key}-{share}", daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -66,8 +103,7 @@ class NodeService:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._work.set()
-        for event in self._outbox.values():
-            event.set()
+        self._wake_senders()
         for thread in self._threads:
             thread.join(timeout)
 
@@ -96,9 +132,9 @@ class NodeService:
         loaded = []
         for item in batch:
             try:
-                data = item.path.read_bytes()
+                data = item.path.read_bytes()  # read once: the pixels, the header and the hash come from it
                 image = decode_image(data, item.path)
-                header = dcmread(item.path, stop_before_pixels=True)
+                header = dcmread(io.BytesIO(data), stop_before_pixels=True)
                 loaded.append((item, image, header, hashlib.sha256(data).hexdigest()))
             except ImageLoadError as exc:
                 self._fail(item, exc.reason)
@@ -106,7 +142,7 @@ class NodeService:
                 self._fail(item, f"{type(exc).__name__}: {exc}")
         if not loaded:
             return
-        explanations = self.model.explain_many([image for _, image, _, _ in loaded])
+        explanations = explain_for_results(self.model, [image for _, image, _, _ in loaded])
         queued: dict[str, list[tuple[str, bytes]]] = {d.key: [] for d in self.destinations}
         rows, finished = [], []
         for (item, image, header, sha), explanation in zip(loaded, explanations):
@@ -136,8 +172,12 @@ class NodeService:
         self.csv.append_many(rows)
         self.spool.mark_done(finished)
         self.counters.scored += len(finished)
-        for event in self._outbox.values():
-            event.set()
+        self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        for events in self._outbox.values():
+            for event in events:
+                event.set()
 
     def _fail(self, item: Pending, reason: str) -> None:
         log.warning("%s from %s cannot be scored: %s (kept in %s)", item.sop_instance_uid, item.sender_ae or "?",
@@ -151,32 +191,45 @@ class NodeService:
 
     # ------------------------------------------------------------------ sending
 
-    def _send_loop(self, dest: Destination) -> None:
-        wake = self._outbox[dest.key]
-        delay = 0.0
-        while not self._stop.is_set():
-            wake.clear()
-            files = self.spool.queued(dest.key, limit=SEND_BATCH)
-            if not files:
-                wake.wait(1.0)
-                continue
-            try:
-                results = dest.send(files, self.calling_ae)
-            except Exception as exc:  # a bug or an unexpected library error: keep the files, keep the thread
-                log.exception("%s: sending failed", dest.label)
-                results = [SendResult(path, Outcome.RETRY, f"{type(exc).__name__}: {exc}") for path in files]
-            retry = [r for r in results if r.outcome is Outcome.RETRY]
-            for r in results:
-                if r.outcome is Outcome.SENT:
-                    self.spool.sent(r.path)
-                    self.counters.sent += 1
-                elif r.outcome is Outcome.REJECTED:
-                    self.spool.reject(dest.key, r.path, r.detail)
-                    self.counters.rejected += 1
-            if retry:
-                delay = min(self.retry_max_s, max(1.0, delay * 2))
-                log.warning("%s: %d result(s) not sent (%s); next try in %.0f s (they wait in %s)",
-                            dest.label, len(retry), retry[0].detail, delay, self.spool.outbox / dest.key)
-                self._stop.wait(delay)
-            else:
-                delay = 0.0
+    def _send_loop(self, dest: Destination, share: int) -> None:
+        wake = self._outbox[dest.key][share]
+        sender = dest.sender(self.calling_ae)
+        delay, last_work = 0.0, time.monotonic()
+        try:
+            while not self._stop.is_set():
+                wake.clear()
+                files = self.spool.queued(dest.key, limit=SEND_BATCH, share=(share, self.associations))
+                if not files:
+                    if time.monotonic() - last_work > IDLE_RELEASE_S:
+                        sender.idle()
+                    wake.wait(min(1.0, IDLE_RELEASE_S))
+                    continue
+                last_work = time.monotonic()
+                delay = self._send_some(dest, sender, files, delay)
+        finally:
+            sender.idle()
+
+    def _send_some(self, dest: Destination, sender: Sender, files: list[Path], delay: float) -> float:
+        """Send `files`; returns the back-off for the next try (0 when nothing has to be retried)."""
+        try:
+            results = sender.send(files)
+        except Exception as exc:  # a bug or an unexpected library error: keep the files, keep the thread
+            log.exception("%s: sending failed", dest.label)
+            sender.idle()
+            results = [SendResult(path, Outcome.RETRY, f"{type(exc).__name__}: {exc}") for path in files]
+        retry = [r for r in results if r.outcome is Outcome.RETRY]
+        for r in results:
+            if r.outcome is Outcome.SENT:
+                self.spool.sent(r.path)
+            elif r.outcome is Outcome.REJECTED:
+                self.spool.reject(dest.key, r.path, r.detail)
+            with self._counter_lock:  # several sender threads
+                self.counters.sent += r.outcome is Outcome.SENT
+                self.counters.rejected += r.outcome is Outcome.REJECTED
+        if not retry:
+            return 0.0
+        delay = min(self.retry_max_s, max(1.0, delay * 2))
+        log.warning("%s: %d result(s) not sent (%s); next try in %.0f s (they wait in %s)",
+                    dest.label, len(retry), retry[0].detail, delay, self.spool.outbox / dest.key)
+        self._stop.wait(delay)
+        return delay

@@ -8,7 +8,8 @@
     <spool>/tmp/                                        files being written; emptied at start
 
 Every file is written to tmp/, fsynced, renamed into place, and its folder fsynced: a `kill -9` or a
-power cut leaves either the whole file or none. The order of the steps is what makes a restart finish each
+power cut leaves either the whole file or none (done markers, whose name is all that counts, are created in
+place and made durable by one fsync of done/ per batch). The order of the steps is what makes a restart finish each
 instance exactly once: results are queued, then `done/<uid>` is written, then the incoming file is removed.
 A crash between two steps repeats only steps whose effect is idempotent (results have fixed UIDs, see
 results_dicom.result_uids; the CSV skips a SOP Instance UID it holds).
@@ -22,6 +23,7 @@ import re
 import shutil
 import threading
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,16 @@ def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_marker(target: Path, note: bytes) -> None:
+    """A done marker: what counts is that its name exists (the note only says why), so it is created in place
+    and made durable by its folder's fsync; a crash can leave a marker without its note, never a wrong one."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, note)
     finally:
         os.close(fd)
 
@@ -170,15 +182,16 @@ class Spool:
                 existed = target.exists()  # a restart after a crash re-queues the same object: count it once
                 old = target.stat().st_size if existed else 0
                 self._write_durably(target, data, sync_folder=False)
-                self._bytes += len(data) - old
+                with self._lock:  # senders change the count too
+                    self._bytes += len(data) - old
             _fsync_dir(folder)
 
     def mark_done(self, items: list[tuple[Pending, str]]) -> None:
         """Mark instances done (durably), then remove their received files: in that order, under the lock."""
         with self._lock:
             for item, note in items:
-                self._write_durably(self.done / item.sop_instance_uid, note.encode(), sync_folder=False)
-            _fsync_dir(self.done)
+                _write_marker(self.done / item.sop_instance_uid, note.encode())
+            _fsync_dir(self.done)  # one fsync makes every new marker durable before any incoming file goes
             for item, _note in items:
                 self._drop(item.path, sync_folder=False)
             _fsync_dir(self.incoming)
@@ -205,12 +218,16 @@ class Spool:
 
     # ------------------------------------------------------------------ results to send
 
-    def queued(self, key: str, limit: int | None = None) -> list[Path]:
+    def queued(self, key: str, limit: int | None = None, share: tuple[int, int] | None = None) -> list[Path]:
+        """Results waiting for destination `key`, oldest first; with share (i, n) only the i-th of n disjoint
+        parts of the queue (by a hash of the name), so that n senders never send the same file together."""
         folder = self.outbox / key
         if not folder.is_dir():
             return []
         entries = []
         for path in folder.glob("*.dcm"):
+            if share is not None and zlib.crc32(path.name.encode()) % share[1] != share[0]:
+                continue
             try:
                 entries.append((path.stat().st_mtime_ns, path))
             except FileNotFoundError:

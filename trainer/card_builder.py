@@ -119,6 +119,34 @@ def _level_lines(card: dict[str, Any]) -> list[str]:
     ]
 
 
+def _audit_lines(audit: dict[str, Any] | None) -> list[str]:
+    """The explanation audit's figures (docs/EXPLANATIONS.md says what each one means)."""
+    if not audit:
+        return []
+    ci = audit.get("mass_outside_body_ci95")
+    interval = f" (95% CI {ci[0]:.3f} - {ci[1]:.3f})" if ci else ""
+    lines = ["", "## Explanation audit", f"- Data: {audit['data']}; map: {audit.get('method', 'gradcam')}"
+             + (f" at `{audit['map_layer']}`" if audit.get("map_layer") else "") + "."]
+    area = audit.get("outside_area_share")
+    lines.append(f"- Map weight outside the body: {audit['mass_outside_body']:.3f}{interval}"
+                 + (f"; a map spread evenly over the film: {area:.3f}" if area is not None else "") + ".")
+    if audit.get("top_random_drop_ratio") is not None:
+        extra = audit.get("top_random_drop_ratio_pneumonia")
+        lines.append(f"- Deletion, 6 of 64 cells the map ranks highest vs 6 random: logit drop ratio "
+                     f"{audit['top_random_drop_ratio']:.2f}" + (f" ({extra:.2f} on pneumonia images)" if extra else "")
+                     + ".")
+    if audit.get("randomisation_passed") is not None:
+        lines.append("- Model-randomisation test: " + ("passed" if audit["randomisation_passed"] else "FAILED") + ".")
+    if audit.get("body_flattened_roc_auc") is not None:
+        lines.append("- ROC-AUC with the body painted flat grey (shortcut test): "
+                     f"{audit['body_flattened_roc_auc']:.3f}.")
+    if audit.get("previous_map"):
+        lines.append(f"- Before: {audit['previous_map']}.")
+    if audit.get("report"):
+        lines.append(f"- How: {audit['report']}.")
+    return lines
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """A human-readable model card from model_card.json (the JSON stays the source of truth)."""
     cal = card.get("calibration", {})
@@ -165,6 +193,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     ]
     for name, info in card.get("artifacts", {}).items():
         lines.append(f"- `{name}`: {info['bytes'] / 1e6:.1f} MB, sha256 `{info['sha256']}`")
+    lines += _audit_lines(card.get("explanation_audit"))
     selection = card.get("model_selection")
     if selection:
         lines += ["", "## Why this backbone", f"Rule: {selection['rule']}. Chosen: **{selection['chosen']}**.", ""]

@@ -100,5 +100,10 @@ def prepare_input_into(grey: np.ndarray, input_size: int, out: np.ndarray) -> np
     the same values (uint8 -> float32 is exact), without the intermediate arrays or a later copy into a batch."""
     if out.shape != (input_size, input_size, 3) or out.dtype != np.float32:
         raise ValueError(f"expected a ({input_size}, {input_size}, 3) float32 slot, got {out.dtype} {out.shape}")
-    out[...] = resize_grey(grey, input_size)[:, :, None]
+    # one table look-up per pixel writes all three float32 channels (faster than a broadcast with a cast)
+    np.take(_GREY_TO_INPUT, resize_grey(grey, input_size), axis=0, out=out)
     return out
+
+
+_GREY_TO_INPUT = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)  # grey level -> 3 channels
+_GREY_TO_INPUT.setflags(write=False)

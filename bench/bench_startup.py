@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_package import WINDOW_TARGET_S, MapWatcher, PollWatcher, XDisplay, gui_run  # noqa: E402
+from bench_package import WINDOW_TARGET_S, MapWatcher, PollWatcher, XDisplay, gui_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -343,12 +343,15 @@ class PollWatcher:
         pass
 
 
-def gui_run(exe: Path, display: str, watcher, scratch: Path) -> dict:
-    env = fresh_env(scratch, {"DISPLAY": display, "QT_QPA_PLATFORM": "xcb"})
+def gui_run(exe: Path | list[str], display: str, watcher, scratch: Path, extra_env: dict[str, str] | None = None
+            ) -> dict:
+    """One start of the app (the frozen executable, or a command such as python -m pneumo_desktop)."""
+    env = fresh_env(scratch, {"DISPLAY": display, "QT_QPA_PLATFORM": "xcb", **(extra_env or {})})
     ready: dict[str, float] = {}
     lines: list[str] = []
+    cmd = [str(exe)] if isinstance(exe, Path) else list(exe)
     start = time.perf_counter()
-    proc = subprocess.Popen([str(exe)], env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, bufsize=1)
 
     def read_log() -> None:

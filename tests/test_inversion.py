@@ -59,3 +59,28 @@ def test_a_bad_gate_makes_the_card_malformed(bundled_model_dir) -> None:
     card["refusal"]["inversion_check"]["gate"] = -1
     with pytest.raises(mc.ModelIntegrityError):
         mc.ModelCard.from_dict(card)
+
+
+def test_a_few_suspects_are_checked_one_by_one_with_the_same_verdict(model, sample_paths) -> None:
+    import numpy as np
+
+    # a batch mixing upright and inverted films: the inverted ones, and any upright film at the gate, are suspects
+    images = [load_image(p) for p in sample_paths[:5]]
+    inputs = np.stack([model.prepare(i) for i in images] + [model.prepare(255 - i.grey) for i in images[:2]])
+    calls: list[int] = []
+    engine = model._engine
+
+    def counting(batch):
+        calls.append(batch.shape[0])
+        return engine(batch)
+
+    model._engine = counting
+    try:
+        raw = model.run(inputs)
+    finally:
+        model._engine = engine
+    singles = [bool(model.run(inputs[i : i + 1]).looks_inverted[0]) for i in range(len(inputs))]
+    assert raw.looks_inverted is not None and raw.looks_inverted.tolist() == singles
+    assert singles[-2:] == [True, True] and not any(singles[:5])
+    suspects = calls[1:]  # after the batch itself: the second inference of each suspect, never a padded batch
+    assert suspects and set(suspects) == {1}

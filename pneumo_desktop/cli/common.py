@@ -193,6 +193,8 @@ class ProgressBar:
         self._bar: tqdm | None = None
 
     def update(self, progress: BatchProgress) -> None:
+        if self._disable:  # --quiet: no bar, and no tqdm import (~40 ms of the command's start)
+            return
         if self._bar is None:
             from tqdm import tqdm  # lazy: only `score` draws a bar; the GUI start does not pay for it
 

@@ -3,6 +3,9 @@
 
 To add a subcommand: write `def my_command(argv: Sequence[str]) -> int` in its own module of this package
 (using common.py for parsing, the model, exit codes), and add one row to COMMANDS below.
+
+The command modules are imported when their command runs, not at start-up: the GUI (no arguments) does not pay
+for the scoring log, the DICOM node, the audit and their libraries before its window shows (issue 25).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from pathlib import Path
 from pneumo_desktop import RESEARCH_USE_STATEMENT, __version__
 from pneumo_desktop.core.errors import PneumoError
 
-from . import audit, listen, log_commands, scoring, site
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -36,17 +38,65 @@ log = logging.getLogger(__name__)
 
 Command = Callable[[Sequence[str]], int]  # argv after the subcommand's name -> exit status
 
+
+# Each command's module imported on first use; the import is written out (not by name) so that PyInstaller's
+# analysis still finds every command module.
+def _score(argv: Sequence[str]) -> int:
+    from . import scoring
+    return scoring.score(argv)
+
+
+def _predict(argv: Sequence[str]) -> int:
+    from . import scoring
+    return scoring.predict(argv)
+
+
+def _merge(argv: Sequence[str]) -> int:
+    from . import scoring
+    return scoring.merge(argv)
+
+
+def _evaluate(argv: Sequence[str]) -> int:
+    from . import site
+    return site.evaluate(argv)
+
+
+def _calibrate(argv: Sequence[str]) -> int:
+    from . import site
+    return site.calibrate(argv)
+
+
+def _profiles(argv: Sequence[str]) -> int:
+    from . import site
+    return site.profiles(argv)
+
+
+def _listen(argv: Sequence[str]) -> int:
+    from . import listen
+    return listen.run(argv)
+
+
+def _log(argv: Sequence[str]) -> int:
+    from . import log_commands
+    return log_commands.run(argv)
+
+
+def _audit(argv: Sequence[str]) -> int:
+    from . import audit
+    return audit.run(argv)
+
+
 # The subcommands: name -> function. One row per command; the help epilog lists them from here.
 COMMANDS: dict[str, Command] = {
-    "score": scoring.score,
-    "predict": scoring.predict,
-    "merge": scoring.merge,
-    "evaluate": site.evaluate,
-    "calibrate": site.calibrate,
-    "profiles": site.profiles,
-    "listen": listen.run,  # the DICOM node (docs/DICOM_NODE.md)
-    "log": log_commands.run,  # the scoring log: show, verify
-    "audit-explanations": audit.run,  # the explanation audit (docs/EXPLANATIONS.md)
+    "score": _score,
+    "predict": _predict,
+    "merge": _merge,
+    "evaluate": _evaluate,
+    "calibrate": _calibrate,
+    "profiles": _profiles,
+    "listen": _listen,  # the DICOM node (docs/DICOM_NODE.md)
+    "log": _log,  # the scoring log: show, verify
+    "audit-explanations": _audit,  # the explanation audit (docs/EXPLANATIONS.md)
 }
 # Commands that set up logging themselves (a long-running service writes its own log).
 OWN_LOGGING = frozenset({"listen"})

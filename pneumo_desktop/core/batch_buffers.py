@@ -3,7 +3,6 @@ its slot of a preallocated batch, and a full batch goes to the model as it lies 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -11,26 +10,17 @@ import numpy as np
 PrepareInto = Callable[[np.ndarray, np.ndarray], object]  # (grey image, slot to fill)
 
 
-# One image's area averaging at a time: it is two float32 matrix products, which numpy hands to OpenBLAS, and
-# OpenBLAS already spreads each product over its own threads. Two decoder threads calling it at once make
-# those threads contend (and spin-wait) with each other and with LiteRT's; serialised, the products keep
-# OpenBLAS's multi-threaded path (the exact preprocessing: its single-threaded path rounds a few pixels
-# differently, so limiting OpenBLAS to one thread is not an option) while reading and decoding the files
-# stay parallel.
-_RESIZE_LOCK = threading.Lock()
-
-
 def prepare_into_of(model) -> PrepareInto:
     """The model's in-place preprocessing (PneumoniaModel.prepare_into, or its prepare() copied into the
-    slot), one image at a time (_RESIZE_LOCK)."""
+    slot). Decoder threads call it concurrently: the area averaging is plain numpy on one thread each (no
+    BLAS threads to contend with LiteRT's), so no lock."""
     into = getattr(model, "prepare_into", None)
 
     def prepare_into(grey: np.ndarray, out: np.ndarray) -> None:
-        with _RESIZE_LOCK:
-            if into is not None:
-                into(grey, out)
-            else:
-                out[...] = model.prepare(grey)
+        if into is not None:
+            into(grey, out)
+        else:
+            out[...] = model.prepare(grey)
 
     return prepare_into
 

@@ -18,7 +18,6 @@ import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
-from ..core import scoring_log
 from ..core.overlay import render_overlay
 from .background import LatestOnly
 from .error_text import describe_error
@@ -144,6 +143,7 @@ class LatestImageRequester(QObject):
             if model is None or not is_current():
                 return None
             if cached.explanation is None:
+                from ..core import scoring_log
                 from ..core.explanation_audit import with_body_share
 
                 explained = with_body_share(scoring_log.shown(model.explain(cached.image)), cached.image.grey)

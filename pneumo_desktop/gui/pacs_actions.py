@@ -12,18 +12,20 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QThreadPool
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QInputDialog, QWidget
 
-from ..core.dicom_node.config import NodeConfigError, Peer, load_config
-from ..core.dicom_node.send import Outcome, send_dimse
 from ..core.errors import PneumoError
 from ..core.imaging import LoadedImage
 from ..core.runtime import Explanation
 from .background import run_in_background
-from .pacs_peers_dialog import PacsPeersDialog
+
+if TYPE_CHECKING:  # the DICOM node's modules load when the user first uses these actions, not at start-up
+    from ..core.dicom_node.config import Peer
+    from .pacs_peers_dialog import PacsPeersDialog
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ def send_results(current: CurrentResult, peer: Peer, calling_ae: str) -> SendRep
     if "StudyInstanceUID" not in source or "SOPInstanceUID" not in source:
         raise NotSendableError(f"{path.name} has no study or instance UID")
     objects = build_results(source, image.grey, explanation)
+    from ..core.dicom_node.send import Outcome, send_dimse
+
     with tempfile.TemporaryDirectory(prefix="pneumo-send-") as folder:
         files = []
         for name, ds in (("sr", objects.sr), ("sc", objects.sc)):
@@ -101,11 +105,15 @@ class PacsActions(QObject):
         return [self.send_action, self.peers_action]
 
     def open_peers(self) -> PacsPeersDialog:
+        from .pacs_peers_dialog import PacsPeersDialog
+
         self.dialog = PacsPeersDialog(self.pool, self.config_path, self._parent)
         self.dialog.open()
         return self.dialog
 
     def choose_and_send(self) -> None:
+        from ..core.dicom_node.config import NodeConfigError, load_config
+
         try:
             config = load_config(self.config_path)
         except NodeConfigError as exc:

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from ...core import scoring_log
-from ...core.explanation_audit import with_body_share
 from ...core.imaging import MODEL_INPUT_PIXELS
 from ..background import run_in_background
 from ..display_jobs import LatestImageRequester, LatestRenderer, RenderJob, RenderResult, cam_strength
@@ -183,10 +181,18 @@ class DisplayController(QObject):
         self.host.prediction_panel.set_busy_override()
         # Not through the requester (newest request wins): a user's explicit choice is never dropped.
         # The result is kept for the image either way and shown if it is still on screen.
+        def explain(_progress: object) -> Explanation:
+            # imported here (a worker, on first use): the scoring log and the audit's helpers are not needed
+            # before the window shows (issue 25, start-up)
+            from ...core import scoring_log
+            from ...core.explanation_audit import with_body_share
+
+            return with_body_share(scoring_log.shown(model.explain(image, refuse=False), "window-override"),
+                                   image.grey)
+
         run_in_background(
             self.host.pool,
-            lambda _progress: with_body_share(
-                scoring_log.shown(model.explain(image, refuse=False), "window-override"), image.grey),
+            explain,
             on_result=lambda explanation: self._on_override_ready(path, model, explanation),
             on_error=lambda exc: self._on_override_failed(path, exc),
             owner=self,

@@ -89,6 +89,12 @@ class _DepthToSpace(keras.layers.Layer):
 
         return tf.nn.depth_to_space(x, self.block)
 
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        # Given, not traced: Keras's symbolic tracing can mark the zero-padded input sparse, which TF rejects.
+        n, h, w, c = input_shape
+        b = self.block
+        return (n, None if h is None else h * b, None if w is None else w * b, c // (b * b))
+
 
 def _zero_insert_square(g: Any, stride: int) -> Any:
     """Both spatial axes at once: the gradient in the first of stride * stride channel groups, zeros in the

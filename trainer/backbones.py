@@ -34,6 +34,11 @@ class BackboneSpec:
     # trainer/cam_backward.py); None: the map is taken at feature_layer.
     cam_layer: str | None = None
 
+    @property
+    def map_layer(self) -> str:
+        """The layer the exported map is taken at (the card's gradcam.layer, below `backbone/`)."""
+        return self.cam_layer or self.feature_layer
+
 
 @dataclass(frozen=True)
 class WeightsSource:

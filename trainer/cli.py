@@ -162,14 +162,9 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def _cmd_reexport(args: argparse.Namespace) -> int:
-    from trainer.backbones import BACKBONES
-    from trainer.config import config_from_recipe
     from trainer.reexport import reexport
 
-    layer = args.cam_layer
-    if layer is None:
-        layer = BACKBONES[config_from_recipe(args.recipe).backbone].cam_layer
-    result = reexport(args.model, args.recipe, None if layer == "top" else layer, args.method_note)
+    result = reexport(args.model, args.recipe, args.cam_layer, args.method_note)
     print(json.dumps(result, indent=2))
     return 0
 

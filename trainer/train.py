@@ -431,7 +431,7 @@ def model_layout(backbone: str, member_backbones: list[str] | None = None) -> tu
     if member_backbones:
         return CONCAT_LAYER, member_layer_names([BACKBONES[b].ood_layers for b in member_backbones])
     spec = BACKBONES[backbone]
-    return spec.cam_layer or spec.feature_layer, spec.ood_layers
+    return spec.map_layer, spec.ood_layers
 
 
 def cam_layer_of(backbone: str, member_backbones: list[str] | None = None) -> str | None:

@@ -10,7 +10,6 @@ import pytest
 from pneumo_desktop.core import model_card as mc
 from pneumo_desktop.core.imaging import load_image
 from pneumo_desktop.core.preprocess import prepare_input
-from tests.test_export import gradcam_reference
 from tests.test_trainer_data import make_dataset_folder
 
 
@@ -80,7 +79,7 @@ def test_exported_ensemble_keeps_the_contract_and_its_map_is_the_members_mean(tm
 
     from trainer.card_builder import build_card
     from trainer.ensemble_merge import CONCAT_LAYER, member_layer_names, merge_members
-    from trainer.export import export_model_folder, tflite_outputs
+    from trainer.export import cam_reference, export_model_folder, tflite_outputs
     from trainer.ood import fit_ood, pooled_feature_model, pooled_features
 
     members = [_member(5), _member(6)]
@@ -98,13 +97,13 @@ def test_exported_ensemble_keeps_the_contract_and_its_map_is_the_members_mean(tm
     np.testing.assert_allclose(tfl[mc.OUTPUT_PROBABILITY], 1 / (1 + np.exp(-mean_logit / 1.3)), atol=1e-4)
 
     reloaded = keras.models.load_model(out_dir / mc.KERAS_FILENAME, compile=False)
-    grads, _ = gradcam_reference(reloaded, sample_inputs)
+    grads, _ = cam_reference(reloaded, sample_inputs, None)
     np.testing.assert_allclose(tfl[mc.OUTPUT_CAM_WEIGHTS], grads, rtol=1e-3, atol=1e-6)
 
     def raw_map(weights, feature_map):
         return np.einsum("nhwc,nc->nhw", feature_map, weights)
 
-    member_maps = [raw_map(*gradcam_reference(member, sample_inputs)) for member in members]
+    member_maps = [raw_map(*cam_reference(member, sample_inputs, None)) for member in members]
     np.testing.assert_allclose(raw_map(tfl[mc.OUTPUT_CAM_WEIGHTS], tfl[mc.OUTPUT_FEATURE_MAP]),
                                np.mean(member_maps, axis=0), rtol=1e-3, atol=1e-5)
     assert tfl[mc.OUTPUT_OOD_SCORE].shape == (len(sample_inputs), 1)

@@ -41,28 +41,14 @@ def test_tflite_matches_keras_on_real_images(tiny_model_dir, sample_paths):
     np.testing.assert_allclose(tfl[mc.OUTPUT_PROBABILITY], keras_p, atol=1e-4)
 
 
-def gradcam_reference(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Grad-CAM channel weights, feature map) of a Keras classifier by tf.GradientTape: the spatial mean of
-    d logit / d feature map, the reference the in-graph weights must equal."""
-    import tensorflow as tf
-
-    from trainer.model import head_logit
-
-    fmap = tf.constant(model.get_layer("backbone")(images, training=False))
-    with tf.GradientTape() as tape:
-        tape.watch(fmap)
-        logit = head_logit(model, fmap)
-    return tape.gradient(logit, fmap).numpy().mean(axis=(1, 2)), fmap.numpy()
-
-
 def test_cam_weights_equal_mean_gradient_of_logit(tiny_model_dir, sample_paths):
     import keras
 
-    from trainer.export import tflite_outputs
+    from trainer.export import cam_reference, tflite_outputs
 
     images = _real_inputs(sample_paths, 64)
     model = keras.models.load_model(tiny_model_dir / mc.KERAS_FILENAME, compile=False)
-    grads, fmap = gradcam_reference(model, images)
+    grads, fmap = cam_reference(model, images, None)  # tf.GradientTape at the backbone's output
     tfl = tflite_outputs(tiny_model_dir / mc.TFLITE_FILENAME, images)
     np.testing.assert_allclose(tfl[mc.OUTPUT_CAM_WEIGHTS], grads, rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(tfl[mc.OUTPUT_FEATURE_MAP], fmap, rtol=1e-3, atol=1e-4)

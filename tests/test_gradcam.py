@@ -73,7 +73,7 @@ def _keras_gradcam(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
     import keras
     import tensorflow as tf
 
-    from trainer.model import HEAD_LAYERS
+    from trainer.model import head_logit
 
     card = mc.load_model_card(model_dir)
     model = keras.models.load_model(model_dir / mc.KERAS_FILENAME, compile=False)
@@ -81,10 +81,8 @@ def _keras_gradcam(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
     # whose gradient the tape takes through every block above it.
     outer, _, inner = card.gradcam_layer.partition("/")
     backbone = model.get_layer(outer)
-    x = backbone.output
-    for name in HEAD_LAYERS:  # GAP ... logit by name: with a subtype head, model.layers interleaves others
-        x = model.get_layer(name)(x, training=False)
-    probe = keras.Model(backbone.input, [backbone.get_layer(inner).output if inner else backbone.output, x])
+    probe = keras.Model(backbone.input, [backbone.get_layer(inner).output if inner else backbone.output,
+                                         head_logit(model, backbone.output)])
     images = tf.constant(inputs)
     with tf.GradientTape() as tape:
         fmap, logits = probe(images, training=False)

@@ -67,20 +67,26 @@ def test_a_few_suspects_are_checked_one_by_one_with_the_same_verdict(model, samp
     # a batch mixing upright and inverted films: the inverted ones, and any upright film at the gate, are suspects
     images = [load_image(p) for p in sample_paths[:5]]
     inputs = np.stack([model.prepare(i) for i in images] + [model.prepare(255 - i.grey) for i in images[:2]])
-    calls: list[int] = []
+    calls: list[tuple[str, int]] = []
     engine = model._engine
+    runners = {"single": engine._runner, "batch": engine._batch_runner}
 
-    def counting(batch):
-        calls.append(batch.shape[0])
-        return engine(batch)
+    def counting(kind):
+        def run(**inputs_by_name):
+            calls.append((kind, next(iter(inputs_by_name.values())).shape[0]))
+            return runners[kind](**inputs_by_name)
+        return run
 
-    model._engine = counting
+    engine._runner, engine._batch_runner = counting("single"), counting("batch")
     try:
         raw = model.run(inputs)
     finally:
-        model._engine = engine
+        engine._runner, engine._batch_runner = runners["single"], runners["batch"]
     singles = [bool(model.run(inputs[i : i + 1]).looks_inverted[0]) for i in range(len(inputs))]
     assert raw.looks_inverted is not None and raw.looks_inverted.tolist() == singles
     assert singles[-2:] == [True, True] and not any(singles[:5])
-    suspects = calls[1:]  # after the batch itself: the second inference of each suspect, never a padded batch
-    assert suspects and set(suspects) == {1}
+    # the short batch (7 < the batch size), then the second inference of each suspect: image by image through
+    # the single-image interpreter, never a padded batch
+    assert len(inputs) < model.batch_size
+    suspects = calls[len(inputs):]
+    assert suspects and set(calls) == {("single", 1)}

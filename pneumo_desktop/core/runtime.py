@@ -139,7 +139,9 @@ class LiteRTEngine:
     Resizing an interpreter's batch dimension re-allocates its tensors while holding the GIL (75-85 ms
     for the bundled model), which froze the GUI whenever single-image requests and batch scoring
     alternated. So there are two interpreters, each allocated once at load: one for single images and
-    one for batches, to whose size shorter batches are padded.
+    one for full batches. A shorter batch goes image by image through the first: padded to the second's size
+    it would cost as much as a full batch (three images in a batch of eight cost eight), and the
+    single-image interpreter gives the same outputs.
     """
 
     def __init__(self, tflite_path: Path, input_size: int, num_threads: int | None = None,
@@ -206,16 +208,11 @@ class LiteRTEngine:
         count = batch.shape[0]
         if count == 1:
             return self._runner(**{mc.INPUT_NAME: batch})
-        if not self.dynamic_batch:
+        if not self.dynamic_batch or count < self.batch_size:
             parts = [self._runner(**{mc.INPUT_NAME: batch[i : i + 1]}) for i in range(count)]
             return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        if count < self.batch_size:
-            # padding costs a few wasted images on a job's last batch; a resize would stall every thread
-            pad = np.zeros((self.batch_size - count, *batch.shape[1:]), batch.dtype)
-            batch = np.concatenate([batch, pad])
         # (a batch larger than batch_size resizes this runner; PneumoniaModel never sends one)
-        out = self._batch_runner(**{mc.INPUT_NAME: batch})  # outputs are returned as copies
-        return {name: value[:count] for name, value in out.items()}
+        return self._batch_runner(**{mc.INPUT_NAME: batch})  # outputs are returned as copies
 
 
 def _check_optional_outputs(model_dir: Path, card: ModelCard, outputs: frozenset[str]) -> None:
@@ -352,14 +349,10 @@ class PneumoniaModel:
         flagged = np.zeros(batch.shape[0], bool)
         suspects = np.flatnonzero(~(ood < gate))  # NaN scores are suspects too
         if suspects.size:
-            inverted = np.ascontiguousarray(255.0 - batch[suspects], dtype=np.float32)
-            # A few suspects go one by one: the batch interpreter would pad them to a whole batch and cost as
-            # much as the batch itself (the single-image interpreter gives bit-identical outputs).
-            chunks = [inverted] if suspects.size >= self.batch_size else [inverted[i : i + 1] for i in
-                                                                           range(suspects.size)]
-            with self._lock:
-                scores = [self._optional(self._engine(chunk), mc.OUTPUT_OOD_SCORE, len(chunk)) for chunk in chunks]
-            flagged[suspects] = np.concatenate(scores) < ood[suspects]
+            with self._lock:  # a few suspects run image by image (LiteRTEngine), not as a padded batch
+                out = self._engine(np.ascontiguousarray(255.0 - batch[suspects], dtype=np.float32))
+            inverted_ood = self._optional(out, mc.OUTPUT_OOD_SCORE, suspects.size)
+            flagged[suspects] = inverted_ood < ood[suspects]
         return flagged
 
     @staticmethod

@@ -9,8 +9,8 @@ meanwhile. All wake at once when there is new work (Events).
 
 Per instance the work is done once and at the size it is needed: each received file is read once (pixels
 and header from the same bytes), the heat map is computed at the Secondary Capture's size rather than the
-X-ray's, and a partial batch is run image by image (the batch interpreter pads to its full size, so three
-images in a batch of eight would cost eight; a single image costs what one slot of a batch costs).
+X-ray's, and a partial batch is run image by image (by LiteRTEngine: padded to the batch interpreter's size,
+three images in a batch of eight would cost eight; a single image costs what one slot of a batch costs).
 """
 
 from __future__ import annotations
@@ -47,9 +47,7 @@ def explain_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) ->
     Full batches go through the batch interpreter; the rest one image at a time (see the module's notes)."""
     explanations: list[Explanation] = []
     size = model.batch_size
-    full = len(images) - len(images) % size if size > 1 else 0
-    chunks = [images[i : i + size] for i in range(0, full, size)] + [[image] for image in images[full:]]
-    for chunk in chunks:
+    for chunk in (images[i : i + size] for i in range(0, len(images), size)):
         raw = model.run(np.stack([model.prepare(image) for image in chunk]))
         for i, image in enumerate(chunk):
             prediction = model.prediction(image.path, raw.probability[i], **raw.extras(i))

@@ -5,6 +5,7 @@ without building (tests/test_build_helpers.py). Imported by the spec with packag
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
-from native_libs import drop_debug_sections, elf_load_segments, elf_sections
+from native_libs import close_load_gaps, drop_debug_sections, elf_load_segments, elf_sections
 
 from pneumo_desktop.core.model_card import (
     CARD_FILENAME,
@@ -266,7 +267,8 @@ def strip_mode(dest: str, src: str, kind: str, python_root: Path) -> str | None:
 
 
 def strip_binaries(binaries: list[Entry], out_dir: Path, python_root: Path) -> tuple[list[Entry], int]:
-    """Stripped copies (in `out_dir`) replace the sources of the binaries `strip_mode` picks; returns bytes saved.
+    """Stripped copies (in `out_dir`) replace the sources of the binaries `strip_mode` picks, and compacted copies
+    those with empty space between their segments; returns bytes saved.
 
     A copy that `strip` fails on, or whose loadable segments (what the dynamic loader maps) differ from the
     original's, is not used: that happens to libraries patchelf rewrote (auditwheel), for which
@@ -274,21 +276,30 @@ def strip_binaries(binaries: list[Entry], out_dir: Path, python_root: Path) -> t
     """
     result, saved = [], 0
     for dest, src, kind in binaries:
+        original = Path(src)
         mode = strip_mode(dest, src, kind, python_root)
+        target = out_dir / dest
         if mode:
-            target = out_dir / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
             ok = (subprocess.run(["strip", mode, str(target)], capture_output=True).returncode == 0
-                  and elf_load_segments(target) == elf_load_segments(Path(src)))
+                  and elf_load_segments(target) == elf_load_segments(original))
             if not ok:
-                rewritten = drop_debug_sections(Path(src).read_bytes())
+                rewritten = drop_debug_sections(original.read_bytes())
                 if rewritten is not None:
                     target.write_bytes(rewritten)
                     ok = True
             if ok:
-                saved += Path(src).stat().st_size - target.stat().st_size
                 src = str(target)
+        if kind in ("BINARY", "EXTENSION"):
+            # A patchelf'ed library may hold megabytes of alignment padding (native_libs.close_load_gaps).
+            closed = close_load_gaps(Path(src).read_bytes())
+            if closed is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(closed)
+                os.chmod(target, original.stat().st_mode & 0o777)
+                src = str(target)
+        saved += original.stat().st_size - Path(src).stat().st_size
         result.append((dest, src, kind))
     return result, saved
 

@@ -334,30 +334,117 @@ def drop_debug_sections(data: bytes) -> bytes | None:
     return bytes(out) if same_loaded_image(data, bytes(out)) else None
 
 
-def _loaded(data: bytes) -> list[tuple[int, int, int, int, bytes]]:
-    """(flags, vaddr, memsz, align, file bytes) of each loadable segment; the ELF header and the program
-    header table (file offsets and section-table fields, which this rewrite changes and the loader does not
-    use once the segments are mapped) read as zeros."""
+PAGE = 4096  # the smallest page size of the platforms the package is built for (x86-64, aarch64 4K kernels)
+_MIN_GAP = 16 * PAGE  # smaller gaps are not worth a rewritten file
+
+
+def close_load_gaps(data: bytes, page: int = PAGE) -> bytes | None:
+    """The ELF64 LE shared library `data` without the empty file space before a loadable segment, or None when
+    there is no gap of at least _MIN_GAP or the layout is not one this handles (then keep the original).
+
+    patchelf (auditwheel) appends a segment aligned to 2 MiB; as a segment's file offset must equal its address
+    modulo its alignment, the file then holds up to 2 MiB of zeros before it (Pillow's libXau: 2.1 MB for 12 KB
+    of code and data). The loader maps each segment at its address from its offset, which only needs them equal
+    modulo the page size; an alignment above that is advice for placing the whole library, which the first
+    segment still gives. So the segment and everything after it move down by a whole number of pages, and each
+    moved loadable segment's alignment becomes the page size: the same bytes are mapped at the same addresses.
+    """
+    if not _elf_header(data) or _u(data, 0x10, 2) != 3:  # ET_DYN
+        return None
+    phoff, phentsize, phnum = _u(data, 0x20, 8), _u(data, 0x36, 2), _u(data, 0x38, 2)
+    shoff, shentsize, shnum = _u(data, 0x28, 8), _u(data, 0x3A, 2), _u(data, 0x3C, 2)
+    if phentsize != 56 or (shnum and shentsize != 64):
+        return None
+    phdrs = [phoff + i * 56 for i in range(phnum)]
+    shdrs = [shoff + i * 64 for i in range(shnum)]
+    # Every byte range of the file that holds something: headers, tables, segments, sections.
+    regions = [(0, 64), (phoff, phoff + phnum * 56), (shoff, shoff + shnum * 64)]
+    regions += [(_u(data, h + 8, 8), _u(data, h + 8, 8) + _u(data, h + 0x20, 8)) for h in phdrs]
+    regions += [(_u(data, h + 0x18, 8), _u(data, h + 0x18, 8) + _u(data, h + 0x20, 8))
+                for h in shdrs if _u(data, h + 4, 4) != _SHT_NOBITS]
+    loads = sorted((h for h in phdrs if _u(data, h, 4) == 1), key=lambda h: _u(data, h + 8, 8))
+    for h in loads[1:]:
+        start = _u(data, h + 8, 8)
+        before = [end for begin, end in regions if begin < start and end > begin]
+        if any(end > start for end in before):
+            continue  # something spans the segment's start: not a gap
+        new = _align_up(max(before, default=0), page, start % page)
+        delta = start - new
+        if delta < _MIN_GAP or any(begin < start < end for begin, end in regions):
+            continue
+        closed = _move_down(data, start, new, phdrs, shdrs, page)
+        if not same_loaded_image(data, closed, alignment=False):
+            return None
+        return close_load_gaps(closed, page) or closed  # the next gap, if any
+    return None
+
+
+def _move_down(data: bytes, start: int, new: int, phdrs: list[int], shdrs: list[int], page: int) -> bytes:
+    """`data` with everything from file offset `start` moved to `new` (a whole number of pages lower): every
+    offset at or after `start` in the ELF header, program headers and section headers follows, and moved
+    loadable segments get the page size as their alignment."""
+    out, delta = bytearray(data), start - new
+
+    def shift(at: int) -> None:
+        value = _u(out, at, 8)
+        if value >= start:
+            out[at : at + 8] = (value - delta).to_bytes(8, "little")
+
+    for ph in phdrs:
+        if _u(data, ph, 4) == 1 and _u(data, ph + 8, 8) >= start:
+            out[ph + 0x30 : ph + 0x38] = min(_u(data, ph + 0x30, 8), page).to_bytes(8, "little")
+        shift(ph + 8)
+    for sh in shdrs:
+        shift(sh + 0x18)
+    shift(0x20)  # e_phoff
+    shift(0x28)  # e_shoff
+    return bytes(out[:new] + out[start:])
+
+
+def _loads(data: bytes) -> list[tuple[int, int, int, int, int, int]]:
+    """(flags, file offset, file size, vaddr, memsz, align) of each loadable segment."""
     phoff, phnum = _u(data, 0x20, 8), _u(data, 0x38, 2)
-    masked = bytearray(data)
-    masked[0:64] = bytes(64)
-    masked[phoff : phoff + phnum * 56] = bytes(phnum * 56)
-    data = bytes(masked)
+    return [(_u(data, h + 4, 4), _u(data, h + 8, 8), _u(data, h + 0x20, 8), _u(data, h + 0x10, 8),
+             _u(data, h + 0x28, 8), _u(data, h + 0x30, 8))
+            for h in (phoff + i * 56 for i in range(phnum)) if _u(data, h, 4) == 1]
+
+
+def _header_addresses(data: bytes) -> list[tuple[int, int]]:
+    """Address ranges at which the loader maps the ELF header, the program header table and the section header
+    table (file offsets and sizes, which a rewrite changes and nothing reads from memory; patchelf may leave the
+    section headers inside a segment, and a rewrite may leave their old bytes there)."""
+    phoff, phnum = _u(data, 0x20, 8), _u(data, 0x38, 2)
+    shoff, shnum = _u(data, 0x28, 8), _u(data, 0x3C, 2)
+    ranges = []
+    for begin, size in ((0, 64), (phoff, phnum * 56), (shoff, shnum * 64)):
+        for _flags, offset, filesz, vaddr, _memsz, _align in _loads(data):
+            if size and offset <= begin < offset + filesz:
+                ranges.append((vaddr + begin - offset, vaddr + begin - offset + size))
+    return ranges
+
+
+def _loaded(data: bytes, alignment: bool, masked: list[tuple[int, int]]) -> list[tuple[int, int, int, int, bytes]]:
+    """(flags, vaddr, memsz, align, file bytes) of each loadable segment, the `masked` address ranges read as
+    zeros; align reads as 0 when `alignment` is False."""
     segments = []
-    for h in (phoff + i * 56 for i in range(phnum)):
-        if _u(data, h, 4) == 1:
-            offset, filesz = _u(data, h + 8, 8), _u(data, h + 0x20, 8)
-            segments.append((_u(data, h + 4, 4), _u(data, h + 0x10, 8), _u(data, h + 0x28, 8), _u(data, h + 0x30, 8),
-                             data[offset : offset + filesz]))
+    for flags, offset, filesz, vaddr, memsz, align in _loads(data):
+        content = bytearray(data[offset : offset + filesz])
+        for begin, end in masked:
+            lo, hi = max(begin, vaddr), min(end, vaddr + filesz)
+            if lo < hi:
+                content[lo - vaddr : hi - vaddr] = bytes(hi - lo)
+        segments.append((flags, vaddr, memsz, align if alignment else 0, bytes(content)))
     return segments
 
 
-def same_loaded_image(before: bytes, after: bytes) -> bool:
+def same_loaded_image(before: bytes, after: bytes, alignment: bool = True) -> bool:
     """Whether the dynamic loader maps the same memory from both files: every loadable segment has the same
-    flags, address, size and bytes, and the other program headers the same types and addresses."""
+    flags, address, size and bytes (and alignment, unless `alignment` is False), and the other program headers
+    the same types and addresses. Where either file maps its ELF header or header tables reads as zeros in both."""
     def others(data: bytes) -> list[tuple[int, int, int]]:
         phoff, phnum = _u(data, 0x20, 8), _u(data, 0x38, 2)
         return [(_u(data, h, 4), _u(data, h + 0x10, 8), _u(data, h + 0x28, 8))
                 for h in (phoff + i * 56 for i in range(phnum))]
 
-    return others(before) == others(after) and _loaded(before) == _loaded(after)
+    masked = _header_addresses(before) + _header_addresses(after)
+    return others(before) == others(after) and _loaded(before, alignment, masked) == _loaded(after, alignment, masked)

@@ -122,6 +122,11 @@ def test_drop_debug_sections_of_a_patchelf_library_keeps_what_is_loaded(tmp_path
     slim = nl.drop_debug_sections(data)
     assert slim is not None and len(slim) < len(data) / 2
     assert nl.same_loaded_image(data, slim)
+    # The comparison sees code: one byte changed in the middle of the executable segment is another image.
+    _flags, offset, filesz, *_ = next(seg for seg in nl._loads(slim) if seg[0] & 1)
+    tampered = bytearray(slim)
+    tampered[offset + filesz // 2] ^= 0xFF
+    assert not nl.same_loaded_image(data, bytes(tampered))
     copy = tmp_path / "_imaging.so"
     copy.write_bytes(slim)
     names = [name for name, *_ in nl.elf_sections(copy)]
@@ -150,3 +155,23 @@ def test_openblas_without_its_symbol_table_still_loads_and_computes(tmp_path: Pa
     out = subprocess.run([sys.executable, "-c", code, str(folder / blas.name)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+
+
+@needs_linux
+def test_close_load_gaps_of_a_patchelf_library_maps_the_same_bytes_and_still_loads(tmp_path: Path) -> None:
+    import ctypes
+
+    xau = _wheel_library("PIL", "pillow.libs/libXau*.so*")  # patchelf gave its last segment a 2 MiB alignment
+    data = xau.read_bytes()
+    closed = nl.close_load_gaps(data)
+    if closed is None:
+        pytest.skip(f"{xau.name} of this Pillow build has no gap between its segments")
+    assert len(closed) < len(data) - nl.PAGE and nl.same_loaded_image(data, closed, alignment=False)
+    assert not nl.same_loaded_image(data, closed)  # the moved segment's alignment is the page size now
+    copy = tmp_path / xau.name
+    copy.write_bytes(closed)
+    library = ctypes.CDLL(str(copy))  # the dynamic loader maps it and resolves its symbols
+    library.XauFileName.restype = ctypes.c_char_p
+    assert library.XauFileName()  # and its code runs: the path of the user's .Xauthority
+    assert nl.close_load_gaps(closed) is None  # nothing left to close
+    assert nl.close_load_gaps(b"not an ELF file") is None

@@ -55,7 +55,8 @@ def _lite_like_backbone(size: int = 32):
     return backbone
 
 
-def _export(tmp_path: Path, backbone, cam_layer: str | None, images: np.ndarray) -> tuple[object, Path]:
+def _export(tmp_path: Path, backbone, cam_layer: str | None, images: np.ndarray,
+            weights: str = "float32") -> tuple[object, Path]:
     import keras
 
     from trainer.card_builder import build_card
@@ -67,7 +68,7 @@ def _export(tmp_path: Path, backbone, cam_layer: str | None, images: np.ndarray)
     card = build_card(name="cam-test", version="0", backbone="test", input_size=images.shape[1], threshold=0.5,
                       threshold_rule="fixed", gradcam_layer=f"backbone/{cam_layer}")
     out = tmp_path / "model"
-    export_model_folder(model, out, card, images, cam_layer=cam_layer)
+    export_model_folder(model, out, card, images, cam_layer=cam_layer, weights=weights)
     return model, out
 
 
@@ -102,24 +103,26 @@ def test_inner_layer_weights_equal_gradient_tape(tmp_path, sample_paths, kind):
     assert top_weights.shape[1] != weights.shape[1] or not np.allclose(top_weights, weights)
 
 
-def test_randomisation_rewrites_the_backward_kernels_with_the_forward_ones(tmp_path, sample_paths):
+@pytest.mark.parametrize("weights", ["float32", "float16"])
+def test_randomisation_rewrites_the_backward_kernels_with_the_forward_ones(tmp_path, sample_paths, weights):
+    import keras
     from ai_edge_litert.interpreter import Interpreter
 
     from pneumo_desktop.core import model_randomisation as mr
 
     images = _images(sample_paths, 32)
-    _, out = _export(tmp_path, _lite_like_backbone(), "block1_add", images[:4])
+    keras.utils.set_random_seed(3)  # the backbone's weights too, whatever ran before in this process
+    model, out = _export(tmp_path, _lite_like_backbone(), "block1_add", images[:4], weights)
     interpreter = Interpreter(model_path=str(out / mc.TFLITE_FILENAME))
     details = interpreter.get_tensor_details()
-    values = {}
-    for d in details:
-        try:
-            v = interpreter.get_tensor(d["index"])
-        except ValueError:
-            continue
-        if v.dtype == np.float32 and v.size >= 8 and np.any(v):
-            values[d["index"]] = np.array(v)
+    values = mr.constant_values(interpreter)
     stages = mr._groups([d for d in details if d["index"] in values])
+    # The head stage holds the dense kernel and the logit's kernel (1, units), whatever the converter named it.
+    head = dict(stages)["head"]
+    units = model.get_layer("head_dense").units
+    kernels = sorted(values[i].shape for i in head if values[i].ndim == 2)
+    assert len(kernels) == 2 and kernels[0] == (1, units) and kernels[1][0] == units
+    assert {values[i].dtype for i in head} == {np.dtype(weights)}
     staged = {i for _, indices in stages for i in indices}
     mirrors = mr._mirrors(values, sorted(staged), staged)
     # top_conv and blocks 4, 3, 2 are randomised; each has its transposed / flipped kernels in the backward pass:
@@ -128,7 +131,9 @@ def test_randomisation_rewrites_the_backward_kernels_with_the_forward_ones(tmp_p
     assert len(mirrors) == 1 + 3 * 3
     for mirror, (source, order) in mirrors.items():
         assert values[mirror].shape != values[source].shape or not np.array_equal(values[mirror], values[source])
-        np.testing.assert_allclose(values[mirror].ravel(), values[source].ravel()[order], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(values[mirror].ravel().astype(np.float32),
+                                   values[source].ravel()[order].astype(np.float32),
+                                   rtol=mr._rtol(values[source].dtype), atol=1e-6)
     # In each randomised model the mirrors hold the randomised kernels (rearranged), never the trained ones.
     last = mr.randomised_models(out)[-1][1]
     randomised = Interpreter(model_content=last)

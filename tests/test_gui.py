@@ -66,12 +66,12 @@ class SpyModel:
             time.sleep(self.explain_delay)
         return self._model.explain(image, threshold)
 
-    def run(self, batch):
+    def run(self, batch, maps=True):
         with self.lock:
             self.threads.append(threading.get_ident())
         if self.run_delay:
             time.sleep(self.run_delay)
-        return self._model.run(batch)
+        return self._model.run(batch, maps)
 
 
 def qimage_array(image: QImage) -> np.ndarray:

@@ -119,6 +119,25 @@ def _level_lines(card: dict[str, Any]) -> list[str]:
     ]
 
 
+def _export_lines(check: dict[str, Any] | None, refusal: dict[str, Any]) -> list[str]:
+    """How model.tflite stores its weights and how far it was from the Keras model at export."""
+    if not check:
+        return []
+    storage = check.get("weights", "float32")
+    lines = [f"- `model.tflite` stores its weights as {storage}"
+             + (" (LiteRT turns them into float32 once, at load; the arithmetic is float32)" if storage == "float16"
+                else "")
+             + f"; at export it differed from the Keras model by at most {check['tflite_vs_keras_max_abs_diff']:.1e} "
+             f"in probability over {check['images']} validation images"
+             + (f", its Grad-CAM weights from tf.GradientTape's by "
+                f"{check['cam_weights_vs_gradient_tape_max_rel_diff']:.2%} of the largest"
+                if "cam_weights_vs_gradient_tape_max_rel_diff" in check else "") + "."]
+    for key in ("refit", "limit_from"):  # how trainer.reexport set the refusal limit, when it did
+        if refusal.get(key):
+            lines.append(f"- Refusal: {refusal[key]}.")
+    return lines
+
+
 def _audit_lines(audit: dict[str, Any] | None) -> list[str]:
     """The explanation audit's figures (docs/EXPLANATIONS.md says what each one means)."""
     if not audit:
@@ -193,6 +212,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     ]
     for name, info in card.get("artifacts", {}).items():
         lines.append(f"- `{name}`: {info['bytes'] / 1e6:.1f} MB, sha256 `{info['sha256']}`")
+    lines += _export_lines(card.get("export_check"), card.get("refusal", {}))
     lines += _audit_lines(card.get("explanation_audit"))
     selection = card.get("model_selection")
     if selection:

@@ -71,14 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument("--main-at-rule-out", action="store_true",
                         help="move the main threshold to the rule-out point (sensitivity >= 0.98): NORMAL is then "
                              "said only where the level is low")
-    rex = sub.add_parser("reexport", help="rebuild a model folder's graph with its Grad-CAM map at another layer "
-                         "(no retraining; outputs checked against the old graph)")
+    rex = sub.add_parser("reexport", help="rebuild a model folder's graph with its Grad-CAM map at another layer or "
+                         "its weights stored as float16 (no retraining; outputs checked against the old graph)")
     rex.add_argument("model", type=Path, metavar="MODEL_DIR")
     rex.add_argument("--recipe", type=Path, required=True, help="the recipe the model was trained with (its data)")
     rex.add_argument("--cam-layer", default=None,
                      help="backbone layer of the map (default: the backbone's own choice, e.g. block10_add for "
                           "EfficientNet-Lite0; 'top' for the backbone's output)")
     rex.add_argument("--method-note", default="", help="replaces the card's gradcam.method text")
+    rex.add_argument("--weights", choices=("float32", "float16"), default=None,
+                     help="how model.tflite stores its weights (default: as the folder stores them now); float16 "
+                          "halves the file, float32 arithmetic either way")
     card = sub.add_parser("card", help="render MODEL_CARD.md from a model folder's model_card.json")
     card.add_argument("model", type=Path)
 
@@ -164,7 +167,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
 def _cmd_reexport(args: argparse.Namespace) -> int:
     from trainer.reexport import reexport
 
-    result = reexport(args.model, args.recipe, args.cam_layer, args.method_note)
+    result = reexport(args.model, args.recipe, args.cam_layer, args.method_note, args.weights)
     print(json.dumps(result, indent=2))
     return 0
 

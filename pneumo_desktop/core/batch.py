@@ -669,6 +669,7 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
                  refuse: bool = True, whole: np.ndarray | None = None) -> list[BatchRow]:
     """`whole`: the batch buffer holding every item's input in order, when all were prepared (no copy)."""
     ready = [i for i, item in enumerate(items) if not item.error]
+    maps = heatmaps is not None  # without heat maps, the model's score signature skips the map's backward pass
     predictions: dict = {}  # index -> Prediction
     cams: dict[int, Future[Path]] = {}
     if ready:
@@ -677,14 +678,14 @@ def _score_items(items: list[_Item], model, cut: float, heatmaps: Path | None, e
                 inputs = whole
             else:  # some files failed: gather the others' slots (a copy, only for such batches)
                 inputs = np.stack([cast(np.ndarray, items[i].model_input) for i in ready])  # set: no error
-            raw = model.run(inputs)
+            raw = model.run(inputs, maps=maps)
             outputs = {i: (raw, k) for k, i in enumerate(ready)}
         except Exception as exc:  # isolate the image the model cannot score
             log.warning("batch inference failed (%s); retrying image by image", exc)
             outputs = {}
             for i in ready:
                 try:
-                    outputs[i] = (model.run(cast(np.ndarray, items[i].model_input)[None]), 0)
+                    outputs[i] = (model.run(cast(np.ndarray, items[i].model_input)[None], maps=maps), 0)
                 except Exception as single_exc:
                     items[i].error = f"the model could not score this image: {single_exc}"
             if not outputs:

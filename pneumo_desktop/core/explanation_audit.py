@@ -200,7 +200,7 @@ class ImageAudit:
 
 
 def _run_all(model, inputs: np.ndarray) -> np.ndarray:  # PneumoniaModel -> probabilities
-    chunks = [model.run(inputs[i:i + model.batch_size]).probability
+    chunks = [model.run(inputs[i:i + model.batch_size], maps=False).probability
               for i in range(0, len(inputs), model.batch_size)]
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
@@ -218,10 +218,11 @@ def audit_image(model, grey: np.ndarray, path: Path, positive: bool, *, methods:
     band = border_band(height, width, BORDER_SHARE)
     audit = ImageAudit(path, positive, probability, float(logit(probability, temperature)),
                        float((~mask).mean()), float(band.mean()))
+    feature_map, weights = raw.map_parts(0)
     for method in methods:
-        cam_small = raw_map(raw.feature_map[0], raw.cam_weights[0], method)
+        cam_small = raw_map(feature_map, weights, method)
         audit.cams[method] = cam_small
-        cam = map_at(raw.feature_map[0], raw.cam_weights[0], height, width, method)
+        cam = map_at(feature_map, weights, height, width, method)
         audit.mass_outside[method] = mass_share(cam, ~mask)
         audit.mass_border[method] = mass_share(cam, band)
     batches: list[tuple[str, np.ndarray]] = []

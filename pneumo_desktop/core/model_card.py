@@ -41,6 +41,11 @@ OUTPUT_P_VIRAL = "p_viral"  # (N, 1) P(viral | pneumonia)
 OUTPUT_OOD_SCORE = "ood_score"  # (N, 1) out-of-distribution score; higher = less like the training X-rays
 INPUT_NAME = "image"  # (N, S, S, 3) float32 in 0..255
 SIGNATURE_KEY = "serving_default"
+# Optional second signature (model.tflite from round 5 on): the same input and the same outputs but the map's
+# two, computed by the forward operators alone (a subgraph sharing the weights: no backward pass). Scoring that
+# needs no map runs it; its outputs equal serving_default's exactly.
+SCORE_SIGNATURE_KEY = "score"
+SCORE_OUTPUTS = (OUTPUT_PROBABILITY, OUTPUT_P_VIRAL, OUTPUT_OOD_SCORE)
 
 
 class ModelIntegrityError(PneumoError):

@@ -14,6 +14,8 @@ scale, so each randomised model's map is still that model's own Grad-CAM. A map 
 14x14 layer) has its gradient written as a backward pass inside the graph (trainer/cam_backward.py), whose
 kernels are the forward kernels rearranged (transposed, spatially flipped): each such mirror is found by its
 values (the same numbers in another order) and rewritten with the randomised values in that same order.
+Weights stored as float16 (a graph exported with float16 storage, LiteRT dequantises them at load) are
+rewritten as float16; copies then match their kernels to float16's precision rather than float32's.
 """
 
 from __future__ import annotations
@@ -58,14 +60,39 @@ def _short(name: str) -> str:
     return name.split(";")[0]
 
 
+_WEIGHT_DTYPES = (np.float32, np.float16)
+
+
+def _rtol(dtype: np.dtype[Any]) -> float:
+    """How closely a copy matches its kernel: float32 roundings differ in the 7th digit, float16's in the 4th."""
+    return 2e-3 if dtype == np.float16 else 1e-4
+
+
+def constant_values(interpreter: Any) -> dict[int, np.ndarray]:
+    """The model's weight constants (float32 or float16, >= 8 values, not all zero) by tensor index."""
+    values: dict[int, np.ndarray] = {}
+    for d in interpreter.get_tensor_details():
+        try:
+            v = interpreter.get_tensor(d["index"])
+        except ValueError:
+            continue  # activations have no data before a run
+        if v.dtype in _WEIGHT_DTYPES and v.size >= 8 and np.any(v):
+            values[d["index"]] = np.array(v)
+    return values
+
+
 def _groups(details: list[dict[str, Any]]) -> list[tuple[str, list[int]]]:
     """The cascade's stages: (name, constant tensor indices), in the order they are randomised."""
     def find(pattern: str) -> list[int]:
         return [d["index"] for d in details if re.search(pattern, _short(d["name"]))]
 
-    head = find(r"head_dense_1/(MatMul|BiasAdd)$") + find(r"^arith\.constant$")
-    if not head:
+    dense = find(r"head_dense_1/(MatMul|BiasAdd)$")
+    if not dense:
         raise RandomisationError("no head_dense constants in the model: cannot find the head to randomise")
+    # The logit's kernel has no layer name in the graph (the converter folds 1/T into it and calls it
+    # arith.constantN, N depending on the graph): it is the (1, units) constant after head_dense's (units, C).
+    units = max(int(d["shape"][0]) for d in details if d["index"] in dense and len(d["shape"]) == 2)
+    head = dense + [d["index"] for d in details if list(d["shape"]) == [1, units]]
     stages = [("head", head), ("top_conv", find(r"top_conv_1/convolution$") + find(r"top_activation_1/Relu6$"))]
     blocks = sorted({int(m.group(1)) for d in details if (m := re.search(r"/block(\d+)_", _short(d["name"])))})
     for block in blocks[::-1][:TOP_BLOCKS]:
@@ -93,9 +120,10 @@ def _grad_copies(details: list[dict[str, Any]], values: dict[int, np.ndarray], h
                     continue
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = c / ref
-                ratio = ratio[np.isfinite(ratio) & (np.abs(ref) > 1e-8)]
-                if ratio.size and np.allclose(ratio, ratio[0], rtol=1e-4) and ratio[0] != 0:
-                    out[d["index"]] = (kernel, np.float32(ratio[0]), transposed)
+                ratio = ratio[np.isfinite(ratio) & (np.abs(ref) > 1e-3 * float(np.abs(ref).max()))]
+                scale = float(np.median(ratio)) if ratio.size else 0.0
+                if scale != 0 and np.allclose(ratio, scale, rtol=2 * _rtol(c.dtype)):
+                    out[d["index"]] = (kernel, np.float32(scale), transposed)
     return out
 
 
@@ -127,7 +155,7 @@ def _mirrors(values: dict[int, np.ndarray], sources: Sequence[int], taken: set[i
                 continue
             candidate_order, candidate_sorted = ordered(candidate)
             # Same multiset of values (LiteRT folds BatchNorm into the forward kernel with its own rounding):
-            if not np.allclose(candidate_sorted, source_sorted, rtol=1e-4, atol=1e-6 * scale):
+            if not np.allclose(candidate_sorted, source_sorted, rtol=_rtol(values[source].dtype), atol=1e-6 * scale):
                 continue
             order = np.empty_like(source_order)
             order[candidate_order] = source_order
@@ -142,14 +170,7 @@ def randomised_models(model_dir: Path, seed: int = 0) -> list[tuple[str, bytes]]
     data = bytearray((Path(model_dir) / mc.TFLITE_FILENAME).read_bytes())
     interpreter = Interpreter(model_content=bytes(data))
     details = interpreter.get_tensor_details()
-    values: dict[int, np.ndarray] = {}
-    for d in details:
-        try:
-            v = interpreter.get_tensor(d["index"])
-        except ValueError:
-            continue  # activations have no data before a run
-        if v.dtype == np.float32 and v.size >= 8 and np.any(v):
-            values[d["index"]] = np.array(v)
+    values = constant_values(interpreter)
     stages = _groups([d for d in details if d["index"] in values])
     copies = _grad_copies(details, values, stages[0][1])
     staged = {i for _, indices in stages for i in indices}
@@ -172,7 +193,7 @@ def randomised_models(model_dir: Path, seed: int = 0) -> list[tuple[str, bytes]]
         for copy, (kernel, scale, transposed) in copies.items():
             if kernel in replaced:
                 new = replaced[kernel].T if transposed else replaced[kernel]
-                replaced[copy] = (new * scale).astype(np.float32)
+                replaced[copy] = (new.astype(np.float32) * scale).astype(values[copy].dtype)
         for mirror, (source, order) in mirrors.items():
             if source in replaced:
                 replaced[mirror] = replaced[source].ravel()[order].reshape(values[mirror].shape)
@@ -214,8 +235,9 @@ def _maps(model, inputs: np.ndarray, method: str) -> list[np.ndarray]:
     maps = []
     for start in range(0, len(inputs), model.batch_size):
         raw = model.run(inputs[start:start + model.batch_size])
-        maps += [upsample(raw_map(raw.feature_map[i], raw.cam_weights[i], method), COMPARE_SIZE, COMPARE_SIZE)
-                 for i in range(len(raw.probability))]
+        for i in range(len(raw.probability)):
+            feature_map, weights = raw.map_parts(i)
+            maps.append(upsample(raw_map(feature_map, weights, method), COMPARE_SIZE, COMPARE_SIZE))
     return maps
 
 

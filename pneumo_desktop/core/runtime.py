@@ -113,16 +113,22 @@ class RawOutputs:
     """The model's outputs for one batch."""
 
     probability: np.ndarray  # (N,) float32
-    feature_map: np.ndarray  # (N, h, w, C) float32
-    cam_weights: np.ndarray  # (N, C) float32
+    feature_map: np.ndarray | None  # (N, h, w, C) float32; None when run without maps
+    cam_weights: np.ndarray | None  # (N, C) float32; None when run without maps
     p_viral: np.ndarray | None = None  # (N,) float32, when the model has a subtype head
     ood_score: np.ndarray | None = None  # (N,) float32, when the model has a refusal limit
     looks_inverted: np.ndarray | None = None  # (N,) bool, when the card has an inversion check
     map_method: str = DEFAULT_METHOD  # the card's map method (core/cam_methods.py)
 
+    def map_parts(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(feature map (h, w, C), channel weights (C,)) of one image."""
+        if self.feature_map is None or self.cam_weights is None:
+            raise ValueError("these outputs were computed without maps (PneumoniaModel.run(..., maps=False))")
+        return self.feature_map[index], self.cam_weights[index]
+
     def cam(self, index: int, height: int, width: int) -> np.ndarray:
         """The map of one image at (height, width), float32 in 0..1, by the card's method."""
-        return map_at(self.feature_map[index], self.cam_weights[index], height, width, self.map_method)
+        return map_at(*self.map_parts(index), height, width, self.map_method)
 
     def extras(self, index: int) -> Extras:
         """The optional outputs of one image, as keyword arguments of PneumoniaModel.prediction()."""
@@ -148,7 +154,7 @@ class LiteRTEngine:
                  batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         threads = num_threads or os.cpu_count() or 1
         self._tflite_path, self.num_threads, self.batch_size = tflite_path, threads, max(1, int(batch_size))
-        signatures, self._runner = self._open()
+        signatures, self._runner, self._score_runner = self._open()
         sig = signatures.get(mc.SIGNATURE_KEY)
         wanted = {mc.OUTPUT_PROBABILITY, mc.OUTPUT_FEATURE_MAP, mc.OUTPUT_CAM_WEIGHTS}
         if sig is None or list(sig["inputs"]) != [mc.INPUT_NAME] or not wanted <= set(sig["outputs"]):
@@ -164,16 +170,26 @@ class LiteRTEngine:
             )
         self.output_names = frozenset(sig["outputs"])
         self.dynamic_batch = shape[0] == -1
+        self._batch_runner, self._batch_score_runner = self._runner, self._score_runner
         self._check_outputs(tflite_path, input_size)
-        self._batch_runner = self._runner
         if self.dynamic_batch and self.batch_size > 1:
-            _, self._batch_runner = self._open()
-            self._batch_runner(**{mc.INPUT_NAME: np.zeros((self.batch_size, input_size, input_size, 3), np.float32)})
+            _, self._batch_runner, self._batch_score_runner = self._open()
+            zeros = np.zeros((self.batch_size, input_size, input_size, 3), np.float32)
+            for runner in (self._batch_runner, self._batch_score_runner):
+                if runner is not None:  # allocated for the batch size now, not at the first batch
+                    runner(**{mc.INPUT_NAME: zeros})
 
-    def _open(self) -> tuple[dict[str, Any], Any]:
-        """A new interpreter: its signature list and its runner for the contract's signature (None if absent).
+    @property
+    def scores_without_maps(self) -> bool:
+        """Whether the file has the score signature (the forward pass alone, for scoring that needs no map)."""
+        return self._score_runner is not None
 
-        The runner is ai_edge_litert's SignatureRunner (untyped): called with the input by name, it returns the
+
+    def _open(self) -> tuple[dict[str, Any], Any, Any]:
+        """A new interpreter: its signature list, its runner for the contract's signature (None if absent) and its
+        runner for the score signature (None if absent).
+
+        A runner is ai_edge_litert's SignatureRunner (untyped): called with the input by name, it returns the
         outputs by name; it also answers get_input_details()."""
         from ai_edge_litert.interpreter import Interpreter
 
@@ -181,7 +197,13 @@ class LiteRTEngine:
             interpreter = Interpreter(model_path=str(self._tflite_path), num_threads=self.num_threads)
             signatures = interpreter.get_signature_list()
             runner = interpreter.get_signature_runner(mc.SIGNATURE_KEY) if mc.SIGNATURE_KEY in signatures else None
-            return signatures, runner
+            score = signatures.get(mc.SCORE_SIGNATURE_KEY)
+            if score is not None and (list(score["inputs"]) != [mc.INPUT_NAME]
+                                      or not set(score["outputs"]) <= set(mc.SCORE_OUTPUTS)):
+                raise ModelIntegrityError(f"{self._tflite_path}: signature '{mc.SCORE_SIGNATURE_KEY}' does not follow "
+                                          f"the model contract: {score}")
+            score_runner = None if score is None else interpreter.get_signature_runner(mc.SCORE_SIGNATURE_KEY)
+            return signatures, runner, score_runner
         except (ValueError, RuntimeError) as exc:
             raise ModelIntegrityError(f"{self._tflite_path} is not a valid TFLite model: {exc}") from exc
 
@@ -203,16 +225,33 @@ class LiteRTEngine:
                 raise ModelIntegrityError(
                     f"{tflite_path} returns output {name} of shape {np.asarray(out[name]).shape}, expected (1, 1)"
                 )
+        if self._score_runner is not None:  # the same operators on the same weights: the same numbers
+            scores = self.score(np.zeros((1, input_size, input_size, 3), np.float32))
+            if set(scores) != set(mc.SCORE_OUTPUTS) & self.output_names or any(
+                    not np.array_equal(np.asarray(scores[name]), np.asarray(out[name])) for name in scores):
+                raise ModelIntegrityError(f"{tflite_path}: signature '{mc.SCORE_SIGNATURE_KEY}' does not give the "
+                                          f"outputs of '{mc.SIGNATURE_KEY}'")
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the contract's signature, the map's included."""
+        return self._invoke(batch, self._runner, self._batch_runner)
+
+    def score(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The outputs but the map's (probability, P(viral), refusal score), by the score signature when the file
+        has one (no backward pass: ~30% less work for the bundled model), else by the full one."""
+        if self._score_runner is None:
+            return self(batch)
+        return self._invoke(batch, self._score_runner, self._batch_score_runner)
+
+    def _invoke(self, batch: np.ndarray, runner: Any, batch_runner: Any) -> dict[str, np.ndarray]:
         count = batch.shape[0]
         if count == 1:
-            return self._runner(**{mc.INPUT_NAME: batch})
+            return runner(**{mc.INPUT_NAME: batch})
         if not self.dynamic_batch or count < self.batch_size:
-            parts = [self._runner(**{mc.INPUT_NAME: batch[i : i + 1]}) for i in range(count)]
+            parts = [runner(**{mc.INPUT_NAME: batch[i : i + 1]}) for i in range(count)]
             return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         # (a batch larger than batch_size resizes this runner; PneumoniaModel never sends one)
-        return self._batch_runner(**{mc.INPUT_NAME: batch})  # outputs are returned as copies
+        return batch_runner(**{mc.INPUT_NAME: batch})  # outputs are returned as copies
 
 
 def _check_optional_outputs(model_dir: Path, card: ModelCard, outputs: frozenset[str]) -> None:
@@ -314,13 +353,14 @@ class PneumoniaModel:
         """prepare() written into `out`, a slot of a batch buffer (batch scoring: no per-image copies)."""
         return prepare_input_into(grey, self.card.input_size, out)
 
-    def run(self, batch: np.ndarray) -> RawOutputs:
-        """Run prepared inputs (N, S, S, 3) float32; returns the raw outputs."""
+    def run(self, batch: np.ndarray, maps: bool = True) -> RawOutputs:
+        """Run prepared inputs (N, S, S, 3) float32; returns the raw outputs. Without `maps`, the outputs have no
+        feature map and weights, and the engine may skip computing them (LiteRTEngine.score)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (self.input_size, self.input_size, 3):
             raise ValueError(f"expected inputs (N, {self.input_size}, {self.input_size}, 3), got {batch.shape}")
         with self._lock:
-            out = self._engine(batch)
+            out = self._engine(batch) if maps else self._scores(batch)
         probability = np.asarray(out[mc.OUTPUT_PROBABILITY], dtype=np.float32).reshape(-1)
         if probability.shape[0] != batch.shape[0] or not np.all(np.isfinite(probability)):
             raise RuntimeError(f"the model returned invalid probabilities {probability!r}")
@@ -330,8 +370,8 @@ class PneumoniaModel:
         return RawOutputs(
             looks_inverted=self._inversion_check(batch, ood),
             probability=np.clip(probability, 0.0, 1.0),
-            feature_map=np.asarray(out[mc.OUTPUT_FEATURE_MAP], dtype=np.float32),
-            cam_weights=np.asarray(out[mc.OUTPUT_CAM_WEIGHTS], dtype=np.float32),
+            feature_map=np.asarray(out[mc.OUTPUT_FEATURE_MAP], dtype=np.float32) if maps else None,
+            cam_weights=np.asarray(out[mc.OUTPUT_CAM_WEIGHTS], dtype=np.float32) if maps else None,
             p_viral=None if p_viral is None else np.clip(p_viral, 0.0, 1.0),
             ood_score=ood,  # not clipped: a non-finite score is refused (RefusalSpec.refuses)
             map_method=self.card.map_method,
@@ -350,10 +390,15 @@ class PneumoniaModel:
         suspects = np.flatnonzero(~(ood < gate))  # NaN scores are suspects too
         if suspects.size:
             with self._lock:  # a few suspects run image by image (LiteRTEngine), not as a padded batch
-                out = self._engine(np.ascontiguousarray(255.0 - batch[suspects], dtype=np.float32))
+                out = self._scores(np.ascontiguousarray(255.0 - batch[suspects], dtype=np.float32))
             inverted_ood = self._optional(out, mc.OUTPUT_OOD_SCORE, suspects.size)
             flagged[suspects] = inverted_ood < ood[suspects]
         return flagged
+
+    def _scores(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's outputs without the map's, by its score signature when it has one (LiteRTEngine.score)."""
+        score = getattr(self._engine, "score", None)
+        return score(batch) if score is not None else self._engine(batch)
 
     @staticmethod
     def _optional(out: dict[str, np.ndarray], name: str, count: int) -> np.ndarray:
@@ -432,7 +477,7 @@ class PneumoniaModel:
         self._threshold(threshold)  # a bad threshold fails before any inference
         return [
             self.prediction(img.path, raw.probability[i], threshold, refuse=refuse, **raw.extras(i))
-            for img, raw, i in self._run_in_batches(images)
+            for img, raw, i in self._run_in_batches(images, maps=False)
         ]
 
     def explain(self, image: LoadedImage, threshold: float | None = None, refuse: bool = True) -> Explanation:
@@ -449,11 +494,12 @@ class PneumoniaModel:
             explanations.append(Explanation(prediction=prediction, cam=cam))
         return explanations
 
-    def _run_in_batches(self, images: Sequence[LoadedImage]) -> Iterator[tuple[LoadedImage, RawOutputs, int]]:
+    def _run_in_batches(self, images: Sequence[LoadedImage], maps: bool = True
+                        ) -> Iterator[tuple[LoadedImage, RawOutputs, int]]:
         """Each image with the raw outputs of its batch and its index there."""
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            raw = self.run(np.stack([self.prepare(img) for img in chunk]))
+            raw = self.run(np.stack([self.prepare(img) for img in chunk]), maps)
             for i, img in enumerate(chunk):
                 yield img, raw, i
 

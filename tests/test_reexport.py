@@ -38,3 +38,18 @@ def test_refusal_flips_compare_each_graph_with_its_own_limit() -> None:
     assert _refusal_flips(before, 1.8015, after, 1.7995) == 1  # 1.79 -> 1.80 above the new limit
     assert _refusal_flips(before, 1.8015, before, 1.8015) == 0
     assert _refusal_flips(before, None, after, None) == 0  # a model without refusal
+
+
+def test_a_float16_card_keeps_the_keras_limit_apart_and_reexports_to_the_same_card() -> None:
+    from trainer.reexport import _limit_on_graph
+
+    val = np.linspace(0.5, 2.5, 785)  # 1% refused: the 7 highest
+    dev = np.linspace(0.4, 1.9, 313)
+    first = _limit_on_graph(CARD_REFUSAL, 1.8026, val, dev, 0.01)
+    assert first["keras_limit"] == 1.8026 and np.mean(val > first["limit"]) <= 0.01
+    assert first["refused_share"]["validation"] == pytest.approx(7 / 785)
+    assert "1.8026" in first["limit_from"]
+    # a second re-export fits the same Keras limit: the card is reproduced, not refitted against the graph's limit
+    again = _refitted(first, 1.8026 + 1e-6, dict(first["refused_share"]))
+    assert again is first
+    assert _limit_on_graph(again, 1.8026, val, dev, 0.01) == first

@@ -65,7 +65,7 @@ def _refitted(refusal: dict[str, Any], limit: float, shares: dict[str, float]) -
     recorded, only if it moved by less than LIMIT_DRIFT and refuses exactly the same shares of the validation
     and development images; anything more means another model or other data.
     """
-    recorded = float(refusal["limit"])
+    recorded = float(refusal.get("keras_limit", refusal["limit"]))  # a float16 card keeps the Keras model's apart
     drift = abs(limit - recorded) / max(1.0, abs(recorded))
     if drift <= LIMIT_REPRODUCED:
         return refusal
@@ -76,13 +76,14 @@ def _refitted(refusal: dict[str, Any], limit: float, shares: dict[str, float]) -
                            "folder was exported from")
     log.warning("refusal limit refitted with the current preprocessing: %.6f -> %.6f (same refused shares)",
                 recorded, limit)
-    return dict(refusal, limit=limit, refit=(
+    moved = dict(refusal, limit=limit, keras_limit=limit) if "keras_limit" in refusal else dict(refusal, limit=limit)
+    return dict(moved, refit=(
         f"statistics fitted again at re-export on the same training images through the app's current "
         f"preprocessing: limit {recorded:.4f} -> {limit:.4f}, the same refused shares"))
 
 
-def _limit_on_graph(refusal: dict[str, Any], val_scores: np.ndarray, dev_scores: np.ndarray | None,
-                    max_share: float) -> dict[str, Any]:
+def _limit_on_graph(refusal: dict[str, Any], keras_limit: float, val_scores: np.ndarray,
+                    dev_scores: np.ndarray | None, max_share: float) -> dict[str, Any]:
     """The card's refusal section with its limit set by the same rule on the exported graph's own scores.
 
     The app compares the graph's score with the card's limit. With float32 weights the graph's scores equal the
@@ -95,9 +96,9 @@ def _limit_on_graph(refusal: dict[str, Any], val_scores: np.ndarray, dev_scores:
     shares = {"validation": float(np.mean(np.ravel(val_scores) > limit))}
     if dev_scores is not None:
         shares["test half A (development)"] = float(np.mean(np.ravel(dev_scores) > limit))
-    return dict(refusal, limit=limit, refused_share=shares, limit_from=(
+    return dict(refusal, limit=limit, keras_limit=keras_limit, refused_share=shares, limit_from=(
         f"limit {limit:.4f} set by the same rule on the exported graph's own scores of the validation images "
-        f"(float16 weights; the Keras model's scores give {float(refusal['limit']):.4f})"))
+        f"(float16 weights; the Keras model's scores give {keras_limit:.4f})"))
 
 
 def _refusal_flips(before: np.ndarray, before_limit: float | None, after: np.ndarray,
@@ -150,10 +151,10 @@ def reexport(model_dir: Path, recipe: Path, cam_layer: str | None = None, method
                                     for name in _COMPARED if name in before}
         log.info("new graph vs old on %d validation images: %s", len(checks_images), checks)
         allowed = max(PARITY_TOLERANCE, storage.probability)
-        if "refusal" in card and storage.name == "float16":
+        if limit is not None and storage.name == "float16":  # (limit: the card has a refusal section)
             dev = None if data.dev is None else _outputs(
                 staged / mc.TFLITE_FILENAME, np.repeat(data.dev.images[..., None].astype(np.float32), 3, axis=3))
-            card["refusal"] = _limit_on_graph(card["refusal"], after[mc.OUTPUT_OOD_SCORE],
+            card["refusal"] = _limit_on_graph(card["refusal"], limit, after[mc.OUTPUT_OOD_SCORE],
                                               None if dev is None else dev[mc.OUTPUT_OOD_SCORE],
                                               cfg.max_refused_share)
         # The refusal score is judged by its decisions when the weights or the statistics moved: a float16 graph

@@ -299,7 +299,8 @@ def strip_binaries(binaries: list[Entry], out_dir: Path, python_root: Path) -> t
                 target.write_bytes(closed)
                 os.chmod(target, original.stat().st_mode & 0o777)
                 src = str(target)
-        saved += original.stat().st_size - Path(src).stat().st_size
+        if src != str(original):
+            saved += original.stat().st_size - Path(src).stat().st_size
         result.append((dest, src, kind))
     return result, saved
 

@@ -334,11 +334,12 @@ def drop_debug_sections(data: bytes) -> bytes | None:
     return bytes(out) if same_loaded_image(data, bytes(out)) else None
 
 
-PAGE = 4096  # the smallest page size of the platforms the package is built for (x86-64, aarch64 4K kernels)
+PAGE = 4096  # x86-64's page size
+_LARGEST_PAGE = {183: 65536}  # e_machine -> largest page size its kernels use (aarch64: 4K, 16K or 64K)
 _MIN_GAP = 16 * PAGE  # smaller gaps are not worth a rewritten file
 
 
-def close_load_gaps(data: bytes, page: int = PAGE) -> bytes | None:
+def close_load_gaps(data: bytes, page: int | None = None) -> bytes | None:
     """The ELF64 LE shared library `data` without the empty file space before a loadable segment, or None when
     there is no gap of at least _MIN_GAP or the layout is not one this handles (then keep the original).
 
@@ -351,6 +352,8 @@ def close_load_gaps(data: bytes, page: int = PAGE) -> bytes | None:
     """
     if not _elf_header(data) or _u(data, 0x10, 2) != 3:  # ET_DYN
         return None
+    if page is None:  # a segment alignment the loader accepts on every kernel of the file's architecture
+        page = _LARGEST_PAGE.get(_u(data, 0x12, 2), PAGE)
     phoff, phentsize, phnum = _u(data, 0x20, 8), _u(data, 0x36, 2), _u(data, 0x38, 2)
     shoff, shentsize, shnum = _u(data, 0x28, 8), _u(data, 0x3A, 2), _u(data, 0x3C, 2)
     if phentsize != 56 or (shnum and shentsize != 64):
@@ -370,6 +373,7 @@ def close_load_gaps(data: bytes, page: int = PAGE) -> bytes | None:
             continue  # something spans the segment's start: not a gap
         new = _align_up(max(before, default=0), page, start % page)
         delta = start - new
+        # (The gap may hold a few stale bytes patchelf left behind: no header, segment or section refers to them.)
         if delta < _MIN_GAP or any(begin < start < end for begin, end in regions):
             continue
         closed = _move_down(data, start, new, phdrs, shdrs, page)

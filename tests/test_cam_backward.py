@@ -56,7 +56,7 @@ def _lite_like_backbone(size: int = 32):
 
 
 def _export(tmp_path: Path, backbone, cam_layer: str | None, images: np.ndarray,
-            weights: str = "float32") -> tuple[object, Path]:
+            weights: str = "float32", temperature: float = 1.0, subtype: bool = False) -> tuple[object, Path]:
     import keras
 
     from trainer.card_builder import build_card
@@ -64,11 +64,11 @@ def _export(tmp_path: Path, backbone, cam_layer: str | None, images: np.ndarray,
     from trainer.model import build_classifier
 
     keras.utils.set_random_seed(3)
-    model = build_classifier(backbone)
+    model = build_classifier(backbone, subtype_head=subtype)
     card = build_card(name="cam-test", version="0", backbone="test", input_size=images.shape[1], threshold=0.5,
                       threshold_rule="fixed", gradcam_layer=f"backbone/{cam_layer}")
     out = tmp_path / "model"
-    export_model_folder(model, out, card, images, cam_layer=cam_layer, weights=weights)
+    export_model_folder(model, out, card, images, temperature=temperature, cam_layer=cam_layer, weights=weights)
     return model, out
 
 
@@ -112,19 +112,29 @@ def test_randomisation_rewrites_the_backward_kernels_with_the_forward_ones(tmp_p
 
     images = _images(sample_paths, 32)
     keras.utils.set_random_seed(3)  # the backbone's weights too, whatever ran before in this process
-    model, out = _export(tmp_path, _lite_like_backbone(), "block1_add", images[:4], weights)
+    # A temperature and a subtype head, as the bundled model has: the logit's kernel then exists twice (with 1/T
+    # folded in, and the backward pass's unscaled copy), and P(viral)'s kernel has the same shape.
+    model, out = _export(tmp_path, _lite_like_backbone(), "block1_add", images[:4], weights, temperature=1.7,
+                         subtype=True)
     interpreter = Interpreter(model_path=str(out / mc.TFLITE_FILENAME))
     details = interpreter.get_tensor_details()
     values = mr.constant_values(interpreter)
     stages = mr._groups([d for d in details if d["index"] in values])
-    # The head stage holds the dense kernel and the logit's kernel (1, units), whatever the converter named it.
+    copies = mr._grad_copies(details, values, dict(stages)["head"])
+    stages[0] = ("head", [i for i in stages[0][1] if i not in copies])  # as randomised_models does
+    # The head stage draws the dense kernel and one logit kernel (1, units), whatever the converter named it; the
+    # logit kernel's other form and the dense kernel's transposed 1/(h*w) copy follow them; P(viral) stays.
     head = dict(stages)["head"]
     units = model.get_layer("head_dense").units
     kernels = sorted(values[i].shape for i in head if values[i].ndim == 2)
     assert len(kernels) == 2 and kernels[0] == (1, units) and kernels[1][0] == units
     assert {values[i].dtype for i in head} == {np.dtype(weights)}
+    randomised_indices = {i for _, indices in stages for i in indices} | set(copies)
+    assert not any("viral" in details[i]["name"] for i in randomised_indices)
+    followed = {(values[kernel].shape, values[copy].shape) for copy, (kernel, _, _) in copies.items()}
+    assert ((1, units), (1, units)) in followed and len(copies) == 2
     staged = {i for _, indices in stages for i in indices}
-    mirrors = mr._mirrors(values, sorted(staged), staged)
+    mirrors = mr._mirrors(values, sorted(staged), staged | set(copies))
     # top_conv and blocks 4, 3, 2 are randomised; each has its transposed / flipped kernels in the backward pass:
     # top 1x1; per block expand 1x1, depthwise, project 1x1 (block 1 is below the map layer: not traversed).
     assert {n for n, _ in stages} >= {"head", "top_conv", "block4", "block3", "block2"}
@@ -134,9 +144,18 @@ def test_randomisation_rewrites_the_backward_kernels_with_the_forward_ones(tmp_p
         np.testing.assert_allclose(values[mirror].ravel().astype(np.float32),
                                    values[source].ravel()[order].astype(np.float32),
                                    rtol=mr._rtol(values[source].dtype), atol=1e-6)
-    # In each randomised model the mirrors hold the randomised kernels (rearranged), never the trained ones.
-    last = mr.randomised_models(out)[-1][1]
-    randomised = Interpreter(model_content=last)
+    # In each randomised model the copies keep their scale to the randomised kernel, and in the last one the mirrors
+    # hold the randomised kernels (rearranged), never the trained ones.
+    models = mr.randomised_models(out)
+    for _name, data in models:
+        randomised = Interpreter(model_content=data)
+        for copy, (kernel, scale, transposed) in copies.items():
+            new_kernel = randomised.get_tensor(kernel).astype(np.float32)
+            assert not np.allclose(new_kernel, values[kernel].astype(np.float32))
+            expected = scale * (new_kernel.T if transposed else new_kernel)
+            np.testing.assert_allclose(randomised.get_tensor(copy).astype(np.float32), expected,
+                                       rtol=2 * mr._rtol(values[copy].dtype), atol=1e-6)
+    randomised = Interpreter(model_content=models[-1][1])
     for mirror, (source, order) in mirrors.items():
         new_source = randomised.get_tensor(source)
         new_mirror = randomised.get_tensor(mirror)

@@ -292,9 +292,9 @@ _SLOW_CHILD = """
 import sys, time
 from pneumo_desktop.core import runtime
 _run = runtime.PneumoniaModel.run
-def slow_run(self, batch):  # slows the child down so that the test can kill it mid-run
+def slow_run(self, batch, maps=True):  # slows the child down so that the test can kill it mid-run
     time.sleep(0.08)
-    return _run(self, batch)
+    return _run(self, batch, maps)
 runtime.PneumoniaModel.run = slow_run
 from pneumo_desktop.cli import main
 raise SystemExit(main(sys.argv[1:]))

@@ -69,24 +69,31 @@ def test_a_few_suspects_are_checked_one_by_one_with_the_same_verdict(model, samp
     inputs = np.stack([model.prepare(i) for i in images] + [model.prepare(255 - i.grey) for i in images[:2]])
     calls: list[tuple[str, int]] = []
     engine = model._engine
-    runners = {"single": engine._runner, "batch": engine._batch_runner}
+    names = ("_runner", "_batch_runner", "_score_runner", "_batch_score_runner")
+    runners = {name: getattr(engine, name) for name in names}
 
-    def counting(kind):
+    def counting(name):
         def run(**inputs_by_name):
-            calls.append((kind, next(iter(inputs_by_name.values())).shape[0]))
-            return runners[kind](**inputs_by_name)
+            calls.append((name, next(iter(inputs_by_name.values())).shape[0]))
+            return runners[name](**inputs_by_name)
         return run
 
-    engine._runner, engine._batch_runner = counting("single"), counting("batch")
+    for name in names:
+        if runners[name] is not None:
+            setattr(engine, name, counting(name))
     try:
         raw = model.run(inputs)
     finally:
-        engine._runner, engine._batch_runner = runners["single"], runners["batch"]
+        for name in names:
+            setattr(engine, name, runners[name])
     singles = [bool(model.run(inputs[i : i + 1]).looks_inverted[0]) for i in range(len(inputs))]
     assert raw.looks_inverted is not None and raw.looks_inverted.tolist() == singles
     assert singles[-2:] == [True, True] and not any(singles[:5])
     # the short batch (7 < the batch size), then the second inference of each suspect: image by image through
-    # the single-image interpreter, never a padded batch
+    # the single-image interpreter, never a padded batch, and without the map (the score signature, when the
+    # model has it)
     assert len(inputs) < model.batch_size
-    suspects = calls[len(inputs):]
-    assert suspects and set(calls) == {("single", 1)}
+    batch, suspects = calls[: len(inputs)], calls[len(inputs):]
+    assert batch == [("_runner", 1)] * len(inputs)
+    second = "_score_runner" if runners["_score_runner"] is not None else "_runner"
+    assert suspects and set(suspects) == {(second, 1)}

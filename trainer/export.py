@@ -55,6 +55,13 @@ WEIGHT_STORAGE = {
 }
 
 
+def weight_storage(name: str) -> WeightStorage:
+    """WEIGHT_STORAGE[name], or a ValueError that lists the choices."""
+    if name not in WEIGHT_STORAGE:
+        raise ValueError(f"unknown weight storage {name!r}; choose one of {sorted(WEIGHT_STORAGE)}")
+    return WEIGHT_STORAGE[name]
+
+
 def build_export_model(model: keras.Model, temperature: float = 1.0, ood: OODStats | None = None,
                        cam_layer: str | None = None) -> keras.Model:
     """A functional model with the outputs of the export contract, sharing the trained layers.
@@ -107,7 +114,7 @@ def convert_to_tflite(model: keras.Model, temperature: float = 1.0, ood: OODStat
     # layers converted to a graph that produced NaN in TFLite (TF 2.21 / Keras 3.15).
     export_model = build_export_model(model, temperature, ood, cam_layer)
     converter = tf.lite.TFLiteConverter.from_keras_model(export_model)
-    if WEIGHT_STORAGE[weights].name == "float16":
+    if weight_storage(weights).name == "float16":
         # Weights stored as float16 with a DEQUANTIZE op each, which XNNPACK folds at load: float32 arithmetic.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -198,7 +205,7 @@ def export_model_folder(
         stripped = keras.Model.from_config(model.get_config())
         stripped.set_weights(model.get_weights())
         stripped.save(keras_path)
-        storage = WEIGHT_STORAGE[weights]
+        storage = weight_storage(weights)
         tflite_path.write_bytes(convert_to_tflite(model, temperature, ood, cam_layer, storage.name))
         error = parity_error(model, tflite_path, parity_images, temperature)
         log.info("TFLite (%s weights) vs Keras: max |dp| = %.2e over %d images", storage.name, error,

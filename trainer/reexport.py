@@ -5,9 +5,10 @@ changes (feature_map / cam_weights at `cam_layer`, its gradient computed in the 
 float32 or float16, WEIGHT_STORAGE). The refusal statistics are baked into the graph, so they are fitted
 again on the same training images exactly as at training time (trainer/train.py:fit_refusal) and must
 reproduce the card's limit. Before the folder is replaced, the new graph's probability, P(viral) and refusal
-score are compared with the old graph's on the validation images: they must agree within the new storage's
-tolerance (float32: the export's parity tolerance; float16: its measured tolerance, and no validation image
-may change its refusal decision), and the samples must pass --self-test's comparison with the card's Keras
+score are compared with the old graph's on the validation images: they must agree within the tolerance of
+the old and the new storage (float32 to float32: the export's parity tolerance and no refusal decision
+changed; with float16 on either side: its measured tolerance, and at most 0.5% of the validation images
+changing their refusal decision), and the samples must pass --self-test's comparison with the card's Keras
 reference. model.keras stays as it is (the same network); the card records its hash.
 """
 
@@ -28,11 +29,11 @@ from trainer.backbones import BACKBONES
 from trainer.config import config_from_recipe
 from trainer.export import (
     PARITY_TOLERANCE,
-    WEIGHT_STORAGE,
     _write_json_atomic,
     export_model_folder,
     sample_errors,
     tflite_outputs,
+    weight_storage,
 )
 from trainer.train import fit_refusal, prepare_data
 
@@ -116,7 +117,9 @@ def reexport(model_dir: Path, recipe: Path, cam_layer: str | None = None, method
     Returns the checks."""
     model_dir = Path(model_dir)
     card = json.loads((model_dir / mc.CARD_FILENAME).read_text(encoding="utf-8"))
-    storage = WEIGHT_STORAGE[weights or card.get("export_check", {}).get("weights", "float32")]
+    old_storage = weight_storage(card.get("export_check", {}).get("weights", "float32"))
+    storage = weight_storage(weights or old_storage.name)
+    float32_both = storage.name == old_storage.name == "float32"
     cfg = config_from_recipe(Path(recipe))
     spec = BACKBONES[cfg.backbone]
     if cam_layer is None:
@@ -132,6 +135,10 @@ def reexport(model_dir: Path, recipe: Path, cam_layer: str | None = None, method
             stats, limit, shares = fit_refusal(model, data, cfg, spec.ood_layers)
             recorded = float(card["refusal"]["limit"])
             card["refusal"] = _refitted(card["refusal"], limit, shares)
+            if storage.name == "float32":  # the graph's scores are the Keras model's again: so is the limit
+                keras_limit = card["refusal"].get("keras_limit", card["refusal"]["limit"])
+                card["refusal"] = {k: v for k, v in card["refusal"].items() if k not in ("keras_limit", "limit_from")}
+                card["refusal"]["limit"] = keras_limit
         old_tflite = Path(tmp) / "old.tflite"
         old_tflite.write_bytes((model_dir / mc.TFLITE_FILENAME).read_bytes())
         layer = f"backbone/{cam_layer or spec.feature_layer}"
@@ -150,7 +157,7 @@ def reexport(model_dir: Path, recipe: Path, cam_layer: str | None = None, method
         checks: dict[str, float] = {name: float(np.abs(before[name] - after[name]).max())
                                     for name in _COMPARED if name in before}
         log.info("new graph vs old on %d validation images: %s", len(checks_images), checks)
-        allowed = max(PARITY_TOLERANCE, storage.probability)
+        allowed = max(PARITY_TOLERANCE, storage.probability, old_storage.probability)
         if limit is not None and storage.name == "float16":  # (limit: the card has a refusal section)
             dev = None if data.dev is None else _outputs(
                 staged / mc.TFLITE_FILENAME, np.repeat(data.dev.images[..., None].astype(np.float32), 3, axis=3))
@@ -158,13 +165,14 @@ def reexport(model_dir: Path, recipe: Path, cam_layer: str | None = None, method
                                               None if dev is None else dev[mc.OUTPUT_OOD_SCORE],
                                               cfg.max_refused_share)
         # The refusal score is judged by its decisions when the weights or the statistics moved: a float16 graph
-        # may move an image lying at the limit across it (at most 0.5% of them), a float32 graph none.
+        # (or the float32 graph replacing one) may move an image lying at the limit across it (at most 0.5% of
+        # them), a float32 graph replacing a float32 graph none.
         new_limit = card["refusal"]["limit"] if "refusal" in card else None
-        same_scores = storage.name == "float32" and new_limit == recorded
+        same_scores = float32_both and new_limit == recorded
         scores_allowed = PARITY_TOLERANCE if same_scores else float("inf")
         flips = _refusal_flips(before.get(mc.OUTPUT_OOD_SCORE, np.zeros(0)), recorded,
                                after.get(mc.OUTPUT_OOD_SCORE, np.zeros(0)), new_limit)
-        flips_allowed = 0 if storage.name == "float32" else len(checks_images) // 200
+        flips_allowed = 0 if float32_both else len(checks_images) // 200
         if not (all(checks[name] <= allowed for name in checks if name != mc.OUTPUT_OOD_SCORE)
                 and checks.get(mc.OUTPUT_OOD_SCORE, 0.0) <= scores_allowed and flips <= flips_allowed):
             raise RuntimeError(f"the re-exported graph's outputs differ from the old one's: {checks}, "
@@ -180,6 +188,7 @@ def reexport(model_dir: Path, recipe: Path, cam_layer: str | None = None, method
         new_card = json.loads((staged / mc.CARD_FILENAME).read_text(encoding="utf-8"))
         if "refusal" in card:
             new_card["refusal"] = card["refusal"]
+        mc.ModelCard.from_dict(new_card)  # the runtime must be able to read what we write
         keras_file = model_dir / mc.KERAS_FILENAME
         new_card["artifacts"][mc.KERAS_FILENAME] = {"sha256": mc.sha256_of_file(keras_file),
                                                     "bytes": keras_file.stat().st_size}

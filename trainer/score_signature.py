@@ -5,7 +5,10 @@ third of its arithmetic, in every inference. Scoring a folder into a CSV needs o
 and the refusal score. This adds a subgraph holding just the operators those outputs depend on, with tensors
 pointing at the same weight buffers (the file grows by its operator and tensor tables only, ~50 kB), and a
 signature `score` (model_card.SCORE_SIGNATURE_KEY) for it. Same operators on the same weights: its outputs are
-the full signature's, bit for bit (checked at export).
+the full signature's, bit for bit (checked at export; at load the runtime falls back to the full signature if
+they ever differ). Graphs with control flow or variables are refused (their effects are not outputs). Packing
+the model again keeps every buffer's bytes but not the converter's 16-byte alignment of them; LiteRT reads
+them either way (the export's checks run on the packed file).
 """
 
 from __future__ import annotations
@@ -34,13 +37,21 @@ def add_score_signature(tflite: bytes) -> bytes:
     outputs = {t.name.decode(): t.tensorIndex for t in full.outputs}
     kept_names = [name for name in mc.SCORE_OUTPUTS if name in outputs]
 
-    # Walk the operators backwards from the kept outputs: an operator stays if it writes a tensor needed later.
+    codes = [model.operatorCodes[op.opcodeIndex] for op in graph.operators]
+    stateful = {name for code in codes
+                if (name := _builtin_name(max(code.builtinCode, code.deprecatedBuiltinCode))) in _STATEFUL}
+    if stateful:  # an operator with an effect but no output we keep would be dropped silently
+        raise ValueError(f"cannot add a score signature to a graph with stateful operators {sorted(stateful)}")
+    # Walk the operators backwards from the kept outputs: an operator stays if it writes a tensor needed later,
+    # and then all its tensors are the new subgraph's (outputs it writes that nobody reads, intermediates).
     needed = {outputs[name] for name in kept_names}
     operators = []
     for op in reversed(graph.operators):
         if any(o in needed for o in op.outputs):
             operators.append(op)
             needed.update(i for i in op.inputs if i >= 0)
+            needed.update(op.outputs)
+            needed.update(op.intermediates if op.intermediates is not None else [])
     operators.reverse()
     inputs = {t.name.decode(): t.tensorIndex for t in full.inputs}
     tensors = sorted(needed | set(inputs.values()))
@@ -71,6 +82,13 @@ def add_score_signature(tflite: bytes) -> bytes:
     builder = flatbuffers.Builder(len(tflite) + (1 << 20))
     builder.Finish(model.Pack(builder), file_identifier=_IDENTIFIER)
     return bytes(builder.Output())
+
+
+_STATEFUL = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE", "WHILE", "IF", "CALL"}
+
+
+def _builtin_name(code: int) -> str:
+    return next((name for name, value in vars(schema.BuiltinOperator).items() if value == code), str(code))
 
 
 def _tensor_map(name: str, tensor: int) -> schema.TensorMapT:

@@ -87,12 +87,14 @@ def _groups(details: list[dict[str, Any]]) -> list[tuple[str, list[int]]]:
         return [d["index"] for d in details if re.search(pattern, _short(d["name"]))]
 
     dense = find(r"head_dense_1/(MatMul|BiasAdd)$")
-    if not dense:
-        raise RandomisationError("no head_dense constants in the model: cannot find the head to randomise")
-    # The logit's kernel has no layer name in the graph (the converter folds 1/T into it and calls it
-    # arith.constantN, N depending on the graph): it is the (1, units) constant after head_dense's (units, C).
-    units = max(int(d["shape"][0]) for d in details if d["index"] in dense and len(d["shape"]) == 2)
-    head = dense + [d["index"] for d in details if list(d["shape"]) == [1, units]]
+    kernels = [int(d["shape"][0]) for d in details if d["index"] in dense and len(d["shape"]) == 2]
+    if not kernels:
+        raise RandomisationError("no head_dense kernel in the model: cannot find the head to randomise")
+    # The logit's kernel keeps no layer name through conversion (1/T folded in, or the backward pass's unscaled
+    # copy, each named after whatever op made it): it is a (1, units) constant after head_dense's (units, C).
+    # P(viral)'s kernel has the same shape but its own name, and does not make the pneumonia map.
+    head = dense + [d["index"] for d in details
+                    if list(d["shape"]) == [1, kernels[0]] and "viral" not in d["name"]]
     stages = [("head", head), ("top_conv", find(r"top_conv_1/convolution$") + find(r"top_activation_1/Relu6$"))]
     blocks = sorted({int(m.group(1)) for d in details if (m := re.search(r"/block(\d+)_", _short(d["name"])))})
     for block in blocks[::-1][:TOP_BLOCKS]:
@@ -103,26 +105,32 @@ def _groups(details: list[dict[str, Any]]) -> list[tuple[str, list[int]]]:
 
 def _grad_copies(details: list[dict[str, Any]], values: dict[int, np.ndarray], head: list[int]
                  ) -> dict[int, tuple[int, np.ndarray, bool]]:
-    """For each head kernel, the constant that is a scaled (maybe transposed) copy of it: copy -> (kernel,
-    scale, transposed)."""
+    """For each head kernel, the constants that are scaled (maybe transposed) copies of it: copy -> (kernel,
+    scale, transposed). A head member that is a copy of an earlier one (the logit's kernel with 1/T folded in
+    and the backward pass's unscaled one) is a copy too: it must follow its kernel, not get its own random draw."""
     out: dict[int, tuple[int, np.ndarray, bool]] = {}
-    for kernel in head:
+    for position, kernel in enumerate(head):
         k = values.get(kernel)
-        if k is None or k.ndim != 2 or k.size < 16:
+        if kernel in out or k is None or k.ndim != 2 or k.size < 16:
             continue
         for d in details:
             c = values.get(d["index"])
-            if c is None or d["index"] == kernel or c.size != k.size or d["index"] in head:
+            if (c is None or d["index"] == kernel or c.size != k.size or d["index"] in out
+                    or d["index"] in head[: position + 1]):
                 continue
             for transposed in (False, True):
                 ref = k.T if transposed else k
                 if c.shape != ref.shape:
                     continue
+                c32, ref32 = c.astype(np.float32), ref.astype(np.float32)
+                large = np.abs(ref32) > 1e-3 * float(np.abs(ref32).max())
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    ratio = c / ref
-                ratio = ratio[np.isfinite(ratio) & (np.abs(ref) > 1e-3 * float(np.abs(ref).max()))]
+                    ratio = c32[large] / ref32[large]
                 scale = float(np.median(ratio)) if ratio.size else 0.0
-                if scale != 0 and np.allclose(ratio, scale, rtol=2 * _rtol(c.dtype)):
+                # Both are rounded to their storage: each value within its relative precision, and float16's
+                # smallest (subnormal) values within a few of its absolute steps.
+                atol = 4 * 2.0**-24 if c.dtype == np.float16 else 1e-6 * float(np.abs(c32).max())
+                if scale != 0 and np.allclose(c32, scale * ref32, rtol=2 * _rtol(c.dtype), atol=atol):
                     out[d["index"]] = (kernel, np.float32(scale), transposed)
     return out
 
@@ -173,6 +181,7 @@ def randomised_models(model_dir: Path, seed: int = 0) -> list[tuple[str, bytes]]
     values = constant_values(interpreter)
     stages = _groups([d for d in details if d["index"] in values])
     copies = _grad_copies(details, values, stages[0][1])
+    stages[0] = ("head", [i for i in stages[0][1] if i not in copies])
     staged = {i for _, indices in stages for i in indices}
     mirrors = _mirrors(values, sorted(staged), staged | set(copies))
     offsets: dict[int, int] = {}  # where each constant to randomise is stored in the file (found once)

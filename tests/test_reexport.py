@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,8 @@ pytest.importorskip("tensorflow")
 
 from trainer.reexport import LIMIT_DRIFT, _refitted, _refusal_flips
 
-CARD_REFUSAL = {"limit": 1.8015, "refused_share": {"validation": 0.0089, "test half A (development)": 0.0032}}
+CARD_REFUSAL: dict[str, Any] = {
+    "limit": 1.8015, "refused_share": {"validation": 0.0089, "test half A (development)": 0.0032}}
 SHARES = dict(CARD_REFUSAL["refused_share"])
 
 

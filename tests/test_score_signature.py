@@ -87,7 +87,7 @@ def test_a_file_without_the_score_signature_still_scores(tiny_model_dir: Path, t
     def outcome(predictions):  # everything but the file's hash
         return [(p.probability, p.label, p.status, p.ood_score, p.p_viral) for p in predictions]
 
-    assert not old._engine.scores_without_maps and new._engine.scores_without_maps
+    assert not old.scores_without_maps and new.scores_without_maps
     assert outcome(old.predict(images)) == outcome(new.predict(images))
 
 
@@ -102,7 +102,7 @@ def test_a_score_signature_that_disagrees_is_not_used(tiny_model_dir: Path, tmp_
     _write(model, folder / mc.TFLITE_FILENAME)
     _retag(folder)
     broken = PneumoniaModel.load(folder, batch_size=4)
-    assert "does not give the outputs" in caplog.text and not broken._engine.scores_without_maps
+    assert "does not give the outputs" in caplog.text and not broken.scores_without_maps
     images = [load_image(p) for p in sample_paths[:5]]  # scored by the full signature: the right numbers
     good = PneumoniaModel.load(tiny_model_dir, batch_size=4)
     assert [p.probability for p in broken.predict(images)] == [p.probability for p in good.predict(images)]
@@ -110,7 +110,7 @@ def test_a_score_signature_that_disagrees_is_not_used(tiny_model_dir: Path, tmp_
 
 def test_the_bundled_model_scores_the_same_with_and_without_maps(bundled_model_dir: Path, sample_paths) -> None:
     model = PneumoniaModel.load(bundled_model_dir, batch_size=4)
-    if not model._engine.scores_without_maps:
+    if not model.scores_without_maps:
         pytest.skip("the bundled model.tflite has no score signature")
     inputs = np.stack([model.prepare(load_image(p)) for p in sample_paths])
     np.testing.assert_array_equal(model.run(inputs, maps=False).probability, model.run(inputs).probability)

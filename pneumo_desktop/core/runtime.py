@@ -319,6 +319,11 @@ class PneumoniaModel:
     def input_size(self) -> int:
         return self.card.input_size
 
+    @property
+    def scores_without_maps(self) -> bool:
+        """Whether run(..., maps=False) skips the map's computation (the model file's score signature)."""
+        return bool(getattr(self._engine, "scores_without_maps", False))
+
     def use_operating_point(self, choice: ThresholdChoice) -> None:
         """Make `choice` (from site_profiles.resolve_threshold) the default threshold of every prediction, with
         its calibration and levels when it has them (a site profile), else the card's."""

@@ -69,6 +69,7 @@ def test_a_few_suspects_are_checked_one_by_one_with_the_same_verdict(model, samp
     inputs = np.stack([model.prepare(i) for i in images] + [model.prepare(255 - i.grey) for i in images[:2]])
     calls: list[tuple[str, int]] = []
     engine = model._engine
+    model.run(inputs[:1], maps=False)  # sets up the score signature's runner (at its first use)
     names = ("_runner", "_batch_runner", "_score_runner", "_batch_score_runner")
     runners = {name: getattr(engine, name) for name in names}
 

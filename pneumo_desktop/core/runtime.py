@@ -148,13 +148,18 @@ class LiteRTEngine:
     one for full batches. A shorter batch goes image by image through the first: padded to the second's size
     it would cost as much as a full batch (three images in a batch of eight cost eight), and the
     single-image interpreter gives the same outputs.
+
+    The score signature (scoring without the map) is set up at its first use, not at load: its subgraph gets
+    its own tensors and its own packed weights (~25 MB per interpreter), which the window and the DICOM node,
+    drawing a map for every image, would otherwise hold for nothing.
     """
 
     def __init__(self, tflite_path: Path, input_size: int, num_threads: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         threads = num_threads or os.cpu_count() or 1
         self._tflite_path, self.num_threads, self.batch_size = tflite_path, threads, max(1, int(batch_size))
-        signatures, self._runner, self._score_runner = self._open()
+        self.input_size = input_size
+        signatures, self._interpreter, self._runner = self._open()
         sig = signatures.get(mc.SIGNATURE_KEY)
         wanted = {mc.OUTPUT_PROBABILITY, mc.OUTPUT_FEATURE_MAP, mc.OUTPUT_CAM_WEIGHTS}
         if sig is None or list(sig["inputs"]) != [mc.INPUT_NAME] or not wanted <= set(sig["outputs"]):
@@ -162,6 +167,14 @@ class LiteRTEngine:
                 f"{tflite_path} does not follow the model contract: expected signature '{mc.SIGNATURE_KEY}' with "
                 f"input '{mc.INPUT_NAME}' and outputs {sorted(wanted)}, found {signatures}"
             )
+        score = signatures.get(mc.SCORE_SIGNATURE_KEY)
+        if score is not None and (list(score["inputs"]) != [mc.INPUT_NAME]
+                                  or not set(score["outputs"]) <= set(mc.SCORE_OUTPUTS)):
+            raise ModelIntegrityError(f"{tflite_path}: signature '{mc.SCORE_SIGNATURE_KEY}' does not follow the "
+                                      f"model contract: {score}")
+        self._has_score = score is not None
+        self._score_runner: Any = None  # both made at the score signature's first use (score())
+        self._batch_score_runner: Any = None
         detail = self._runner.get_input_details()[mc.INPUT_NAME]
         shape = [int(v) for v in detail.get("shape_signature", detail["shape"])]
         if len(shape) != 4 or shape[1:] != [input_size, input_size, 3]:
@@ -170,24 +183,21 @@ class LiteRTEngine:
             )
         self.output_names = frozenset(sig["outputs"])
         self.dynamic_batch = shape[0] == -1
-        self._batch_runner, self._batch_score_runner = self._runner, self._score_runner
-        self._check_outputs(tflite_path, input_size)
+        self._batch_interpreter, self._batch_runner = self._interpreter, self._runner
+        self._on_zeros = self._check_outputs(tflite_path, input_size)
         if self.dynamic_batch and self.batch_size > 1:
-            _, self._batch_runner, self._batch_score_runner = self._open()
-            zeros = np.zeros((self.batch_size, input_size, input_size, 3), np.float32)
-            for runner in (self._batch_runner, self._batch_score_runner):
-                if runner is not None:  # allocated for the batch size now, not at the first batch
-                    runner(**{mc.INPUT_NAME: zeros})
+            _, self._batch_interpreter, self._batch_runner = self._open()
+            # allocated for the batch size now, not at the first batch
+            self._batch_runner(**{mc.INPUT_NAME: np.zeros((self.batch_size, input_size, input_size, 3), np.float32)})
 
     @property
     def scores_without_maps(self) -> bool:
-        """Whether the file has the score signature (the forward pass alone, for scoring that needs no map)."""
-        return self._score_runner is not None
-
+        """Whether score() runs the score signature (the forward pass alone) rather than the full one."""
+        return self._has_score
 
     def _open(self) -> tuple[dict[str, Any], Any, Any]:
-        """A new interpreter: its signature list, its runner for the contract's signature (None if absent) and its
-        runner for the score signature (None if absent).
+        """A new interpreter: its signature list, the interpreter, and its runner for the contract's signature
+        (None if absent).
 
         A runner is ai_edge_litert's SignatureRunner (untyped): called with the input by name, it returns the
         outputs by name; it also answers get_input_details()."""
@@ -197,19 +207,13 @@ class LiteRTEngine:
             interpreter = Interpreter(model_path=str(self._tflite_path), num_threads=self.num_threads)
             signatures = interpreter.get_signature_list()
             runner = interpreter.get_signature_runner(mc.SIGNATURE_KEY) if mc.SIGNATURE_KEY in signatures else None
-            score = signatures.get(mc.SCORE_SIGNATURE_KEY)
-            if score is not None and (list(score["inputs"]) != [mc.INPUT_NAME]
-                                      or not set(score["outputs"]) <= set(mc.SCORE_OUTPUTS)):
-                raise ModelIntegrityError(f"{self._tflite_path}: signature '{mc.SCORE_SIGNATURE_KEY}' does not follow "
-                                          f"the model contract: {score}")
-            score_runner = None if score is None else interpreter.get_signature_runner(mc.SCORE_SIGNATURE_KEY)
-            return signatures, runner, score_runner
+            return signatures, interpreter, runner
         except (ValueError, RuntimeError) as exc:
             raise ModelIntegrityError(f"{self._tflite_path} is not a valid TFLite model: {exc}") from exc
 
-    def _check_outputs(self, tflite_path: Path, input_size: int) -> None:
+    def _check_outputs(self, tflite_path: Path, input_size: int) -> dict[str, np.ndarray]:
         """One warm-up run: a graph that cannot run, or returns the wrong shapes, is refused at load time
-        (and the first real image does not pay for the delegate's set-up)."""
+        (and the first real image does not pay for the delegate's set-up). Returns its outputs."""
         try:
             out = self(np.zeros((1, input_size, input_size, 3), np.float32))
         except (ValueError, RuntimeError) as exc:
@@ -225,20 +229,28 @@ class LiteRTEngine:
                 raise ModelIntegrityError(
                     f"{tflite_path} returns output {name} of shape {np.asarray(out[name]).shape}, expected (1, 1)"
                 )
-        if self._score_runner is not None:
-            self._check_score_signature(tflite_path, input_size, out)
+        return out
 
-    def _check_score_signature(self, tflite_path: Path, input_size: int, full: dict[str, np.ndarray]) -> None:
-        """The score signature runs the same operators on the same weights, so it must give the same numbers.
-        If it does not (a delegate that fuses the smaller graph otherwise on some CPU, or a damaged file), the
-        full signature scores everything: slower, never different."""
-        scores = self.score(np.zeros((1, input_size, input_size, 3), np.float32))
-        same = set(scores) == set(mc.SCORE_OUTPUTS) & self.output_names and all(
-            np.allclose(np.asarray(scores[name]), np.asarray(full[name]), rtol=1e-5, atol=1e-6) for name in scores)
+    def _start_scoring(self) -> None:
+        """The single-image score runner, checked against the full signature on the load-time input: the same
+        operators on the same weights must give the same numbers. If they do not (a delegate that fuses the
+        smaller graph otherwise on some CPU, or a damaged file), the full signature scores everything: slower,
+        never different."""
+        try:
+            runner = self._interpreter.get_signature_runner(mc.SCORE_SIGNATURE_KEY)
+            scores = runner(**{mc.INPUT_NAME: np.zeros((1, self.input_size, self.input_size, 3), np.float32)})
+            same = set(scores) == set(mc.SCORE_OUTPUTS) & self.output_names and all(
+                np.allclose(np.asarray(scores[name]), np.asarray(self._on_zeros[name]), rtol=1e-5, atol=1e-6)
+                for name in scores)
+        except (ValueError, RuntimeError) as exc:
+            runner, same = None, False
+            log.warning("%s: signature '%s' cannot run (%s)", self._tflite_path, mc.SCORE_SIGNATURE_KEY, exc)
         if not same:
             log.warning("%s: signature '%s' does not give the outputs of '%s'; scoring uses the full signature",
-                        tflite_path, mc.SCORE_SIGNATURE_KEY, mc.SIGNATURE_KEY)
-            self._score_runner = self._batch_score_runner = None
+                        self._tflite_path, mc.SCORE_SIGNATURE_KEY, mc.SIGNATURE_KEY)
+            self._has_score = False
+            return
+        self._score_runner = runner
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the contract's signature, the map's included."""
@@ -246,9 +258,14 @@ class LiteRTEngine:
 
     def score(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The outputs but the map's (probability, P(viral), refusal score), by the score signature when the file
-        has one (no backward pass: ~30% less work for the bundled model), else by the full one."""
-        if self._score_runner is None:
+        has one (no backward pass: ~30% less work for the bundled model), else by the full one. Not thread-safe
+        (neither is __call__): PneumoniaModel calls both under its lock."""
+        if self._has_score and self._score_runner is None:
+            self._start_scoring()
+        if not self._has_score:
             return self(batch)
+        if batch.shape[0] >= self.batch_size and self.dynamic_batch and self._batch_score_runner is None:
+            self._batch_score_runner = self._batch_interpreter.get_signature_runner(mc.SCORE_SIGNATURE_KEY)
         return self._invoke(batch, self._score_runner, self._batch_score_runner)
 
     def _invoke(self, batch: np.ndarray, runner: Any, batch_runner: Any) -> dict[str, np.ndarray]:

@@ -300,9 +300,31 @@ def test_result_picture_blend_is_the_apps_overlay(model, dx_file):
     rng = np.random.default_rng(7)
     cases = [(image.grey, cam), (rng.integers(0, 256, (90, 70), dtype=np.uint8), rng.random((7, 7)) * 1.2 - 0.1)]
     for grey, values in cases:
+        expected = render_overlay(grey, values)
         out = np.empty((*grey.shape, 3), np.uint8)
         blend(grey, values, out)
-        assert np.array_equal(out, render_overlay(grey, values))
+        assert np.array_equal(out, expected)
+        padded = np.full((*grey.shape, 4), 7, np.uint8)  # the node's RGBX canvas: the same RGB, padding 0
+        blend(grey, values, padded)
+        assert np.array_equal(padded[:, :, :3], expected) and not padded[:, :, 3].any()
+
+
+def test_sc_from_the_rgbx_picture_is_the_sc_from_the_rgb_one(model, dx_file):
+    """The node encodes the RGBX canvas directly: the same SC, byte for byte, as from the RGB picture."""
+    from pneumo_desktop.core.dicom_node.result_image import render_result, render_result_rgbx
+    from pneumo_desktop.core.dicom_node.results_dicom import build_sc, result_uids
+
+    image = load_image(dx_file)
+    source = pydicom.dcmread(dx_file, stop_before_pixels=True)
+    explanation = model.explain(image)
+    prediction = explanation.prediction
+    rgbx = render_result_rgbx(image.grey, explanation.cam, prediction)
+    rgb = render_result(image.grey, explanation.cam, prediction)
+    assert rgbx.shape[2] == 4 and np.array_equal(rgbx[:, :, :3], rgb)
+    uids = result_uids(str(source.StudyInstanceUID), str(source.SOPInstanceUID), prediction.model_sha256)
+    for compress in (True, False):
+        assert encode(build_sc(source, rgbx, prediction, uids, compress)) == encode(
+            build_sc(source, rgb, prediction, uids, compress))
 
 
 def test_partial_batches_score_like_explain_many(model, sample_paths):
@@ -371,3 +393,33 @@ def test_peer_without_jpeg_gets_the_sc_uncompressed_over_one_kept_association(mo
     sc = next(ds for ds in received if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7")
     assert sc.PhotometricInterpretation == "RGB" and sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
     assert sc.pixel_array.shape[2] == 3 and sc.SOPInstanceUID == objects.uids.sc_instance
+
+
+def test_quieter_polling_hooks_real_associations_and_dimse_still_flows(tmp_path):
+    """The node's associations (listener and sender sides) get the waiting reactor: pynetdicom's internals are
+    as polling.py expects (a pynetdicom that changed them would silently fall back to busy polling), and
+    C-ECHO and release still go through on both sides."""
+    from pynetdicom import AE, evt
+
+    from pneumo_desktop.core.dicom_node.polling import ReactorWake, quieter_polling
+    from pneumo_desktop.core.dicom_node.send import _associate, echo
+
+    hooked: list[object] = []
+    server_ae = AE("PNEUMO")
+    server_ae.add_supported_context("1.2.840.10008.1.1")
+    server = server_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_ACCEPTED, lambda event: hooked.append(quieter_polling(event.assoc)))])
+    try:
+        peer = Peer("PNEUMO", "127.0.0.1", int(server.server_address[1]))
+        for _ in range(3):  # echo() pauses the reactor around its own calls
+            assert "answered" in echo(peer, "MODALITY")
+        assoc, wake = _associate(peer, "MODALITY", (("1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),))
+        assert isinstance(wake, ReactorWake) and assoc.is_established
+        assoc.send_c_echo()  # without paused(): slower to start, still correct
+        with wake.paused():
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+        assert assoc.is_released
+        assert len(hooked) == 4 and all(isinstance(h, ReactorWake) for h in hooked)
+    finally:
+        server.shutdown()

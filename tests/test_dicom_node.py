@@ -423,3 +423,27 @@ def test_quieter_polling_hooks_real_associations_and_dimse_still_flows(tmp_path)
         assert len(hooked) == 4 and all(isinstance(h, ReactorWake) for h in hooked)
     finally:
         server.shutdown()
+
+
+def test_scorer_gathers_a_full_batch_while_instances_arrive(tmp_path, model):
+    """A partial batch waits for instances that keep arriving (fewer, fuller model runs); when none come it is
+    scored as it is. The same instances either way, oldest first."""
+    from pneumo_desktop.core.dicom_node.service import NodeService
+
+    spool = Spool(tmp_path / "spool", 100 * MB, 0)
+    csv = NodeResultsCsv(tmp_path / "results.csv")
+    service = NodeService(spool, model, csv, [], "PNEUMO")
+    size = model.batch_size
+    for i in range(2):
+        spool.receive(f"1.2.{i}", b"x", "CR1")
+    first = spool.pending(limit=size)
+    assert service._gather(first) == first  # nothing else arrives: no more waiting than GATHER_QUIET_S
+
+    stale = spool.pending(limit=size)
+    for i in range(2, size + 3):  # more arrive while the scorer holds its partial batch
+        spool.receive(f"1.2.{i}", b"x", "CR1")
+        service.notify()  # what the listener does for each stored instance
+    gathered = service._gather(stale)
+    assert len(stale) == 2 and gathered == spool.pending(limit=size) and len(gathered) == size  # oldest first
+    csv.close()
+    spool.close()

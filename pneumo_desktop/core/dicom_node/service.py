@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 SEND_BATCH = 16  # files per STOW request, and between two looks at the queue of a DIMSE peer
 IDLE_RELEASE_S = 2.0  # an association with nothing to send is released after this long
+# While instances keep arriving, the scorer waits for a full model batch: a partial batch runs image by image
+# (see the module's notes), and one image alone costs ~1.5 times its share of a batch of 8 (35 vs 24 ms of
+# CPU on these 2 cores). It stops waiting when none arrived for GATHER_QUIET_S, or after GATHER_MAX_S.
+GATHER_QUIET_S = 0.2
+GATHER_MAX_S = 1.0
 
 
 def explain_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) -> list[Explanation]:
@@ -118,11 +123,24 @@ class NodeService:
             if not batch:
                 self._work.wait(1.0)
                 continue
+            if len(batch) < self.model.batch_size:
+                batch = self._gather(batch)
             try:
                 self.score(batch)
             except Exception:  # a bug must not stop the node: the items stay queued and are retried
                 log.exception("scoring failed; retrying in 5 s")
                 self._stop.wait(5.0)
+
+    def _gather(self, batch: list[Pending]) -> list[Pending]:
+        """More of a batch, while instances keep arriving (see GATHER_QUIET_S): the same instances, oldest
+        first, in fewer and fuller model runs."""
+        deadline = time.monotonic() + GATHER_MAX_S
+        while len(batch) < self.model.batch_size and not self._stop.is_set() and time.monotonic() < deadline:
+            if not self._work.wait(GATHER_QUIET_S):  # nothing new: score what is there
+                break
+            self._work.clear()
+            batch = self.spool.pending(limit=self.model.batch_size)
+        return batch
 
     def score(self, batch: list[Pending]) -> None:
         from pydicom import dcmread
@@ -216,10 +234,9 @@ class NodeService:
             sender.idle()
             results = [SendResult(path, Outcome.RETRY, f"{type(exc).__name__}: {exc}") for path in files]
         retry = [r for r in results if r.outcome is Outcome.RETRY]
+        self.spool.sent_many([r.path for r in results if r.outcome is Outcome.SENT])
         for r in results:
-            if r.outcome is Outcome.SENT:
-                self.spool.sent(r.path)
-            elif r.outcome is Outcome.REJECTED:
+            if r.outcome is Outcome.REJECTED:
                 self.spool.reject(dest.key, r.path, r.detail)
             with self._counter_lock:  # several sender threads
                 self.counters.sent += r.outcome is Outcome.SENT

@@ -64,7 +64,7 @@ def quieter_polling(assoc: Any) -> ReactorWake | None:
     dul = getattr(assoc, "dul", None)
     if dul is not None and isinstance(getattr(dul, "_run_loop_delay", None), float):
         dul._run_loop_delay = IDLE_POLL_S
-    dimse = getattr(assoc, "dimse", None)
+    dimse: Any = getattr(assoc, "dimse", None)
     msg_queue = getattr(dimse, "msg_queue", None)
     original = getattr(dimse, "get_msg", None)
     if not isinstance(msg_queue, queue.Queue) or not callable(original):

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (work / "dx").mkdir()
         instances = make_instances(work / "dx", args.count, args.side)
-        model = PneumoniaModel.load(bundled_model_dir(), num_threads=MODEL_THREADS)  # as the listener does
+        model = PneumoniaModel.load(bundled_model_dir(), num_threads=MODEL_THREADS)  # as the listener loads it
         spool = Spool(work / "spool", 10**13, 0)
         clock = Clock()
         for path, identity in instances:

@@ -80,11 +80,12 @@ def _error(message: str) -> None:
 # times the CPU of one thread on 2 busy cores, bench/profile_node.py). Set before numpy loads (nothing
 # before this command imports it); a value the user set wins.
 BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "1")
-# Likewise the model runs on one LiteRT thread in the node: the node's own threads (receiving, sending) and
-# the PACS keep the other core busy, and a second inference thread that waits for a core costs CPU without
-# saving time (a batch of 8: 23.6 ms of CPU per image on one thread, 28.2 on two, 2 shared cores; the
-# probabilities are the same: max difference 0.0).
-MODEL_THREADS = 1
+# The model's LiteRT threads: left at one per core (None). One thread costs less CPU per image on busy cores
+# (a batch of 8 on 2 shared cores: 23.6 ms of CPU per image on one thread, 28.2 on two; the same
+# probabilities), but the node has one scorer thread, and with the model on one thread that thread alone
+# needs ~50 ms per instance, which caps the node below 20 instances/s even on idle cores; on two threads the
+# model's part of it halves on idle cores (docs/DICOM_NODE.md, Performance).
+MODEL_THREADS: int | None = None
 
 
 def run(argv: Sequence[str]) -> int:

@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 SEND_BATCH = 16  # files per STOW request, and between two looks at the queue of a DIMSE peer
 IDLE_RELEASE_S = 2.0  # an association with nothing to send is released after this long
 # While instances keep arriving, the scorer waits for a full model batch: a partial batch runs image by image
-# (see the module's notes), and one image alone costs ~1.5 times its share of a batch of 8 (35 vs 24 ms of
-# CPU on these 2 cores). It stops waiting when none arrived for GATHER_QUIET_S, or after GATHER_MAX_S.
+# (see the module's notes), and one image alone costs ~1.5 times its share of a batch of 8 (CPU ms per image
+# on 2 shared cores: 43 vs 28 on two LiteRT threads, 35 vs 24 on one). It stops waiting when none arrived
+# for GATHER_QUIET_S, or after GATHER_MAX_S.
 GATHER_QUIET_S = 0.2
 GATHER_MAX_S = 1.0
 

@@ -447,3 +447,23 @@ def test_scorer_gathers_a_full_batch_while_instances_arrive(tmp_path, model):
     assert len(stale) == 2 and gathered == spool.pending(limit=size) and len(gathered) == size  # oldest first
     csv.close()
     spool.close()
+
+
+def test_scorer_does_not_take_instances_whose_results_are_being_built(tmp_path, model):
+    """The scorer hands a scored batch to the results thread; until they are marked done, those instances
+    are still in incoming/ (a kill then re-scores them) but the scorer must not take them a second time."""
+    from pneumo_desktop.core.dicom_node.service import NodeService
+
+    spool = Spool(tmp_path / "spool", 100 * MB, 0)
+    csv = NodeResultsCsv(tmp_path / "results.csv")
+    service = NodeService(spool, model, csv, [], "PNEUMO")
+    for i in range(model.batch_size + 2):
+        spool.receive(f"1.2.{i}", b"x", "CR1")
+    first = service._waiting()
+    assert first == spool.pending(limit=model.batch_size)
+    service._in_flight.update(item.sop_instance_uid for item in first)
+    rest = service._waiting()
+    assert [item.sop_instance_uid for item in rest] == [item.sop_instance_uid for item in spool.pending()[len(first):]]
+    assert not service.idle()  # in flight counts as work
+    csv.close()
+    spool.close()

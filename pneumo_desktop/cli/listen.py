@@ -80,12 +80,11 @@ def _error(message: str) -> None:
 # times the CPU of one thread on 2 busy cores, bench/profile_node.py). Set before numpy loads (nothing
 # before this command imports it); a value the user set wins.
 BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "1")
-# The model's LiteRT threads: left at one per core (None). One thread costs less CPU per image on busy cores
-# (a batch of 8 on 2 shared cores: 23.6 ms of CPU per image on one thread, 28.2 on two; the same
-# probabilities), but the node has one scorer thread, and with the model on one thread that thread alone
-# needs ~50 ms per instance, which caps the node below 20 instances/s even on idle cores; on two threads the
-# model's part of it halves on idle cores (docs/DICOM_NODE.md, Performance).
-MODEL_THREADS: int | None = None
+# Likewise the model runs on one LiteRT thread in the node. It costs less CPU per image when the cores are
+# busy (a batch of 8 on 2 shared cores: 23.6 ms of CPU per image on one thread, 28.2 on two; the same
+# probabilities), and the other core is not left idle: the node builds the previous batch's SR and SC while
+# the model runs (service.py), and receives and sends meanwhile.
+MODEL_THREADS: int | None = 1
 
 
 def run(argv: Sequence[str]) -> int:

@@ -168,10 +168,12 @@ class NodeService:
                     continue
 
     def _results_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                scored = self._scored.get(timeout=0.5)
+        while True:
+            try:  # on stop, a batch already scored is still finished (a kill would leave it to the restart)
+                scored = self._scored.get(timeout=0.5) if not self._stop.is_set() else self._scored.get_nowait()
             except queue.Empty:
+                if self._stop.is_set():
+                    return
                 continue
             try:
                 self._finish(scored)

@@ -33,8 +33,9 @@ import numpy as np  # noqa: E402
 from bench_node import make_instances  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 
+from pneumo_desktop.cli.listen import MODEL_THREADS  # noqa: E402
 from pneumo_desktop.core.dicom_node.config import Peer  # noqa: E402
-from pneumo_desktop.core.dicom_node.result_image import picture_size, render_result  # noqa: E402
+from pneumo_desktop.core.dicom_node.result_image import picture_size, render_result_rgbx  # noqa: E402
 from pneumo_desktop.core.dicom_node.results_csv import NodeResultsCsv  # noqa: E402
 from pneumo_desktop.core.dicom_node.results_dicom import build_sc, build_sr, encode, result_uids  # noqa: E402
 from pneumo_desktop.core.dicom_node.send import PeerConnection  # noqa: E402
@@ -90,7 +91,7 @@ def profile_steps(model: PneumoniaModel, spool: Spool, clock: Clock) -> dict[str
             uids = result_uids(str(header.StudyInstanceUID), str(header.SOPInstanceUID), prediction.model_sha256)
             sr = clock.time("SR: build the dataset", build_sr, header, prediction, uids)
             sr_bytes = clock.time("SR: encode", encode, sr)
-            rgb = clock.time("SC: render the picture", render_result, image.grey, cam, prediction)
+            rgb = clock.time("SC: render the picture", render_result_rgbx, image.grey, cam, prediction)
             sc = clock.time("SC: build the dataset", build_sc, header, rgb, prediction, uids)
             sc_bytes = clock.time("SC: encode", encode, sc)
             queued["dest"] += [(uids.sr_instance, sr_bytes), (uids.sc_instance, sc_bytes)]
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (work / "dx").mkdir()
         instances = make_instances(work / "dx", args.count, args.side)
-        model = PneumoniaModel.load(bundled_model_dir())
+        model = PneumoniaModel.load(bundled_model_dir(), num_threads=MODEL_THREADS)  # as the listener loads it
         spool = Spool(work / "spool", 10**13, 0)
         clock = Clock()
         for path, identity in instances:

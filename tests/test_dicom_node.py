@@ -300,9 +300,31 @@ def test_result_picture_blend_is_the_apps_overlay(model, dx_file):
     rng = np.random.default_rng(7)
     cases = [(image.grey, cam), (rng.integers(0, 256, (90, 70), dtype=np.uint8), rng.random((7, 7)) * 1.2 - 0.1)]
     for grey, values in cases:
+        expected = render_overlay(grey, values)
         out = np.empty((*grey.shape, 3), np.uint8)
         blend(grey, values, out)
-        assert np.array_equal(out, render_overlay(grey, values))
+        assert np.array_equal(out, expected)
+        padded = np.full((*grey.shape, 4), 7, np.uint8)  # the node's RGBX canvas: the same RGB, padding 0
+        blend(grey, values, padded)
+        assert np.array_equal(padded[:, :, :3], expected) and not padded[:, :, 3].any()
+
+
+def test_sc_from_the_rgbx_picture_is_the_sc_from_the_rgb_one(model, dx_file):
+    """The node encodes the RGBX canvas directly: the same SC, byte for byte, as from the RGB picture."""
+    from pneumo_desktop.core.dicom_node.result_image import render_result, render_result_rgbx
+    from pneumo_desktop.core.dicom_node.results_dicom import build_sc, result_uids
+
+    image = load_image(dx_file)
+    source = pydicom.dcmread(dx_file, stop_before_pixels=True)
+    explanation = model.explain(image)
+    prediction = explanation.prediction
+    rgbx = render_result_rgbx(image.grey, explanation.cam, prediction)
+    rgb = render_result(image.grey, explanation.cam, prediction)
+    assert rgbx.shape[2] == 4 and np.array_equal(rgbx[:, :, :3], rgb)
+    uids = result_uids(str(source.StudyInstanceUID), str(source.SOPInstanceUID), prediction.model_sha256)
+    for compress in (True, False):
+        assert encode(build_sc(source, rgbx, prediction, uids, compress)) == encode(
+            build_sc(source, rgb, prediction, uids, compress))
 
 
 def test_partial_batches_score_like_explain_many(model, sample_paths):
@@ -371,3 +393,77 @@ def test_peer_without_jpeg_gets_the_sc_uncompressed_over_one_kept_association(mo
     sc = next(ds for ds in received if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7")
     assert sc.PhotometricInterpretation == "RGB" and sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
     assert sc.pixel_array.shape[2] == 3 and sc.SOPInstanceUID == objects.uids.sc_instance
+
+
+def test_quieter_polling_hooks_real_associations_and_dimse_still_flows(tmp_path):
+    """The node's associations (listener and sender sides) get the waiting reactor: pynetdicom's internals are
+    as polling.py expects (a pynetdicom that changed them would silently fall back to busy polling), and
+    C-ECHO and release still go through on both sides."""
+    from pynetdicom import AE, evt
+
+    from pneumo_desktop.core.dicom_node.polling import ReactorWake, quieter_polling
+    from pneumo_desktop.core.dicom_node.send import _associate, echo
+
+    hooked: list[object] = []
+    server_ae = AE("PNEUMO")
+    server_ae.add_supported_context("1.2.840.10008.1.1")
+    server = server_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_ACCEPTED, lambda event: hooked.append(quieter_polling(event.assoc)))])
+    try:
+        peer = Peer("PNEUMO", "127.0.0.1", int(server.server_address[1]))
+        for _ in range(3):  # echo() pauses the reactor around its own calls
+            assert "answered" in echo(peer, "MODALITY")
+        assoc, wake = _associate(peer, "MODALITY", (("1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),))
+        assert isinstance(wake, ReactorWake) and assoc.is_established
+        assoc.send_c_echo()  # without paused(): slower to start, still correct
+        with wake.paused():
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+        assert assoc.is_released
+        assert len(hooked) == 4 and all(isinstance(h, ReactorWake) for h in hooked)
+    finally:
+        server.shutdown()
+
+
+def test_scorer_gathers_a_full_batch_while_instances_arrive(tmp_path, model):
+    """A partial batch waits for instances that keep arriving (fewer, fuller model runs); when none come it is
+    scored as it is. The same instances either way, oldest first."""
+    from pneumo_desktop.core.dicom_node.service import NodeService
+
+    spool = Spool(tmp_path / "spool", 100 * MB, 0)
+    csv = NodeResultsCsv(tmp_path / "results.csv")
+    service = NodeService(spool, model, csv, [], "PNEUMO")
+    size = model.batch_size
+    for i in range(2):
+        spool.receive(f"1.2.{i}", b"x", "CR1")
+    first = spool.pending(limit=size)
+    assert service._gather(first) == first  # nothing else arrives: no more waiting than GATHER_QUIET_S
+
+    stale = spool.pending(limit=size)
+    for i in range(2, size + 3):  # more arrive while the scorer holds its partial batch
+        spool.receive(f"1.2.{i}", b"x", "CR1")
+        service.notify()  # what the listener does for each stored instance
+    gathered = service._gather(stale)
+    assert len(stale) == 2 and gathered == spool.pending(limit=size) and len(gathered) == size  # oldest first
+    csv.close()
+    spool.close()
+
+
+def test_scorer_does_not_take_instances_whose_results_are_being_built(tmp_path, model):
+    """The scorer hands a scored batch to the results thread; until they are marked done, those instances
+    are still in incoming/ (a kill then re-scores them) but the scorer must not take them a second time."""
+    from pneumo_desktop.core.dicom_node.service import NodeService
+
+    spool = Spool(tmp_path / "spool", 100 * MB, 0)
+    csv = NodeResultsCsv(tmp_path / "results.csv")
+    service = NodeService(spool, model, csv, [], "PNEUMO")
+    for i in range(model.batch_size + 2):
+        spool.receive(f"1.2.{i}", b"x", "CR1")
+    first = service._waiting()
+    assert first == spool.pending(limit=model.batch_size)
+    service._in_flight.update(item.sop_instance_uid for item in first)
+    rest = service._waiting()
+    assert [item.sop_instance_uid for item in rest] == [item.sop_instance_uid for item in spool.pending()[len(first):]]
+    assert not service.idle()  # in flight counts as work
+    csv.close()
+    spool.close()

@@ -61,7 +61,7 @@ def picture_size(height: int, width: int) -> tuple[int, int]:
 
 @lru_cache(maxsize=2)
 def _blend_table(colormap: str = DEFAULT_COLORMAP, opacity: float = OPACITY) -> np.ndarray:
-    """(256 * 256,) uint32: RGB(X) of render_overlay's blend for grey g and map level m at index g * 256 + m.
+    """(256 * 256, 4) uint8: RGB, X (0) of render_overlay's blend for grey g and map level m at row g * 256 + m.
 
     The same float32 operations as render_overlay (weighted sum, rounded once), done for the 65,536 pairs
     instead of for every pixel."""
@@ -72,11 +72,22 @@ def _blend_table(colormap: str = DEFAULT_COLORMAP, opacity: float = OPACITY) -> 
     rgb = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)  # (256 grey, 256 levels, 3)
     rgbx = np.zeros((256, 256, 4), np.uint8)
     rgbx[:, :, :3] = rgb
-    return rgbx.reshape(-1, 4).view(np.uint32).reshape(-1)
+    table = rgbx.reshape(-1, 4)
+    table.setflags(write=False)
+    return table
+
+
+@lru_cache(maxsize=2)
+def _blend_table_rgb(colormap: str = DEFAULT_COLORMAP, opacity: float = OPACITY) -> np.ndarray:
+    table = np.ascontiguousarray(_blend_table(colormap, opacity)[:, :3])
+    table.setflags(write=False)
+    return table
 
 
 def blend(grey: np.ndarray, cam: np.ndarray, out: np.ndarray) -> None:
-    """render_overlay(grey, cam) (default colormap and opacity, no cut-off), written into `out` (H, W, 3)."""
+    """render_overlay(grey, cam) (default colormap and opacity, no cut-off), written into `out`: (H, W, 3)
+    RGB, or (H, W, 4) RGBX (the fourth byte is padding, set to 0). RGBX is the fast one: one 4-byte look-up
+    per pixel, where filling 3-byte pixels costs several times the look-up itself."""
     height, width = grey.shape
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != grey.shape:
@@ -88,8 +99,12 @@ def blend(grey: np.ndarray, cam: np.ndarray, out: np.ndarray) -> None:
     level = np.rint(scaled, out=scaled).astype(np.uint8)
     index = np.left_shift(grey, 8, dtype=np.uint16)
     index |= level
-    rgbx = np.take(_blend_table(), index).view(np.uint8).reshape(height, width, 4)
-    out[...] = rgbx[:, :, :3]
+    # mode="clip": an index of 16 bits is always in the table; with the default mode numpy would buffer `out`
+    if out.shape == (height, width, 4) and out.flags.c_contiguous:
+        np.take(_blend_table().view(np.uint32).reshape(-1), index, out=out.view(np.uint32).reshape(height, width),
+                mode="clip")
+    else:
+        np.take(_blend_table_rgb(), index, axis=0, out=out, mode="clip")
 
 
 @lru_cache(maxsize=16)
@@ -102,34 +117,49 @@ def _notice_band(width: int, band: int, size: int) -> np.ndarray:
 
 
 def _band(width: int, band: int, lines: list[tuple[str, tuple[int, int, int]]], size: int) -> np.ndarray:
-    """A black strip with up to two lines of text."""
-    strip = Image.new("RGB", (width, band), (0, 0, 0))
+    """A black strip with up to two lines of text, (band, width, 4) RGBX."""
+    strip = Image.new("RGBX", (width, band), (0, 0, 0, 0))
     draw = ImageDraw.Draw(strip)
     pad = max(4, size // 3)
     font = _font(size)
     for row, (text, colour) in enumerate(lines):
-        draw.text((pad, pad + row * (pad + size)), text, fill=colour, font=font)
+        draw.text((pad, pad + row * (pad + size)), text, fill=(*colour, 0), font=font)
     return np.asarray(strip, dtype=np.uint8)
 
 
-def render_result(grey: np.ndarray, cam: np.ndarray | None, prediction: Prediction) -> np.ndarray:
-    """RGB uint8: the (downscaled) X-ray with its heat map, a text band above and the notice below.
-
-    `cam` may be at the X-ray's size or at picture_size() of it (cheaper: the node asks for that)."""
+def render_result_rgbx(grey: np.ndarray, cam: np.ndarray | None, prediction: Prediction) -> np.ndarray:
+    """render_result's picture as (H, W, 4) RGBX uint8 (the fourth byte is padding): what the node encodes,
+    since every step of drawing it is cheaper with 4-byte pixels (see blend), and Pillow's JPEG encoder
+    takes RGBX as it is (the same JPEG bytes as from the RGB picture)."""
     height, width = picture_size(*grey.shape)
     grey = np.ascontiguousarray(grey, dtype=np.uint8)
     if (height, width) != grey.shape:
         grey = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.BOX))
     size = max(12, width // 40)
     band = 2 * size + 3 * (size // 3) + 4
-    canvas = np.empty((height + 2 * band, width, 3), np.uint8)
+    canvas = np.empty((height + 2 * band, width, 4), np.uint8)
     picture = canvas[band : band + height]
     if cam is not None:
         blend(grey, cam, picture)
     else:
-        picture[...] = grey[:, :, None]
+        picture[...] = 0
+        picture[:, :, :3] = grey[:, :, None]
     colour = (255, 80, 80) if prediction.refused or prediction.label == "PNEUMONIA" else (255, 255, 255)
     canvas[:band] = _band(width, band, [(headline(prediction), colour),
                                         (_detail(prediction)[:160], (220, 220, 220))], size)
     canvas[band + height :] = _notice_band(width, band, size)
     return canvas
+
+
+def rgb_of(rgbx: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB of an (H, W, 4) RGBX picture (Pillow's conversion: faster than numpy's 3-byte copy)."""
+    height, width = rgbx.shape[:2]
+    image = Image.frombuffer("RGBX", (width, height), np.ascontiguousarray(rgbx), "raw", "RGBX", 0, 1)
+    return np.asarray(image.convert("RGB"))
+
+
+def render_result(grey: np.ndarray, cam: np.ndarray | None, prediction: Prediction) -> np.ndarray:
+    """RGB uint8: the (downscaled) X-ray with its heat map, a text band above and the notice below.
+
+    `cam` may be at the X-ray's size or at picture_size() of it (cheaper: the node asks for that)."""
+    return rgb_of(render_result_rgbx(grey, cam, prediction))

@@ -30,7 +30,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from pneumo_desktop import __version__
-from pneumo_desktop.core.dicom_node.result_image import NOTICE, render_result
+from pneumo_desktop.core.dicom_node.result_image import NOTICE, render_result_rgbx, rgb_of
 from pneumo_desktop.core.dicom_node.sr_content import (
     CONTENT_SEQUENCE,
     MANUFACTURER,
@@ -212,10 +212,12 @@ def build_sr(source: Dataset, prediction: Prediction, uids: ResultUids) -> Datas
 def build_sc(source: Dataset, rgb: np.ndarray, prediction: Prediction, uids: ResultUids,
              compress: bool = True) -> Dataset:
     """The Secondary Capture Image (PS3.3 A.8.1): the picture of render_result, 8-bit colour, as JPEG
-    Baseline (or, with compress=False, uncompressed RGB in Explicit VR Little Endian)."""
+    Baseline (or, with compress=False, uncompressed RGB in Explicit VR Little Endian).
+
+    `rgb` is (H, W, 3) RGB, or (H, W, 4) RGBX as render_result_rgbx draws it (the fourth byte ignored)."""
     _study, _series, sop_class, sop_uid = _source_uids(source)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 picture, got {rgb.dtype} {rgb.shape}")
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an RGB (or RGBX) uint8 picture, got {rgb.dtype} {rgb.shape}")
     ds = _base(source, SC_SOP_CLASS, uids.sc_instance, uids.sc_series, SC_SERIES_NUMBER, "OT",
                "Pneumo Desktop heat map (research use only)")
     # General Series: the body part, and Laterality (Type 2C: for paired body parts only, so absent for a
@@ -246,7 +248,7 @@ def build_sc(source: Dataset, rgb: np.ndarray, prediction: Prediction, uids: Res
     else:
         _copy_lossy_history(source, ds)
         ds.PhotometricInterpretation = "RGB"
-        pixels = np.ascontiguousarray(rgb).tobytes()
+        pixels = np.ascontiguousarray(rgb if rgb.shape[2] == 3 else rgb_of(rgb)).tobytes()
         if len(pixels) % 2:
             pixels += b"\0"  # OB values have an even length
         ds[0x7FE00010] = DataElement(0x7FE00010, "OB", pixels)
@@ -270,11 +272,16 @@ def _jpeg_pixels(ds: Dataset, source: Dataset, rgb: np.ndarray) -> None:
     """JPEG Baseline pixel data (4:2:2, YBR_FULL_422, PS3.5 8.2.1): a sixteenth of the RGB bytes to store,
     queue and send. The picture is a rendering (the X-ray, its map and text), not the X-ray itself."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, "JPEG", quality=JPEG_QUALITY, subsampling=1)
+    height, width = rgb.shape[:2]
+    if rgb.shape[2] == 4:  # Pillow encodes RGBX as it is: the same JPEG as from the RGB picture, one copy less
+        image = Image.frombuffer("RGBX", (width, height), np.ascontiguousarray(rgb), "raw", "RGBX", 0, 1)
+    else:
+        image = Image.fromarray(np.ascontiguousarray(rgb))
+    image.save(buffer, "JPEG", quality=JPEG_QUALITY, subsampling=1)
     frame = buffer.getvalue()
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PhotometricInterpretation = "YBR_FULL_422"
-    ratio = rgb.nbytes / len(frame)
+    ratio = height * width * 3 / len(frame)
     # The lossy history: the source's steps (when it gives them consistently), then this one.
     methods, ratios = _values(source, "LossyImageCompressionMethod"), _values(source, "LossyImageCompressionRatio")
     if str(source.get("LossyImageCompression", "")) != "01" or len(ratios) != len(methods):
@@ -297,7 +304,7 @@ def build_results(source: Dataset, grey: np.ndarray, explanation: Explanation, c
     _source_uids(source)
     uids = result_uids(str(source.StudyInstanceUID), str(source.SOPInstanceUID), prediction.model_sha256)
     sr = build_sr(source, prediction, uids)
-    sc = build_sc(source, render_result(grey, explanation.cam, prediction), prediction, uids, compress)
+    sc = build_sc(source, render_result_rgbx(grey, explanation.cam, prediction), prediction, uids, compress)
     return ResultObjects(sr=sr, sc=sc, uids=uids)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pneumo_desktop.core.dicom_node.config import NodeConfig
-from pneumo_desktop.core.dicom_node.send import quieter_polling
+from pneumo_desktop.core.dicom_node.polling import quieter_polling
 from pneumo_desktop.core.dicom_node.spool import MB, Spool, SpoolFullError, valid_uid
 
 log = logging.getLogger(__name__)

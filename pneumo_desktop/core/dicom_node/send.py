@@ -14,6 +14,8 @@ import ssl
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 from pydicom.errors import InvalidDicomError
 
 from pneumo_desktop.core.dicom_node.config import Peer
+from pneumo_desktop.core.dicom_node.polling import ReactorWake, quieter_polling
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +58,6 @@ def client_ssl_context(peer: Peer) -> ssl.SSLContext:
     return context
 
 
-IDLE_POLL_S = 0.02
-
-
-def quieter_polling(assoc: Any) -> None:
-    """Let an association's network thread look at its socket every 20 ms instead of every 1 ms while idle.
-
-    pynetdicom's DUL thread sleeps only 1 ms between looks when nothing happens, which costs ~3 % of a core
-    per open association; the node keeps up to 4 associations per destination and senders keep theirs
-    open for minutes, which came to tens of ms of CPU per instance on 2 cores. While data flows it does not
-    sleep at all, so only the first PDU of a message waits (up to 20 ms). `_run_loop_delay` is the DUL's
-    own documented knob (see its comment in pynetdicom/dul.py), but private: a pynetdicom without it is
-    left as it is."""
-    dul = getattr(assoc, "dul", None)
-    if dul is not None and isinstance(getattr(dul, "_run_loop_delay", None), float):
-        dul._run_loop_delay = IDLE_POLL_S
-
-
 def _associate(peer: Peer, calling_ae: str, contexts: tuple[tuple[str, tuple[str, ...]], ...]):
     # -> pynetdicom Association
     from pynetdicom import AE
@@ -82,22 +68,33 @@ def _associate(peer: Peer, calling_ae: str, contexts: tuple[tuple[str, tuple[str
         ae.add_requested_context(uid, list(syntaxes))
     tls = (client_ssl_context(peer), peer.host) if peer.uses_tls else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls)
-    quieter_polling(assoc)
-    return assoc
+    return assoc, quieter_polling(assoc)
+
+
+@contextmanager
+def _reactor_paused(wake: ReactorWake | None) -> Iterator[None]:
+    """Around a requestor's own DIMSE call: its reactor pauses at once instead of after its idle wait."""
+    if wake is None:
+        yield
+        return
+    with wake.paused():
+        yield
 
 
 def echo(peer: Peer, calling_ae: str = "PNEUMO") -> str:
     """C-ECHO the peer; returns a sentence for a person ('... answered') or raises ConnectionError."""
     try:
-        assoc = _associate(peer, calling_ae, (("1.2.840.10008.1.1", UNCOMPRESSED),))
+        assoc, wake = _associate(peer, calling_ae, (("1.2.840.10008.1.1", UNCOMPRESSED),))
     except (OSError, ssl.SSLError) as exc:
         raise ConnectionError(f"{peer.label}: {exc}") from None
     if not assoc.is_established:
         raise ConnectionError(f"{peer.label}: {_why_not(assoc)}")
     try:
-        status = assoc.send_c_echo()
+        with _reactor_paused(wake):
+            status = assoc.send_c_echo()
     finally:
-        assoc.release()
+        with _reactor_paused(wake):
+            assoc.release()
     if not status or status.get("Status") != 0:
         raise ConnectionError(f"{peer.label} answered the echo with status {_status_text(status)}")
     return f"{peer.label} answered the echo (C-ECHO success)"
@@ -137,6 +134,7 @@ class PeerConnection:
     def __init__(self, peer: Peer, calling_ae: str) -> None:
         self.peer, self.calling_ae = peer, calling_ae
         self._assoc: Any = None  # pynetdicom Association (untyped)
+        self._wake: ReactorWake | None = None
         self._accepted: set[tuple[str, str]] = set()  # (SOP class, transfer syntax) the peer accepted
         _enable_chunked_send()
 
@@ -150,19 +148,20 @@ class PeerConnection:
             return ""
         self._assoc = None
         try:
-            assoc = _associate(self.peer, self.calling_ae, RESULT_CONTEXTS)
+            assoc, wake = _associate(self.peer, self.calling_ae, RESULT_CONTEXTS)
         except (OSError, ssl.SSLError) as exc:
             return str(exc)
         if not assoc.is_established:
             return _why_not(assoc)
-        self._assoc = assoc
+        self._assoc, self._wake = assoc, wake
         self._accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
         return ""
 
     def close(self) -> None:
         assoc, self._assoc = self._assoc, None
         if assoc is not None and assoc.is_established:
-            assoc.release()
+            with _reactor_paused(self._wake):
+                assoc.release()
 
     def send(self, files: list[Path]) -> list[SendResult]:
         why = self._open()
@@ -200,12 +199,14 @@ class PeerConnection:
         meta, _offset = split_dataset(path)
         key = (str(meta.get("MediaStorageSOPClassUID", "")), str(meta.get("TransferSyntaxUID", "")))
         if key in self._accepted:
-            return self._assoc.send_c_store(path)  # straight from the file, as it is
+            with _reactor_paused(self._wake):
+                return self._assoc.send_c_store(path)  # straight from the file, as it is
         ds = dcmread(path)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             # the peer does not take the JPEG SC: uncompressed RGB (Explicit VR Little Endian) instead
             ds.decompress(generate_instance_uid=False)  # the same object: its UID must not change
-        return self._assoc.send_c_store(ds)  # pynetdicom converts to the encoding the peer accepted
+        with _reactor_paused(self._wake):
+            return self._assoc.send_c_store(ds)  # pynetdicom converts to the encoding the peer accepted
 
 
 def send_dimse(peer: Peer, calling_ae: str, files: list[Path]) -> list[SendResult]:

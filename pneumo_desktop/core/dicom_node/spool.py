@@ -239,8 +239,16 @@ class Spool:
         return sorted(p.name for p in self.outbox.iterdir() if p.is_dir())
 
     def sent(self, path: Path) -> None:
+        self.sent_many([path])
+
+    def sent_many(self, paths: list[Path]) -> None:
+        """Remove results a destination took: one fsync of their folder for all of them (a crash before it
+        can only bring some back, to be sent again: receivers keep one copy of the same SOP Instance UID)."""
         with self._lock:
-            self._drop(path)
+            for path in paths:
+                self._drop(path, sync_folder=False)
+            for folder in {path.parent for path in paths}:
+                _fsync_dir(folder)
 
     def reject(self, key: str, path: Path, reason: str) -> None:
         folder = self.rejected / key

@@ -374,7 +374,7 @@ def close_load_gaps(data: bytes, page: int | None = None) -> bytes | None:
         new = _align_up(max(before, default=0), page, start % page)
         delta = start - new
         # (The gap may hold a few stale bytes patchelf left behind: no header, segment or section refers to them.)
-        if delta < _MIN_GAP or any(begin < start < end for begin, end in regions):
+        if delta < _MIN_GAP:
             continue
         closed = _move_down(data, start, new, phdrs, shdrs, page)
         if not same_loaded_image(data, closed, alignment=False):

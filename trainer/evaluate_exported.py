@@ -12,16 +12,17 @@ import numpy as np
 from pneumo_desktop.core import model_card as mc
 from trainer import metrics_and_plots as ev
 from trainer.data import list_split, load_or_prepare, write_integrity_report
-from trainer.export import tflite_outputs
+from trainer.export import tflite_runner
 
 log = logging.getLogger(__name__)
 
 
 def tflite_probabilities(model_dir: Path, images_u8: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    run = tflite_runner(model_dir / mc.TFLITE_FILENAME, batch=batch_size)  # one interpreter for every batch
     probabilities = []
-    for start in range(0, len(images_u8), batch_size):
+    for start in range(0, len(images_u8), batch_size):  # grey -> RGB float32 a batch at a time (memory)
         batch = np.repeat(images_u8[start : start + batch_size, :, :, None].astype(np.float32), 3, axis=3)
-        probabilities.append(tflite_outputs(model_dir / mc.TFLITE_FILENAME, batch)[mc.OUTPUT_PROBABILITY].ravel())
+        probabilities.append(run(batch)[mc.OUTPUT_PROBABILITY].ravel())
     return np.concatenate(probabilities) if probabilities else np.zeros(0)
 
 

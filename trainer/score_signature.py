@@ -87,8 +87,11 @@ def add_score_signature(tflite: bytes) -> bytes:
 _STATEFUL = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE", "WHILE", "IF", "CALL"}
 
 
+_BUILTIN_NAMES = {value: name for name, value in vars(schema.BuiltinOperator).items() if isinstance(value, int)}
+
+
 def _builtin_name(code: int) -> str:
-    return next((name for name, value in vars(schema.BuiltinOperator).items() if value == code), str(code))
+    return _BUILTIN_NAMES.get(code, str(code))
 
 
 def _tensor_map(name: str, tensor: int) -> schema.TensorMapT:

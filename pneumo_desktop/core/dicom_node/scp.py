@@ -18,6 +18,7 @@ from typing import Any
 from pneumo_desktop.core.dicom_node.config import NodeConfig
 from pneumo_desktop.core.dicom_node.polling import quieter_polling
 from pneumo_desktop.core.dicom_node.spool import MB, Spool, SpoolFullError, valid_uid
+from pneumo_desktop.core.dicom_node.tcp import prompt_acks
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,11 @@ def check_dataset(ds: Any, affected_uid: str) -> tuple[int, str]:
     return SUCCESS, ""
 
 
+def _tune_association(event: Any) -> None:
+    prompt_acks(event.assoc)
+    quieter_polling(event.assoc)
+
+
 class StorageListener:
     def __init__(self, config: NodeConfig, spool: Spool, on_stored: Callable[[], None] = lambda: None) -> None:
         self.config, self.spool, self.on_stored = config, spool, on_stored
@@ -122,7 +128,7 @@ class StorageListener:
             ae.add_supported_context(uid, syntaxes)
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
                                (evt.EVT_REJECTED, self._on_rejected),
-                               (evt.EVT_ACCEPTED, lambda event: quieter_polling(event.assoc))]
+                               (evt.EVT_ACCEPTED, _tune_association)]
         self._server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers,
                                        ssl_context=server_ssl_context(self.config))
         log.info("listening as %s on %s:%d (%s)", self.config.ae_title, self.config.bind, self.config.port,

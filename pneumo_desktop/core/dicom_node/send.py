@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 
 from pneumo_desktop.core.dicom_node.config import Peer
 from pneumo_desktop.core.dicom_node.polling import ReactorWake, quieter_polling
+from pneumo_desktop.core.dicom_node.tcp import prompt_acks
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def _associate(peer: Peer, calling_ae: str, contexts: tuple[tuple[str, tuple[str
         ae.add_requested_context(uid, list(syntaxes))
     tls = (client_ssl_context(peer), peer.host) if peer.uses_tls else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls)
+    prompt_acks(assoc)
     return assoc, quieter_polling(assoc)
 
 
@@ -78,6 +80,16 @@ def _reactor_paused(wake: ReactorWake | None) -> Iterator[None]:
         yield
         return
     with wake.paused():
+        yield
+
+
+@contextmanager
+def _reactor_busy(wake: ReactorWake | None) -> Iterator[None]:
+    """Around a run of a requestor's own DIMSE calls: its DUL polls without the idle wait meanwhile."""
+    if wake is None:
+        yield
+        return
+    with wake.busy():
         yield
 
 
@@ -167,6 +179,13 @@ class PeerConnection:
         why = self._open()
         if why:
             return [SendResult(p, Outcome.RETRY, why) for p in files]
+        with _reactor_busy(self._wake):
+            results = self._send_open(files)
+        if any(r.outcome is Outcome.RETRY for r in results):
+            self.close()  # the next try starts on a fresh association
+        return results
+
+    def _send_open(self, files: list[Path]) -> list[SendResult]:
         results = []
         for index, path in enumerate(files):
             if not self.is_open:  # dropped mid-way: the rest waits for the next try (on a new association)
@@ -187,8 +206,6 @@ class PeerConnection:
                 results.append(SendResult(path, Outcome.RETRY, f"status 0x{code:04X}"))
             else:
                 results.append(SendResult(path, Outcome.REJECTED, f"status 0x{code:04X}"))
-        if any(r.outcome is Outcome.RETRY for r in results):
-            self.close()  # the next try starts on a fresh association
         return results
 
     def _store(self, path: Path):  # -> the C-STORE response status (pydicom Dataset), or None

@@ -1,0 +1,55 @@
+"""TCP settings for the node's associations (both directions): no DIMSE exchange waits on a delayed ACK.
+
+pynetdicom sets neither TCP_NODELAY nor TCP_QUICKACK. Against Orthanc (DCMTK underneath, which writes a
+C-STORE response as two small writes with Nagle's algorithm on) every C-STORE then stalls: Orthanc's second
+write waits for our ACK of its first, and Linux delays that ACK by ~40 ms because we have nothing to send
+back. Measured on localhost (strace of Orthanc, tests' configuration): Orthanc answers within 3 ms and then
+waits 46 ms for the next request; one association sent 11 results a second, 94 ms each, while DCMTK's
+storescu stores the same files into the same Orthanc at 2.3 ms each.
+
+- TCP_NODELAY: our own PDUs leave at once (a small SR's last segment no longer waits for an ACK);
+- TCP_QUICKACK after every read (Linux only; the kernel clears it again by itself): what we received is
+  acknowledged at once, so a peer that writes in pieces with Nagle's algorithm on is not held up.
+Together: 6.9 ms per C-STORE on one association instead of 94 (either alone: ~51).
+
+Relies on pynetdicom's AssociationSocket having `socket` and `recv` (checked for 3.0); when it does not,
+the association is left as it is (correct, only slower).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def prompt_acks(assoc: Any) -> bool:
+    """Set TCP_NODELAY on `assoc`'s socket and acknowledge every read at once (see the module's notes).
+    True when applied."""
+    transport: Any = getattr(getattr(assoc, "dul", None), "socket", None)
+    sock = getattr(transport, "socket", None)
+    recv = getattr(transport, "recv", None)
+    if not isinstance(sock, socket.socket) or not callable(recv):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # not TCP (a test's socket pair): nothing to tune
+        log.debug("TCP_NODELAY not set: %s", exc)
+        return False
+    if _QUICKACK is None:
+        return True
+
+    def recv_and_ack(nr_bytes: int) -> bytearray:
+        data = recv(nr_bytes)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # sends a pending delayed ACK now
+        except OSError:  # the connection is gone: the next read reports it
+            pass
+        return data
+
+    transport.recv = recv_and_ack
+    return True

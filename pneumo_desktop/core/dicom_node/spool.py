@@ -13,10 +13,17 @@ place and made durable by one fsync of done/ per batch). The order of the steps 
 instance exactly once: results are queued, then `done/<uid>` is written, then the incoming file is removed.
 A crash between two steps repeats only steps whose effect is idempotent (results have fixed UIDs, see
 results_dicom.result_uids; the CSV skips a SOP Instance UID it holds).
+
+What incoming/ holds is also kept in memory (read from the folder once, at start): the scorer's look for
+work and the receivers' "is it new?" cost no listing of a folder that holds hundreds of files under load.
+Receivers write and fsync outside the spool's lock, so several senders' instances are made durable at
+once; an instance being written is reserved, so a second copy of it arriving meanwhile waits for the
+first one's outcome instead of being stored twice.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -57,6 +64,16 @@ class Pending:
     sender_ae: str
 
 
+def _pending_of(path: Path) -> Pending:
+    """The Pending of a file in incoming/ (<SOP UID>__<sender AE, hex>.dcm)."""
+    uid, _, hex_ae = path.stem.partition("__")
+    try:
+        ae = bytes.fromhex(hex_ae).decode("ascii", "replace")
+    except ValueError:
+        ae = ""
+    return Pending(path, uid, ae)
+
+
 def _fsync_dir(folder: Path) -> None:
     if os.name == "nt":  # directories cannot be opened for fsync on Windows; NTFS journals the rename
         return
@@ -89,9 +106,27 @@ class Spool:
         self._lock_file = self._take_lock()
         for leftover in self.tmp.iterdir():  # half-written by a process that was killed
             leftover.unlink(missing_ok=True)
-        # One lock orders "is it new?" + "store it" against "mark done" + "remove it" (see receive/finish).
+        # One lock orders "is it new?" + "reserve it" against "mark done" + "remove it" (see receive/mark_done).
         self._lock = threading.Lock()
+        self._stored = threading.Condition(self._lock)  # a reserved instance was stored, or not
+        self._receiving: set[str] = set()  # SOP Instance UIDs being written by a receiver
+        self._incoming = self._read_incoming()  # SOP Instance UID -> Pending, oldest first
         self._bytes = sum(p.stat().st_size for d in (self.incoming, self.outbox) for p in d.rglob("*.dcm"))
+
+    def _read_incoming(self) -> dict[str, Pending]:
+        """incoming/ as left by an earlier run, oldest first (by modification time, then name)."""
+        entries = []
+        for path in self.incoming.glob("*.dcm"):
+            try:
+                entries.append((path.stat().st_mtime_ns, path.name, path))
+            except FileNotFoundError:
+                continue
+        entries.sort()
+        out: dict[str, Pending] = {}
+        for _, _, path in entries:
+            item = _pending_of(path)
+            out.setdefault(item.sop_instance_uid, item)
+        return out
 
     def _take_lock(self):  # -> filelock.FileLock
         from filelock import FileLock, Timeout
@@ -132,7 +167,11 @@ class Spool:
     # ------------------------------------------------------------------ received instances
 
     def is_known(self, sop_uid: str) -> bool:
-        return (self.done / sop_uid).exists() or any(self.incoming.glob(f"{sop_uid}__*.dcm"))
+        with self._lock:
+            return self._known(sop_uid)
+
+    def _known(self, sop_uid: str) -> bool:  # under the lock
+        return sop_uid in self._incoming or (self.done / sop_uid).exists()
 
     def receive(self, sop_uid: str, data: bytes, sender_ae: str) -> bool:
         """Store a received instance durably; False when this SOP Instance UID was received before.
@@ -141,31 +180,33 @@ class Spool:
         if not valid_uid(sop_uid):
             raise ValueError(f"invalid SOP Instance UID {sop_uid!r}")
         with self._lock:
-            if self.is_known(sop_uid):
+            while sop_uid in self._receiving:  # the same instance from another sender, being written now
+                self._stored.wait()
+            if self._known(sop_uid):
                 return False
             self._check_room(len(data))
-            self._write_durably(self.incoming / f"{sop_uid}__{sender_ae.encode().hex()}.dcm", data)
-            self._bytes += len(data)
+            self._receiving.add(sop_uid)
+            self._bytes += len(data)  # reserved, so that concurrent receivers cannot overfill the spool
+        item = Pending(self.incoming / f"{sop_uid}__{sender_ae.encode().hex()}.dcm", sop_uid, sender_ae)
+        stored = False
+        try:
+            self._write_durably(item.path, data)
+            stored = True
+        finally:
+            with self._lock:
+                self._receiving.discard(sop_uid)
+                if stored:
+                    self._incoming[sop_uid] = item
+                else:
+                    self._bytes -= len(data)
+                self._stored.notify_all()
         return True
 
     def pending(self, limit: int | None = None) -> list[Pending]:
         """Instances waiting to be scored, oldest first."""
-        entries = []
-        for path in self.incoming.glob("*.dcm"):
-            try:
-                entries.append((path.stat().st_mtime_ns, path))
-            except FileNotFoundError:
-                continue
-        entries.sort()
-        out = []
-        for _, path in entries[:limit]:
-            uid, _, hex_ae = path.stem.partition("__")
-            try:
-                ae = bytes.fromhex(hex_ae).decode("ascii", "replace")
-            except ValueError:
-                ae = ""
-            out.append(Pending(path, uid, ae))
-        return out
+        with self._lock:
+            items = iter(self._incoming.values())
+            return list(items if limit is None else itertools.islice(items, limit))
 
     def finish(self, item: Pending, results: dict[str, list[tuple[str, bytes]]], note: str = "scored") -> None:
         """Queue `results` ({destination key: [(result SOP UID, bytes)]}), then mark `item` done and remove it."""
@@ -194,6 +235,7 @@ class Spool:
             _fsync_dir(self.done)  # one fsync makes every new marker durable before any incoming file goes
             for item, _note in items:
                 self._drop(item.path, sync_folder=False)
+                self._incoming.pop(item.sop_instance_uid, None)
             _fsync_dir(self.incoming)
 
     def fail(self, item: Pending, reason: str) -> None:
@@ -205,6 +247,7 @@ class Spool:
             if item.path.exists():
                 os.replace(item.path, target)
                 self._bytes -= size
+            self._incoming.pop(item.sop_instance_uid, None)
 
     def _drop(self, path: Path, sync_folder: bool = True) -> None:
         try:

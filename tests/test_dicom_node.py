@@ -579,3 +579,64 @@ def test_scorer_does_not_take_instances_whose_results_are_being_built(tmp_path, 
     assert not service.idle()  # in flight counts as work
     csv.close()
     spool.close()
+
+
+def test_results_built_in_the_child_process_are_the_results_built_here(model, dx_file, tmp_path):
+    """The node builds SRs and SCs in a child process (results_process.py): byte for byte the files built in
+    this process; a source the builders cannot use fails alone, with its reason; close() ends the child."""
+    from pneumo_desktop.core.dicom_node.results_process import ResultJob, ResultsProcess, build_encoded
+    from pneumo_desktop.core.dicom_node.service import _elements_only, score_for_results
+
+    image = load_image(dx_file)
+    header = _elements_only(pydicom.dcmread(dx_file, stop_before_pixels=True))
+    [(prediction, parts)] = score_for_results(model, [image])
+    assert parts is not None
+    good = ResultJob(header, image.grey, prediction, parts, model.card.map_method)
+    broken_header = _elements_only(pydicom.dcmread(dx_file, stop_before_pixels=True))
+    del broken_header.SeriesInstanceUID
+    broken = ResultJob(broken_header, image.grey, prediction, parts, model.card.map_method)
+    process = ResultsProcess()
+    try:
+        built = process.build_many([good, broken])
+        child = process._pool._processes
+        pids = list(child)
+    finally:
+        process.close()
+    here = build_encoded(good)
+    assert built[0] == here and [len(files) for files in (built[0].files, built[1].files)] == [2, 0]
+    sr = pydicom.dcmread(io.BytesIO(here.files[0][1]))
+    assert sr.SOPInstanceUID == here.files[0][0] and sr.StudyInstanceUID == header.StudyInstanceUID
+    assert "SeriesInstanceUID" in built[1].error
+    assert len(pids) == 1 and not Path(f"/proc/{pids[0]}").exists()  # closed: the child is gone
+
+
+def test_the_results_process_ends_with_a_listener_killed_by_sigkill(tmp_path):
+    """A SIGKILL runs no clean-up: the child must notice its parent's end by itself (no orphans left by the
+    node's kill -9 recovery, tests/test_dicom_node_e2e.py and bench_node.py)."""
+    import os
+    import signal
+    import sys
+
+    from tests.dicom_node_support import wait_until
+
+    script = ("from pneumo_desktop.core.dicom_node.results_process import ResultsProcess\n"
+              "import sys, time\n"
+              "process = ResultsProcess()\nprocess.start()\n"
+              "print(*process._pool._processes, flush=True)\n"
+              "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    try:
+        child = int(parent.stdout.readline())
+        assert Path(f"/proc/{child}").exists()
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert wait_until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), timeout=10)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -7,6 +7,7 @@ import threading
 
 from pneumo_desktop.core.dicom_node.config import NodeConfig
 from pneumo_desktop.core.dicom_node.results_csv import NodeResultsCsv
+from pneumo_desktop.core.dicom_node.results_process import ResultsProcess
 from pneumo_desktop.core.dicom_node.scp import StorageListener
 from pneumo_desktop.core.dicom_node.send import Destination
 from pneumo_desktop.core.dicom_node.service import NodeService
@@ -30,7 +31,7 @@ class Node:
         try:
             self.csv = NodeResultsCsv(config.results_csv())
             self.service = NodeService(self.spool, model, self.csv, destinations(config), config.ae_title,
-                                       config.retry_max_s, config.send_associations)
+                                       config.retry_max_s, config.send_associations, ResultsProcess())
             self.listener = StorageListener(config, self.spool, on_stored=self.service.notify)
         except BaseException:
             self.spool.close()

@@ -1,10 +1,12 @@
 """The node's workers: one scorer, one results thread, and `associations` senders per destination.
 
 The scorer takes received instances from the spool (oldest first, up to a model batch at a time), reads
-and scores them with Grad-CAM, and hands the batch to the results thread, which builds the SR and the SC,
-queues them for every destination, writes the CSV rows, and marks the instances done (in that order, so a
-kill between steps repeats only idempotent work). The two overlap: the model runs the next batch (LiteRT
-lets go of the GIL) while the results of the previous one are built; an instance stays in the spool's
+and scores them, and hands the batch (predictions and the maps' low-resolution parts) to the results
+thread, which has the SRs and SCs built (in the node: by a child process, results_process.py, so that
+their ~19 ms of GIL-bound work per instance does not hold up the scorer), queues them for every
+destination, writes the CSV rows, and marks the instances done (in that order, so a kill between steps
+repeats only idempotent work). The two overlap: the model runs the next batch (LiteRT lets go of the
+GIL) while the results of the previous one are built; an instance stays in the spool's
 incoming/ until it is marked done, so a kill at any point re-scores it, and the scorer skips instances
 already handed over (`_in_flight`).
 A sender sends its share of its destination's queue over one association that it keeps while there is
@@ -13,8 +15,9 @@ meanwhile. All wake at once when there is new work (Events).
 
 Per instance the work is done once and at the size it is needed: each received file is read once (pixels
 and header from the same bytes), the heat map is computed at the Secondary Capture's size rather than the
-X-ray's, and a partial batch is run image by image (by LiteRTEngine: padded to the batch interpreter's size,
-three images in a batch of eight would cost eight; a single image costs what one slot of a batch costs).
+X-ray's (by whoever builds the SC), and a partial batch is run image by image (by LiteRTEngine: padded to
+the batch interpreter's size, three images in a batch of eight would cost eight; a single image costs what
+one slot of a batch costs).
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ from typing import Any
 import numpy as np
 
 from pneumo_desktop.core.batch import BatchRow
+from pneumo_desktop.core.cam_methods import map_at
 from pneumo_desktop.core.dicom_node.result_image import picture_size
 from pneumo_desktop.core.dicom_node.results_csv import NodeResultsCsv
-from pneumo_desktop.core.dicom_node.results_dicom import build_results, encode
+from pneumo_desktop.core.dicom_node.results_process import ResultJob, ResultsProcess, build_encoded
 from pneumo_desktop.core.dicom_node.send import Destination, Outcome, Sender, SendResult
 from pneumo_desktop.core.dicom_node.spool import Pending, Spool
 from pneumo_desktop.core.imaging import ImageLoadError, LoadedImage, decode_image
-from pneumo_desktop.core.runtime import STATUS_ERROR, Explanation, PneumoniaModel
+from pneumo_desktop.core.runtime import STATUS_ERROR, Explanation, PneumoniaModel, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +57,48 @@ GATHER_QUIET_S = 0.2
 GATHER_MAX_S = 1.0
 
 
-def explain_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) -> list[Explanation]:
-    """model.explain_many's results, with each map at the size the Secondary Capture draws it.
+def score_for_results(model: PneumoniaModel, images: Sequence[LoadedImage],
+                      ) -> list[tuple[Prediction, tuple[np.ndarray, np.ndarray] | None]]:
+    """Each image's prediction and its map's low-resolution parts (None when refused: no map is drawn).
 
     Full batches go through the batch interpreter; the rest one image at a time (see the module's notes)."""
-    explanations: list[Explanation] = []
+    out: list[tuple[Prediction, tuple[np.ndarray, np.ndarray] | None]] = []
     size = model.batch_size
     for chunk in (images[i : i + size] for i in range(0, len(images), size)):
         raw = model.run(np.stack([model.prepare(image) for image in chunk]))
         for i, image in enumerate(chunk):
             prediction = model.prediction(image.path, raw.probability[i], **raw.extras(i))
-            cam = None if prediction.refused else raw.cam(i, *picture_size(image.height, image.width))
-            explanations.append(Explanation(prediction=prediction, cam=cam))
-    return explanations
+            parts = None if prediction.refused else tuple(np.array(p) for p in raw.map_parts(i))
+            out.append((prediction, parts))  # type: ignore[arg-type]
+    return out
+
+
+def explain_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) -> list[Explanation]:
+    """model.explain_many's results, with each map at the size the Secondary Capture draws it."""
+    return [Explanation(prediction=p, cam=None if parts is None else map_at(*parts, *picture_size(image.height,
+                                                                                                  image.width),
+                                                                         model.card.map_method))
+            for image, (p, parts) in zip(images, score_for_results(model, images))]
+
+
+def _elements_only(header: Any) -> Any:
+    """A read header's elements and encoding, without the file object it was read from: that holds the whole
+    file, and would be pickled with it on the way to the results process."""
+    from pydicom.dataset import Dataset
+
+    out = Dataset(header)
+    implicit_vr, little_endian = header.original_encoding
+    out.set_original_encoding(implicit_vr, little_endian, header.original_character_set)
+    return out
 
 
 @dataclass
 class Scored:
-    """A scored batch on its way to the results thread: (item, image, header, file sha256) and explanations."""
+    """A scored batch on its way to the results thread: per instance (item, image, header, file sha256), and
+    what its results are made of."""
 
     loaded: list[tuple[Pending, LoadedImage, Any, str]]
-    explanations: list[Explanation]
+    jobs: list[ResultJob]
 
 
 @dataclass
@@ -86,8 +111,12 @@ class Counters:
 
 class NodeService:
     def __init__(self, spool: Spool, model: PneumoniaModel, csv: NodeResultsCsv, destinations: list[Destination],
-                 calling_ae: str, retry_max_s: float = 60.0, associations: int = 1) -> None:
+                 calling_ae: str, retry_max_s: float = 60.0, associations: int = 1,
+                 results_process: ResultsProcess | None = None) -> None:
         self.spool, self.model, self.csv = spool, model, csv
+        # Where the SRs and SCs are built: a child process (the node; see results_process.py), or this
+        # process's results thread (None: tests, and the window's one-shot sends build their own)
+        self.results_process = results_process
         self.destinations, self.calling_ae, self.retry_max_s = destinations, calling_ae, retry_max_s
         # Senders per destination, each with its own association and its own share of the queue: a PACS
         # answers each C-STORE only once it has indexed the object (Orthanc: ~0.1 s, mostly waiting), so
@@ -131,6 +160,8 @@ class NodeService:
         self._wake_senders()
         for thread in self._threads:
             thread.join(timeout)
+        if self.results_process is not None:
+            self.results_process.close()
 
     def idle(self) -> bool:
         """Nothing waiting to be scored or sent (tests and the benchmark poll this)."""
@@ -168,6 +199,11 @@ class NodeService:
                     continue
 
     def _results_loop(self) -> None:
+        if self.results_process is not None:
+            try:  # now, in this thread: the listener is already serving meanwhile
+                self.results_process.start()
+            except Exception:  # it is started again at the first batch, and a failure is reported there
+                log.exception("the process that builds results did not start")
         while True:
             try:  # on stop, a batch already scored is still finished (a kill would leave it to the restart)
                 scored = self._scored.get(timeout=0.5) if not self._stop.is_set() else self._scored.get_nowait()
@@ -216,7 +252,7 @@ class NodeService:
             try:
                 data = item.path.read_bytes()  # read once: the pixels, the header and the hash come from it
                 image = decode_image(data, item.path)
-                header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+                header = _elements_only(dcmread(io.BytesIO(data), stop_before_pixels=True))
                 loaded.append((item, image, header, hashlib.sha256(data).hexdigest()))
             except ImageLoadError as exc:
                 self._fail(item, exc.reason)
@@ -224,7 +260,9 @@ class NodeService:
                 self._fail(item, f"{type(exc).__name__}: {exc}")
         if not loaded:
             return Scored([], [])
-        return Scored(loaded, explain_for_results(self.model, [image for _, image, _, _ in loaded]))
+        scores = score_for_results(self.model, [image for _, image, _, _ in loaded])
+        return Scored(loaded, [ResultJob(header, image.grey, prediction, parts, self.model.card.map_method)
+                               for (_item, image, header, _sha), (prediction, parts) in zip(loaded, scores)])
 
     def _finish(self, scored: Scored) -> None:
         """Build the batch's SRs and SCs, queue them, write the CSV rows, mark the instances done."""
@@ -232,18 +270,19 @@ class NodeService:
             return
         queued: dict[str, list[tuple[str, bytes]]] = {d.key: [] for d in self.destinations}
         rows, finished = [], []
-        for (item, image, header, sha), explanation in zip(scored.loaded, scored.explanations):
-            try:
-                objects = build_results(header, image.grey, explanation)
-                encoded = [(objects.uids.sr_instance, encode(objects.sr)),
-                           (objects.uids.sc_instance, encode(objects.sc))]
-            except Exception as exc:  # a source header the builders cannot use: that instance fails alone
-                log.warning("%s: cannot build the results: %s: %s", item.sop_instance_uid, type(exc).__name__, exc)
-                self._fail(item, f"cannot build the results: {exc}")
+        if self.results_process is not None:
+            built = self.results_process.build_many(scored.jobs)
+        else:
+            built = [build_encoded(job) for job in scored.jobs]
+        for (item, _image, _header, sha), job, results in zip(scored.loaded, scored.jobs, built):
+            if results.error:  # a source header the builders cannot use: that instance fails alone
+                log.warning("%s: cannot build the results: %s", item.sop_instance_uid, results.error)
+                self._fail(item, f"cannot build the results: {results.error}")
                 continue
+            encoded = results.files
             for objects_of_dest in queued.values():
                 objects_of_dest.extend(encoded)
-            p = explanation.prediction
+            p = job.prediction
             rows.append((BatchRow(
                 item.path, p.probability, p.label or "", p.threshold, p.model_sha256, sha, "", status=p.status,
                 ood_score=p.ood_score, ood_limit=p.ood_limit, overridden=p.overridden,

@@ -1,0 +1,118 @@
+"""The SR and SC of each scored instance, built and encoded in a child process.
+
+Why a process: building and encoding them is ~19 ms of CPU per instance, almost all of it holding the GIL
+(pydicom's writer, Pillow's JPEG encoder and text drawing do not let go of it). In the listener's process
+that time was taken from the scorer thread, whose model runs are the node's critical path: measured in
+bench_node.py, the scorer spent 62 ms of wall time per instance for 34 ms of its own CPU, waiting for the
+GIL, while 25% of the two cores stood idle. In a child the building runs beside the scorer, not in turns.
+
+The child gets what the objects are made of (the source header, the grey X-ray, the map's low-resolution
+parts, the prediction) and returns the encoded files; it holds no state, and nothing is durable until the
+parent has queued the files (spool.queue_results), so a crash of either loses nothing. The child is
+started with `spawn` (the parent has threads: forking it is unsafe), ends with the parent (it reads its
+work from a pipe, which closes when the parent dies, even by SIGKILL), and is started again if it dies.
+A build that fails fails its instance alone (ResultBuildError and the like come back as a message).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pneumo_desktop.core.cam_methods import map_at
+from pneumo_desktop.core.dicom_node.result_image import picture_size
+from pneumo_desktop.core.dicom_node.results_dicom import build_results, encode
+from pneumo_desktop.core.runtime import Explanation, Prediction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResultJob:
+    """What one instance's SR and SC are made of. `map_parts` is None for a refused image (no map)."""
+
+    header: Any  # pydicom Dataset: the source's header, without pixel data
+    grey: np.ndarray  # the X-ray as scored, uint8 (H, W)
+    prediction: Prediction
+    map_parts: tuple[np.ndarray, np.ndarray] | None  # RawOutputs.map_parts of the image
+    map_method: str
+
+
+@dataclass(frozen=True)
+class BuiltResults:
+    """The encoded files ([(SOP Instance UID, bytes)], SR first), or why they could not be built."""
+
+    files: list[tuple[str, bytes]]
+    error: str = ""
+
+
+def build_encoded(job: ResultJob) -> BuiltResults:
+    """The SR and SC of one job, encoded (what the child runs; the same in any process)."""
+    try:
+        cam = None
+        if job.map_parts is not None:
+            cam = map_at(*job.map_parts, *picture_size(*job.grey.shape), job.map_method)
+        objects = build_results(job.header, job.grey, Explanation(prediction=job.prediction, cam=cam))
+        return BuiltResults([(objects.uids.sr_instance, encode(objects.sr)),
+                             (objects.uids.sc_instance, encode(objects.sc))])
+    except Exception as exc:  # a source header the builders cannot use: that instance fails alone
+        return BuiltResults([], f"{type(exc).__name__}: {exc}")
+
+
+def _build_many(jobs: Sequence[ResultJob]) -> list[BuiltResults]:
+    return [build_encoded(job) for job in jobs]
+
+
+def _end_with_parent() -> None:
+    """In the child: end as soon as the parent has ended, whatever the way (a SIGKILL runs no clean-up, and
+    the child's own end of its work queue keeps that pipe open, so the child would otherwise wait forever)."""
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="pneumo-parent-watch", daemon=True).start()
+
+
+class ResultsProcess:
+    """One child process that builds results; build_many() blocks until a batch is built."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_end_with_parent)
+        return self._pool
+
+    def start(self) -> None:
+        """Start the child now (it imports pydicom, Pillow and numpy: ~1 s), not at the first batch."""
+        self._executor().submit(_build_many, []).result()
+
+    def build_many(self, jobs: Sequence[ResultJob]) -> list[BuiltResults]:
+        try:
+            return self._executor().submit(_build_many, list(jobs)).result()
+        except BrokenProcessPool:  # the child died (killed, out of memory): a new one for the next batch
+            log.warning("the process that builds results ended unexpectedly; starting a new one")
+            self.close()
+            raise
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

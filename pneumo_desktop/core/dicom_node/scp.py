@@ -160,6 +160,10 @@ class StorageListener:
                 log.warning("refused %s from %s: %.1f MB is over the instance limit (%.1f MB)", affected, calling,
                             size / MB, self.max_instance_bytes / MB)
                 return OUT_OF_RESOURCES
+            if valid_uid(affected) and self.spool.is_known(affected):  # a copy sent again (after a restart, say):
+                self.duplicates += 1  # success without parsing it; Spool.receive below checks again anyway
+                log.info("%s from %s was received before: not scored again", affected, calling)
+                return SUCCESS
             try:
                 status, reason = check_dataset(event.dataset, affected)
             except Exception as exc:  # a malformed dataset: pydicom raises many types

@@ -10,7 +10,9 @@ Reported: lost (instances without both an SR and an SC in Orthanc), duplicated (
 objects in Orthanc), sustained throughput (results stored in Orthanc per second, from the first instance
 sent to the last SR stored, the restart included; also the best 10 s window), the listener's RSS over
 time (sampled from /proc every second), and the CPU seconds the listener and Orthanc used per instance
-(independent of the machine's other load, unlike the throughput). Linux only (/proc).
+(independent of the machine's other load, unlike the throughput). The listener's figures include its
+child process (the one that builds the SRs and SCs), and the bench checks that the killed listener's
+child ended with it. Linux only (/proc).
 
 Usage: python bench/bench_node.py [--count 1000] [--senders 4] [--kill-at 0.5] [--side 1024] [--json OUT]
 """
@@ -59,6 +61,39 @@ def cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The process's child processes (the node's results process), from /proc."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+class ProcessTree:
+    """CPU seconds and RSS of a listener with its child processes. A child's last reading is kept after it
+    ends (the SIGKILL ends the listener's results process with it)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.last: dict[int, float] = {}
+
+    def cpu_s(self) -> float:
+        for pid in (self.pid, *children(self.pid)):
+            used = cpu_s(pid)
+            if used is not None:
+                self.last[pid] = used
+        return sum(self.last.values())
+
+    def rss_mb(self) -> float | None:
+        own = rss_mb(self.pid)
+        if own is None:
+            return None
+        return own + sum(rss_mb(child) or 0.0 for child in children(self.pid))
 
 
 def make_instances(folder: Path, count: int, side: int) -> list[tuple[Path, Identity]]:
@@ -134,6 +169,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     listeners = [start_listener(spool, port, *listen_args, log_name="listen1.log")]
     rss: list[tuple[float, int, float]] = []  # (seconds, listener run, MB)
     progress: list[tuple[float, int]] = []  # (seconds, results stored in Orthanc)
+    queues: list[tuple[float, int, int]] = []  # (seconds, instances waiting to be scored, results to send)
     start = time.monotonic()
     deadline = start + args.timeout
     shares = [[p for p, _ in instances[i :: args.senders]] for i in range(args.senders)]
@@ -142,38 +178,40 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         sender.start()
     killed_at = None
     cpu: dict[int, float] = {}  # listener run -> its CPU seconds (last reading)
-    startup = {1: cpu_s(listeners[0].process.pid) or 0.0}  # listener run -> CPU seconds to start (model load)
+    trees = [ProcessTree(listeners[0].process.pid)]  # the listener and its results process, per run
+    startup = {1: trees[0].cpu_s()}  # listener run -> CPU seconds to start (model load)
     orthanc_cpu_start = cpu_s(orthanc.process.pid) or 0.0
     try:
         while time.monotonic() < deadline:
             now = time.monotonic() - start
-            value = rss_mb(listeners[-1].process.pid)
+            value = trees[-1].rss_mb()
             if value is not None:
                 rss.append((now, len(listeners), value))
             stored = orthanc.get("/statistics")["CountInstances"]
             progress.append((now, stored))
             received = sum(1 for _ in (spool / "done").iterdir()) + sum(1 for _ in (spool / "incoming").glob("*.dcm"))
-            for listener in listeners[-1:]:
-                used = cpu_s(listener.process.pid)
-                cpu[len(listeners)] = used if used is not None else cpu.get(len(listeners), 0.0)
+            queues.append((now, sum(1 for _ in (spool / "incoming").glob("*.dcm")),
+                           sum(1 for _ in (spool / "outbox").glob("*/*.dcm"))))
+            cpu[len(listeners)] = trees[-1].cpu_s()
             if killed_at is None and received >= args.kill_at * args.count:
-                cpu[1] = cpu_s(listeners[-1].process.pid) or cpu.get(1, 0.0)
+                cpu[1] = trees[-1].cpu_s()
                 listeners[-1].kill()
                 killed_at = now
                 print(f"SIGKILL at {now:.1f} s with {received} received; restarting", flush=True)
                 listeners.append(start_listener(spool, port, *listen_args, log_name="listen2.log"))
-                startup[2] = cpu_s(listeners[-1].process.pid) or 0.0
+                trees.append(ProcessTree(listeners[-1].process.pid))
+                startup[2] = trees[-1].cpu_s()
             if stored >= 2 * args.count and all(not s.is_alive() for s in senders):
                 break
             time.sleep(1.0)
     finally:
-        used = cpu_s(listeners[-1].process.pid)
-        if used is not None:
-            cpu[len(listeners)] = used
+        cpu[len(listeners)] = trees[-1].cpu_s()
         orthanc_cpu = (cpu_s(orthanc.process.pid) or 0.0) - orthanc_cpu_start
         for listener in listeners:
             listener.stop()
     end = progress[-1][0]
+    # the killed listener's child processes must end with it (they read their work from its pipe)
+    orphans = [pid for tree in trees[:-1] for pid in tree.last if pid != tree.pid and Path(f"/proc/{pid}").exists()]
     figures = _verify(orthanc, instances, csv_path)
     orthanc.stop()
     first = next((t for t, n in progress if n > 0), end)
@@ -186,7 +224,10 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         "best_10s_window_per_s": round(window, 2),
         "rss_mb": {f"run{run}": _summary([mb for _, r, mb in rss if r == run]) for run in (1, 2)},
         "rss_series": [(round(t, 1), run, round(mb, 1)) for t, run, mb in rss],
+        "stored_series": [(round(t, 1), n) for t, n in progress],  # (seconds, objects stored in Orthanc)
+        "queue_series": [(round(t, 1), i, o) for t, i, o in queues],  # (seconds, to score, to send)
         "sender_attempts": [s.attempts for s in senders],
+        "child_processes_left_after_the_kill": len(orphans),
         # CPU time does not depend on what else runs on the machine: the node's own cost per instance
         # (both listener runs, start-up and model loading included), and Orthanc's for storing the results
         "listener_cpu_s": round(sum(cpu.values()), 1),
@@ -197,10 +238,11 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end",
     })
-    print(json.dumps({k: v for k, v in figures.items() if k != "rss_series"}, indent=2))
+    print(json.dumps({k: v for k, v in figures.items() if not k.endswith("_series")}, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
-    return 0 if figures["lost"] == 0 and figures["duplicated"] == 0 else 1
+    ok = figures["lost"] == 0 and figures["duplicated"] == 0 and not figures["child_processes_left_after_the_kill"]
+    return 0 if ok else 1
 
 
 def _pairs(progress: list[tuple[float, int]], span: float):

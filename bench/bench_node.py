@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=1024, help="longest side of the test images (px)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, spool, Orthanc)")
     args, _unknown = parser.parse_known_args(argv)  # run_all.py passes its extra arguments to every bench
     for tool in ("Orthanc", "storescu"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -155,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace, work: Path) -> int:

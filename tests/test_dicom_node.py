@@ -640,3 +640,27 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_header_on_its_way_to_the_results_process_keeps_its_encoding_and_character_set(model, dx_file, tmp_path):
+    """The scorer sends the child the header's elements only (service._elements_only, pickled): read from an
+    Implicit VR file in Latin-1, its results are byte for byte those of the header as read."""
+    import pickle
+
+    from pneumo_desktop.core.dicom_node.service import _elements_only
+
+    source = pydicom.dcmread(dx_file)
+    source.SpecificCharacterSet = "ISO_IR 100"
+    source.PatientName = "Müller^Jürgen"
+    implicit = tmp_path / "implicit.dcm"
+    source.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    source.save_as(implicit, enforce_file_format=True)
+    data = implicit.read_bytes()
+    as_read = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    travelled = pickle.loads(pickle.dumps(_elements_only(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))))
+    assert len(pickle.dumps(_elements_only(as_read))) < len(data) // 20  # not the whole file
+    image = load_image(implicit)
+    explanation = model.explain(image)
+    ours, reference = build_results(travelled, image.grey, explanation), build_results(as_read, image.grey, explanation)
+    assert encode(ours.sr) == encode(reference.sr) and encode(ours.sc) == encode(reference.sc)
+    assert str(pydicom.dcmread(io.BytesIO(encode(ours.sr))).PatientName) == "Müller^Jürgen"

@@ -82,14 +82,12 @@ def explain_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) ->
 
 
 def _elements_only(header: Any) -> Any:
-    """A read header's elements and encoding, without the file object it was read from: that holds the whole
-    file, and would be pickled with it on the way to the results process."""
+    """A read header's elements, without the file object it was read from: that holds the whole file, and
+    would be pickled with it on the way to the results process. (Raw elements convert as before: their VRs
+    come from the dictionary when implicit, their text through the header's own Specific Character Set.)"""
     from pydicom.dataset import Dataset
 
-    out = Dataset(header)
-    implicit_vr, little_endian = header.original_encoding
-    out.set_original_encoding(implicit_vr, little_endian, header.original_character_set)
-    return out
+    return Dataset(header)
 
 
 @dataclass

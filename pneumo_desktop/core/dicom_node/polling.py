@@ -53,6 +53,11 @@ class ReactorWake:
             if not self._queue.queue and not self._wanted.is_set():
                 self._queue.not_empty.wait(IDLE_POLL_S)
 
+    @property
+    def wanted(self) -> bool:
+        """An own DIMSE call of the association is under way (see paused())."""
+        return self._wanted.is_set()
+
     @contextmanager
     def paused(self) -> Iterator[None]:
         self._wanted.set()
@@ -93,6 +98,12 @@ def quieter_polling(assoc: Any) -> ReactorWake | None:
     def get_msg(block: bool = False) -> Any:
         if not block:  # the reactor's look (the DIMSE calls' own waits use block=True and are left alone)
             wake.wait()
+            if wake.wanted:
+                # The association's own DIMSE call is pausing the reactor and will take its response from
+                # this queue: the reactor must not. pynetdicom's pause has a window (the reactor may pass its
+                # checkpoint just before it is closed); a response taken here would leave the call waiting
+                # for its DIMSE timeout (30 s; seen in bench_node.py as one sender's share stalled).
+                return None, None
         return original(block=block)
 
     dimse.get_msg = get_msg

@@ -9,9 +9,9 @@ GIL, while 25% of the two cores stood idle. In a child the building runs beside 
 The child gets what the objects are made of (the source header, the grey X-ray, the map's low-resolution
 parts, the prediction) and returns the encoded files; it holds no state, and nothing is durable until the
 parent has queued the files (spool.queue_results), so a crash of either loses nothing. The child is
-started with `spawn` (the parent has threads: forking it is unsafe), ends with the parent (it reads its
-work from a pipe, which closes when the parent dies, even by SIGKILL), and is started again if it dies.
-A build that fails fails its instance alone (ResultBuildError and the like come back as a message).
+started with `spawn` (the parent has threads: forking it is unsafe), ends with its parent (even a
+SIGKILLed one: it watches the parent's sentinel), and is started again if it dies. A build that fails
+fails its instance alone (ResultBuildError and the like come back as a message).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,10 +88,17 @@ def _end_with_parent() -> None:
 
 
 class ResultsProcess:
-    """One child process that builds results; build_many() blocks until a batch is built."""
+    """One child process that builds results; build_many() blocks until a batch is built.
+
+    If the child cannot be used (it died, or cannot be started: a broken installation, no semaphores in a
+    container), that batch is built in this process instead and the child is started again for the next;
+    after MAX_FAILURES failures in a row, everything is built here (slower, never stuck)."""
+
+    MAX_FAILURES = 3
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
+        self._failures = 0
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -100,17 +106,27 @@ class ResultsProcess:
                                              initializer=_end_with_parent)
         return self._pool
 
+    @property
+    def in_child(self) -> bool:
+        """Whether results are (still) built in the child process."""
+        return self._failures < self.MAX_FAILURES
+
     def start(self) -> None:
         """Start the child now (it imports pydicom, Pillow and numpy: ~1 s), not at the first batch."""
-        self._executor().submit(_build_many, []).result()
+        self.build_many([])
 
     def build_many(self, jobs: Sequence[ResultJob]) -> list[BuiltResults]:
-        try:
-            return self._executor().submit(_build_many, list(jobs)).result()
-        except BrokenProcessPool:  # the child died (killed, out of memory): a new one for the next batch
-            log.warning("the process that builds results ended unexpectedly; starting a new one")
-            self.close()
-            raise
+        if self.in_child:
+            try:
+                built = self._executor().submit(_build_many, list(jobs)).result()
+                self._failures = 0
+                return built
+            except Exception as exc:  # BrokenProcessPool (the child died), OSError, a pickling error, ...
+                self._failures += 1
+                self.close()
+                log.warning("the process that builds results failed (%s: %s); this batch is built here%s",
+                            type(exc).__name__, exc, "" if self.in_child else ", and from now on every batch")
+        return _build_many(jobs)
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -57,28 +57,35 @@ GATHER_QUIET_S = 0.2
 GATHER_MAX_S = 1.0
 
 
-def score_for_results(model: PneumoniaModel, images: Sequence[LoadedImage],
-                      ) -> list[tuple[Prediction, tuple[np.ndarray, np.ndarray] | None]]:
+MapParts = tuple[np.ndarray, np.ndarray]  # RawOutputs.map_parts of one image: feature map, channel weights
+
+
+def score_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) -> list[tuple[Prediction, MapParts | None]]:
     """Each image's prediction and its map's low-resolution parts (None when refused: no map is drawn).
 
     Full batches go through the batch interpreter; the rest one image at a time (see the module's notes)."""
-    out: list[tuple[Prediction, tuple[np.ndarray, np.ndarray] | None]] = []
+    out: list[tuple[Prediction, MapParts | None]] = []
     size = model.batch_size
     for chunk in (images[i : i + size] for i in range(0, len(images), size)):
         raw = model.run(np.stack([model.prepare(image) for image in chunk]))
         for i, image in enumerate(chunk):
             prediction = model.prediction(image.path, raw.probability[i], **raw.extras(i))
-            parts = None if prediction.refused else tuple(np.array(p) for p in raw.map_parts(i))
-            out.append((prediction, parts))  # type: ignore[arg-type]
+            parts: MapParts | None = None
+            if not prediction.refused:
+                feature_map, weights = raw.map_parts(i)
+                parts = (np.array(feature_map), np.array(weights))  # copies: the batch's arrays are not kept
+            out.append((prediction, parts))
     return out
 
 
 def explain_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) -> list[Explanation]:
     """model.explain_many's results, with each map at the size the Secondary Capture draws it."""
-    return [Explanation(prediction=p, cam=None if parts is None else map_at(*parts, *picture_size(image.height,
-                                                                                                  image.width),
-                                                                         model.card.map_method))
-            for image, (p, parts) in zip(images, score_for_results(model, images))]
+    explanations = []
+    for image, (prediction, parts) in zip(images, score_for_results(model, images)):
+        size = picture_size(image.height, image.width)
+        cam = None if parts is None else map_at(*parts, *size, model.card.map_method)
+        explanations.append(Explanation(prediction=prediction, cam=cam))
+    return explanations
 
 
 def _elements_only(header: Any) -> Any:
@@ -117,8 +124,8 @@ class NodeService:
         self.results_process = results_process
         self.destinations, self.calling_ae, self.retry_max_s = destinations, calling_ae, retry_max_s
         # Senders per destination, each with its own association and its own share of the queue: a PACS
-        # answers each C-STORE only once it has indexed the object (Orthanc: ~0.1 s, mostly waiting), so
-        # one association at a time would cap the node at a few results per second whatever its CPU.
+        # answers each C-STORE only once it has stored the object, and across a network each exchange waits
+        # for the round trip as well; several associations keep results flowing meanwhile.
         self.associations = max(1, int(associations))
         self.counters = Counters()
         self._counter_lock = threading.Lock()
@@ -198,10 +205,7 @@ class NodeService:
 
     def _results_loop(self) -> None:
         if self.results_process is not None:
-            try:  # now, in this thread: the listener is already serving meanwhile
-                self.results_process.start()
-            except Exception:  # it is started again at the first batch, and a failure is reported there
-                log.exception("the process that builds results did not start")
+            self.results_process.start()  # now, in this thread: the listener is already serving meanwhile
         while True:
             try:  # on stop, a batch already scored is still finished (a kill would leave it to the restart)
                 scored = self._scored.get(timeout=0.5) if not self._stop.is_set() else self._scored.get_nowait()

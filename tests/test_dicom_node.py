@@ -480,6 +480,30 @@ def test_quieter_polling_hooks_real_associations_and_dimse_still_flows(tmp_path)
         server.shutdown()
 
 
+def test_the_reactor_leaves_a_response_to_the_call_that_paused_it():
+    """pynetdicom pauses an association's reactor around its own DIMSE calls, with a window in which the
+    reactor can still take a message off the queue; the quieter reactor's wait widened that window to 20 ms,
+    and a C-STORE response taken there left send_c_store waiting 30 s (a stalled share in bench_node.py).
+    While a call is under way (paused()), the reactor's look takes nothing; otherwise it takes what is there."""
+    import queue
+    import types
+
+    from pneumo_desktop.core.dicom_node.polling import quieter_polling
+
+    msg_queue: queue.Queue = queue.Queue()
+    dimse = types.SimpleNamespace(msg_queue=msg_queue)
+    dimse.get_msg = lambda block=False: msg_queue.get(block=block) if block or not msg_queue.empty() else (None, None)
+    assoc = types.SimpleNamespace(dul=types.SimpleNamespace(_run_loop_delay=0.001), dimse=dimse)
+    wake = quieter_polling(assoc)
+    assert wake is not None
+    with wake.paused():
+        msg_queue.put((1, "C-STORE-RSP"))
+        assert assoc.dimse.get_msg(block=False) == (None, None)  # the reactor's look: left for the call
+        assert assoc.dimse.get_msg(block=True) == (1, "C-STORE-RSP")  # the call's own wait gets it
+    msg_queue.put((1, "C-ECHO-RQ"))
+    assert assoc.dimse.get_msg(block=False) == (1, "C-ECHO-RQ")  # no call under way: the reactor serves it
+
+
 def test_node_associations_send_without_delay_and_poll_fast_only_while_sending(model, dx_file, tmp_path):
     """Both ends of the node's associations (its listener's, and its own to a peer) have TCP_NODELAY and
     acknowledge what they read at once (tcp.py: ~45 ms less per C-STORE against Orthanc); a sender's DUL
@@ -583,9 +607,14 @@ def test_scorer_does_not_take_instances_whose_results_are_being_built(tmp_path, 
 
 def test_results_built_in_the_child_process_are_the_results_built_here(model, dx_file, tmp_path):
     """The node builds SRs and SCs in a child process (results_process.py): byte for byte the files built in
-    this process; a source the builders cannot use fails alone, with its reason; close() ends the child."""
+    this process; a source the builders cannot use fails alone, with its reason; when the child dies, that
+    batch is built here and a new child takes the next; close() ends the child."""
+    import os
+    import signal
+
     from pneumo_desktop.core.dicom_node.results_process import ResultJob, ResultsProcess, build_encoded
     from pneumo_desktop.core.dicom_node.service import _elements_only, score_for_results
+    from tests.dicom_node_support import wait_until
 
     image = load_image(dx_file)
     header = _elements_only(pydicom.dcmread(dx_file, stop_before_pixels=True))
@@ -598,16 +627,22 @@ def test_results_built_in_the_child_process_are_the_results_built_here(model, dx
     process = ResultsProcess()
     try:
         built = process.build_many([good, broken])
-        child = process._pool._processes
-        pids = list(child)
+        [first_child] = list(process._pool._processes)
+        os.kill(first_child, signal.SIGKILL)  # the child dies: that batch is built here, the next by a new child
+        wait_until(lambda: not Path(f"/proc/{first_child}").exists(), timeout=10)
+        after_death = process.build_many([good])
+        again = process.build_many([good])
+        [second_child] = list(process._pool._processes)
+        assert process.in_child and second_child != first_child
     finally:
         process.close()
     here = build_encoded(good)
     assert built[0] == here and [len(files) for files in (built[0].files, built[1].files)] == [2, 0]
+    assert after_death == again == [here]
     sr = pydicom.dcmread(io.BytesIO(here.files[0][1]))
     assert sr.SOPInstanceUID == here.files[0][0] and sr.StudyInstanceUID == header.StudyInstanceUID
     assert "SeriesInstanceUID" in built[1].error
-    assert len(pids) == 1 and not Path(f"/proc/{pids[0]}").exists()  # closed: the child is gone
+    assert not Path(f"/proc/{second_child}").exists()  # closed: the child is gone
 
 
 def test_the_results_process_ends_with_a_listener_killed_by_sigkill(tmp_path):

@@ -97,6 +97,11 @@ if command -v echoscu >/dev/null && command -v storescu >/dev/null && command -v
     kill "$listen_pid"
     wait "$listen_pid" || true
     grep -q ",scored," "$work/spool/results.csv" || fail "the node scored nothing: $(cat "$work/listen.log")"
+    # the frozen app's results process (multiprocessing spawn through the launcher's freeze_support) must
+    # have built the results: the in-process fallback would score too, so its warning is what tells
+    ! grep -q "process that builds results failed" "$work/listen.log" \
+        || fail "the packaged node could not use its results process: $(cat "$work/listen.log")"
+    ! grep -q "Traceback" "$work/listen.log" || fail "a traceback in the node's log: $(cat "$work/listen.log")"
     echo "scored by the node: $(tail -1 "$work/spool/results.csv" | cut -d, -f2,3)"
 else
     echo "DCMTK not installed: skipped"

@@ -144,6 +144,24 @@ def test_spool_receivers_write_at_once_and_a_copy_arriving_meanwhile_waits_for_t
     assert reopened.receive("1.5", b"late copy", "D") is False
 
 
+def test_spool_write_that_fails_after_its_rename_leaves_nothing(tmp_path):
+    """A disk error after the file was renamed into incoming/ (the folder's fsync): the sender is told it
+    failed, so nothing of it may stay (neither the file nor its bytes); a resend is stored."""
+    spool = Spool(tmp_path / "spool", max_bytes=10 * MB, min_free_bytes=0)
+    write = spool._write_durably
+
+    def write_then_fail(target, data, sync_folder=True):
+        write(target, data, sync_folder)
+        raise OSError("fsync failed")
+
+    spool._write_durably = write_then_fail
+    with pytest.raises(OSError, match="fsync"):
+        spool.receive("1.7", b"first", "A")
+    assert not any(spool.incoming.iterdir()) and spool.used_bytes == 0 and spool.pending() == []
+    spool._write_durably = write
+    assert spool.receive("1.7", b"again", "A") is True and spool.pending()[0].path.read_bytes() == b"again"
+
+
 def test_spool_limit_refuses_without_storing(tmp_path):
     spool = Spool(tmp_path / "spool", max_bytes=100, min_free_bytes=0)
     assert spool.receive("1.1", b"x" * 60, "A")
@@ -384,19 +402,21 @@ def test_sc_from_the_rgbx_picture_is_the_sc_from_the_rgb_one(model, dx_file):
 
 def test_partial_batches_score_like_explain_many(model, sample_paths):
     """The node runs full batches together and the rest one by one, with maps at the picture's size."""
-    from pneumo_desktop.core.dicom_node.result_image import picture_size
-    from pneumo_desktop.core.dicom_node.service import explain_for_results
+    from pneumo_desktop.core.cam_methods import map_at
+    from pneumo_desktop.core.dicom_node.service import score_for_results
 
     images = [load_image(p) for p in sample_paths[: model.batch_size + 3]]
-    ours = explain_for_results(model, images)
+    ours = score_for_results(model, images)
     reference = model.explain_many(images)
     assert len(ours) == len(images)
-    for image, mine, theirs in zip(images, ours, reference):
-        assert mine.prediction.status == theirs.prediction.status
+    for image, (prediction, parts), theirs in zip(images, ours, reference, strict=True):
+        assert prediction.status == theirs.prediction.status
         if theirs.prediction.probability is not None:
-            assert mine.prediction.probability == pytest.approx(theirs.prediction.probability, abs=1e-5)
-        if mine.cam is not None:
-            assert mine.cam.shape == picture_size(image.height, image.width)
+            assert prediction.probability == pytest.approx(theirs.prediction.probability, abs=1e-5)
+        assert (parts is None) == (theirs.cam is None)
+        if parts is not None and theirs.cam is not None:  # the same map, from the parts the node hands over
+            cam = map_at(*parts, image.height, image.width, model.card.map_method)
+            assert np.abs(cam - theirs.cam).max() < 1e-3
 
 
 def test_spool_shares_split_the_queue_without_overlap(tmp_path):
@@ -607,8 +627,9 @@ def test_scorer_does_not_take_instances_whose_results_are_being_built(tmp_path, 
 
 def test_results_built_in_the_child_process_are_the_results_built_here(model, dx_file, tmp_path):
     """The node builds SRs and SCs in a child process (results_process.py): byte for byte the files built in
-    this process; a source the builders cannot use fails alone, with its reason; when the child dies, that
-    batch is built here and a new child takes the next; close() ends the child."""
+    this process; a source the builders cannot use fails alone, with its reason; the child ignores SIGINT
+    (Ctrl+C reaches the whole process group); when it dies, that batch is built here and a new child takes the
+    next; close() ends the child."""
     import os
     import signal
 
@@ -628,8 +649,11 @@ def test_results_built_in_the_child_process_are_the_results_built_here(model, dx
     try:
         built = process.build_many([good, broken])
         [first_child] = list(process._pool._processes)
+        os.kill(first_child, signal.SIGINT)  # Ctrl+C reaches the whole group: the child ignores it
+        assert process.build_many([good]) == [build_encoded(good)]
+        assert list(process._pool._processes) == [first_child]
         os.kill(first_child, signal.SIGKILL)  # the child dies: that batch is built here, the next by a new child
-        wait_until(lambda: not Path(f"/proc/{first_child}").exists(), timeout=10)
+        assert wait_until(lambda: _zombie(first_child), timeout=10)
         after_death = process.build_many([good])
         again = process.build_many([good])
         [second_child] = list(process._pool._processes)

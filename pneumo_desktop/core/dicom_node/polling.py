@@ -19,8 +19,8 @@ so that they do not spin for up to 20 ms, they are wrapped in ReactorWake.paused
 short. A call made without it is still correct, only up to 20 ms slower.
 While a requestor has a run of messages to send (PeerConnection.send's batch), ReactorWake.busy() puts its
 DUL back on pynetdicom's own 1 ms loop: otherwise each C-STORE would wait up to 20 ms for the DUL to wake
-and send it, and up to 20 ms more for it to read the answer (one association to Orthanc: 23 results a
-second instead of 108).
+and send it, and up to 20 ms more for it to read the answer (one association to Orthanc: 23 objects a
+second instead of 118).
 
 All of this relies on pynetdicom internals (checked for 3.0): an association whose attributes are not as
 expected is left as it is (the old polling, correct but busier).

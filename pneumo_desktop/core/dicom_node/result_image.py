@@ -59,6 +59,16 @@ def picture_size(height: int, width: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def picture_grey(grey: np.ndarray) -> np.ndarray:
+    """The X-ray as the picture shows it: uint8, scaled down to picture_size (box filter); as it is when
+    small enough. The node scales it before handing it to its results process (a fraction of the bytes)."""
+    height, width = picture_size(*grey.shape)
+    grey = np.ascontiguousarray(grey, dtype=np.uint8)
+    if (height, width) != grey.shape:
+        grey = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.BOX))
+    return grey
+
+
 @lru_cache(maxsize=2)
 def _blend_table(colormap: str = DEFAULT_COLORMAP, opacity: float = OPACITY) -> np.ndarray:
     """(256 * 256, 4) uint8: RGB, X (0) of render_overlay's blend for grey g and map level m at row g * 256 + m.
@@ -131,10 +141,8 @@ def render_result_rgbx(grey: np.ndarray, cam: np.ndarray | None, prediction: Pre
     """render_result's picture as (H, W, 4) RGBX uint8 (the fourth byte is padding): what the node encodes,
     since every step of drawing it is cheaper with 4-byte pixels (see blend), and Pillow's JPEG encoder
     takes RGBX as it is (the same JPEG bytes as from the RGB picture)."""
-    height, width = picture_size(*grey.shape)
-    grey = np.ascontiguousarray(grey, dtype=np.uint8)
-    if (height, width) != grey.shape:
-        grey = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.BOX))
+    grey = picture_grey(grey)
+    height, width = grey.shape
     size = max(12, width // 40)
     band = 2 * size + 3 * (size // 3) + 4
     canvas = np.empty((height + 2 * band, width, 4), np.uint8)

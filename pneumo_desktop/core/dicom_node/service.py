@@ -36,14 +36,13 @@ from typing import Any
 import numpy as np
 
 from pneumo_desktop.core.batch import BatchRow
-from pneumo_desktop.core.cam_methods import map_at
-from pneumo_desktop.core.dicom_node.result_image import picture_size
+from pneumo_desktop.core.dicom_node.result_image import picture_grey
 from pneumo_desktop.core.dicom_node.results_csv import NodeResultsCsv
 from pneumo_desktop.core.dicom_node.results_process import ResultJob, ResultsProcess, build_encoded
 from pneumo_desktop.core.dicom_node.send import Destination, Outcome, Sender, SendResult
 from pneumo_desktop.core.dicom_node.spool import Pending, Spool
 from pneumo_desktop.core.imaging import ImageLoadError, LoadedImage, decode_image
-from pneumo_desktop.core.runtime import STATUS_ERROR, Explanation, PneumoniaModel, Prediction
+from pneumo_desktop.core.runtime import STATUS_ERROR, PneumoniaModel, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +75,6 @@ def score_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) -> l
                 parts = (np.array(feature_map), np.array(weights))  # copies: the batch's arrays are not kept
             out.append((prediction, parts))
     return out
-
-
-def explain_for_results(model: PneumoniaModel, images: Sequence[LoadedImage]) -> list[Explanation]:
-    """model.explain_many's results, with each map at the size the Secondary Capture draws it."""
-    explanations = []
-    for image, (prediction, parts) in zip(images, score_for_results(model, images)):
-        size = picture_size(image.height, image.width)
-        cam = None if parts is None else map_at(*parts, *size, model.card.map_method)
-        explanations.append(Explanation(prediction=prediction, cam=cam))
-    return explanations
 
 
 def _elements_only(header: Any) -> Any:
@@ -263,8 +252,11 @@ class NodeService:
         if not loaded:
             return Scored([], [])
         scores = score_for_results(self.model, [image for _, image, _, _ in loaded])
-        return Scored(loaded, [ResultJob(header, image.grey, prediction, parts, self.model.card.map_method)
-                               for (_item, image, header, _sha), (prediction, parts) in zip(loaded, scores)])
+        # the X-ray goes to the results process at the picture's size: a fraction of a large film's bytes
+        return Scored(loaded, [ResultJob(header, picture_grey(image.grey), prediction, parts,
+                                         self.model.card.map_method)
+                               for (_item, image, header, _sha), (prediction, parts)
+                               in zip(loaded, scores, strict=True)])
 
     def _finish(self, scored: Scored) -> None:
         """Build the batch's SRs and SCs, queue them, write the CSV rows, mark the instances done."""
@@ -276,7 +268,7 @@ class NodeService:
             built = self.results_process.build_many(scored.jobs)
         else:
             built = [build_encoded(job) for job in scored.jobs]
-        for (item, _image, _header, sha), job, results in zip(scored.loaded, scored.jobs, built):
+        for (item, _image, _header, sha), job, results in zip(scored.loaded, scored.jobs, built, strict=True):
             if results.error:  # a source header the builders cannot use: that instance fails alone
                 log.warning("%s: cannot build the results: %s", item.sop_instance_uid, results.error)
                 self._fail(item, f"cannot build the results: {results.error}")

@@ -192,6 +192,9 @@ class Spool:
         try:
             self._write_durably(item.path, data)
             stored = True
+        except BaseException:  # e.g. the folder's fsync failed after the rename: nothing may stay behind
+            item.path.unlink(missing_ok=True)
+            raise
         finally:
             with self._lock:
                 self._receiving.discard(sop_uid)

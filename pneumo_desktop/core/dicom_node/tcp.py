@@ -8,9 +8,10 @@ waits 46 ms for the next request; one association sent 11 results a second, 94 m
 storescu stores the same files into the same Orthanc at 2.3 ms each.
 
 - TCP_NODELAY: our own PDUs leave at once (a small SR's last segment no longer waits for an ACK);
-- TCP_QUICKACK after every read (Linux only; the kernel clears it again by itself): what we received is
-  acknowledged at once, so a peer that writes in pieces with Nagle's algorithm on is not held up.
-Together: 6.9 ms per C-STORE on one association instead of 94 (either alone: ~51).
+- TCP_QUICKACK after every read of a PDU's header or body (where the platform has it, e.g. Linux; the
+  kernel clears it again by itself): what we received is acknowledged at once, so a peer that writes in
+  pieces with Nagle's algorithm on is not held up.
+Together, with plain pynetdicom on one association: 6.9 ms per C-STORE instead of 94 (either alone: ~51).
 
 Relies on pynetdicom's AssociationSocket having `socket` and `recv` (checked for 3.0); when it does not,
 the association is left as it is (correct, only slower).
@@ -24,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # not on every platform (e.g. macOS)
 
 
 def prompt_acks(assoc: Any) -> bool:

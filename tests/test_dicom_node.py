@@ -500,6 +500,35 @@ def test_quieter_polling_hooks_real_associations_and_dimse_still_flows(tmp_path)
         server.shutdown()
 
 
+def test_read_exactly_reads_what_pynetdicom_asks_for_and_stops_at_a_closed_connection():
+    """tcp.read_exactly replaces pynetdicom's 4 KB-at-a-time recv: exactly n bytes across however many
+    pieces they arrive in; fewer when the peer closes first (as pynetdicom's); nothing left over."""
+    import socket
+    import threading
+
+    from pneumo_desktop.core.dicom_node.tcp import read_exactly
+
+    payload = bytes(range(256)) * 4000  # ~1 MB, sent in uneven pieces
+    ours, theirs = socket.socketpair()
+    try:
+        def send() -> None:
+            for start in range(0, len(payload), 70_001):
+                theirs.sendall(payload[start : start + 70_001])
+            theirs.sendall(b"tail")
+            theirs.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert read_exactly(ours, 6) == payload[:6]
+        assert read_exactly(ours, len(payload) - 6) == payload[6:]
+        assert read_exactly(ours, 100) == b"tail"  # the connection closed after 4 of the 100 bytes
+        assert read_exactly(ours, 10) == b""
+        sender.join(10)
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_the_reactor_leaves_a_response_to_the_call_that_paused_it():
     """pynetdicom pauses an association's reactor around its own DIMSE calls, with a window in which the
     reactor can still take a message off the queue; the quieter reactor's wait widened that window to 20 ms,

@@ -13,6 +13,7 @@ storescu stores the same files into the same Orthanc at 2.3 ms each.
   pieces with Nagle's algorithm on is not held up.
 Together, with plain pynetdicom on one association: 6.9 ms per C-STORE instead of 94 (either alone: ~51).
 
+The same wrapper reads each PDU with as few socket calls as the kernel allows (read_exactly).
 Relies on pynetdicom's AssociationSocket having `socket` and `recv` (checked for 3.0); when it does not,
 the association is left as it is (correct, only slower).
 """
@@ -28,28 +29,45 @@ log = logging.getLogger(__name__)
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # not on every platform (e.g. macOS)
 
 
+def read_exactly(sock: socket.socket, nr_bytes: int) -> bytearray:
+    """pynetdicom's AssociationSocket.recv, in as few calls as the kernel allows: `nr_bytes`, or what came
+    before the peer closed the connection; errors propagate (as there). pynetdicom reads in 4 KB pieces, each
+    appended to a growing buffer: ~180 calls for a 0.7 MB X-ray."""
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    done = 0
+    try:
+        while done < nr_bytes:
+            got = sock.recv_into(view[done:], nr_bytes - done)
+            if not got:  # the connection was closed: what we have
+                break
+            done += got
+    finally:
+        view.release()
+    del buffer[done:]
+    return buffer
+
+
 def prompt_acks(assoc: Any) -> bool:
-    """Set TCP_NODELAY on `assoc`'s socket and acknowledge every read at once (see the module's notes).
-    True when applied."""
+    """Set TCP_NODELAY on `assoc`'s socket, and read with read_exactly, acknowledging every read at once (see
+    the module's notes). True when applied."""
     transport: Any = getattr(getattr(assoc, "dul", None), "socket", None)
     sock = getattr(transport, "socket", None)
-    recv = getattr(transport, "recv", None)
-    if not isinstance(sock, socket.socket) or not callable(recv):
+    if not isinstance(sock, socket.socket) or not callable(getattr(transport, "recv", None)):
         return False
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:  # not TCP (a test's socket pair): nothing to tune
         log.debug("TCP_NODELAY not set: %s", exc)
         return False
-    if _QUICKACK is None:
-        return True
 
     def recv_and_ack(nr_bytes: int) -> bytearray:
-        data = recv(nr_bytes)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # sends a pending delayed ACK now
-        except OSError:  # the connection is gone: the next read reports it
-            pass
+        data = read_exactly(sock, nr_bytes)
+        if _QUICKACK is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # sends a pending delayed ACK now
+            except OSError:  # the connection is gone: the next read reports it
+                pass
         return data
 
     transport.recv = recv_and_ack

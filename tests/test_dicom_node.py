@@ -553,15 +553,15 @@ def test_the_reactor_leaves_a_response_to_the_call_that_paused_it():
     assert assoc.dimse.get_msg(block=False) == (1, "C-ECHO-RQ")  # no call under way: the reactor serves it
 
 
-def test_node_associations_send_without_delay_and_poll_fast_only_while_sending(model, dx_file, tmp_path):
+def test_node_associations_send_without_delay_and_their_duls_wake_on_events(model, dx_file, tmp_path):
     """Both ends of the node's associations (its listener's, and its own to a peer) have TCP_NODELAY and
-    acknowledge what they read at once (tcp.py: ~45 ms less per C-STORE against Orthanc); a sender's DUL
-    loops without its idle wait only while a batch is being sent (polling.py)."""
+    acknowledge what they read at once (tcp.py: ~45 ms less per C-STORE against Orthanc); their DUL threads
+    wait for their socket or a queued PDU instead of sleeping (polling.py): a wake ends an idle wait."""
     import socket
+    import threading
 
     from pynetdicom import AE, evt
 
-    from pneumo_desktop.core.dicom_node.polling import BUSY_POLL_S, IDLE_POLL_S
     from pneumo_desktop.core.dicom_node.scp import StorageListener
     from pneumo_desktop.core.dicom_node.send import Outcome, PeerConnection
     from pneumo_desktop.core.dicom_node.tcp import prompt_acks
@@ -593,20 +593,24 @@ def test_node_associations_send_without_delay_and_poll_fast_only_while_sending(m
         files.append(tmp_path / f"{name}.dcm")
         files[-1].write_bytes(encode(ds))
     connection = PeerConnection(Peer("PACS", "127.0.0.1", free_port()), "PNEUMO")
-    loop_delays: list[float] = []  # the sender's DUL loop delay, seen while the peer stores each object
     scp = AE(ae_title="PACS")
     scp.add_supported_context("1.2.840.10008.5.1.4.1.1.88.33", ["1.2.840.10008.1.2.1"])
     scp.add_supported_context("1.2.840.10008.5.1.4.1.1.7", ["1.2.840.10008.1.2.4.50"])
     server = scp.start_server(("127.0.0.1", connection.peer.port), block=False, evt_handlers=[
-        (evt.EVT_C_STORE, lambda event: loop_delays.append(connection._assoc.dul._run_loop_delay) or 0x0000)])
+        (evt.EVT_C_STORE, lambda event: 0x0000)])
     try:
         results = connection.send(files)
+        dul = connection._assoc.dul
         assert nodelay(connection._assoc) == 1
-        assert connection._assoc.dul._run_loop_delay == IDLE_POLL_S  # idle again once the batch is sent
+        idle = threading.Thread(target=dul._pneumo_wait, args=(60.0,))  # what the DUL's idle "sleep" runs
+        idle.start()
+        dul._pneumo_wake()  # what queueing a PDU does
+        idle.join(20)
+        assert not idle.is_alive()  # woken, long before its 60 s
         connection.close()
     finally:
         server.shutdown()
-    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT] and loop_delays == [BUSY_POLL_S] * 2
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
     assert prompt_acks(object()) is False  # not an association: left alone
 
 

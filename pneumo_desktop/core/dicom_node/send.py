@@ -83,16 +83,6 @@ def _reactor_paused(wake: ReactorWake | None) -> Iterator[None]:
         yield
 
 
-@contextmanager
-def _reactor_busy(wake: ReactorWake | None) -> Iterator[None]:
-    """Around a run of a requestor's own DIMSE calls: its DUL polls without the idle wait meanwhile."""
-    if wake is None:
-        yield
-        return
-    with wake.busy():
-        yield
-
-
 def echo(peer: Peer, calling_ae: str = "PNEUMO") -> str:
     """C-ECHO the peer; returns a sentence for a person ('... answered') or raises ConnectionError."""
     try:
@@ -179,13 +169,6 @@ class PeerConnection:
         why = self._open()
         if why:
             return [SendResult(p, Outcome.RETRY, why) for p in files]
-        with _reactor_busy(self._wake):
-            results = self._send_open(files)
-        if any(r.outcome is Outcome.RETRY for r in results):
-            self.close()  # the next try starts on a fresh association
-        return results
-
-    def _send_open(self, files: list[Path]) -> list[SendResult]:
         results = []
         for index, path in enumerate(files):
             if not self.is_open:  # dropped mid-way: the rest waits for the next try (on a new association)
@@ -206,6 +189,8 @@ class PeerConnection:
                 results.append(SendResult(path, Outcome.RETRY, f"status 0x{code:04X}"))
             else:
                 results.append(SendResult(path, Outcome.REJECTED, f"status 0x{code:04X}"))
+        if any(r.outcome is Outcome.RETRY for r in results):
+            self.close()  # the next try starts on a fresh association
         return results
 
     def _store(self, path: Path):  # -> the C-STORE response status (pydicom Dataset), or None

@@ -529,6 +529,37 @@ def test_read_exactly_reads_what_pynetdicom_asks_for_and_stops_at_a_closed_conne
         theirs.close()
 
 
+def test_an_idle_dul_wakes_for_a_queued_pdu_and_for_data_on_its_socket():
+    """polling._wake_on_events: the DUL's idle wait (what its sleep runs) ends when a PDU is queued for it
+    (send_pdu) or its socket has data, not after its full delay; pynetdicom's own send_pdu still runs."""
+    import socket
+    import threading
+    import types
+
+    from pneumo_desktop.core.dicom_node.polling import _wake_on_events
+
+    ours, peer = socket.socketpair()
+    queued: list[str] = []
+    dul = types.SimpleNamespace(socket=types.SimpleNamespace(socket=ours), send_pdu=queued.append,
+                                stop_dul=lambda: True)
+    closers: list = []
+    assoc = types.SimpleNamespace(bind=lambda event, handler: closers.append(handler))
+    try:
+        assert _wake_on_events(assoc, dul)
+        for trigger in (lambda: dul.send_pdu("P-DATA"), lambda: peer.sendall(b"\x04")):
+            idle = threading.Thread(target=dul._pneumo_wait, args=(120.0,))
+            idle.start()
+            trigger()
+            idle.join(60)
+            assert not idle.is_alive()  # woken, long before its 120 s
+        assert queued == ["P-DATA"]
+    finally:
+        for close in closers:
+            close(None)
+        ours.close()
+        peer.close()
+
+
 def test_the_reactor_leaves_a_response_to_the_call_that_paused_it():
     """pynetdicom pauses an association's reactor around its own DIMSE calls, with a window in which the
     reactor can still take a message off the queue; the quieter reactor's wait widened that window to 20 ms,
@@ -558,7 +589,6 @@ def test_node_associations_send_without_delay_and_their_duls_wake_on_events(mode
     acknowledge what they read at once (tcp.py: ~45 ms less per C-STORE against Orthanc); their DUL threads
     wait for their socket or a queued PDU instead of sleeping (polling.py): a wake ends an idle wait."""
     import socket
-    import threading
 
     from pynetdicom import AE, evt
 
@@ -600,13 +630,7 @@ def test_node_associations_send_without_delay_and_their_duls_wake_on_events(mode
         (evt.EVT_C_STORE, lambda event: 0x0000)])
     try:
         results = connection.send(files)
-        dul = connection._assoc.dul
-        assert nodelay(connection._assoc) == 1
-        idle = threading.Thread(target=dul._pneumo_wait, args=(60.0,))  # what the DUL's idle "sleep" runs
-        idle.start()
-        dul._pneumo_wake()  # what queueing a PDU does
-        idle.join(20)
-        assert not idle.is_alive()  # woken, long before its 60 s
+        assert nodelay(connection._assoc) == 1 and callable(getattr(connection._assoc.dul, "_pneumo_wait", None))
         connection.close()
     finally:
         server.shutdown()

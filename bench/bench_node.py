@@ -193,9 +193,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                 rss.append((now, len(listeners), value))
             stored = orthanc.get("/statistics")["CountInstances"]
             progress.append((now, stored))
-            received = sum(1 for _ in (spool / "done").iterdir()) + sum(1 for _ in (spool / "incoming").glob("*.dcm"))
-            queues.append((now, sum(1 for _ in (spool / "incoming").glob("*.dcm")),
-                           sum(1 for _ in (spool / "outbox").glob("*/*.dcm"))))
+            waiting = sum(1 for _ in (spool / "incoming").glob("*.dcm"))
+            received = sum(1 for _ in (spool / "done").iterdir()) + waiting
+            queues.append((now, waiting, sum(1 for _ in (spool / "outbox").glob("*/*.dcm"))))
             cpu[len(listeners)] = trees[-1].cpu_s()
             if killed_at is None and received >= args.kill_at * args.count:
                 cpu[1] = trees[-1].cpu_s()

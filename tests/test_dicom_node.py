@@ -428,6 +428,17 @@ def test_spool_shares_split_the_queue_without_overlap(tmp_path):
     spool.close()
 
 
+def _result_files(model, dx_file: Path, folder: Path):
+    """The SR and SC of `dx_file` as the node queues them: (ResultObjects, [sr.dcm, sc.dcm] in `folder`)."""
+    image = load_image(dx_file)
+    objects = build_results(pydicom.dcmread(dx_file, stop_before_pixels=True), image.grey, model.explain(image))
+    files = []
+    for name, ds in (("sr", objects.sr), ("sc", objects.sc)):
+        files.append(folder / f"{name}.dcm")
+        files[-1].write_bytes(encode(ds))
+    return objects, files
+
+
 def test_peer_without_jpeg_gets_the_sc_uncompressed_over_one_kept_association(model, dx_file, tmp_path):
     """A real pynetdicom Storage SCP that takes the SC uncompressed only; two sends, one association."""
     from pynetdicom import AE, evt
@@ -451,12 +462,7 @@ def test_peer_without_jpeg_gets_the_sc_uncompressed_over_one_kept_association(mo
     server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[
         (evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, lambda event: opened.append(1))])
     try:
-        image = load_image(dx_file)
-        objects = build_results(pydicom.dcmread(dx_file, stop_before_pixels=True), image.grey, model.explain(image))
-        files = []
-        for name, ds in (("sr", objects.sr), ("sc", objects.sc)):
-            files.append(tmp_path / f"{name}.dcm")
-            files[-1].write_bytes(encode(ds))
+        objects, files = _result_files(model, dx_file, tmp_path)
         connection = PeerConnection(Peer("NOJPEG", "127.0.0.1", port), "PNEUMO")
         first = connection.send(files[:1])
         second = connection.send(files[1:])
@@ -616,12 +622,7 @@ def test_node_associations_send_without_delay_and_their_duls_wake_on_events(mode
     assert listener_side == [1] and listener.received == 1
 
     # the sender's side, against a pynetdicom Storage SCP
-    image = load_image(dx_file)
-    objects = build_results(pydicom.dcmread(dx_file, stop_before_pixels=True), image.grey, model.explain(image))
-    files = []
-    for name, ds in (("sr", objects.sr), ("sc", objects.sc)):
-        files.append(tmp_path / f"{name}.dcm")
-        files[-1].write_bytes(encode(ds))
+    _objects, files = _result_files(model, dx_file, tmp_path)
     connection = PeerConnection(Peer("PACS", "127.0.0.1", free_port()), "PNEUMO")
     scp = AE(ae_title="PACS")
     scp.add_supported_context("1.2.840.10008.5.1.4.1.1.88.33", ["1.2.840.10008.1.2.1"])

@@ -44,7 +44,7 @@ class ResultJob:
     """What one instance's SR and SC are made of. `map_parts` is None for a refused image (no map)."""
 
     header: Any  # pydicom Dataset: the source's header, without pixel data
-    grey: np.ndarray  # the X-ray as scored, uint8 (H, W)
+    grey: np.ndarray  # the X-ray as the picture shows it (result_image.picture_grey), uint8 (H, W)
     prediction: Prediction
     map_parts: tuple[np.ndarray, np.ndarray] | None  # RawOutputs.map_parts of the image
     map_method: str
@@ -71,7 +71,8 @@ def build_encoded(job: ResultJob) -> BuiltResults:
         return BuiltResults([], f"{type(exc).__name__}: {exc}")
 
 
-def _build_many(jobs: Sequence[ResultJob]) -> list[BuiltResults]:
+def build_all(jobs: Sequence[ResultJob]) -> list[BuiltResults]:
+    """build_encoded of each job, in this process (what the child runs for a batch)."""
     return [build_encoded(job) for job in jobs]
 
 
@@ -134,7 +135,7 @@ class ResultsProcess:
         pool = self._executor() if self.in_child else None
         if pool is not None:
             try:
-                built = pool.submit(_build_many, list(jobs)).result(timeout=self.BATCH_TIMEOUT_S)
+                built = pool.submit(build_all, list(jobs)).result(timeout=self.BATCH_TIMEOUT_S)
                 self._failures = 0
                 return built
             except Exception as exc:  # BrokenProcessPool (the child died), a timeout, OSError, pickling, ...
@@ -144,7 +145,7 @@ class ResultsProcess:
                 if not self._closed:
                     log.warning("the process that builds results failed (%s); this batch is built here%s", why,
                                 "" if self.in_child else ", and from now on every batch")
-        return _build_many(jobs)
+        return build_all(jobs)
 
     def _drop(self, pool: ProcessPoolExecutor) -> None:
         """Give up on `pool`: its child is killed (it may hang), then the pool shut down without waiting."""

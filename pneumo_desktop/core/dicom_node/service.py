@@ -38,7 +38,7 @@ import numpy as np
 from pneumo_desktop.core.batch import BatchRow
 from pneumo_desktop.core.dicom_node.result_image import picture_grey
 from pneumo_desktop.core.dicom_node.results_csv import NodeResultsCsv
-from pneumo_desktop.core.dicom_node.results_process import ResultJob, ResultsProcess, build_encoded
+from pneumo_desktop.core.dicom_node.results_process import ResultJob, ResultsProcess, build_all
 from pneumo_desktop.core.dicom_node.send import Destination, Outcome, Sender, SendResult
 from pneumo_desktop.core.dicom_node.spool import Pending, Spool
 from pneumo_desktop.core.imaging import ImageLoadError, LoadedImage, decode_image
@@ -88,10 +88,10 @@ def _elements_only(header: Any) -> Any:
 
 @dataclass
 class Scored:
-    """A scored batch on its way to the results thread: per instance (item, image, header, file sha256), and
-    what its results are made of."""
+    """A scored batch on its way to the results thread: per instance (item, file sha256), and what its
+    results are made of (the decoded image itself is not kept: the job has the picture-sized X-ray)."""
 
-    loaded: list[tuple[Pending, LoadedImage, Any, str]]
+    loaded: list[tuple[Pending, str]]
     jobs: list[ResultJob]
 
 
@@ -253,10 +253,9 @@ class NodeService:
             return Scored([], [])
         scores = score_for_results(self.model, [image for _, image, _, _ in loaded])
         # the X-ray goes to the results process at the picture's size: a fraction of a large film's bytes
-        return Scored(loaded, [ResultJob(header, picture_grey(image.grey), prediction, parts,
-                                         self.model.card.map_method)
-                               for (_item, image, header, _sha), (prediction, parts)
-                               in zip(loaded, scores, strict=True)])
+        return Scored([(item, sha) for item, _image, _header, sha in loaded],
+                      [ResultJob(header, picture_grey(image.grey), prediction, parts, self.model.card.map_method)
+                       for (_item, image, header, _sha), (prediction, parts) in zip(loaded, scores, strict=True)])
 
     def _finish(self, scored: Scored) -> None:
         """Build the batch's SRs and SCs, queue them, write the CSV rows, mark the instances done."""
@@ -267,8 +266,8 @@ class NodeService:
         if self.results_process is not None:
             built = self.results_process.build_many(scored.jobs)
         else:
-            built = [build_encoded(job) for job in scored.jobs]
-        for (item, _image, _header, sha), job, results in zip(scored.loaded, scored.jobs, built, strict=True):
+            built = build_all(scored.jobs)
+        for (item, sha), job, results in zip(scored.loaded, scored.jobs, built, strict=True):
             if results.error:  # a source header the builders cannot use: that instance fails alone
                 log.warning("%s: cannot build the results: %s", item.sop_instance_uid, results.error)
                 self._fail(item, f"cannot build the results: {results.error}")
